@@ -1,0 +1,1 @@
+"""Typer commands: thin wrappers with lazy imports (a query never imports torch)."""

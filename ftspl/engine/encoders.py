@@ -1,0 +1,131 @@
+"""ONNX encoders served by onnxruntime (no torch).
+
+Sessions are created lazily: a photo query only ever loads the image encoder,
+and ``index add`` only the multi-view encoder, so neither pays for both.
+
+Device choice: ``auto`` takes CUDA when onnxruntime-gpu is installed and a GPU
+really works, otherwise the CPU, quietly (onnxruntime-gpu logs CUDA load errors
+on machines without a GPU; we silence its logger for the probe). ``cuda`` fails
+loudly with :class:`DeviceError` when the CUDA provider is not actually active.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ftspl.engine.errors import DeviceError, ModelError
+from ftspl.engine.manifest import IMAGE_ENCODER, MULTIVIEW_ENCODER, ModelManifest
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How onnxruntime runs: device and thread counts (0 = onnxruntime's default)."""
+
+    device: str = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+class Encoders:
+    """The image and multi-view encoders of one exported model."""
+
+    def __init__(self, model_dir: Path, runtime: RuntimeConfig = RuntimeConfig()) -> None:
+        if runtime.device not in DEVICES:
+            from ftspl.engine.errors import UnknownKeyError
+
+            raise UnknownKeyError("device", runtime.device, DEVICES)
+        self.model_dir = Path(model_dir)
+        self.runtime = runtime
+        self.manifest = ModelManifest.load(self.model_dir)
+        self.preprocess = self.manifest.get_preprocess()
+        self._sessions: dict[str, object] = {}
+
+    # -- sessions -------------------------------------------------------------
+    def _providers(self) -> list[str]:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if self.runtime.device == "cpu":
+            return [CPU]
+        if self.runtime.device == "cuda":
+            if CUDA not in available:
+                raise DeviceError(
+                    "--device cuda: onnxruntime has no CUDA provider; pip install 'ftspl[gpu]' "
+                    "(onnxruntime-gpu) or use --device cpu"
+                )
+            return [CUDA, CPU]
+        return [CUDA, CPU] if CUDA in available else [CPU]
+
+    def session(self, name: str):
+        """The onnxruntime session of encoder ``name`` (created on first use)."""
+        if name in self._sessions:
+            return self._sessions[name]
+        import onnxruntime as ort
+
+        path = self.manifest.verify_file(self.model_dir, name)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.runtime.intra_op_threads
+        opts.inter_op_num_threads = self.runtime.inter_op_threads
+        providers = self._providers()
+        if CUDA in providers and self.runtime.device == "auto":
+            opts.log_severity_level = 4  # the CUDA probe may fail: keep the CPU path quiet
+        else:
+            opts.log_severity_level = 3
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except (RuntimeError, ValueError) as exc:  # onnxruntime's Fail/InvalidGraph derive from these
+            raise ModelError(f"{path}: onnxruntime cannot load the model ({exc}); export again") from None
+        active = sess.get_providers()
+        if self.runtime.device == "cuda" and active[0] != CUDA:
+            raise DeviceError(
+                f"--device cuda: CUDA provider is installed but not active (active: {', '.join(active)}); "
+                "check the NVIDIA driver/CUDA libraries or use --device cpu"
+            )
+        log.debug("loaded %s with providers %s", name, active)
+        self._sessions[name] = sess
+        return sess
+
+    def active_providers(self, name: str = IMAGE_ENCODER) -> list[str]:
+        return list(self.session(name).get_providers())
+
+    # -- inference ------------------------------------------------------------
+    def _run(self, name: str, batch: np.ndarray) -> np.ndarray:
+        enc = self.manifest.encoders[name]
+        sess = self.session(name)
+        out = sess.run([enc.output_name], {enc.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def embed_photos(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, S, S) preprocessed photos -> (N, D) embeddings."""
+        if len(batch) == 0:
+            return np.zeros((0, self.manifest.embed_dim), np.float32)
+        return self._run(IMAGE_ENCODER, batch)
+
+    def embed_views(self, batch: np.ndarray) -> np.ndarray:
+        """(B, V, 3, S, S) preprocessed views -> (B, D) shape embeddings."""
+        if len(batch) == 0:
+            return np.zeros((0, self.manifest.embed_dim), np.float32)
+        if batch.shape[1] != self.manifest.views:
+            raise ValueError(f"expected {self.manifest.views} views per shape, got {batch.shape[1]}")
+        return self._run(MULTIVIEW_ENCODER, batch)
+
+
+def cuda_available() -> bool:
+    """True when onnxruntime lists the CUDA provider (the GPU itself is checked on use)."""
+    import onnxruntime as ort
+
+    return CUDA in ort.get_available_providers()
+
+
+__all__ = ["Encoders", "RuntimeConfig", "DEVICES", "IMAGE_ENCODER", "MULTIVIEW_ENCODER", "cuda_available"]

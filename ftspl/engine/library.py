@@ -1,0 +1,430 @@
+"""The shape library: scan -> load -> render -> encode -> commit, and photo queries.
+
+Data flows one way: files -> views (uint8) -> embeddings (ONNX) -> SQLite + HNSW.
+
+Crash safety: SQLite (``shapes.sqlite``) is the source of truth and each batch
+is committed in one transaction; the HNSW file is a derived cache saved
+atomically with the store generation it reflects. Whoever opens the index
+reconciles a stale HNSW against SQLite (adds what a killed run committed but
+never saved to HNSW, drops what was removed), so a kill at any moment leaves an
+index that opens with exactly the committed shapes, and the next add resumes by
+skipping files whose content hash is already stored.
+
+Concurrency: one writer (``writer.lock``, flock); readers open SQLite read-only
+(WAL) and never block on or disturb the writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ftspl.engine.constants import RenderSpec
+from ftspl.engine.encoders import Encoders, RuntimeConfig
+from ftspl.engine.errors import FtsplError, IndexStateError, InputFileError, UsageError
+from ftspl.engine.home import Home
+from ftspl.engine.scan import ShapeSource, scan
+
+log = logging.getLogger(__name__)
+
+STORE_NAME = "shapes.sqlite"
+ANN_NAME = "shapes.hnsw"
+LOCK_NAME = "writer.lock"
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Options of ``ftspl index add`` and of opening the index."""
+
+    label_from: str = "top"
+    up: str | None = None  #: None: the index's up axis, or the model's default for a new index
+    batch_shapes: int = 8  #: shapes encoded per onnxruntime call
+    commit_every: int = 32  #: shapes per SQLite transaction
+    save_ann_every_s: float = 30.0  #: how often a long add refreshes the HNSW file
+    wait_lock: bool = False
+    ann_m: int | None = None  #: HNSW M (None: the ann module's default)
+    ann_ef_construction: int | None = None
+    ann_ef_search: int | None = None
+    rebuild: bool = False  #: drop an index made by another model/spec and start again
+
+
+@dataclass
+class AddReport:
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  #: (path, reason)
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.added + self.updated
+
+
+@dataclass
+class Hit:
+    rank: int
+    id: int
+    path: str
+    distance: float
+    label: str | None
+    kind: str
+
+
+@dataclass
+class QueryResult:
+    photo: str
+    hits: list[Hit]
+
+
+ProgressFn = Callable[[str, int, int], None]  #: (phase, done, total)
+
+
+def content_hash(src: ShapeSource) -> str:
+    """sha256 of a mesh file, or of a view folder's sorted names and bytes."""
+    h = hashlib.sha256()
+    if src.kind == "views":
+        for p in sorted(src.path.iterdir()):
+            if p.is_file():
+                h.update(p.name.encode() + b"\0")
+                h.update(p.read_bytes())
+        return h.hexdigest()
+    with open(src.path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Library:
+    """An index folder bound to one model: add/remove shapes, query photos."""
+
+    def __init__(self, home: Home, runtime: RuntimeConfig = RuntimeConfig(), model_dir: Path | None = None) -> None:
+        self.home = home
+        self.dir = home.index_dir
+        self.model_dir = model_dir or home.active_model_dir()
+        self.encoders = Encoders(self.model_dir, runtime)
+        self.manifest = self.encoders.manifest
+
+    # -- helpers --------------------------------------------------------------
+    @property
+    def store_path(self) -> Path:
+        return self.dir / STORE_NAME
+
+    @property
+    def ann_path(self) -> Path:
+        return self.dir / ANN_NAME
+
+    def exists(self) -> bool:
+        return self.store_path.exists()
+
+    def _spec_for_add(self, store, cfg: IndexConfig) -> RenderSpec:
+        """The render spec of this index: stored one, else the model's with the chosen up axis."""
+        model_spec = self.manifest.get_render_spec()
+        stored = store.get_info().get("render_spec")
+        if stored:
+            spec = RenderSpec.from_dict(json.loads(stored))
+            if cfg.up is not None and cfg.up != spec.up:
+                raise IndexStateError(
+                    f"{self.dir}: this index was rendered with --up {spec.up}; shapes rendered with "
+                    f"--up {cfg.up} cannot be mixed into it (use another --home, or --rebuild)"
+                )
+            return spec
+        return model_spec.with_up(cfg.up) if cfg.up else model_spec
+
+    def _open_ann(self, store, writable: bool, cfg: IndexConfig | None = None):
+        """Load the HNSW cache and reconcile it with the store (in memory)."""
+        from ftspl.engine.ann import HnswIndex
+
+        dim = self.manifest.embed_dim
+        ann = None
+        if self.ann_path.exists():
+            try:
+                ann = HnswIndex.load(self.ann_path)
+            except (OSError, ValueError, RuntimeError) as exc:
+                log.warning("%s: unreadable HNSW cache (%s); rebuilding it from SQLite", self.ann_path, exc)
+        if ann is None or getattr(ann, "dim", dim) != dim:
+            kw = {}
+            if cfg is not None:
+                if cfg.ann_m:
+                    kw["M"] = cfg.ann_m
+                if cfg.ann_ef_construction:
+                    kw["ef_construction"] = cfg.ann_ef_construction
+                if cfg.ann_ef_search:
+                    kw["ef_search"] = cfg.ann_ef_search
+            ann = HnswIndex(dim, **kw)
+        if cfg is not None and cfg.ann_ef_search:
+            ann.ef_search = cfg.ann_ef_search
+        meta = _read_ann_meta(self.ann_path)
+        if meta.get("generation") != store.generation() or len(ann) != store.count():
+            _reconcile(ann, store)
+        return ann
+
+    # -- writing --------------------------------------------------------------
+    def add(
+        self,
+        root: str | Path,
+        cfg: IndexConfig = IndexConfig(),
+        progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> AddReport:
+        """Index every shape under ``root`` (incremental by content hash)."""
+        from ftspl.engine.lock import WriterLock
+
+        sources = scan(root, cfg.label_from)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        report = AddReport()
+        t0 = time.perf_counter()
+        with WriterLock(self.dir / LOCK_NAME, wait=cfg.wait_lock):
+            store = self._open_store_for_write(cfg)
+            try:
+                spec = self._spec_for_add(store, cfg)
+                store.ensure_compatible(
+                    self.manifest.model_id, self.manifest.model_hash, spec.digest(), self.manifest.embed_dim
+                )
+                if not store.get_info().get("render_spec"):
+                    store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
+                ann = self._open_ann(store, writable=True, cfg=cfg)
+                todo: list[tuple[ShapeSource, str, int | None]] = []
+                for i, src in enumerate(sources):
+                    if progress:
+                        progress("hash", i, len(sources))
+                    try:
+                        digest = content_hash(src)
+                    except OSError as exc:
+                        report.failed.append((str(src.path), f"cannot read ({exc.strerror or exc})"))
+                        continue
+                    known = store.lookup(str(src.path))
+                    if known is not None and known[1] == digest:
+                        report.unchanged += 1
+                        continue
+                    todo.append((src, digest, None if known is None else known[0]))
+                self._process(todo, spec, store, ann, cfg, report, progress, should_stop)
+                self._save_ann(ann, store)
+            finally:
+                store.close()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _open_store_for_write(self, cfg: IndexConfig):
+        from ftspl.engine.store import ShapeStore
+
+        if cfg.rebuild and self.store_path.exists():
+            for p in (self.store_path, self.ann_path, _meta_path(self.ann_path)):
+                p.unlink(missing_ok=True)
+            for p in self.dir.glob(STORE_NAME + "-*"):  # WAL/SHM files
+                p.unlink(missing_ok=True)
+        return ShapeStore(self.store_path)
+
+    def _prepare(self, todo, spec: RenderSpec) -> Iterator[tuple[ShapeSource, str, int | None, np.ndarray | None, int | None, str | None]]:
+        """Yield (src, digest, old_id, views uint8, faces, error) for each shape, rendering lazily."""
+        from ftspl.engine.meshes import load_mesh, normalize
+        from ftspl.engine.render import Renderer
+        from ftspl.engine.viewfolders import load_view_folder
+
+        renderer = None
+        try:
+            for src, digest, old_id in todo:
+                try:
+                    if src.kind == "views":
+                        yield src, digest, old_id, load_view_folder(src.path, spec), None, None
+                        continue
+                    mesh = normalize(load_mesh(src.path), spec.up)
+                    if renderer is None:
+                        renderer = Renderer(spec)
+                    yield src, digest, old_id, renderer.render(mesh), int(len(mesh.faces)), None
+                except InputFileError as exc:
+                    yield src, digest, old_id, None, None, exc.reason
+        finally:
+            if renderer is not None:
+                renderer.close()
+
+    def _process(self, todo, spec, store, ann, cfg: IndexConfig, report: AddReport, progress, should_stop) -> None:
+        from ftspl.engine.photos import views_to_tensor
+        from ftspl.engine.render import make_preview
+        from ftspl.engine.store import ShapeRecord
+
+        pre = self.encoders.preprocess
+        pending: list[tuple[ShapeSource, str, int | None, np.ndarray, int | None]] = []
+        records: list = []
+        old_ids: list[int | None] = []
+        last_save = time.monotonic()
+        done = 0
+
+        def encode_pending() -> None:
+            if not pending:
+                return
+            batch = np.stack([views_to_tensor(v, pre) for _, _, _, v, _ in pending])
+            emb = self.encoders.embed_views(batch)
+            for (src, digest, old_id, views, faces), e in zip(pending, emb):
+                records.append(
+                    ShapeRecord(
+                        path=str(src.path), content_hash=digest, label=src.label, faces=faces,
+                        kind=src.kind, embedding=np.asarray(e, np.float32), preview=make_preview(views),
+                    )
+                )
+                old_ids.append(old_id)
+            pending.clear()
+
+        def commit() -> None:
+            nonlocal last_save
+            encode_pending()
+            if not records:
+                return
+            ids = store.upsert_batch(records)
+            ann.add(np.asarray(ids, np.int64), np.stack([r.embedding for r in records]))
+            for old in old_ids:
+                if old is None:
+                    report.added += 1
+                else:
+                    report.updated += 1
+            records.clear()
+            old_ids.clear()
+            if time.monotonic() - last_save > cfg.save_ann_every_s:
+                self._save_ann(ann, store)
+                last_save = time.monotonic()
+
+        for src, digest, old_id, views, faces, error in self._prepare(todo, spec):
+            done += 1
+            if progress:
+                progress("index", done, len(todo))
+            if error is not None:
+                report.failed.append((str(src.path), error))
+            else:
+                pending.append((src, digest, old_id, views, faces))
+                if len(pending) >= cfg.batch_shapes:
+                    encode_pending()
+                if len(records) >= cfg.commit_every:
+                    commit()
+            if should_stop is not None and should_stop():
+                break
+        commit()
+
+    def _save_ann(self, ann, store) -> None:
+        from ftspl.engine.atomic import atomic_write_bytes
+
+        ann.save(self.ann_path)
+        atomic_write_bytes(
+            _meta_path(self.ann_path),
+            json.dumps({"generation": store.generation(), "count": len(ann)}).encode(),
+        )
+
+    def remove(self, paths: list[str], cfg: IndexConfig = IndexConfig()) -> list[str]:
+        """Remove shapes by path (a file, a view folder, or every shape under a folder)."""
+        from ftspl.engine.lock import WriterLock
+        from ftspl.engine.store import ShapeStore
+
+        if not self.exists():
+            raise IndexStateError(f"{self.dir}: no index yet; run 'ftspl index add FOLDER' first")
+        with WriterLock(self.dir / LOCK_NAME, wait=cfg.wait_lock):
+            store = ShapeStore(self.store_path)
+            try:
+                self._check_model(store)
+                ann = self._open_ann(store, writable=True)
+                resolved = [str(Path(p).expanduser().resolve()) for p in paths]
+                removed_paths, removed_ids = store.remove_paths(resolved)
+                if removed_ids:
+                    ann.remove(np.asarray(removed_ids, np.int64))
+                self._save_ann(ann, store)
+            finally:
+                store.close()
+        return removed_paths
+
+    def _check_model(self, store) -> None:
+        info = store.get_info()
+        if info.get("model_hash") and info["model_hash"] != self.manifest.model_hash:
+            raise IndexStateError(
+                f"{self.dir}: index was built by model {info.get('model_id')}, not the active model "
+                f"{self.manifest.model_id}; rebuild it with 'ftspl index add FOLDER --rebuild'"
+            )
+
+    # -- reading --------------------------------------------------------------
+    def open_reader(self) -> "Reader":
+        return Reader(self)
+
+
+class Reader:
+    """Read-only view of the index for queries; safe while a writer runs."""
+
+    def __init__(self, lib: Library) -> None:
+        from ftspl.engine.store import ShapeStore
+
+        if not lib.exists():
+            raise IndexStateError(f"{lib.dir}: no index yet; run 'ftspl index add FOLDER' first")
+        self.lib = lib
+        self.store = ShapeStore(lib.store_path, readonly=True)
+        lib._check_model(self.store)
+        self.ann = lib._open_ann(self.store, writable=False)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def search(self, embeddings: np.ndarray, k: int) -> list[list[Hit]]:
+        """Nearest shapes for each embedding; ``k`` is clamped to the index size."""
+        if k < 1:
+            raise UsageError("--top must be at least 1")
+        n = len(self.ann)
+        if n == 0 or len(embeddings) == 0:
+            return [[] for _ in range(len(embeddings))]
+        kk = min(n, k)
+        ids, dists = self.ann.query(np.asarray(embeddings, np.float32), kk)
+        out: list[list[Hit]] = []
+        for row_ids, row_d in zip(ids, dists):
+            rows = {r.id: r for r in self.store.get([int(i) for i in row_ids])}
+            hits = []
+            for i, d in zip(row_ids, row_d):
+                r = rows.get(int(i))
+                if r is None:  # removed by a writer since this reader opened
+                    continue
+                hits.append(Hit(len(hits) + 1, int(i), r.path, float(d), r.label, r.kind))
+            out.append(hits[:k])
+        return out
+
+    def query_photos(self, photos: list[str | Path], k: int) -> list[QueryResult]:
+        """Encode the photos in one batch and search."""
+        from ftspl.engine.photos import photo_batch
+
+        pre = self.lib.encoders.preprocess
+        batch = photo_batch([Path(p) for p in photos], pre)
+        emb = self.lib.encoders.embed_photos(batch)
+        return [QueryResult(str(p), h) for p, h in zip(photos, self.search(emb, k))]
+
+
+def _meta_path(ann_path: Path) -> Path:
+    return ann_path.with_name(ann_path.name + ".gen.json")
+
+
+def _read_ann_meta(ann_path: Path) -> dict:
+    try:
+        return json.loads(_meta_path(ann_path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _reconcile(ann, store) -> None:
+    """Make the ANN hold exactly the store's shapes (after a crash or during an add)."""
+    store_ids, vectors = store.all_embeddings()
+    have = set(int(i) for i in ann.ids())
+    want = set(int(i) for i in store_ids)
+    extra = np.asarray(sorted(have - want), np.int64)
+    if len(extra):
+        ann.remove(extra)
+    missing = np.asarray([i not in have for i in store_ids.tolist()], bool)
+    if missing.any():
+        ann.add(store_ids[missing].astype(np.int64), vectors[missing])
+    log.info("reconciled HNSW with SQLite: +%d -%d", int(missing.sum()), len(extra))
+
+
+__all__ = ["Library", "Reader", "IndexConfig", "AddReport", "Hit", "QueryResult", "FtsplError"]

@@ -1,0 +1,305 @@
+"""Load gallery meshes from disk and normalise them for rendering.
+
+Why this module is strict: gallery folders come from the wild (ModelNet OFF
+files, ShapeNet OBJs with broken MTLs, glTF exports, scans saved as point
+clouds). Every file either becomes a clean :class:`Mesh` or raises
+:class:`~ftspl.engine.errors.MeshLoadError` with ``path: reason`` so that the
+indexer can skip it with one readable line instead of crashing or silently
+rendering garbage.
+
+Security/robustness decisions (trimesh does the parsing):
+
+* Only **geometry** is loaded (``skip_materials=True``): gallery views are
+  rendered with one grey material, so MTL files and textures are never read.
+  That also means no texture image is decoded (no decompression bombs) and no
+  ``mtllib ../../etc/passwd`` style reference is followed.
+* Files that geometry *does* depend on (a ``.gltf``'s external ``.bin``
+  buffers) are read through :class:`_FolderResolver`, which serves only
+  regular files inside the mesh's own folder and never fetches URLs
+  (``allow_remote=False``).
+* The file size is checked **before** parsing; face/vertex caps right after.
+* ``process=False``: trimesh's vertex merging is slow on big meshes and not
+  needed for flat-shaded renders; we validate the raw arrays ourselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from trimesh.resolvers import Resolver
+
+from ftspl.engine.constants import (
+    MAX_FACES,
+    MAX_FILE_BYTES,
+    MAX_VERTICES,
+    NORMALIZE_RADIUS,
+    UP_AXES,
+)
+from ftspl.engine.errors import MeshLoadError, UnknownKeyError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LOADERS",
+    "Mesh",
+    "MeshLimits",
+    "load_mesh",
+    "mesh_extensions",
+    "normalize",
+]
+
+
+@dataclass
+class Mesh:
+    """A triangle soup ready for rendering: float32 (n, 3) vertices, int32 (m, 3) faces."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.vertices = np.ascontiguousarray(self.vertices, dtype=np.float32)
+        self.faces = np.ascontiguousarray(self.faces, dtype=np.int32)
+        if self.vertices.ndim != 2 or self.vertices.shape[1] != 3:
+            raise ValueError(f"vertices must have shape (n, 3), got {self.vertices.shape}")
+        if self.faces.ndim != 2 or self.faces.shape[1] != 3:
+            raise ValueError(f"faces must have shape (m, 3), got {self.faces.shape}")
+
+    @property
+    def n_faces(self) -> int:
+        return int(self.faces.shape[0])
+
+
+@dataclass(frozen=True)
+class MeshLimits:
+    """Caps that refuse hostile or absurd files (CLI flags override the defaults)."""
+
+    max_file_bytes: int = MAX_FILE_BYTES
+    max_faces: int = MAX_FACES
+    max_vertices: int = MAX_VERTICES
+
+
+class _FolderResolver(Resolver):
+    """Serve assets referenced by a mesh file only from that file's own folder.
+
+    trimesh >= 5 restricts ``FilePathResolver`` to its folder too, but trimesh 4
+    (allowed by our dependency range) does not, so the rule is enforced here:
+    the name must resolve to a regular file inside the folder and be no larger
+    than the file-size cap. Nothing is ever written.
+    """
+
+    def __init__(self, mesh_path: Path, max_bytes: int) -> None:
+        self.parent = mesh_path.resolve().parent
+        self.file_name = mesh_path.name  # some trimesh loaders read this attribute
+        self.max_bytes = max_bytes
+
+    def _locate(self, name: str) -> Path:
+        for candidate in (name, urllib.parse.unquote(name)):
+            candidate = candidate.strip().lstrip("/\\")
+            path = (self.parent / candidate).resolve()
+            if path.is_relative_to(self.parent) and path.is_file():
+                return path
+        raise FileNotFoundError(f"asset {name!r} is not a file inside {self.parent}")
+
+    def get(self, name: str) -> bytes:
+        path = self._locate(name)
+        if path.stat().st_size > self.max_bytes:
+            raise ValueError(f"asset {name!r} is larger than {self.max_bytes} bytes")
+        return path.read_bytes()
+
+    def write(self, name: str, data: object) -> None:
+        raise PermissionError("mesh loading never writes files")
+
+    def namespaced(self, namespace: str) -> "_FolderResolver":
+        # Namespacing would widen or move the root; keep the mesh folder.
+        return self
+
+    def keys(self):
+        return (p.name for p in self.parent.iterdir() if p.is_file())
+
+
+def _flatten(loaded: object, path: Path, limits: MeshLimits) -> Mesh:
+    """Turn whatever trimesh returned (Trimesh, Scene, PointCloud...) into one Mesh.
+
+    Scenes (glTF/GLB, multi-object OBJ) are flattened by walking the scene
+    graph and applying each node's world transform, so instanced geometry and
+    node hierarchies land where the file places them. Non-triangle geometry
+    (paths, point clouds) inside a scene is ignored; if nothing triangular is
+    left the file is refused.
+    """
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    saw_points = False
+    if isinstance(loaded, trimesh.Trimesh):
+        parts.append((np.asarray(loaded.vertices), np.asarray(loaded.faces), None))
+    elif isinstance(loaded, trimesh.Scene):
+        for node in loaded.graph.nodes_geometry:
+            transform, geom_name = loaded.graph[node]
+            geom = loaded.geometry.get(geom_name)
+            if isinstance(geom, trimesh.Trimesh):
+                parts.append((np.asarray(geom.vertices), np.asarray(geom.faces), transform))
+            elif isinstance(geom, trimesh.PointCloud):
+                saw_points = True
+    elif isinstance(loaded, trimesh.PointCloud):
+        saw_points = True
+
+    n_faces = sum(len(f) for _, f, _ in parts)
+    n_vertices = sum(len(v) for v, _, _ in parts)
+    if n_faces == 0:
+        what = "a point cloud only" if saw_points else "no triangles"
+        raise MeshLoadError(path, f"file contains {what}; a surface mesh with faces is required")
+    if n_faces > limits.max_faces:
+        raise MeshLoadError(
+            path, f"{n_faces} faces exceed the limit of {limits.max_faces}; simplify the mesh or raise --max-faces"
+        )
+    if n_vertices > limits.max_vertices:
+        raise MeshLoadError(
+            path,
+            f"{n_vertices} vertices exceed the limit of {limits.max_vertices}; "
+            "simplify the mesh or raise --max-vertices",
+        )
+
+    vertices, faces, offset = [], [], 0
+    for v, f, transform in parts:
+        if f.ndim != 2 or f.shape[1] != 3:
+            raise MeshLoadError(path, f"faces have shape {f.shape}, expected triangles (m, 3)")
+        v = v.astype(np.float64, copy=False)
+        if transform is not None and not np.allclose(transform, np.eye(4)):
+            v = v @ transform[:3, :3].T + transform[:3, 3]
+        if len(f) and (f.min() < 0 or f.max() >= len(v)):
+            raise MeshLoadError(path, "a face refers to a vertex that does not exist")
+        vertices.append(v)
+        faces.append(f.astype(np.int64, copy=False) + offset)
+        offset += len(v)
+    return _validated(np.concatenate(vertices), np.concatenate(faces), path)
+
+
+def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path) -> Mesh:
+    """Drop unreferenced vertices, refuse non-finite or zero-area geometry."""
+    # Stray vertices not used by any face would distort the bounding box and
+    # so the normalisation; drop them (O(n), no sort).
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces.ravel()] = True
+    if not used.all():
+        remap = np.cumsum(used) - 1
+        vertices, faces = vertices[used], remap[faces]
+    if not np.isfinite(vertices).all():
+        raise MeshLoadError(path, "vertices contain NaN or infinite coordinates")
+    if np.abs(vertices).max() > np.finfo(np.float32).max / 4:
+        raise MeshLoadError(path, "vertex coordinates are too large for float32")
+    extent = float(np.ptp(vertices, axis=0).max())
+    if extent <= 0.0:
+        raise MeshLoadError(path, "all vertices coincide; the mesh has zero size")
+    # Face areas relative to the size of the mesh: a mesh whose faces are all
+    # slivers (lines/points) would render as nothing at all.
+    a, b, c = (vertices[faces[:, i]] / extent for i in range(3))
+    double_area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    if not (double_area > 1e-12).any():
+        raise MeshLoadError(path, "all faces are degenerate (zero area); nothing to render")
+    return Mesh(vertices.astype(np.float32), faces.astype(np.int32))
+
+
+def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits) -> Mesh:
+    """Parse one file with trimesh (geometry only) and validate the result."""
+    resolver = _FolderResolver(path, limits.max_file_bytes)
+    try:
+        loaded = trimesh.load(
+            str(path),
+            file_type=file_type,
+            resolver=resolver,
+            allow_remote=False,
+            process=False,
+            skip_materials=True,
+        )
+    except MemoryError as exc:
+        raise MeshLoadError(path, "not enough memory to parse the file") from exc
+    # Why a broad clause here (and only here): trimesh's parsers for hostile or
+    # truncated files raise arbitrary types (ValueError, KeyError, IndexError,
+    # struct.error, UnicodeDecodeError, AttributeError, json errors...), and a
+    # corrupt gallery file must become one skip-able MeshLoadError, not a crash.
+    except Exception as exc:  # noqa: BLE001 - third-party parser boundary
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise MeshLoadError(path, f"corrupt or unreadable {file_type.upper()} file ({reason})") from exc
+    return _flatten(loaded, path, limits)
+
+
+#: Loader per lowercase file extension. Every loader takes (path, limits) and
+#: returns a validated :class:`Mesh` or raises :class:`MeshLoadError`.
+LOADERS: dict[str, Callable[[Path, MeshLimits], Mesh]] = {
+    ".glb": partial(_trimesh_loader, "glb"),
+    ".gltf": partial(_trimesh_loader, "gltf"),
+    ".obj": partial(_trimesh_loader, "obj"),
+    ".off": partial(_trimesh_loader, "off"),
+    ".ply": partial(_trimesh_loader, "ply"),
+    ".stl": partial(_trimesh_loader, "stl"),
+}
+
+
+def mesh_extensions() -> tuple[str, ...]:
+    """The supported mesh file extensions, sorted (``('.glb', '.gltf', ...)``)."""
+    return tuple(sorted(LOADERS))
+
+
+def load_mesh(path: str | Path, limits: MeshLimits = MeshLimits()) -> Mesh:
+    """Load a mesh file into a validated, un-normalised :class:`Mesh`.
+
+    Raises :class:`MeshLoadError` (message ``path: reason``) for an unsupported
+    extension, a missing/empty/too-big file, corrupt content, no faces (point
+    cloud), too many faces/vertices, non-finite or all-degenerate geometry.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    loader = LOADERS.get(ext)
+    if loader is None:
+        raise MeshLoadError(
+            path, f"unsupported format '{ext or path.name}'; supported: {', '.join(mesh_extensions())}"
+        )
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if not path.is_file():
+        raise MeshLoadError(path, "not a regular file")
+    if size == 0:
+        raise MeshLoadError(path, "file is empty")
+    if size > limits.max_file_bytes:
+        raise MeshLoadError(
+            path, f"file is {size} bytes, over the limit of {limits.max_file_bytes}; raise --max-file-bytes"
+        )
+    mesh = loader(path, limits)
+    log.debug("loaded %s: %d vertices, %d faces", path, len(mesh.vertices), mesh.n_faces)
+    return mesh
+
+
+# Rotations that bring the file's up axis onto +Y (rows act on column vectors).
+_UP_ROTATIONS: dict[str, np.ndarray] = {
+    "y": np.eye(3),
+    # -90 degrees about X: (x, y, z) -> (x, z, -y), so +Z becomes +Y.
+    "z": np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]]),
+}
+
+
+def normalize(mesh: Mesh, up: str, radius: float = NORMALIZE_RADIUS) -> Mesh:
+    """Return a copy that is upright (+Y), centred and scaled to ``radius``.
+
+    Why bounding-box centre and max vertex norm: that is the usual MVCNN-style
+    normalisation and guarantees every vertex sits inside the sphere the
+    cameras are placed for (``RenderSpec.camera_distance`` is in its units).
+    """
+    rotation = _UP_ROTATIONS.get(up)
+    if rotation is None:
+        raise UnknownKeyError("up axis", up, UP_AXES)
+    v = mesh.vertices.astype(np.float64) @ rotation.T
+    v -= (v.min(axis=0) + v.max(axis=0)) / 2.0
+    scale = float(np.linalg.norm(v, axis=1).max())
+    if not math.isfinite(scale) or scale <= 0.0:
+        raise ValueError("cannot normalise a mesh with zero extent")
+    v *= radius / scale
+    return Mesh(v.astype(np.float32), mesh.faces.copy())

@@ -1,0 +1,127 @@
+"""Photo decoding and the encoder's input transform (PIL + numpy, torch-free).
+
+Both the trainer and the engine call :func:`to_tensor` so a photo becomes the same
+array at training and at query time. Views rendered at ``image_size`` pass
+through the same transform (resize is then a no-op apart from the centre crop
+scale, see :func:`views_to_tensor`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ftspl.engine.constants import MAX_FILE_BYTES, MAX_IMAGE_PIXELS, Preprocess
+from ftspl.engine.errors import ImageLoadError
+
+#: Formats a user may query with; PIL detects the real format from the bytes.
+PHOTO_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def load_photo(
+    path: str | Path,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_bytes: int = MAX_FILE_BYTES,
+) -> Image.Image:
+    """Decode a photo into an RGB PIL image.
+
+    EXIF orientation is applied (phones store rotated pixels plus a tag), alpha
+    is composited on white (our gallery views have a white background), and
+    greyscale/palette/CMYK images are promoted to RGB. Pixel count is checked
+    from the header before decoding, so a decompression bomb never allocates.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise ImageLoadError(p, f"cannot read file ({exc.strerror or exc})") from None
+    if not p.is_file():
+        raise ImageLoadError(p, "not a file")
+    if size == 0:
+        raise ImageLoadError(p, "empty file")
+    if size > max_bytes:
+        raise ImageLoadError(p, f"file is {size} bytes, over the {max_bytes}-byte limit")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(p)
+            if img.format not in PHOTO_FORMATS:
+                raise ImageLoadError(
+                    p, f"unsupported image format {img.format}; use JPEG, PNG, WebP or BMP"
+                )
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageLoadError(p, f"image is {w}x{h} pixels, over the {max_pixels}-pixel limit")
+            if w < 1 or h < 1:
+                raise ImageLoadError(p, "image has no pixels")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(p, "not a readable image (JPEG, PNG, WebP or BMP expected)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageLoadError(p, "image is a decompression bomb (too many pixels)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # PIL reports truncated/corrupt streams with these types.
+        raise ImageLoadError(p, f"corrupt image ({exc})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Composite any alpha on white and return an 8-bit RGB image."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
+    """Resize the shorter side to ``size / crop_pct`` (bicubic), then centre-crop ``size``."""
+    size = pre.image_size
+    short = max(size, int(round(size / pre.crop_pct)))
+    w, h = img.size
+    scale = short / min(w, h)
+    nw, nh = max(size, int(round(w * scale))), max(size, int(round(h * scale)))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def normalize(arr_uint8: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W), scaled to 0..1 and standardised."""
+    x = arr_uint8.astype(np.float32) * (1.0 / 255.0)
+    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def to_tensor(img: Image.Image, pre: Preprocess) -> np.ndarray:
+    """One RGB photo -> float32 (3, S, S), ready for the image encoder."""
+    return normalize(np.asarray(resize_crop(to_rgb(img), pre), dtype=np.uint8), pre)
+
+
+def views_to_tensor(views: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Rendered views uint8 (V, S, S, 3) -> float32 (V, 3, S, S).
+
+    Views are rendered at exactly ``image_size`` with the shape filling the
+    frame, so they are not resized or cropped (cropping would cut the shape);
+    if a pre-rendered view folder has another size it was already resized on
+    load. Only the normalisation is shared with photos.
+    """
+    if views.ndim != 4 or views.shape[-1] != 3 or views.shape[1] != pre.image_size:
+        raise ValueError(f"views must be (V, {pre.image_size}, {pre.image_size}, 3), got {views.shape}")
+    return normalize(views, pre)
+
+
+def photo_batch(paths: list[Path], pre: Preprocess) -> np.ndarray:
+    """Decode and preprocess several photos into one float32 batch (N, 3, S, S)."""
+    return np.stack([to_tensor(load_photo(p), pre) for p in paths]) if paths else np.zeros(
+        (0, 3, pre.image_size, pre.image_size), np.float32
+    )

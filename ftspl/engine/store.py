@@ -1,0 +1,538 @@
+"""SQLite shape store: metadata and embeddings, the index's source of truth.
+
+The HNSW file is a derived cache that can always be rebuilt from this store.
+To make that cheap and crash-safe, every committed change bumps a
+``generation`` counter and stamps the rows it touched (``changed_gen``); removed
+ids leave a tombstone. An ANN cache saved with generation *g* catches up with
+:meth:`ShapeStore.changes_since` instead of a full rebuild, and a crash between
+"store committed" and "cache saved" is detected by comparing generations.
+
+Ids come from ``INTEGER PRIMARY KEY AUTOINCREMENT`` so an id is never reused:
+a stale cache can never map an old id to a different shape.
+
+Concurrency: one writer (guarded by :class:`ftspl.engine.lock.WriterLock`), any
+number of readers. The database runs in WAL mode, so a read-only handle
+(``readonly=True``) sees the last committed state and never blocks or is
+blocked by a running ``index add``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ftspl.engine.errors import IndexStateError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KINDS = ("mesh", "views")  #: a shape indexed from a mesh file, or from pre-rendered views
+#: keys of ``info`` that decide whether embeddings are comparable
+COMPAT_KEYS = ("model_id", "model_hash", "render_spec_hash", "embed_dim")
+REBUILD_HINT = "rebuild with `ftspl index add --rebuild` or delete the index folder"
+_SQL_CHUNK = 500  # stay well below SQLite's bound-variable limit
+
+_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE info (key TEXT PRIMARY KEY, value);
+CREATE TABLE shapes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    content_hash TEXT NOT NULL,
+    label TEXT,
+    faces INTEGER,
+    kind TEXT NOT NULL CHECK (kind IN ('mesh', 'views')),
+    added REAL NOT NULL,
+    embedding BLOB NOT NULL,
+    preview BLOB,
+    changed_gen INTEGER NOT NULL
+);
+CREATE INDEX shapes_changed_gen ON shapes (changed_gen);
+CREATE INDEX shapes_label ON shapes (label);
+CREATE TABLE removed (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE INDEX removed_gen ON removed (gen);
+"""
+
+
+@dataclass(frozen=True)
+class ShapeRecord:
+    """One shape to insert or update (keyed by ``path``)."""
+
+    path: str | Path
+    content_hash: str
+    label: str | None
+    faces: int | None
+    kind: str
+    embedding: np.ndarray
+    preview: bytes | None = None
+
+
+@dataclass(frozen=True)
+class ShapeRow:
+    """A stored shape's metadata, as returned for query results."""
+
+    id: int
+    path: str
+    content_hash: str
+    label: str | None
+    faces: int | None
+    kind: str
+    added: float
+    preview: bytes | None = None
+
+
+def normalize_path(path: str | Path) -> str:
+    """The store's key for a file: absolute, symlinks resolved."""
+    return str(Path(path).expanduser().resolve())
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """Turn SQLite's 'this is not a (valid) database' into IndexStateError naming the file."""
+
+    @functools.wraps(method)
+    def wrapper(self: "ShapeStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
+                raise
+            raise IndexStateError(f"{self.path}: corrupt index database ({exc}); {REBUILD_HINT}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ShapeStore:
+    """Shapes, their embeddings and the index's model identity, in one SQLite file.
+
+    Write verbs run in one transaction each (or join an enclosing
+    :meth:`batch`) and bump the generation once per committed change.
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._txn_depth = 0
+        self._dirty = False
+        self._gen = 0
+        try:
+            self._conn = self._connect(busy_timeout_s)
+        except sqlite3.DatabaseError as exc:
+            raise IndexStateError(f"{self.path}: cannot open index database ({exc}); {REBUILD_HINT}") from None
+        try:
+            self._prepare()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise IndexStateError(f"{self.path}: not a valid index database ({exc}); {REBUILD_HINT}") from None
+        except IndexStateError:
+            self._conn.close()
+            raise
+
+    # ---- opening ----
+    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
+        if self.readonly:
+            if not self.path.is_file():
+                raise IndexStateError(f"{self.path}: no shape index here; build one with `ftspl index add`")
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_s)
+            conn.execute("PRAGMA query_only = ON")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                conn.close()
+                raise IndexStateError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _prepare(self) -> None:
+        """Create the schema in a fresh file; check the version of an existing one."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            if self.readonly:
+                raise IndexStateError(f"{self.path}: shape index is empty; build it with `ftspl index add`")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                # Re-check under the write lock: another writer may have just created it.
+                if not self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    for stmt in _SCHEMA.strip().split(";"):
+                        if stmt.strip():
+                            self._conn.execute(stmt)
+                    self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                    self._conn.executemany(
+                        "INSERT INTO info (key, value) VALUES (?, ?)",
+                        [("generation", 0), ("created", time.time())],
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"schema_version", "info", "shapes", "removed"} <= tables:
+            raise IndexStateError(f"{self.path}: not an ftspl shape index; {REBUILD_HINT}")
+        row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        version = row[0] if row else None
+        if version is None or version > SCHEMA_VERSION:
+            raise IndexStateError(
+                f"{self.path}: index schema version {version} is not supported (this ftspl reads "
+                f"{SCHEMA_VERSION}); upgrade ftspl or {REBUILD_HINT}"
+            )
+
+    # ---- lifecycle ----
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "ShapeStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- transactions ----
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[int]:
+        """One write transaction for several verbs; yields the generation it will commit.
+
+        Verbs called inside join it; the generation is bumped once, and only if
+        something changed. An exception rolls everything back.
+        """
+        if self.readonly:
+            raise IndexStateError(f"{self.path}: opened read-only; cannot write")
+        if self._txn_depth:
+            self._txn_depth += 1
+            try:
+                yield self._gen
+            finally:
+                self._txn_depth -= 1
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._txn_depth, self._dirty = 1, False
+        try:
+            self._gen = self._read_generation() + 1
+            yield self._gen
+            if self._dirty:
+                self._conn.execute("UPDATE info SET value = ? WHERE key = 'generation'", (self._gen,))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._txn_depth, self._dirty = 0, False
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[int]:
+        """A consistent read view (one read transaction); yields its generation.
+
+        Use it to pair ``generation()`` with ``all_embeddings()`` when
+        (re)building an ANN cache from a store another process may be writing.
+        """
+        if self._conn.in_transaction:  # inside batch() or another snapshot: already consistent
+            yield self._read_generation()
+            return
+        self._conn.execute("BEGIN")
+        try:
+            yield self._read_generation()
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _read_generation(self) -> int:
+        row = self._conn.execute("SELECT value FROM info WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    # ---- info ----
+    @_guarded
+    def get_info(self) -> dict[str, Any]:
+        """All ``info`` keys: model_id, model_hash, render_spec_hash, embed_dim, created, generation."""
+        return {k: v for k, v in self._conn.execute("SELECT key, value FROM info")}
+
+    @_guarded
+    def set_info(self, **values: str | int | float | None) -> None:
+        """Set ``info`` keys (``generation`` is managed by the store and refused)."""
+        if "generation" in values:
+            raise ValueError("generation is managed by the store")
+        with self.batch():
+            self._conn.executemany(
+                "INSERT INTO info (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list(values.items()),
+            )
+            self._dirty = True
+
+    @_guarded
+    def ensure_compatible(self, model_id: str, model_hash: str, render_spec_hash: str, embed_dim: int) -> dict[str, Any]:
+        """Claim an empty store for this model/spec, or refuse one built by another.
+
+        A store holding no shapes is (re)claimed; otherwise all of
+        :data:`COMPAT_KEYS` must match, because embeddings from another model or
+        render spec are not comparable. Returns the info dict.
+        """
+        wanted = {
+            "model_id": str(model_id),
+            "model_hash": str(model_hash),
+            "render_spec_hash": str(render_spec_hash),
+            "embed_dim": int(embed_dim),
+        }
+        info = self.get_info()
+        if not self.readonly and (info.get("model_hash") is None or self.count() == 0):
+            if any(info.get(k) != v for k, v in wanted.items()):
+                self.set_info(**wanted)
+            return self.get_info()
+        if info.get("model_hash") is None:
+            raise IndexStateError(f"{self.path}: shape index is empty; build it with `ftspl index add`")
+        diffs = [f"{k} {info.get(k)!r} (now {v!r})" for k, v in wanted.items() if info.get(k) != v]
+        if diffs:
+            raise IndexStateError(
+                f"{self.path}: index was built with another model or render spec: {', '.join(diffs)}; {REBUILD_HINT}"
+            )
+        return info
+
+    # ---- reads ----
+    @_guarded
+    def generation(self) -> int:
+        """Counter bumped by every committed change (compare with an ANN cache's)."""
+        return self._read_generation()
+
+    @_guarded
+    def count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM shapes").fetchone()[0])
+
+    @_guarded
+    def lookup(self, path: str | Path) -> tuple[int, str] | None:
+        """``(id, content_hash)`` of the shape stored for ``path``, or None."""
+        row = self._conn.execute(
+            "SELECT id, content_hash FROM shapes WHERE path = ?", (normalize_path(path),)
+        ).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    @_guarded
+    def entries(self, prefix: str | Path | None = None) -> dict[str, tuple[int, str]]:
+        """``path -> (id, content_hash)`` for every shape (under ``prefix`` if given).
+
+        One query instead of a ``lookup`` per file when scanning a folder; the
+        paths absent from the scan are the ones to remove.
+        """
+        sql, args = "SELECT path, id, content_hash FROM shapes", ()
+        if prefix is not None:
+            where, args = _under_clause(prefix)
+            sql += " WHERE " + where
+        return {p: (int(i), str(h)) for p, i, h in self._conn.execute(sql, args)}
+
+    @_guarded
+    def get(self, ids: Iterable[int], previews: bool = False) -> list[ShapeRow]:
+        """Rows for ``ids`` in the given order, skipping ids that no longer exist."""
+        wanted = [int(i) for i in (ids.ravel() if isinstance(ids, np.ndarray) else ids)]
+        cols = "id, path, content_hash, label, faces, kind, added" + (", preview" if previews else "")
+        found: dict[int, ShapeRow] = {}
+        with self.snapshot():
+            for chunk in _chunks(sorted(set(wanted)), _SQL_CHUNK):
+                marks = ",".join("?" * len(chunk))
+                for r in self._conn.execute(f"SELECT {cols} FROM shapes WHERE id IN ({marks})", chunk):
+                    found[int(r[0])] = ShapeRow(
+                        id=int(r[0]), path=r[1], content_hash=r[2], label=r[3],
+                        faces=None if r[4] is None else int(r[4]), kind=r[5], added=float(r[6]),
+                        preview=r[7] if previews else None,
+                    )
+        return [found[i] for i in wanted if i in found]
+
+    @_guarded
+    def labels(self) -> dict[str, int]:
+        """``label -> number of shapes``, most frequent first (unlabelled shapes are not listed)."""
+        rows = self._conn.execute(
+            "SELECT label, count(*) AS n FROM shapes WHERE label IS NOT NULL GROUP BY label ORDER BY n DESC, label"
+        )
+        return {str(lab): int(n) for lab, n in rows}
+
+    def iter_embeddings(self, chunk: int = 8192, since: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, float32 matrix)`` chunks in id order; ``since``: only rows changed after that generation.
+
+        Streams with keyset pagination so memory stays at one chunk. Wrap in
+        :meth:`snapshot` for a consistent view across chunks.
+        """
+        dim = self._embed_dim()
+        last = -1
+        sql = "SELECT id, embedding FROM shapes WHERE id > ?"
+        extra: tuple[int, ...] = ()
+        if since is not None:
+            sql += " AND changed_gen > ?"
+            extra = (int(since),)
+        sql += " ORDER BY id LIMIT ?"
+        while True:
+            rows = self._conn.execute(sql, (last, *extra, int(chunk))).fetchall()
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            mat = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
+            if dim is None:
+                dim = len(rows[0][1]) // 4
+            if mat.size != len(rows) * dim:
+                raise IndexStateError(f"{self.path}: stored embeddings do not all have {dim} values; {REBUILD_HINT}")
+            yield ids, mat.reshape(len(rows), dim).astype(np.float32)
+            last = int(ids[-1])
+
+    @_guarded
+    def all_embeddings(self, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+        """Every ``(ids, matrix)``, id order, filled chunk by chunk into one preallocated matrix."""
+        with self.snapshot():
+            n = self.count()
+            dim = self._embed_dim()
+            if dim is None:
+                row = self._conn.execute("SELECT length(embedding) FROM shapes LIMIT 1").fetchone()
+                dim = int(row[0]) // 4 if row else 0
+            ids = np.zeros(n, dtype=np.int64)
+            mat = np.zeros((n, dim), dtype=np.float32)
+            pos = 0
+            for cid, cmat in self.iter_embeddings(chunk):
+                ids[pos : pos + len(cid)] = cid
+                mat[pos : pos + len(cid)] = cmat
+                pos += len(cid)
+        return ids[:pos], mat[:pos]
+
+    @_guarded
+    def changes_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What an ANN cache saved at ``generation`` must apply: ``(upsert_ids, vectors, removed_ids)``."""
+        with self.snapshot() as now:
+            if generation > now:
+                raise IndexStateError(
+                    f"{self.path}: vector index is newer (generation {generation}) than its store ({now}); {REBUILD_HINT}"
+                )
+            parts = list(self.iter_embeddings(since=generation))
+            removed = np.fromiter(
+                (r[0] for r in self._conn.execute("SELECT id FROM removed WHERE gen > ? ORDER BY id", (generation,))),
+                dtype=np.int64,
+            )
+        dim = self._embed_dim() or (parts[0][1].shape[1] if parts else 0)
+        if parts:
+            ids = np.concatenate([p[0] for p in parts])
+            mat = np.concatenate([p[1] for p in parts])
+        else:
+            ids, mat = np.zeros(0, dtype=np.int64), np.zeros((0, dim), dtype=np.float32)
+        return ids, mat, removed
+
+    def _embed_dim(self) -> int | None:
+        row = self._conn.execute("SELECT value FROM info WHERE key = 'embed_dim'").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    # ---- writes ----
+    @_guarded
+    def upsert_batch(self, records: Sequence[ShapeRecord]) -> list[int]:
+        """Insert or update shapes (keyed by resolved path) in one transaction; their ids in order.
+
+        An updated path keeps its id, so an ANN index just replaces the vector.
+        """
+        if not records:
+            return []
+        dim = self._embed_dim()
+        rows = []
+        seen: set[str] = set()
+        for rec in records:
+            path = normalize_path(rec.path)
+            if path in seen:
+                raise ValueError(f"{path}: listed twice in one batch")
+            seen.add(path)
+            rows.append((path, *_validate_record(rec, dim, path)))
+        now = time.time()
+        ids: list[int] = []
+        with self.batch() as gen:
+            for path, content_hash, label, faces, kind, blob, preview in rows:
+                row = self._conn.execute(
+                    """INSERT INTO shapes (path, content_hash, label, faces, kind, added, embedding, preview, changed_gen)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                       ON CONFLICT (path) DO UPDATE SET
+                         content_hash = excluded.content_hash, label = excluded.label,
+                         faces = excluded.faces, kind = excluded.kind, added = excluded.added,
+                         embedding = excluded.embedding, preview = excluded.preview,
+                         changed_gen = excluded.changed_gen
+                       RETURNING id""",
+                    (path, content_hash, label, faces, kind, now, blob, preview, gen),
+                ).fetchone()
+                ids.append(int(row[0]))
+            self._dirty = True
+        return ids
+
+    @_guarded
+    def remove_paths(self, paths: Iterable[str | Path]) -> list[int]:
+        """Delete the shapes stored for ``paths`` (unknown paths are ignored); the ids removed."""
+        keys = sorted({normalize_path(p) for p in paths})
+        removed: list[int] = []
+        if not keys:
+            return removed
+        with self.batch():
+            for chunk in _chunks(keys, _SQL_CHUNK):
+                marks = ",".join("?" * len(chunk))
+                removed += [int(r[0]) for r in self._conn.execute(
+                    f"DELETE FROM shapes WHERE path IN ({marks}) RETURNING id", chunk
+                ).fetchall()]
+            self._tombstone(removed)
+        return sorted(removed)
+
+    @_guarded
+    def remove_under(self, prefix: str | Path) -> list[int]:
+        """Delete every shape whose path is ``prefix`` or lies below that folder; the ids removed."""
+        where, args = _under_clause(prefix)
+        with self.batch():
+            removed = [int(r[0]) for r in self._conn.execute(
+                f"DELETE FROM shapes WHERE {where} RETURNING id", args
+            ).fetchall()]
+            self._tombstone(removed)
+        return sorted(removed)
+
+    def _tombstone(self, ids: list[int]) -> None:
+        if ids:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO removed (id, gen) VALUES (?, ?)", [(i, self._gen) for i in ids]
+            )
+            self._dirty = True
+
+    # ---- health ----
+    def integrity_check(self) -> list[str]:
+        """Problems found by ``PRAGMA quick_check`` (empty list: the file is sound)."""
+        try:
+            rows = [str(r[0]) for r in self._conn.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        return [] if rows == ["ok"] else rows
+
+
+def _validate_record(rec: ShapeRecord, dim: int | None, path: str) -> tuple[Any, ...]:
+    """Check one record; returns the column values after ``path``."""
+    if rec.kind not in KINDS:
+        raise ValueError(f"{path}: kind must be one of {KINDS}, got {rec.kind!r}")
+    if not isinstance(rec.content_hash, str) or not rec.content_hash:
+        raise ValueError(f"{path}: content_hash must be a non-empty string")
+    emb = np.asarray(rec.embedding, dtype=np.float32)
+    if emb.ndim != 1 or emb.size == 0:
+        raise ValueError(f"{path}: embedding must be a non-empty 1-d vector, got shape {emb.shape}")
+    if dim is not None and emb.size != dim:
+        raise ValueError(f"{path}: embedding has {emb.size} values, the index stores {dim}")
+    if not np.isfinite(emb).all():
+        raise ValueError(f"{path}: embedding contains NaN or infinite values")
+    if rec.preview is not None and not isinstance(rec.preview, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{path}: preview must be PNG bytes or None")
+    faces = None if rec.faces is None else int(rec.faces)
+    preview = None if rec.preview is None else bytes(rec.preview)
+    return rec.content_hash, rec.label, faces, rec.kind, emb.astype("<f4").tobytes(), preview
+
+
+def _under_clause(prefix: str | Path) -> tuple[str, tuple[str, ...]]:
+    """SQL for 'path is prefix or below it', as a range scan on the path index (no LIKE escaping)."""
+    base = normalize_path(prefix)
+    folder = base if base.endswith("/") else base + "/"
+    # Every path below ``folder`` sorts in [folder, folder[:-1] + '0'): '0' follows '/' in ASCII.
+    return "(path = ? OR (path >= ? AND path < ?))", (base, folder, folder[:-1] + "0")
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

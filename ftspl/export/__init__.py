@@ -1,0 +1,1 @@
+"""torch -> ONNX export, parity checks, and the model manifest."""

@@ -1,0 +1,200 @@
+"""torch encoders -> ONNX files + manifest, refused unless onnxruntime agrees with torch.
+
+The export is staged in a temporary folder inside ``models/`` and renamed into
+place only after the parity check passes, so a failed export never leaves a
+half-written model behind and never changes which model is active.
+
+Two exporters are offered: ``dynamo`` (torch.export + onnxscript, PyTorch's
+supported path, the default) and ``torchscript`` (the legacy tracer: 20x faster
+to run, used by fast tests). Both produce a graph with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ftspl
+from ftspl.engine.constants import Preprocess, RenderSpec
+from ftspl.engine.errors import FtsplError, UnknownKeyError
+from ftspl.engine.home import Home
+from ftspl.engine.manifest import (
+    IMAGE_ENCODER,
+    MANIFEST_NAME,
+    MULTIVIEW_ENCODER,
+    EncoderFile,
+    ModelManifest,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("dynamo", "torchscript")
+
+
+class ExportParityError(FtsplError):
+    """onnxruntime's output differs from torch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of ``ftspl export``."""
+
+    exporter: str = "dynamo"
+    opset: int = 18
+    parity_tol: float = 1e-4
+    parity_batch: int = 2
+    seed: int = 0
+
+
+@dataclass
+class ModelMeta:
+    """What the manifest says about the model beyond its files."""
+
+    backbone: str
+    embed_dim: int
+    preprocess: Preprocess
+    render_spec: RenderSpec
+    source: str
+    class_names: list[str]
+    training: dict
+    metrics: dict
+
+
+def _export_one(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, cfg: ExportConfig) -> None:
+    module = module.eval()
+    if cfg.exporter == "dynamo":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                input_names=[input_name],
+                output_names=["embedding"],
+                dynamic_shapes=({0: batch},),
+                opset_version=cfg.opset,
+                verbose=False,
+            )
+            prog.save(str(path))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=[input_name],
+                output_names=["embedding"],
+                dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
+                opset_version=min(cfg.opset, 17),
+            )
+
+
+def _parity(module: torch.nn.Module, path: Path, input_name: str, examples: list[torch.Tensor]) -> float:
+    """Max abs difference between torch and onnxruntime over the example batches."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for x in examples:
+            ref = module(x).float().numpy()
+            got = sess.run(["embedding"], {input_name: x.numpy()})[0]
+            if got.shape != ref.shape:
+                raise ExportParityError(f"{path}: onnxruntime output shape {got.shape} != torch {ref.shape}")
+            worst = max(worst, float(np.max(np.abs(got - ref))))
+    return worst
+
+
+def export_encoders(
+    image_encoder: torch.nn.Module,
+    multiview_encoder: torch.nn.Module,
+    meta: ModelMeta,
+    home: Home,
+    cfg: ExportConfig = ExportConfig(),
+    activate: bool = True,
+) -> tuple[Path, ModelManifest]:
+    """Export both encoders, check parity, write the manifest, make the model active."""
+    if cfg.exporter not in EXPORTERS:
+        raise UnknownKeyError("exporter", cfg.exporter, EXPORTERS)
+    image_encoder = image_encoder.eval().cpu()
+    multiview_encoder = multiview_encoder.eval().cpu()
+    pre, spec = meta.preprocess, meta.render_spec
+    s, v = pre.image_size, spec.views
+    gen = torch.Generator().manual_seed(cfg.seed)
+    img_examples = [torch.randn(n, 3, s, s, generator=gen) for n in (cfg.parity_batch, 1)]
+    mv_examples = [torch.randn(n, v, 3, s, s, generator=gen) for n in (cfg.parity_batch, 1)]
+
+    home.models.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=home.models))
+    try:
+        files: dict[str, EncoderFile] = {}
+        worst = 0.0
+        for name, module, examples, input_name, shape in (
+            (IMAGE_ENCODER, image_encoder, img_examples, "images", ["batch", 3, s, s]),
+            (MULTIVIEW_ENCODER, multiview_encoder, mv_examples, "views", ["batch", v, 3, s, s]),
+        ):
+            path = stage / f"{name}.onnx"
+            log.info("exporting %s (%s exporter)", name, cfg.exporter)
+            _export_one(module, examples[0], path, input_name, cfg)
+            diff = _parity(module, path, input_name, examples)
+            log.info("%s parity: max abs diff %.3g", name, diff)
+            if not diff <= cfg.parity_tol:
+                raise ExportParityError(
+                    f"{name}: onnxruntime differs from torch by {diff:.3g} > {cfg.parity_tol:g}; "
+                    "model not exported (try --exporter torchscript)"
+                )
+            worst = max(worst, diff)
+            files[name] = EncoderFile(
+                path=path.name,
+                sha256=sha256_file(path),
+                input_name=input_name,
+                input_shape=shape,
+                output_name="embedding",
+            )
+        manifest = ModelManifest(
+            model_id="",
+            backbone=meta.backbone,
+            embed_dim=int(meta.embed_dim),
+            views=v,
+            image_size=s,
+            preprocess=pre.to_dict(),
+            render_spec=spec.to_dict(),
+            render_spec_hash=spec.digest(),
+            encoders=files,
+            source=meta.source,
+            class_names=list(meta.class_names),
+            training=meta.training,
+            metrics=meta.metrics,
+            parity_max_abs_diff=worst,
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            ftspl_version=ftspl.__version__,
+        )
+        tag = "pretrained" if meta.source == "pretrained" else "ftspl"
+        manifest.model_id = f"{meta.backbone}-{tag}-{manifest.model_hash[:12]}"
+        (stage / MANIFEST_NAME).write_text(manifest.to_json())
+        final = home.model_dir(manifest.model_id)
+        if final.exists():
+            shutil.rmtree(final)  # same hash: identical content, replace it
+        os.replace(stage, final)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if activate:
+        home.set_active(manifest.model_id)
+    return final, manifest

@@ -1,0 +1,34 @@
+"""The untrained baseline: ImageNet-pretrained backbone features as the embedding.
+
+This is the paper's "CNN" row (and plain MVCNN retrieval): the image encoder
+is backbone -> global pool -> L2 norm; the multi-view encoder is backbone per
+view -> max-pool over views -> L2 norm. L2 normalisation makes the Euclidean
+distance rank like cosine similarity, which suits raw ImageNet features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftspl.engine.constants import Preprocess, RenderSpec
+from ftspl.export.onnx_export import ModelMeta
+from ftspl.train.backbones import build_backbone
+from ftspl.train.model import ImageEncoder, MultiViewEncoder
+
+
+def pretrained_model(backbone: str, weights: Path | None = None):
+    """(image encoder, multi-view encoder, meta) sharing one pretrained backbone."""
+    net = build_backbone(backbone, pretrained=True, weights_path=weights).eval()
+    img = ImageEncoder(net, head=None, l2_normalize=True).eval()
+    mv = MultiViewEncoder(net, head=None, l2_normalize=True).eval()
+    meta = ModelMeta(
+        backbone=backbone,
+        embed_dim=img.embed_dim,
+        preprocess=Preprocess.for_backbone(backbone),
+        render_spec=RenderSpec(),
+        source="pretrained",
+        class_names=[],
+        training={"weights": str(weights) if weights else "shipped" if backbone == "efficientnet_lite0" else "random"},
+        metrics={},
+    )
+    return img, mv, meta

@@ -1,0 +1,332 @@
+"""ANN indexes: the HNSW and exact backends obey the same verbs; HNSW recall vs exact."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ftspl.engine import ann
+from ftspl.engine.ann import ANN_BACKENDS, ExactIndex, HnswIndex, load_index, make_index, read_manifest
+from ftspl.engine.errors import IndexStateError, UnknownKeyError
+
+DIM = 16
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, n: int, dim: int, clusters: int, noise: float) -> np.ndarray:
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def new(backend: str, dim: int = DIM) -> ann.AnnIndex:
+    # An exhaustive beam makes tiny HNSW indexes exact, so verb tests compare exactly.
+    return make_index(backend, dim, ef_search=256) if backend == "hnsw" else make_index(backend, dim)
+
+
+BACKENDS = sorted(ANN_BACKENDS)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_query_returns_self_first_with_euclidean_distances(backend: str) -> None:
+    rng = np.random.default_rng(0)
+    x = unit_rows(rng, 200)
+    ids = np.arange(200, dtype=np.int64) * 7 + 3
+    index = new(backend)
+    index.add(ids, x)
+    assert len(index) == 200
+    got, dist = index.query(x[:20], k=5)
+    assert got.dtype == np.int64 and dist.dtype == np.float32 and got.shape == dist.shape == (20, 5)
+    np.testing.assert_array_equal(got[:, 0], ids[:20])
+    row = {int(i): r for r, i in enumerate(ids)}
+    want = np.linalg.norm(x[[[row[int(i)] for i in g] for g in got]] - x[:20, None, :], axis=2)
+    np.testing.assert_allclose(dist, want, atol=1e-5)
+    assert (np.diff(dist, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_contains_ids_and_len(backend: str) -> None:
+    index = new(backend)
+    index.add(np.array([5, 1, 9]), unit_rows(np.random.default_rng(1), 3))
+    assert 5 in index and 1 in index and 9 in index
+    assert 2 not in index and "x" not in index
+    np.testing.assert_array_equal(index.ids(), [1, 5, 9])
+    assert index.ids().dtype == np.int64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_re_adding_an_id_replaces_its_vector(backend: str) -> None:
+    rng = np.random.default_rng(2)
+    x = unit_rows(rng, 50)
+    index = new(backend)
+    index.add(np.arange(50), x)
+    index.add(np.array([7]), x[30])  # id 7 now sits where id 30 is
+    assert len(index) == 50
+    got, dist = index.query(x[7], k=1)
+    assert got[0, 0] != 7
+    got, dist = index.query(x[30], k=2)
+    assert set(got[0].tolist()) == {7, 30}
+    np.testing.assert_allclose(dist[0], [0.0, 0.0], atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_remove_then_re_add(backend: str) -> None:
+    rng = np.random.default_rng(3)
+    x = unit_rows(rng, 60)
+    index = new(backend)
+    index.add(np.arange(60), x)
+    index.remove(np.array([0, 1, 2, 999]))  # unknown ids are ignored
+    assert len(index) == 57 and 0 not in index
+    got, _ = index.query(x[:3], k=57)
+    assert not {0, 1, 2} & set(got.ravel().tolist())
+    index.add(np.array([1]), x[1])
+    assert len(index) == 58 and 1 in index
+    assert index.query(x[1], k=1)[0][0, 0] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k_larger_than_index_is_clamped_and_empty_index_returns_no_columns(backend: str) -> None:
+    rng = np.random.default_rng(4)
+    index = new(backend)
+    got, dist = index.query(unit_rows(rng, 3), k=10)
+    assert got.shape == (3, 0) and dist.shape == (3, 0)
+    index.add(np.arange(4), unit_rows(rng, 4))
+    got, dist = index.query(unit_rows(rng, 2), k=10)
+    assert got.shape == (2, 4)
+    assert sorted(got[0].tolist()) == [0, 1, 2, 3]
+    index.remove(np.arange(4))
+    assert index.query(unit_rows(rng, 1), k=3)[0].shape == (1, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs_raise_value_error(backend: str) -> None:
+    index = new(backend)
+    ok = unit_rows(np.random.default_rng(5), 2)
+    with pytest.raises(ValueError, match="shape"):
+        index.add(np.arange(2), np.zeros((2, DIM + 1), np.float32))
+    bad = ok.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        index.add(np.arange(2), bad)
+    bad[1, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        index.add(np.arange(2), bad)
+    with pytest.raises(ValueError, match="unique"):
+        index.add(np.array([1, 1]), ok)
+    with pytest.raises(ValueError, match="non-negative"):
+        index.add(np.array([-1, 2]), ok)
+    with pytest.raises(ValueError, match="ids for"):
+        index.add(np.arange(3), ok)
+    assert len(index) == 0  # nothing half-added
+    index.add(np.arange(2), ok)
+    with pytest.raises(ValueError, match="shape"):
+        index.query(np.zeros((1, DIM - 1), np.float32), k=1)
+    with pytest.raises(ValueError, match="NaN"):
+        index.query(np.full((1, DIM), np.nan, np.float32), k=1)
+    with pytest.raises(ValueError, match="k must be"):
+        index.query(ok, k=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_save_load_round_trip_keeps_results_and_meta(backend: str, tmp_path) -> None:
+    rng = np.random.default_rng(6)
+    x = unit_rows(rng, 300)
+    index = new(backend)
+    index.add(np.arange(300) + 1000, x)
+    index.remove(np.arange(1000, 1010))
+    before = index.query(x[:30], k=8)
+    path = tmp_path / "vectors.ann"
+    index.save(path, meta={"generation": 42})
+    loaded = type(index).load(path)
+    assert type(loaded) is type(index) and loaded.dim == DIM
+    assert loaded.meta == {"generation": 42}
+    assert len(loaded) == 290 and 1005 not in loaded and 1010 in loaded
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    after = loaded.query(x[:30], k=8)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_allclose(after[1], before[1], atol=1e-6)
+    assert type(load_index(path)) is type(index)
+    assert read_manifest(path)["meta"]["generation"] == 42
+    # a loaded index keeps working: removed ids can come back, new ids go in
+    loaded.add(np.array([1005, 5]), x[5:7])
+    assert len(loaded) == 292 and loaded.query(x[6], k=1)[0][0, 0] == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failed_save_leaves_previous_index_intact(backend: str, tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(7)
+    x = unit_rows(rng, 40)
+    path = tmp_path / "vectors.ann"
+    index = new(backend)
+    index.add(np.arange(20), x[:20])
+    index.save(path, meta={"generation": 1})
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+    index.add(np.arange(20, 40), x[20:])
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ann.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        index.save(path, meta={"generation": 2})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before  # no temp or orphan left
+    old = load_index(path)
+    assert len(old) == 20 and old.meta == {"generation": 1}
+    index.save(path, meta={"generation": 2})
+    assert len(load_index(path)) == 40
+    assert len(list(tmp_path.iterdir())) == 2  # manifest + one payload: older payloads are cleaned up
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_load_rejects_missing_corrupt_or_foreign_files(backend: str, tmp_path) -> None:
+    with pytest.raises(IndexStateError, match="no vector index"):
+        load_index(tmp_path / "absent.ann")
+    junk = tmp_path / "junk.ann"
+    junk.write_text("{not json")
+    with pytest.raises(IndexStateError, match="junk.ann"):
+        load_index(junk)
+    path = tmp_path / "v.ann"
+    index = new(backend)
+    index.add(np.arange(3), unit_rows(np.random.default_rng(8), 3))
+    index.save(path)
+    other = next(cls for name, cls in ANN_BACKENDS.items() if name != backend)
+    with pytest.raises(IndexStateError, match="backend"):
+        other.load(path)
+    payload = tmp_path / read_manifest(path)["payload"]
+    payload.write_bytes(b"\x00garbage" * 3)
+    with pytest.raises(IndexStateError, match="rebuild"):
+        load_index(path)
+    payload.unlink()
+    with pytest.raises(IndexStateError, match="missing"):
+        load_index(path)
+
+
+def test_make_index_lists_valid_backends() -> None:
+    with pytest.raises(UnknownKeyError, match="exact, hnsw"):
+        make_index("faiss", 8)
+    assert isinstance(make_index("exact", 8), ExactIndex)
+
+
+def test_hnsw_matches_exact_on_small_sets() -> None:
+    rng = np.random.default_rng(9)
+    x = unit_rows(rng, 500)
+    q = unit_rows(rng, 50)
+    ids = rng.permutation(10_000)[:500].astype(np.int64)
+    exact, hnsw = ExactIndex(DIM), HnswIndex(DIM, ef_search=500)
+    exact.add(ids, x)
+    hnsw.add(ids, x)
+    e_ids, e_d = exact.query(q, k=10)
+    h_ids, h_d = hnsw.query(q, k=10)
+    np.testing.assert_array_equal(h_ids, e_ids)
+    np.testing.assert_allclose(h_d, e_d, atol=1e-5)
+
+
+def test_hnsw_recall_at_10_on_clustered_vectors() -> None:
+    rng = np.random.default_rng(10)
+    dim = 64
+    both = clustered(rng, 5200, dim, clusters=50, noise=0.5)  # queries come from the same clusters
+    x, q = both[:5000], both[5000:]
+    ids = np.arange(5000, dtype=np.int64)
+    exact, hnsw = ExactIndex(dim), HnswIndex(dim)  # library defaults
+    exact.add(ids, x)
+    hnsw.add(ids, x)
+    truth, _ = exact.query(q, k=10)
+    got, _ = hnsw.query(q, k=10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), truth.tolist())])
+    assert recall >= 0.99, recall
+
+
+def test_hnsw_grows_past_its_initial_capacity() -> None:
+    rng = np.random.default_rng(12)
+    x = unit_rows(rng, 300)
+    index = HnswIndex(DIM, initial_capacity=8, ef_search=300)
+    for start in range(0, 300, 37):
+        index.add(np.arange(start, min(start + 37, 300)), x[start : start + 37])
+    assert len(index) == 300 and index.capacity >= 300
+    np.testing.assert_array_equal(index.query(x, k=1)[0][:, 0], np.arange(300))
+
+
+def test_hnsw_reuses_deleted_slots_instead_of_growing() -> None:
+    rng = np.random.default_rng(13)
+    x = unit_rows(rng, 150)
+    index = HnswIndex(DIM, initial_capacity=100, ef_search=200)
+    index.add(np.arange(100), x[:100])
+    index.remove(np.arange(50))
+    index.add(np.arange(100, 150), x[100:])
+    assert index.capacity == 100 and len(index) == 100
+    np.testing.assert_array_equal(index.ids(), np.arange(50, 150))
+    np.testing.assert_array_equal(index.query(x[100:], k=1)[0][:, 0], np.arange(100, 150))
+    # an id whose slot was reused can come back as a new element
+    index.add(np.array([3]), x[3])
+    assert 3 in index and len(index) == 101 and index.query(x[3], k=1)[0][0, 0] == 3
+
+
+def test_hnsw_query_ef_is_never_below_k() -> None:
+    rng = np.random.default_rng(14)
+    x = unit_rows(rng, 400)
+    index = HnswIndex(DIM, M=4, ef_construction=16, ef_search=2)
+    index.add(np.arange(400), x)
+    got, dist = index.query(x[:5], k=120)  # hnswlib raises if the beam (ef) is narrower than k
+    assert got.shape == (5, 120)
+    assert all(len(set(row)) == 120 for row in got.tolist())
+    assert index._index.ef == 120  # the beam hnswlib searched with
+    assert index.ef_search == 2  # the configured value is kept for later queries
+
+
+def test_hnsw_params_survive_save_load(tmp_path) -> None:
+    index = HnswIndex(DIM, M=8, ef_construction=40, ef_search=77, num_threads=1)
+    index.add(np.arange(10), unit_rows(np.random.default_rng(15), 10))
+    index.remove(np.array([4]))
+    index.save(tmp_path / "h.ann")
+    manifest = json.loads((tmp_path / "h.ann").read_text())
+    assert manifest["params"]["deleted"] == [4]
+    loaded = HnswIndex.load(tmp_path / "h.ann")
+    assert (loaded.M, loaded.ef_construction, loaded.ef_search, loaded.num_threads) == (8, 40, 77, 1)
+    assert len(loaded) == 9 and 4 not in loaded
+
+
+def test_hnsw_num_threads_validation() -> None:
+    with pytest.raises(ValueError, match="num_threads"):
+        HnswIndex(DIM, num_threads=0)
+    index = HnswIndex(DIM)
+    index.num_threads = 2
+    assert index.num_threads == 2
+
+
+def test_exact_index_bounds_memory_with_blocks(monkeypatch) -> None:
+    rng = np.random.default_rng(16)
+    x = unit_rows(rng, 1000)
+    q = unit_rows(rng, 300)
+    index = ExactIndex(DIM)
+    index.add(np.arange(1000), x)
+    whole = index.query(q, k=7)
+    monkeypatch.setattr(ann, "EXACT_BLOCK_FLOATS", 97)  # forces many row and query blocks
+    blocked = index.query(q, k=7)
+    np.testing.assert_array_equal(blocked[0], whole[0])
+    truth = np.argsort(np.linalg.norm(q[:, None, :] - x[None], axis=2), axis=1, kind="stable")[:, :7]
+    np.testing.assert_array_equal(whole[0], truth)
+
+
+def test_save_is_fsynced_through_os_replace(tmp_path, monkeypatch) -> None:
+    """The manifest is committed with os.replace of a temp file in the same folder."""
+    calls: list[tuple[str, str]] = []
+    real = os.replace
+
+    def spy(src, dst):
+        calls.append((str(src), str(dst)))
+        return real(src, dst)
+
+    monkeypatch.setattr(ann.os, "replace", spy)
+    index = ExactIndex(DIM)
+    index.save(tmp_path / "e.ann")
+    assert len(calls) == 1
+    src, dst = calls[0]
+    assert dst == str(tmp_path / "e.ann") and os.path.dirname(src) == str(tmp_path)
