@@ -31,12 +31,16 @@ from ftspl.train.backbones import (  # noqa: E402
 from ftspl.train.model import Bottleneck, Classifier, ImageEncoder, MultiViewEncoder  # noqa: E402
 
 ASSETS = Path(__file__).parent / "assets"
-#: photo -> acceptable ImageNet classes for the top-1 prediction
-EXPECTED = {
-    "chelsea": {281, 282, 283, 284, 285},  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-    "coffee": {967, 968, 504},  # espresso, cup, coffee mug
-    "rocket": {657, 744, 812},  # missile, projectile, space shuttle
+#: photo -> acceptable ImageNet classes, and whether top-1 must be one of them
+#: (the rocket's top-1 wavers between "missile" and "drilling platform"; all
+#: three rocket-like classes must then be in its top-5)
+EXPECTED: dict[str, tuple[set[int], bool]] = {
+    "chelsea": ({281, 282, 283, 284, 285}, True),  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    "coffee": ({967, 968, 504}, True),  # espresso, cup, coffee mug
+    "rocket": ({657, 744, 812}, False),  # missile, projectile, space shuttle
 }
+#: every photo in tests/assets (astronaut: no ImageNet class, used for statistics)
+ALL_PHOTOS = (*EXPECTED, "astronaut")
 TORCHVISION_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
@@ -55,8 +59,17 @@ def load_photo(path: Path, pre: Preprocess) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-def photo_batch(pre: Preprocess) -> torch.Tensor:
-    return torch.stack([load_photo(ASSETS / f"{name}.jpg", pre) for name in EXPECTED])
+def photo_batch(pre: Preprocess, names: tuple[str, ...] = tuple(EXPECTED)) -> torch.Tensor:
+    return torch.stack([load_photo(ASSETS / f"{name}.jpg", pre) for name in names])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small CPU convolutions run faster (and never contend) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -90,26 +103,33 @@ def test_lite0_architecture_matches_shipped_file() -> None:
 
 @pytest.mark.parametrize("index,name", list(enumerate(EXPECTED)))
 def test_lite0_imagenet_predictions(lite0_probs: torch.Tensor, index: int, name: str) -> None:
+    classes, need_top1 = EXPECTED[name]
     top5 = lite0_probs[index].topk(5).indices.tolist()
-    assert top5[0] in EXPECTED[name], f"{name}: top-5 {top5}"
-    assert len(EXPECTED[name] & set(top5)) >= 2 or float(lite0_probs[index].max()) > 0.5
+    if need_top1:
+        assert top5[0] in classes, f"{name}: top-5 {top5}"
+        assert float(lite0_probs[index, sorted(classes)].sum()) > 0.5, f"{name}: top-5 {top5}"
+    else:
+        assert classes <= set(top5), f"{name}: top-5 {top5}"
 
 
 def test_lite0_normalisation_matches_stem_batchnorm(lite0: EfficientNetLite0) -> None:
     """The input normalisation the weights were trained with is the one for which
     the stem conv output has the variance the stem BN recorded in training."""
 
-    def stem_var_ratio(pre: Preprocess) -> float:
+    def stem_second_moment(pre: Preprocess) -> float:
+        """Mean over channels of E[(out - running_mean)^2] / running_var: 1 when
+        the stem BN sees inputs distributed like its training data."""
         with torch.inference_mode():
-            out = lite0._conv_stem(photo_batch(pre))
-        running = lite0._bn0.running_var
-        alive = running > 1e-6  # some stem channels are dead (zero variance)
-        return float((out.var(dim=(0, 2, 3))[alive] / running[alive]).median())
+            out = lite0._conv_stem(photo_batch(pre, ALL_PHOTOS))
+        bn = lite0._bn0
+        alive = bn.running_var > 1e-6  # some stem channels are dead (zero variance)
+        centred = (out - bn.running_mean[None, :, None, None]).square().mean(dim=(0, 2, 3))
+        return float((centred[alive] / bn.running_var[alive]).mean())
 
-    configured = stem_var_ratio(Preprocess.for_backbone("efficientnet_lite0"))
-    torchvision = stem_var_ratio(Preprocess(mean=TORCHVISION_STATS[0], std=TORCHVISION_STATS[1]))
-    assert 0.4 < configured < 1.6, configured
-    assert torchvision > 2.5, torchvision  # ~(0.5/0.229)^2 too large: wrong statistics
+    configured = stem_second_moment(Preprocess.for_backbone("efficientnet_lite0"))
+    torchvision = stem_second_moment(Preprocess(mean=TORCHVISION_STATS[0], std=TORCHVISION_STATS[1]))
+    assert 0.6 < configured < 1.6, configured
+    assert torchvision > 3.0, torchvision  # ~(0.5/0.229)^2 too large: wrong statistics
     assert BACKBONE_PREPROCESS["efficientnet_lite0"]["std"][0] == pytest.approx(128 / 255)
 
 
@@ -123,10 +143,12 @@ def test_lite0_tf_same_padding_beats_symmetric(lite0_probs: torch.Tensor) -> Non
     with torch.inference_mode():
         sym_probs = symmetric.classify(photo_batch(Preprocess.for_backbone("efficientnet_lite0"))).softmax(1)
 
-    def right_mass(probs: torch.Tensor) -> float:
-        return sum(float(probs[i, sorted(c)].sum()) for i, c in enumerate(EXPECTED.values()))
+    def log_right_mass(probs: torch.Tensor) -> float:
+        """Sum over photos of log P(one of the photo's right classes)."""
+        return sum(float(probs[i, sorted(c)].sum().log()) for i, (c, _) in enumerate(EXPECTED.values()))
 
-    assert right_mass(lite0_probs) > right_mass(sym_probs) + 0.1
+    # observed: -1.56 (TF SAME) vs -1.95 (symmetric)
+    assert log_right_mass(lite0_probs) > log_right_mass(sym_probs) + 0.25
 
 
 def test_same_padding_keeps_even_sizes_halved() -> None:
@@ -204,7 +226,7 @@ def test_bad_weights_files_are_refused(tmp_path: Path) -> None:
 # --- encoders ----------------------------------------------------------------
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def shared() -> tuple[ImageEncoder, MultiViewEncoder]:
     torch.manual_seed(0)
     backbone = build_backbone("efficientnet_lite0", pretrained=False)
@@ -289,10 +311,9 @@ def test_bottleneck_and_classifier_shapes() -> None:
     assert (Bottleneck(1280, 8, relu=True)(torch.randn(4, 1280)) >= 0).all()
 
 
-# --- ONNX --------------------------------------------------------------------
+# --- ONNX (about 3 s on one thread, so not marked slow) ---------------------
 
 
-@pytest.mark.slow
 def test_encoders_export_to_onnx(tmp_path: Path, shared: tuple[ImageEncoder, MultiViewEncoder]) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

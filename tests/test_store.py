@@ -240,5 +240,7 @@ def test_set_info_bumps_generation_and_guards_it(store) -> None:
     g = store.generation()
     store.set_info(note="hello")
     assert store.get_info()["note"] == "hello" and store.generation() == g + 1
+    store.set_info("render_spec", '{"views": 12}')
+    assert store.get_info()["render_spec"] == '{"views": 12}' and store.generation() == g + 2
     with pytest.raises(ValueError, match="generation"):
         store.set_info(generation=5)

@@ -7,6 +7,7 @@ options; heavy modules are imported inside each function.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import typer
@@ -28,7 +29,9 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
     cfg = ExportConfig(exporter=exporter)
     t0 = time.perf_counter()
     if pretrained:
-        img, mv, meta = pretrained_model(backbone, weights)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the same warning is logged once
+            img, mv, meta = pretrained_model(backbone, weights)
     else:
         from ftspl.export.from_run import run_model  # provided by the training layer
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.encoders import Encoders, RuntimeConfig
-from ftspl.engine.errors import FtsplError, IndexStateError, InputFileError, UsageError
+from ftspl.engine.errors import IndexStateError, InputFileError, UsageError
 from ftspl.engine.home import Home
 from ftspl.engine.scan import ShapeSource, scan
 
@@ -138,8 +138,14 @@ class Library:
             return spec
         return model_spec.with_up(cfg.up) if cfg.up else model_spec
 
-    def _open_ann(self, store, writable: bool, cfg: IndexConfig | None = None):
-        """Load the HNSW cache and reconcile it with the store (in memory)."""
+    def _open_ann(self, store, cfg: IndexConfig | None = None):
+        """Load the HNSW cache and bring it up to the store's generation (in memory).
+
+        The cache records the store generation it was saved at; the store's
+        ``changes_since`` gives exactly the upserts and removals after that, so a
+        cache left behind by a killed add (or saved mid-add) catches up cheaply.
+        A missing or unreadable cache is rebuilt from the embeddings in SQLite.
+        """
         from ftspl.engine.ann import HnswIndex
 
         dim = self.manifest.embed_dim
@@ -147,9 +153,16 @@ class Library:
         if self.ann_path.exists():
             try:
                 ann = HnswIndex.load(self.ann_path)
-            except (OSError, ValueError, RuntimeError) as exc:
-                log.warning("%s: unreadable HNSW cache (%s); rebuilding it from SQLite", self.ann_path, exc)
-        if ann is None or getattr(ann, "dim", dim) != dim:
+            except IndexStateError as exc:
+                log.warning("%s; rebuilding the HNSW cache from SQLite", exc)
+            if ann is not None and ann.dim != dim:
+                ann = None
+        since = 0
+        if ann is not None:
+            since = int(ann.meta.get("generation", -1))
+            if since < 0:
+                ann = None
+        if ann is None:
             kw = {}
             if cfg is not None:
                 if cfg.ann_m:
@@ -158,12 +171,22 @@ class Library:
                     kw["ef_construction"] = cfg.ann_ef_construction
                 if cfg.ann_ef_search:
                     kw["ef_search"] = cfg.ann_ef_search
-            ann = HnswIndex(dim, **kw)
+            ann, since = HnswIndex(dim, **kw), 0
         if cfg is not None and cfg.ann_ef_search:
             ann.ef_search = cfg.ann_ef_search
-        meta = _read_ann_meta(self.ann_path)
-        if meta.get("generation") != store.generation() or len(ann) != store.count():
-            _reconcile(ann, store)
+        if since != store.generation():
+            try:
+                ids, vecs, removed = store.changes_since(since)
+            except IndexStateError as exc:  # cache newer than the store: rebuild it
+                log.warning("%s; rebuilding the HNSW cache from SQLite", exc)
+                ann = HnswIndex(dim, M=ann.M, ef_construction=ann.ef_construction, ef_search=ann.ef_search)
+                ids, vecs = store.all_embeddings()
+                removed = np.zeros(0, np.int64)
+            if len(removed):
+                ann.remove(removed)
+            if len(ids):
+                ann.add(ids, vecs)
+            log.info("HNSW cache caught up from generation %d: +%d -%d", since, len(ids), len(removed))
         return ann
 
     # -- writing --------------------------------------------------------------
@@ -190,7 +213,7 @@ class Library:
                 )
                 if not store.get_info().get("render_spec"):
                     store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
-                ann = self._open_ann(store, writable=True, cfg=cfg)
+                ann = self._open_ann(store, cfg=cfg)
                 todo: list[tuple[ShapeSource, str, int | None]] = []
                 for i, src in enumerate(sources):
                     if progress:
@@ -216,10 +239,8 @@ class Library:
         from ftspl.engine.store import ShapeStore
 
         if cfg.rebuild and self.store_path.exists():
-            for p in (self.store_path, self.ann_path, _meta_path(self.ann_path)):
-                p.unlink(missing_ok=True)
-            for p in self.dir.glob(STORE_NAME + "-*"):  # WAL/SHM files
-                p.unlink(missing_ok=True)
+            for p in [self.store_path, self.ann_path, *self.dir.glob(STORE_NAME + "-*"), *self.dir.glob(ANN_NAME + ".*")]:
+                p.unlink(missing_ok=True)  # the store, its WAL/SHM files, the HNSW cache
         return ShapeStore(self.store_path)
 
     def _prepare(self, todo, spec: RenderSpec) -> Iterator[tuple[ShapeSource, str, int | None, np.ndarray | None, int | None, str | None]]:
@@ -235,7 +256,7 @@ class Library:
                     if src.kind == "views":
                         yield src, digest, old_id, load_view_folder(src.path, spec), None, None
                         continue
-                    mesh = normalize(load_mesh(src.path), spec.up)
+                    mesh = normalize(load_mesh(src.path), spec.up, radius=spec.normalize_radius)
                     if renderer is None:
                         renderer = Renderer(spec)
                     yield src, digest, old_id, renderer.render(mesh), int(len(mesh.faces)), None
@@ -307,13 +328,7 @@ class Library:
         commit()
 
     def _save_ann(self, ann, store) -> None:
-        from ftspl.engine.atomic import atomic_write_bytes
-
-        ann.save(self.ann_path)
-        atomic_write_bytes(
-            _meta_path(self.ann_path),
-            json.dumps({"generation": store.generation(), "count": len(ann)}).encode(),
-        )
+        ann.save(self.ann_path, meta={"generation": store.generation()})
 
     def remove(self, paths: list[str], cfg: IndexConfig = IndexConfig()) -> list[str]:
         """Remove shapes by path (a file, a view folder, or every shape under a folder)."""
@@ -326,9 +341,15 @@ class Library:
             store = ShapeStore(self.store_path)
             try:
                 self._check_model(store)
-                ann = self._open_ann(store, writable=True)
-                resolved = [str(Path(p).expanduser().resolve()) for p in paths]
-                removed_paths, removed_ids = store.remove_paths(resolved)
+                ann = self._open_ann(store)
+                removed_paths: list[str] = []
+                removed_ids: list[int] = []
+                with store.batch():
+                    for p in paths:
+                        under = store.entries(Path(p).expanduser().resolve())
+                        if under:
+                            removed_paths += sorted(under)
+                            removed_ids += store.remove_paths(list(under))
                 if removed_ids:
                     ann.remove(np.asarray(removed_ids, np.int64))
                 self._save_ann(ann, store)
@@ -360,7 +381,7 @@ class Reader:
         self.lib = lib
         self.store = ShapeStore(lib.store_path, readonly=True)
         lib._check_model(self.store)
-        self.ann = lib._open_ann(self.store, writable=False)
+        self.ann = lib._open_ann(self.store)
 
     def close(self) -> None:
         self.store.close()
@@ -402,29 +423,4 @@ class Reader:
         return [QueryResult(str(p), h) for p, h in zip(photos, self.search(emb, k))]
 
 
-def _meta_path(ann_path: Path) -> Path:
-    return ann_path.with_name(ann_path.name + ".gen.json")
-
-
-def _read_ann_meta(ann_path: Path) -> dict:
-    try:
-        return json.loads(_meta_path(ann_path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _reconcile(ann, store) -> None:
-    """Make the ANN hold exactly the store's shapes (after a crash or during an add)."""
-    store_ids, vectors = store.all_embeddings()
-    have = set(int(i) for i in ann.ids())
-    want = set(int(i) for i in store_ids)
-    extra = np.asarray(sorted(have - want), np.int64)
-    if len(extra):
-        ann.remove(extra)
-    missing = np.asarray([i not in have for i in store_ids.tolist()], bool)
-    if missing.any():
-        ann.add(store_ids[missing].astype(np.int64), vectors[missing])
-    log.info("reconciled HNSW with SQLite: +%d -%d", int(missing.sum()), len(extra))
-
-
-__all__ = ["Library", "Reader", "IndexConfig", "AddReport", "Hit", "QueryResult", "FtsplError"]
+__all__ = ["Library", "Reader", "IndexConfig", "AddReport", "Hit", "QueryResult"]

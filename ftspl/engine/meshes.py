@@ -24,6 +24,8 @@ Security/robustness decisions (trimesh does the parsing):
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 import os
@@ -209,9 +211,22 @@ def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path) -> Mesh:
 def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits) -> Mesh:
     """Parse one file with trimesh (geometry only) and validate the result."""
     resolver = _FolderResolver(path, limits.max_file_bytes)
+    source: str | io.BytesIO = str(path)
+    if file_type == "gltf":
+        # trimesh answers invalid glTF JSON by looking for a 'model.gltf' asset
+        # instead, which yields a baffling message; check the JSON ourselves.
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+        try:
+            json.loads(data)
+        except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise MeshLoadError(path, f"corrupt GLTF file: not valid JSON ({exc})") from exc
+        source = io.BytesIO(data)
     try:
         loaded = trimesh.load(
-            str(path),
+            source,
             file_type=file_type,
             resolver=resolver,
             allow_remote=False,

@@ -10,8 +10,9 @@ Why it looks like this:
   (``cols x rows`` tiles of ``S x S``). ``gl_ClipDistance`` clips each
   instance to its own tile, so geometry never bleeds into a neighbour. One
   MSAA resolve and one read-back then give every view. On Mesa llvmpipe this
-  measured faster than one draw + resolve + read per view (see the report in
-  ``tests/test_render.py``'s module docstring) and it is never slower on a GPU.
+  measured the same as one draw (+ resolve + read) per view -- the cost there
+  is per-triangle work, which no batching removes -- and on a GPU it saves
+  eleven draw/read round trips.
 * **Flat shading from screen-space derivatives.** Face normals are
   ``cross(dFdx(p), dFdy(p))`` of the world position, so missing, smoothed or
   wrong vertex normals in files from the wild do not matter, and no per-face
@@ -241,6 +242,10 @@ class Renderer:
         if self._ctx is None:
             raise RuntimeError("Renderer is closed")
         spec, ctx, size = self.spec, self._ctx, self.spec.image_size
+        if mesh.n_faces == 0:
+            raise ValueError("cannot render a mesh without faces")
+        if int(mesh.faces.min()) < 0 or int(mesh.faces.max()) >= len(mesh.vertices):
+            raise ValueError("a face refers to a vertex that does not exist")  # GL would read out of bounds
         vbo = ibo = vao = None
         try:
             vbo = ctx.buffer(np.ascontiguousarray(mesh.vertices, dtype="f4").tobytes())

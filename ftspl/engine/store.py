@@ -259,8 +259,11 @@ class ShapeStore:
         return {k: v for k, v in self._conn.execute("SELECT key, value FROM info")}
 
     @_guarded
-    def set_info(self, **values: str | int | float | None) -> None:
-        """Set ``info`` keys (``generation`` is managed by the store and refused)."""
+    def set_info(self, key: str | None = None, value: str | int | float | None = None, /,
+                 **values: str | int | float | None) -> None:
+        """Set ``info`` keys: ``set_info("k", v)`` or ``set_info(k=v, ...)`` (``generation`` is refused)."""
+        if key is not None:
+            values[key] = value
         if "generation" in values:
             raise ValueError("generation is managed by the store")
         with self.batch():
@@ -271,7 +274,9 @@ class ShapeStore:
             self._dirty = True
 
     @_guarded
-    def ensure_compatible(self, model_id: str, model_hash: str, render_spec_hash: str, embed_dim: int) -> dict[str, Any]:
+    def ensure_compatible(
+        self, model_id: str, model_hash: str, render_spec_hash: str, embed_dim: int
+    ) -> dict[str, Any]:
         """Claim an empty store for this model/spec, or refuse one built by another.
 
         A store holding no shapes is (re)claimed; otherwise all of
@@ -405,7 +410,8 @@ class ShapeStore:
         with self.snapshot() as now:
             if generation > now:
                 raise IndexStateError(
-                    f"{self.path}: vector index is newer (generation {generation}) than its store ({now}); {REBUILD_HINT}"
+                    f"{self.path}: vector index is newer (generation {generation}) than its store ({now}); "
+                    + REBUILD_HINT
                 )
             parts = list(self.iter_embeddings(since=generation))
             removed = np.fromiter(
@@ -447,7 +453,8 @@ class ShapeStore:
         with self.batch() as gen:
             for path, content_hash, label, faces, kind, blob, preview in rows:
                 row = self._conn.execute(
-                    """INSERT INTO shapes (path, content_hash, label, faces, kind, added, embedding, preview, changed_gen)
+                    """INSERT INTO shapes
+                         (path, content_hash, label, faces, kind, added, embedding, preview, changed_gen)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                        ON CONFLICT (path) DO UPDATE SET
                          content_hash = excluded.content_hash, label = excluded.label,

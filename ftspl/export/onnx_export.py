@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 EXPORTERS = ("dynamo", "torchscript")
 
 
+class ExportError(FtsplError):
+    """torch.onnx could not export an encoder."""
+
+
 class ExportParityError(FtsplError):
     """onnxruntime's output differs from torch's by more than the tolerance."""
 
@@ -151,7 +155,11 @@ def export_encoders(
         ):
             path = stage / f"{name}.onnx"
             log.info("exporting %s (%s exporter)", name, cfg.exporter)
-            _export_one(module, examples[0], path, input_name, cfg)
+            try:
+                _export_one(module, examples[0], path, input_name, cfg)
+            except (RuntimeError, TypeError, ValueError) as exc:  # torch.onnx's errors derive from these
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise ExportError(f"{name}: torch.onnx.export failed ({first}); try --exporter torchscript") from exc
             diff = _parity(module, path, input_name, examples)
             log.info("%s parity: max abs diff %.3g", name, diff)
             if not diff <= cfg.parity_tol:
@@ -185,7 +193,7 @@ def export_encoders(
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             ftspl_version=ftspl.__version__,
         )
-        tag = "pretrained" if meta.source == "pretrained" else "ftspl"
+        tag = {"pretrained": "pretrained", "random-init": "random"}.get(meta.source, "ftspl")
         manifest.model_id = f"{meta.backbone}-{tag}-{manifest.model_hash[:12]}"
         (stage / MANIFEST_NAME).write_text(manifest.to_json())
         final = home.model_dir(manifest.model_id)

@@ -21,14 +21,15 @@ def pretrained_model(backbone: str, weights: Path | None = None):
     net = build_backbone(backbone, pretrained=True, weights_path=weights).eval()
     img = ImageEncoder(net, head=None, l2_normalize=True).eval()
     mv = MultiViewEncoder(net, head=None, l2_normalize=True).eval()
+    weights_kind = str(weights) if weights else "shipped" if backbone == "efficientnet_lite0" else "random"
     meta = ModelMeta(
         backbone=backbone,
         embed_dim=img.embed_dim,
         preprocess=Preprocess.for_backbone(backbone),
         render_spec=RenderSpec(),
-        source="pretrained",
+        source="random-init" if weights_kind == "random" else "pretrained",
         class_names=[],
-        training={"weights": str(weights) if weights else "shipped" if backbone == "efficientnet_lite0" else "random"},
+        training={"weights": weights_kind},
         metrics={},
     )
     return img, mv, meta

@@ -59,6 +59,10 @@ class Backbone(nn.Module):
     def classify(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def weights_target(self) -> nn.Module:
+        """The module whose state dict an ImageNet weights file holds."""
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
@@ -191,14 +195,17 @@ class EfficientNetLite0(Backbone):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """EfficientNet's initialisation (He-normal, fan-out), used without weights.
+        """Variance-preserving init (He-normal, fan-in), used when no weights load.
 
-        torch's default conv init lets activations shrink to ~1e-9 through 16
-        blocks, which makes a random backbone useless even for tests.
+        torch's default conv init, and EfficientNet's fan-out variant (which
+        counts every channel of a depthwise conv), shrink activations by about
+        sqrt(channels) per depthwise layer; with fresh BN statistics (identity
+        in eval mode) the features of a random backbone end up ~1e-9, i.e.
+        denormal floats that are both useless and very slow on CPU.
         """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -253,7 +260,13 @@ class AlexNetFc7(Backbone):
         self.net = alexnet(weights=None)  # never downloads: weights=None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(self.net.avgpool(self.net.features(x)), 1)
+        fmap = self.net.features(x)
+        # At our 224 px input the map is already 6x6, where torchvision's
+        # adaptive pool is the identity; skipping it keeps the ONNX graph free
+        # of adaptive pooling over a dynamic batch (which the tracer rejects).
+        if fmap.shape[-2:] != (6, 6):
+            fmap = self.net.avgpool(fmap)
+        x = torch.flatten(fmap, 1)
         # classifier = [Dropout, fc6, ReLU, Dropout, fc7, ReLU, fc8]
         return self.net.classifier[:6](x)
 
@@ -322,12 +335,16 @@ def load_weights(model: Backbone, path: Path) -> None:
         raise InputFileError(path, f"not a readable torch state dict ({type(exc).__name__})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputFileError(path, "expected a plain state dict (name -> tensor); save model.state_dict()")
-    target = model.weights_target() if isinstance(model, AlexNetFc7) else model
     try:
-        target.load_state_dict(state, strict=True)
+        model.weights_target().load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise InputFileError(path, f"weights do not fit {model.name}: {first}") from exc
+        lines = str(exc).splitlines()
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        raise InputFileError(
+            path, f"weights do not fit {model.name} ({detail}); pass an ImageNet state dict of {model.name}"
+        ) from exc
     log.info("loaded %s weights from %s", model.name, path)
 
 

@@ -1,0 +1,34 @@
+# Two entry points for a fresh clone: `make demo` and `make test`.
+# Both set everything up themselves (Debian EGL/Mesa libraries, a venv, pip).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-deps demo test test-fast clean
+
+system-deps:
+	@if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1'; then \
+	  echo "installing $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,dev]'
+	touch $@
+
+setup: system-deps $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/ftspl demo --out demo-out
+
+test: setup
+	$(PY) -m pytest -q -m "slow or not slow"
+
+test-fast: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf demo-out .pytest_cache

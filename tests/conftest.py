@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny meshes written in every supported format, and a renderer.
+
+All files are created under ``tmp_path`` with trimesh, so tests never depend on
+the working folder or on downloaded data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trimesh
+from PIL import Image
+
+from ftspl.engine.constants import RenderSpec
+
+#: A small spec for fast render tests (same look as the default, 64 px views).
+SMALL_SPEC = RenderSpec(image_size=64)
+
+
+def asymmetric_mesh() -> trimesh.Trimesh:
+    """An L-shaped pair of boxes: big block on -X, small block on +X, tall along +Y.
+
+    Asymmetric on purpose so that views from different azimuths differ and
+    left/right in the image can be checked.
+    """
+    big = trimesh.creation.box(extents=(1.2, 2.0, 1.0))
+    big.apply_translation((-0.4, 0.0, 0.0))
+    small = trimesh.creation.box(extents=(0.4, 0.4, 0.4))
+    small.apply_translation((0.8, -0.8, 0.0))
+    return trimesh.util.concatenate([big, small])
+
+
+def write_mesh(mesh: trimesh.Trimesh | trimesh.Scene, path: Path) -> Path:
+    """Export with trimesh; multi-file formats (glTF + .bin buffers) land beside ``path``."""
+    result = mesh.export(file_type=path.suffix.lstrip("."))
+    if isinstance(result, dict):  # glTF: {'model.gltf': json, 'gltf_buffer_0.bin': bytes, ...}
+        for name, data in result.items():
+            target = path if name.endswith(".gltf") else path.parent / name
+            target.write_bytes(data if isinstance(data, bytes) else data.encode())
+    else:
+        path.write_bytes(result if isinstance(result, bytes) else result.encode())
+    return path
+
+
+@pytest.fixture
+def box_obj(tmp_path: Path) -> Path:
+    """A unit-cube OBJ with an MTL that references a texture image (as exporters write them)."""
+    folder = tmp_path / "box_obj"
+    folder.mkdir()
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    lines = ["# a textured box", "mtllib box.mtl", "o box"]
+    lines += [f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in box.vertices]
+    lines += ["vt 0 0", "vt 1 0", "vt 0 1"]
+    lines.append("usemtl wood")
+    lines += [f"f {a + 1}/1 {b + 1}/2 {c + 1}/3" for a, b, c in box.faces]
+    (folder / "box.obj").write_text("\n".join(lines) + "\n")
+    (folder / "box.mtl").write_text("newmtl wood\nKd 0.8 0.6 0.4\nmap_Kd wood.png\n")
+    Image.new("RGB", (4, 4), (150, 100, 50)).save(folder / "wood.png")
+    return folder / "box.obj"
+
+
+@pytest.fixture
+def mesh_files(tmp_path: Path) -> dict[str, Path]:
+    """One tiny asymmetric mesh per supported extension: {'.obj': path, ...}, each in its own folder."""
+    from ftspl.engine.meshes import LOADERS
+
+    mesh = asymmetric_mesh()
+    files = {}
+    for ext in LOADERS:
+        folder = tmp_path / f"mesh{ext.replace('.', '_')}"
+        folder.mkdir()
+        files[ext] = write_mesh(mesh, folder / f"shape{ext}")
+    return files
+
+
+@pytest.fixture(scope="session")
+def renderer():
+    """A session-wide Renderer with :data:`SMALL_SPEC` (GL contexts are slow to create)."""
+    from ftspl.engine.errors import RenderError
+    from ftspl.engine.render import Renderer
+
+    try:
+        r = Renderer(SMALL_SPEC)
+    except RenderError as exc:
+        pytest.skip(f"headless OpenGL (EGL) unavailable on this machine: {exc}")
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="session")
+def gl_available() -> None:
+    """Skip (with the reason) when no EGL context can be created; tests that make their own Renderer use it."""
+    from ftspl.engine.errors import RenderError
+    from ftspl.engine.render import Renderer
+
+    try:
+        Renderer(RenderSpec(image_size=8, views=1)).close()
+    except RenderError as exc:
+        pytest.skip(f"headless OpenGL (EGL) unavailable on this machine: {exc}")
+
+
+@pytest.fixture
+def small_spec() -> RenderSpec:
+    return SMALL_SPEC
+
+
+@pytest.fixture
+def asym_mesh() -> trimesh.Trimesh:
+    return asymmetric_mesh()
+
+
+@pytest.fixture
+def mesh_writer():
+    """The :func:`write_mesh` helper, for tests that export their own trimesh objects."""
+    return write_mesh

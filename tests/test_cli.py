@@ -1,0 +1,203 @@
+"""The CLI end to end on tiny meshes: export, index add/remove/stats/verify, query, eval, doctor.
+
+One pretrained model is exported per module (torchscript exporter: seconds, not
+minutes); every command runs as a real subprocess so exit codes and stderr are
+exactly what a user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+pytest.importorskip("torch")
+
+
+def run(home: Path, *args: str, cwd: Path | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ftspl", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
+
+
+def make_gallery(root: Path) -> dict[str, list[Path]]:
+    """Two classes of tiny meshes in several formats, ModelNet-style folders."""
+    shapes = {
+        "boxy": [trimesh.creation.box((1, 2, 1)), trimesh.creation.box((2, 1, 1)), trimesh.creation.box((1, 1, 3))],
+        "round": [trimesh.creation.icosphere(2), trimesh.creation.cylinder(0.5, 2.0), trimesh.creation.capsule(1.0, 0.5)],
+    }
+    exts = [".obj", ".stl", ".ply", ".off", ".glb", ".obj"]
+    out: dict[str, list[Path]] = {}
+    i = 0
+    for label, meshes in shapes.items():
+        for j, m in enumerate(meshes):
+            p = root / label / f"{label}_{j}{exts[i % len(exts)]}"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            m.export(p)
+            out.setdefault(label, []).append(p)
+            i += 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    h = tmp_path_factory.mktemp("home")
+    r = run(h, "export", "--pretrained", "--exporter", "torchscript", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["parity_max_abs_diff"] <= 1e-4
+    return h
+
+
+@pytest.fixture()
+def photo(tmp_path) -> Path:
+    img = np.full((160, 200, 3), 255, np.uint8)
+    img[40:120, 70:130] = (120, 80, 40)
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(img).save(p)
+    return p
+
+
+def test_export_manifest(home):
+    model_id = (home / "models" / "ACTIVE").read_text().strip()
+    man = json.loads((home / "models" / model_id / "manifest.json").read_text())
+    assert man["embed_dim"] == 1280 and man["views"] == 12 and man["image_size"] == 224
+    assert man["encoders"]["image_encoder"]["input_shape"][0] == "batch"
+    assert man["model_id"] == model_id and len(man["model_hash"]) == 64
+
+
+def test_add_query_stats_verify_remove(home, tmp_path, photo):
+    g = make_gallery(tmp_path / "gallery")
+    (tmp_path / "gallery" / "boxy" / "broken.stl").write_bytes(b"solid x\nfacet garbage\n")
+    r = run(home, "index", "add", str(tmp_path / "gallery"), "--json")
+    assert r.returncode == 1, r.stderr  # one bad file
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["added"] == 6 and summary["failed"] == 1
+    assert "broken.stl: " in r.stderr and "Traceback" not in r.stderr
+
+    # incremental: nothing changed -> all skipped
+    r = run(home, "index", "add", str(tmp_path / "gallery" / "round"), "--json", "--label-from", "parent")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["unchanged"] == 3
+
+    # a changed file is re-embedded
+    trimesh.creation.box((3, 1, 1)).export(g["boxy"][0])
+    r = run(home, "index", "add", str(tmp_path / "gallery" / "boxy" / g["boxy"][0].name), "--json", "--label-from", "parent")
+    assert json.loads(r.stdout.strip().splitlines()[-1])["updated"] == 1, r.stderr
+
+    r = run(home, "index", "stats", "--json")
+    stats = json.loads(r.stdout)
+    assert stats["count"] == 6 and stats["labels"] == {"boxy": 3, "round": 3}
+
+    sheet = tmp_path / "sheet.png"
+    r = run(home, "query", str(photo), str(photo), "--top", "50", "--json", "--sheet", str(sheet))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["results"]
+    assert len(res) == 2 and len(res[0]["hits"]) == 6  # clamped to the index size
+    d = [h["distance"] for h in res[0]["hits"]]
+    assert d == sorted(d) and res[0]["hits"] == res[1]["hits"]
+    assert Image.open(sheet).size[0] > 6 * 128
+
+    r = run(home, "index", "verify", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
+
+    r = run(home, "index", "remove", str(g["round"][0]), "--json")
+    assert r.returncode == 0 and len(json.loads(r.stdout)["removed"]) == 1
+    r = run(home, "query", str(photo), "--top", "10", "--json")
+    paths = [h["path"] for h in json.loads(r.stdout)["results"][0]["hits"]]
+    assert len(paths) == 5 and str(g["round"][0].resolve()) not in paths
+    assert run(home, "index", "verify").returncode == 0
+
+
+def test_eval_metrics(home, tmp_path):
+    gal = tmp_path / "g"
+    make_gallery(gal)
+    h2 = tmp_path / "h2"
+    (h2 / "models").mkdir(parents=True)
+    # share the exported model: copy the model folder
+    import shutil
+
+    shutil.copytree(home / "models", h2 / "models", dirs_exist_ok=True)
+    assert run(h2, "index", "add", str(gal)).returncode == 0
+    q = tmp_path / "q"
+    for label, color in (("boxy", (200, 50, 50)), ("round", (50, 50, 200))):
+        (q / label).mkdir(parents=True)
+        Image.new("RGB", (64, 64), color).save(q / label / "a.png")
+    r = run(h2, "eval", str(q), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)["metrics"]
+    assert set(m) >= {"NN", "FT", "ST", "F", "DCG", "ANMRR", "AUC"}
+    assert all(0 <= v <= 1 for v in m.values())
+
+
+def test_usage_errors_are_one_line(home, tmp_path, photo):
+    r = run(home, "query", str(tmp_path / "missing.jpg"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    empty_home = tmp_path / "empty"
+    r = run(empty_home, "query", str(photo))
+    assert r.returncode == 1 and "ftspl export" in r.stderr and "Traceback" not in r.stderr
+    r = run(home, "index", "add", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+    r = run(home, "index", "add", str(tmp_path), "--label-from", "bogus")
+    assert r.returncode == 2 and "valid: none, parent, top" in r.stderr
+    r = run(home, "query", str(photo), "--top", "0")
+    assert r.returncode == 2
+
+
+def test_query_never_imports_torch(home, tmp_path, photo):
+    make_gallery(tmp_path / "g")
+    h2 = tmp_path / "h"
+    import shutil
+
+    shutil.copytree(home / "models", h2 / "models")
+    assert run(h2, "index", "add", str(tmp_path / "g")).returncode == 0
+    env = dict(os.environ, FTSPL_HOME=str(h2))
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ftspl", "query", str(photo), "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "onnxruntime" in imported  # the check itself works
+    assert not any(m == "torch" or m.startswith("torch.") for m in imported)
+
+
+def test_index_refuses_other_model(home, tmp_path, photo):
+    import shutil
+
+    h2 = tmp_path / "h"
+    shutil.copytree(home / "models", h2 / "models")
+    make_gallery(tmp_path / "g")
+    assert run(h2, "index", "add", str(tmp_path / "g")).returncode == 0
+    # a different up axis is another render spec: refused, nothing lost
+    r = run(h2, "index", "add", str(tmp_path / "g"), "--up", "z")
+    assert r.returncode == 1 and "--up y" in r.stderr
+    # another model (alexnet, random init) becomes active: the index refuses it
+    r = run(h2, "export", "--pretrained", "--backbone", "alexnet", "--exporter", "torchscript")
+    assert r.returncode == 0, r.stderr
+    r = run(h2, "query", str(photo))
+    assert r.returncode == 1 and "rebuild" in r.stderr
+    r = run(h2, "index", "add", str(tmp_path / "g"))
+    assert r.returncode == 1 and "rebuild" in r.stderr
+    r = run(h2, "index", "add", str(tmp_path / "g"), "--rebuild", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["added"] == 6
+
+
+def test_doctor(home):
+    r = run(home, "doctor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [ln.split()[1].rstrip(":") for ln in lines] == ["render", "onnxruntime", "model", "index"]
+    r = run(home.parent / "nothing-here", "doctor")
+    assert r.returncode == 1 and "FAIL model" in r.stdout
