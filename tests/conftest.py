@@ -114,3 +114,36 @@ def asym_mesh() -> trimesh.Trimesh:
 def mesh_writer():
     """The :func:`write_mesh` helper, for tests that export their own trimesh objects."""
     return write_mesh
+
+
+# --- an exported model, shared by the CLI and index tests --------------------
+
+
+def run_ftspl(home: Path, *args: str, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+    """Run ``python -m ftspl ARGS`` with FTSPL_HOME=home, as a user would."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "ftspl", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def exported_models(tmp_path_factory) -> Path:
+    """A models/ folder holding the pretrained lite0 encoders (torchscript exporter: seconds)."""
+    pytest.importorskip("torch")
+    home = tmp_path_factory.mktemp("export-home")
+    r = run_ftspl(home, "export", "--pretrained", "--exporter", "torchscript", "--json")
+    assert r.returncode == 0, r.stderr
+    return home / "models"
+
+
+@pytest.fixture
+def model_home(tmp_path: Path, exported_models: Path) -> Path:
+    """A fresh home with the exported model active and no index."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(exported_models, home / "models")
+    return home

@@ -82,6 +82,7 @@ def index_add(
     rebuild: bool = typer.Option(False, "--rebuild", help="Start a new index (drops one made by another model)."),
     ef_search: Optional[int] = typer.Option(None, "--ef", help="HNSW search breadth stored in the index."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW graph degree M for a new index."),
+    commit_every: int = typer.Option(32, "--commit-every", min=1, help="Shapes per committed batch."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -92,7 +93,8 @@ def index_add(
     from ftspl.engine.library import IndexConfig
 
     cfg = IndexConfig(
-        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m
+        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m,
+        commit_every=commit_every, batch_shapes=min(8, commit_every),
     )
     index_add_cmd(root, cfg, _home(home), _runtime(device, threads), as_json)
 
