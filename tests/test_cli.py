@@ -239,3 +239,32 @@ def test_doctor(home):
     assert [ln.split()[1].rstrip(":") for ln in lines] == ["render", "onnxruntime", "model", "index"]
     r = run(home.parent / "nothing-here", "doctor")
     assert r.returncode == 1 and "FAIL model" in r.stdout
+
+
+def test_bad_files_are_skipped_and_nothing_is_lost(home, tmp_path):
+    """Corrupt, empty, wrong-format, zero-face, non-finite and huge files: one line each, exit 1."""
+    import shutil
+
+    h2 = tmp_path / "h"
+    shutil.copytree(home / "models", h2 / "models")
+    good = tmp_path / "good"
+    make_gallery(good)
+    assert run(h2, "index", "add", str(good)).returncode == 0
+    bad = tmp_path / "bad" / "junk"
+    bad.mkdir(parents=True)
+    (bad / "empty.obj").write_bytes(b"")
+    (bad / "image.stl").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    (bad / "nofaces.ply").write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
+                                     "property float z\nend_header\n0 0 0\n1 0 0\n0 1 0\n")
+    (bad / "nan.off").write_text("OFF\n3 1 0\n0 0 0\nnan 1 0\n0 1 0\n3 0 1 2\n")
+    (bad / "garbage.glb").write_bytes(b"glTF" + bytes(40))
+    r = run(h2, "index", "add", str(tmp_path / "bad"), "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["failed"] == 5 and out["added"] == 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    for name in ("empty.obj", "image.stl", "nofaces.ply", "nan.off", "garbage.glb"):
+        assert sum(f"{name}: " in ln for ln in lines) == 1, (name, r.stderr)
+    stats = json.loads(run(h2, "index", "stats", "--json").stdout)
+    assert stats["count"] == 6
+    assert run(h2, "index", "verify").returncode == 0

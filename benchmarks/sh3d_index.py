@@ -1,0 +1,100 @@
+"""Index the real Sweet Home 3D furniture meshes and time indexing and queries.
+
+    python benchmarks/sh3d_index.py [--limit N] [--json]
+
+Fetches Debian's sweethome3d-furniture (cached under .cache/, git-ignored),
+extracts every model of the curated class map (textured OBJ + MTL), then runs
+the real CLI: ``ftspl export --pretrained`` (if the home has no model),
+``ftspl index add``, and photo queries with the catalogue icons. Prints one
+JSON object on the last line with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ftspl(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "ftspl", *args], capture_output=True, text=True, env=env)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=0, help="index only the first N models (0: all)")
+    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-sh3d")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from ftspl.data.sh3d import extract_icon, extract_model, fetch_furniture, furniture_models
+
+    cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
+    libdir = fetch_furniture(cache)
+    models = sorted(furniture_models(), key=lambda m: m.key)
+    if args.limit:
+        models = models[: args.limit]
+    gallery, icons = args.work / "gallery", args.work / "icons"
+    for m in models:
+        if not (gallery / m.label / m.key).is_dir():
+            extract_model(libdir, m, gallery / m.label / m.key)
+    photos = []
+    for m in models[:: max(1, len(models) // 10)][:10]:
+        photos.append(extract_icon(libdir, m, icons / f"{m.key}.png"))
+
+    home = args.work / "home"
+    res: dict = {"meshes": len(models)}
+    if not (home / "models" / "ACTIVE").exists():
+        r = ftspl(home, "export", "--pretrained", "--json")
+        if r.returncode:
+            sys.exit(r.stderr)
+        res["export"] = json.loads(r.stdout.strip().splitlines()[-1])
+    t = time.perf_counter()
+    r = ftspl(home, "index", "add", str(gallery), "--rebuild", "--json")
+    wall = time.perf_counter() - t
+    add = json.loads(r.stdout.strip().splitlines()[-1])
+    res["index"] = {k: add[k] for k in ("added", "failed", "seconds", "shapes_per_s")}
+    res["index"]["failures"] = add["failures"]
+    res["index"]["process_wall_s"] = round(wall, 2)
+
+    # warm query: one process, the model and index loaded once
+    from ftspl.engine.home import Home
+    from ftspl.engine.library import Library
+
+    lib = Library(Home(home))
+    with lib.open_reader() as reader:
+        reader.query_photos([photos[0]], 10)
+        times = []
+        for _ in range(5):
+            for p in photos:
+                t = time.perf_counter()
+                reader.query_photos([p], 10)
+                times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    res["warm_query_ms"] = {"p50": round(statistics.median(times), 2), "p95": round(times[int(0.95 * (len(times) - 1))], 2)}
+    cold = []
+    for p in photos[:3]:
+        t = time.perf_counter()
+        r = ftspl(home, "query", str(p), "--top", "10", "--json")
+        cold.append(time.perf_counter() - t)
+        assert r.returncode == 0, r.stderr
+    res["cold_query_s"] = round(statistics.median(cold), 3)
+    res["top1_labels"] = {
+        Path(q["photo"]).stem: q["hits"][0]["label"] for q in json.loads(r.stdout)["results"]
+    }
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
