@@ -104,7 +104,10 @@ def test_add_query_stats_verify_remove(home, tmp_path, photo):
     assert len(res) == 2 and len(res[0]["hits"]) == 6  # clamped to the index size
     d = [h["distance"] for h in res[0]["hits"]]
     assert d == sorted(d) and res[0]["hits"] == res[1]["hits"]
-    assert Image.open(sheet).size[0] > 6 * 128
+    sheet_img = np.asarray(Image.open(sheet).convert("L"))
+    assert sheet_img.shape[1] > 6 * 128
+    first_hit = sheet_img[10:120, 6 + 134 + 10 : 6 + 134 + 120]  # the shape preview of hit #1
+    assert (first_hit < 200).mean() > 0.02, "hit previews are missing from the contact sheet"
 
     r = run(home, "index", "verify", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["ok"], r.stdout + r.stderr
@@ -152,6 +155,16 @@ def test_usage_errors_are_one_line(home, tmp_path, photo):
     assert r.returncode == 2 and "valid: none, parent, top" in r.stderr
     r = run(home, "query", str(photo), "--top", "0")
     assert r.returncode == 2
+    (tmp_path / "emptydir").mkdir()
+    r = run(home, "index", "add", str(tmp_path / "emptydir"))
+    assert r.returncode == 1 and "no meshes" in r.stderr
+    r = run(home, "index", "remove", str(tmp_path / "not-indexed.obj"))
+    assert r.returncode == 1 and "not in the index" in r.stderr
+    make_gallery(tmp_path / "g2")
+    assert run(home, "index", "add", str(tmp_path / "g2")).returncode == 0
+    r = run(home, "query", str(photo), str(bad), "--json")  # one bad photo: the good one still answers
+    assert r.returncode == 1 and f"{bad}: " in r.stderr
+    assert len(json.loads(r.stdout)["results"]) == 1
 
 
 def test_query_never_imports_torch(home, tmp_path, photo):

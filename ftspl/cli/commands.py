@@ -93,7 +93,7 @@ def index_remove_cmd(paths, wait: bool, home, as_json: bool) -> None:
     else:
         console.out(f"removed {len(removed)} shape(s)")
     if not removed:
-        raise typer.Exit(1)
+        raise FtsplError(f"{', '.join(str(p) for p in paths)}: not in the index; see 'ftspl index stats'")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -150,28 +150,36 @@ def index_verify_cmd(home, as_json: bool) -> None:
 
 
 def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool) -> None:
+    from ftspl.engine.errors import ImageLoadError
     from ftspl.engine.library import Library
+    from ftspl.engine.photos import load_photo
 
     if top < 1:
         raise UsageError("--top must be at least 1")
     lib = Library(home, runtime)
+    images, names, failed = [], [], []
+    for p in photos:  # decode each on its own: one bad photo must not sink the others
+        try:
+            images.append(load_photo(p))
+            names.append(str(p))
+        except ImageLoadError as exc:
+            failed.append((str(p), exc.reason))
     t0 = time.perf_counter()
     with lib.open_reader() as reader:
-        results = reader.query_photos([str(p) for p in photos], top)
+        results = reader.query_images(images, names, top)
         ms = (time.perf_counter() - t0) * 1000
-        if sheet is not None:
-            from ftspl.engine.photos import load_photo
+        if sheet is not None and results:
             from ftspl.engine.sheet import SheetRow, save_sheet
 
-            previews = {r.id: r.preview for r in reader.store.get([h.id for res in results for h in res.hits])}
+            rows_by_id = {r.id: r for r in reader.store.get([h.id for res in results for h in res.hits], previews=True)}
             rows = [
-                SheetRow(
-                    load_photo(res.photo), Path(res.photo).name, None,
-                    [(previews.get(h.id), h.label, h.distance) for h in res.hits],
-                )
-                for res in results
+                SheetRow(img, Path(res.photo).name, None,
+                         [(getattr(rows_by_id.get(h.id), "preview", None), h.label, h.distance) for h in res.hits])
+                for img, res in zip(images, results)
             ]
             save_sheet(rows, sheet)
+    for path, reason in failed:
+        console.warn(f"{path}: {reason}")
     if as_json:
         console.print_json(
             {
@@ -184,6 +192,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool) -> None:
                     }
                     for r in results
                 ],
+                "failed": [{"path": p, "reason": r} for p, r in failed],
             }
         )
     else:
@@ -192,8 +201,10 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool) -> None:
                 f"{r.photo}", ["rank", "distance", "label", "path"],
                 [[h.rank, f"{h.distance:.4f}", h.label or "-", h.path] for h in r.hits],
             )
-        if sheet is not None:
+        if sheet is not None and results:
             console.out(f"contact sheet: {sheet}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def eval_cmd(queries: Path, home, runtime, as_json: bool) -> None:

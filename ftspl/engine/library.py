@@ -201,6 +201,10 @@ class Library:
         from ftspl.engine.lock import WriterLock
 
         sources = scan(root, cfg.label_from)
+        if not sources:
+            from ftspl.engine.meshes import mesh_extensions
+
+            raise InputFileError(root, f"no meshes ({' '.join(mesh_extensions())}) or view folders found")
         self.dir.mkdir(parents=True, exist_ok=True)
         report = AddReport()
         t0 = time.perf_counter()
@@ -414,13 +418,23 @@ class Reader:
         return out
 
     def query_photos(self, photos: list[str | Path], k: int) -> list[QueryResult]:
-        """Encode the photos in one batch and search."""
+        """Encode the photos in one batch and search; a bad photo raises ImageLoadError."""
         from ftspl.engine.photos import photo_batch
 
         pre = self.lib.encoders.preprocess
         batch = photo_batch([Path(p) for p in photos], pre)
         emb = self.lib.encoders.embed_photos(batch)
         return [QueryResult(str(p), h) for p, h in zip(photos, self.search(emb, k))]
+
+    def query_images(self, images: list, names: list[str], k: int) -> list[QueryResult]:
+        """Search with already decoded RGB images (one batch), e.g. after per-file checks."""
+        from ftspl.engine.photos import to_tensor
+
+        pre = self.lib.encoders.preprocess
+        if not images:
+            return []
+        emb = self.lib.encoders.embed_photos(np.stack([to_tensor(im, pre) for im in images]))
+        return [QueryResult(n, h) for n, h in zip(names, self.search(emb, k))]
 
 
 __all__ = ["Library", "Reader", "IndexConfig", "AddReport", "Hit", "QueryResult"]
