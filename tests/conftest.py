@@ -119,7 +119,7 @@ def mesh_writer():
 # --- an exported model, shared by the CLI and index tests --------------------
 
 
-def run_ftspl(home: Path, *args: str, timeout: float = 300) -> "subprocess.CompletedProcess[str]":
+def run_ftspl(home: Path, *args: str, timeout: float = 300):
     """Run ``python -m ftspl ARGS`` with FTSPL_HOME=home, as a user would."""
     import os
     import subprocess

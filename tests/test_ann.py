@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from ftspl.engine import ann
+from ftspl.engine import ann, atomic
 from ftspl.engine.ann import ANN_BACKENDS, ExactIndex, HnswIndex, load_index, make_index, read_manifest
 from ftspl.engine.errors import IndexStateError, UnknownKeyError
 
@@ -173,7 +173,7 @@ def test_failed_save_leaves_previous_index_intact(backend: str, tmp_path, monkey
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ann.os, "replace", boom)
+    monkeypatch.setattr(atomic.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         index.save(path, meta={"generation": 2})
     monkeypatch.undo()
@@ -324,7 +324,7 @@ def test_save_is_fsynced_through_os_replace(tmp_path, monkeypatch) -> None:
         calls.append((str(src), str(dst)))
         return real(src, dst)
 
-    monkeypatch.setattr(ann.os, "replace", spy)
+    monkeypatch.setattr(atomic.os, "replace", spy)
     index = ExactIndex(DIM)
     index.save(tmp_path / "e.ann")
     assert len(calls) == 1

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import secrets
 from abc import ABC, abstractmethod
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from ftspl.engine.atomic import atomic_write_bytes, fsync_file
 
 from ftspl.engine.errors import IndexStateError, UnknownKeyError
 
@@ -108,40 +109,6 @@ def _check_k(k: int) -> int:
     return k
 
 
-# --------------------------------------------------------------------------
-# Atomic file helpers
-# --------------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable: fsync the directory entry (POSIX only)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, os.replace, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -260,8 +227,8 @@ class AnnIndex(ABC):
         blob = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
         try:
             self._write_payload(payload)
-            _fsync_file(payload)
-            _write_atomic(path, blob)  # the commit point
+            fsync_file(payload)
+            atomic_write_bytes(path, blob)  # the commit point
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 payload.unlink()

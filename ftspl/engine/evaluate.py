@@ -37,7 +37,6 @@ def evaluate_folder(root: Path, home: Home, runtime: RuntimeConfig = RuntimeConf
     from ftspl.engine.library import Library
     from ftspl.engine.metrics import format_metrics, retrieval_metrics
     from ftspl.engine.photos import load_photo, to_tensor
-    from ftspl.engine.store import ShapeStore
 
     lib = Library(home, runtime)
     photos = labelled_photos(root)
