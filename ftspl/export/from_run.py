@@ -1,0 +1,45 @@
+"""A training run folder -> the encoders and manifest metadata ``export_encoders`` needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftspl.engine.constants import Preprocess, RenderSpec
+from ftspl.engine.errors import UsageError
+from ftspl.export.onnx_export import ModelMeta
+
+
+def run_model(run_dir: Path):
+    """(image encoder, multi-view encoder, meta) of the trained FTSPLNet in ``run_dir``."""
+    from ftspl.train.backbones import build_backbone
+    from ftspl.train.loop import CONFIG, METRICS, RUN_INFO, load_checkpoint
+    from ftspl.train.net import FTSPLNet
+
+    run_dir = Path(run_dir)
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+        config = json.loads((run_dir / CONFIG).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{run_dir}: not a training run folder (no {RUN_INFO}/{CONFIG}); run 'ftspl train' first") from None
+    ck = load_checkpoint(run_dir)
+    backbone = build_backbone(info["backbone"], pretrained=False)
+    net = FTSPLNet(backbone, len(info["class_names"]), int(info["embed_dim"]))
+    net.load_state_dict(ck["net"])
+    net.eval()
+    img, mv = net.encoders()
+    metrics = {}
+    if (run_dir / METRICS).exists():
+        rounds = json.loads((run_dir / METRICS).read_text()).get("rounds", [])
+        metrics = rounds[-1] if rounds else {}
+    meta = ModelMeta(
+        backbone=info["backbone"],
+        embed_dim=img.embed_dim,
+        preprocess=Preprocess.from_dict(info["preprocess"]),
+        render_spec=RenderSpec.from_dict(info["render_spec"]),
+        source=str(run_dir.resolve()),
+        class_names=list(info["class_names"]),
+        training={**config, "round": int(ck["round"])},
+        metrics=metrics,
+    )
+    return img, mv, meta

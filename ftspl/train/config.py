@@ -1,0 +1,114 @@
+"""The training stage's one config object and the paper's ablation presets.
+
+Presets map the rows of the paper's Tables III-V to switches:
+
+============== ====== ====== =========== ========== =========
+preset         IDCA   ICAV   pseudo      selection  target CE
+============== ====== ====== =========== ========== =========
+source_only    no     no     -           -          no
+IDCA           yes    no     classifier  all        yes
+ICAV           no     yes    classifier  all        yes
+FT             yes    yes    classifier  all        yes
+FT_centroid_pl yes    yes    centroid    all        yes
+SPL            no     no     spl         classwise  yes
+FTSPL          yes    yes    spl         classwise  yes
+FTSPL_global   yes    yes    spl         global     yes
+============== ====== ====== =========== ========== =========
+
+Every row but ``source_only`` trains with cross-entropy on its pseudo-labelled
+shapes, so a row differs from its neighbour only in the named component.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from ftspl.engine.constants import DEFAULT_BACKBONE, EMBED_DIM
+from ftspl.engine.errors import UnknownKeyError
+
+MODES = ("head", "full")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``ftspl train`` decides; saved as ``config.json`` in the run folder."""
+
+    source: str = ""
+    target: str = ""
+    out: str = "runs/ftspl"
+    queries: str | None = None  #: optional held-out labelled photos for per-round retrieval metrics
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    mode: str = "head"
+    embed_dim: int = EMBED_DIM
+    # method switches
+    idca: bool = True
+    icav: bool = True
+    pseudo: str = "spl"
+    selection: str = "classwise"
+    target_ce: bool = True
+    preset: str | None = "FTSPL"
+    # optimisation (SGD momentum 0.9, batch 32 as in the paper)
+    rounds: int = 5  #: L
+    epochs: int = 10  #: epochs per round
+    warmup_epochs: int = 10  #: source-only epochs before round 1 (the classifier must see photos first)
+    lr: float = 0.01
+    backbone_lr_mult: float = 0.1  #: full mode: the pretrained backbone moves slower
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    lam: float = 0.5  #: final strength of the Eq. 4 terms
+    lam_ramp: bool = True  #: ramp lambda from 0 over training (as ISDA)
+    target_ce_weight: float = 1.0
+    augment_copies: int = 4  #: head mode: augmented copies of each photo whose features are cached
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    label_from: str = "top"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+#: preset name -> the switches it sets
+PRESETS: dict[str, dict] = {
+    "source_only": dict(idca=False, icav=False, pseudo="classifier", selection="all", target_ce=False),
+    "IDCA": dict(idca=True, icav=False, pseudo="classifier", selection="all", target_ce=True),
+    "ICAV": dict(idca=False, icav=True, pseudo="classifier", selection="all", target_ce=True),
+    "FT": dict(idca=True, icav=True, pseudo="classifier", selection="all", target_ce=True),
+    "FT_centroid_pl": dict(idca=True, icav=True, pseudo="centroid", selection="all", target_ce=True),
+    "SPL": dict(idca=False, icav=False, pseudo="spl", selection="classwise", target_ce=True),
+    "FTSPL": dict(idca=True, icav=True, pseudo="spl", selection="classwise", target_ce=True),
+    "FTSPL_global": dict(idca=True, icav=True, pseudo="spl", selection="global", target_ce=True),
+}
+
+
+def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise UnknownKeyError("preset", name, PRESETS)
+    return replace(cfg, preset=name, **PRESETS[name])
+
+
+def validate(cfg: TrainConfig) -> None:
+    from ftspl.train.spl import PSEUDO_LABELERS, SELECTIONS
+
+    if cfg.mode not in MODES:
+        raise UnknownKeyError("--mode", cfg.mode, MODES)
+    if cfg.pseudo not in PSEUDO_LABELERS:
+        raise UnknownKeyError("--pseudo", cfg.pseudo, PSEUDO_LABELERS)
+    if cfg.selection not in SELECTIONS:
+        raise UnknownKeyError("--selection", cfg.selection, SELECTIONS)
+    from ftspl.engine.errors import UsageError
+
+    for name in ("rounds", "batch_size", "augment_copies"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.epochs < 0 or cfg.warmup_epochs < 0:
+        raise UsageError("--epochs and --warmup-epochs must be >= 0")

@@ -1,0 +1,52 @@
+"""FTSPLNet: one shared backbone -> bottleneck (M = 256) -> classifier (K).
+
+Photos and views go through the same backbone (the paper follows MVCNN); a
+shape's per-view backbone features are max-pooled over its views before the
+bottleneck. In head mode the backbone is frozen and its pooled features are
+computed once, so the trainable part sees ``precomputed`` features instead of
+pixels; everything after the backbone is the same code in both modes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ftspl.train.backbones import Backbone
+from ftspl.train.model import Bottleneck, Classifier, ImageEncoder, MultiViewEncoder
+
+
+class FTSPLNet(nn.Module):
+    def __init__(self, backbone: Backbone, num_classes: int, embed_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.bottleneck = Bottleneck(backbone.feat_dim, embed_dim)
+        self.classifier = Classifier(embed_dim, num_classes)
+
+    # -- trunk: pixels -> pooled backbone features ------------------------------
+    def photo_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, F)."""
+        return self.backbone.features(x)
+
+    def shape_trunk(self, views: torch.Tensor) -> torch.Tensor:
+        """(B, V, 3, S, S) -> (B, F): per-view features max-pooled over views (MVCNN)."""
+        f = self.backbone.features(views.flatten(0, 1))
+        return f.reshape(views.shape[0], -1, f.shape[-1]).amax(dim=1)
+
+    # -- head: pooled features -> embedding -> logits ---------------------------
+    def embed(self, trunk_feats: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(trunk_feats)
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.classifier(emb)
+
+    @property
+    def classifier_weight(self) -> torch.Tensor:
+        """W (K x M) of Eq. 4."""
+        return self.classifier.fc.weight
+
+    def encoders(self) -> tuple[ImageEncoder, MultiViewEncoder]:
+        """The two exported encoders: backbone -> bottleneck -> L2 norm, sharing weights."""
+        img = ImageEncoder(self.backbone, head=self.bottleneck, l2_normalize=True).eval()
+        mv = MultiViewEncoder(self.backbone, head=self.bottleneck, l2_normalize=True).eval()
+        return img, mv
