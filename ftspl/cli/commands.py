@@ -54,6 +54,45 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
         )
 
 
+def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise FtsplError("training needs PyTorch: pip install 'ftspl[train]'") from None
+    from dataclasses import replace
+
+    from ftspl.train.config import TrainConfig, apply_preset
+    from ftspl.train.loop import pick_device, train
+
+    cfg = replace(apply_preset(TrainConfig(**settings), preset), **overrides)
+    if overrides:
+        cfg = replace(cfg, preset=f"{preset}+custom")
+    console.warn(f"training {cfg.preset} ({cfg.mode} mode) on {pick_device(cfg.device)}; run folder {cfg.out}")
+
+    def on_round(rec: dict) -> None:
+        if as_json:
+            return
+        m = rec.get("metrics", {})
+        parts = [f"round {rec['round']}", f"loss {rec.get('loss_source', float('nan')):.3f}"]
+        if "pseudo_acc" in rec:
+            parts.append(f"pseudo-acc {rec['pseudo_acc']:.3f} (selected {rec['selected']}: {rec.get('pseudo_acc_selected', float('nan')):.3f})")
+        if m:
+            parts.append("NN {NN:.3f} FT {FT:.3f} ST {ST:.3f} DCG {DCG:.3f} ANMRR {ANMRR:.3f}".format(**m))
+        parts.append(f"{rec['seconds']:.1f} s")
+        console.warn(" | ".join(parts))
+
+    with console.progress(not as_json) as update:
+        result = train(cfg, resume=resume, progress=update, on_round=on_round)
+    for path, reason in result.skipped:
+        console.warn(f"{path}: {reason}")
+    summary = {"run": str(result.run_dir), "device": result.device, "seconds": round(result.seconds, 1),
+               "rounds": result.rounds, "skipped": len(result.skipped)}
+    if as_json:
+        console.print_json(summary)
+    else:
+        console.out(f"done in {result.seconds / 60:.1f} min; export it with: ftspl export {result.run_dir}")
+
+
 def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:
     from ftspl.engine.library import Library
 

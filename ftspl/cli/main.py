@@ -72,6 +72,53 @@ def export(
     export_cmd(run, pretrained, backbone, weights, exporter, _home(home), as_json)
 
 
+# ---------------------------------------------------------------------- train
+_PRESET_HELP = (
+    "Ablation preset: source_only, IDCA, ICAV, FT, FT_centroid_pl, SPL, FTSPL (default), FTSPL_global. "
+    "Explicit switches below override it."
+)
+
+
+@app.command()
+def train(
+    source: Path = typer.Option(..., "--source", help="Labelled photos: SOURCE/<class>/*.jpg or a 'path label' list file."),
+    target: Path = typer.Option(..., "--target", help="Unlabelled shapes: a folder of meshes / 12-view folders or a list file."),
+    out: Path = typer.Option(Path("runs/ftspl"), "--out", help="Run folder (checkpoint, config, metrics)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Held-out labelled photos for per-round retrieval metrics."),
+    preset: str = typer.Option("FTSPL", "--preset", help=_PRESET_HELP),
+    mode: str = typer.Option("head", "--mode", help="head (frozen backbone, cached features; minutes on CPU) or full."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="efficientnet_lite0 or alexnet."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet weights file for the backbone (alexnet)."),
+    idca: Optional[bool] = typer.Option(None, "--idca/--no-idca", help="Inter-domain centroid alignment (Eq. 4 mean term)."),
+    icav: Optional[bool] = typer.Option(None, "--icav/--no-icav", help="Intra-class attribute variation (Eq. 4 covariance term)."),
+    pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
+    selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
+    target_ce: Optional[bool] = typer.Option(None, "--target-ce/--no-target-ce", help="Cross-entropy on selected shapes."),
+    rounds: int = typer.Option(5, "--rounds", help="SPL rounds L."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs per round."),
+    warmup_epochs: int = typer.Option(10, "--warmup-epochs", help="Source-only epochs before round 1."),
+    lr: float = typer.Option(0.01, "--lr", help="SGD learning rate (momentum 0.9)."),
+    lam: float = typer.Option(0.5, "--lam", help="Final strength of the Eq. 4 terms (ramped from 0)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Batch size (paper: 32)."),
+    augment_copies: int = typer.Option(4, "--augment-copies", help="Head mode: augmented copies per photo."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same result)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Train the shared photo/shape encoder with FTSPL (labelled photos + unlabelled shapes)."""
+    from ftspl.cli.commands import train_cmd
+
+    overrides = {k: v for k, v in dict(idca=idca, icav=icav, pseudo=pseudo, selection=selection, target_ce=target_ce).items() if v is not None}
+    settings = dict(
+        source=str(source), target=str(target), out=str(out), queries=str(queries) if queries else None,
+        backbone=backbone, weights=str(weights) if weights else None, mode=mode, rounds=rounds, epochs=epochs,
+        warmup_epochs=warmup_epochs, lr=lr, lam=lam, batch_size=batch_size, augment_copies=augment_copies,
+        seed=seed, device=device,
+    )
+    train_cmd(preset, settings, overrides, resume, as_json)
+
+
 # ---------------------------------------------------------------------- index
 @index_app.command("add")
 def index_add(

@@ -177,7 +177,7 @@ class Trainer:
         return stats
 
     def pseudo_label(self, round_: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
-        from ftspl.train.spl import PSEUDO_LABELERS, SELECTIONS, PseudoInputs
+        from ftspl.train.spl import PseudoInputs, pseudo_label_with, select
 
         self.net.eval()
         bs = self.cfg.batch_size
@@ -188,11 +188,9 @@ class Trainer:
         inputs = PseudoInputs(
             target_feats=tgt.cpu().numpy().astype(np.float64), source_feats=src.cpu().numpy().astype(np.float64),
             source_labels=self.feed.src_y.numpy(), num_classes=self.K, target_logits=t_logits,
-            seed=self.cfg.seed + round_,
         )
-        labels, probs = PSEUDO_LABELERS[self.cfg.pseudo](inputs)
-        fraction = round_ / self.cfg.rounds
-        selected = SELECTIONS[self.cfg.selection](labels, probs, fraction)
+        labels, probs = pseudo_label_with(self.cfg.pseudo, inputs)
+        selected = select(labels, probs, round_ / self.cfg.rounds, method=self.cfg.selection)
         return np.asarray(labels, np.int64), np.asarray(probs), np.asarray(selected, np.int64), src, tgt
 
     # -- reporting ------------------------------------------------------------

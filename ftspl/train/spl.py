@@ -64,7 +64,9 @@ def _as_feats(x: np.ndarray, name: str) -> np.ndarray:
     """A finite 2-D float64 array (n, d) with n >= 1, or a ValueError naming ``name``."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array (n, d), got shape {a.shape}")
+        raise ValueError(
+            f"{name} must be a non-empty 2-D array (n, d), got shape {a.shape}"
+        )
     if not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or inf; check the feature extractor")
     return a
@@ -78,7 +80,9 @@ def _check_num_classes(num_classes: int) -> int:
 
 def _same_dim(a: np.ndarray, b: np.ndarray, what: str) -> None:
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{what}: feature dimensions differ ({a.shape[1]} vs {b.shape[1]})")
+        raise ValueError(
+            f"{what}: feature dimensions differ ({a.shape[1]} vs {b.shape[1]})"
+        )
 
 
 # --- the equations ---------------------------------------------------------------
@@ -102,7 +106,9 @@ def source_centroids(
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"source_labels must be integers, got dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= k):
-        raise ValueError(f"source_labels must lie in [0, {k}); found {labels.min()}..{labels.max()}")
+        raise ValueError(
+            f"source_labels must lie in [0, {k}); found {labels.min()}..{labels.max()}"
+        )
     counts = np.bincount(labels, minlength=k)
     empty = np.flatnonzero(counts == 0)
     if empty.size:
@@ -155,7 +161,9 @@ def cluster_centroids(
         if converged:
             break
     else:
-        log.info("k-means stopped after max_iter=%d iterations without converging", max_iter)
+        log.info(
+            "k-means stopped after max_iter=%d iterations without converging", max_iter
+        )
     if n_empty_warnings:
         log.info(
             "k-means: an empty cluster kept its previous centre in %d of %d iterations",
@@ -165,7 +173,9 @@ def cluster_centroids(
     return centres
 
 
-def match_clusters(cluster_centers: np.ndarray, source_centroids: np.ndarray) -> np.ndarray:
+def match_clusters(
+    cluster_centers: np.ndarray, source_centroids: np.ndarray
+) -> np.ndarray:
     """Eq. 7: one-to-one cluster-to-class matching of least total distance.
 
     Returns ``cluster_of_class`` (K,) int64: class k is matched to cluster
@@ -213,7 +223,9 @@ def labels_from_probs(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 10: ``(argmax_k p, p[chosen])``; ties go to the lowest class index."""
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] == 0:
-        raise ValueError(f"probabilities must be a 2-D array (n, K), got shape {p.shape}")
+        raise ValueError(
+            f"probabilities must be a 2-D array (n, K), got shape {p.shape}"
+        )
     labels = np.argmax(p, axis=1).astype(np.int64)
     return labels, p[np.arange(p.shape[0]), labels]
 
@@ -260,7 +272,9 @@ class PseudoInputs:
 def _classifier_probs(inp: PseudoInputs) -> np.ndarray:
     """Softmax of the 2D-trained classifier's logits (the DLEA-style baseline)."""
     if inp.target_logits is None:
-        raise ValueError("the 'classifier' pseudo-labeler needs target_logits; pass the classifier's outputs")
+        raise ValueError(
+            "the 'classifier' pseudo-labeler needs target_logits; pass the classifier's outputs"
+        )
     z = np.asarray(inp.target_logits, dtype=np.float64)
     k = _check_num_classes(inp.num_classes)
     n = np.asarray(inp.target_feats).shape[0]
@@ -279,7 +293,11 @@ def _centroid_only_probs(inp: PseudoInputs) -> np.ndarray:
 
 def _spl_probs(inp: PseudoInputs) -> np.ndarray:
     return spl_probs(
-        inp.target_feats, inp.source_feats, inp.source_labels, inp.num_classes, inp.max_iter
+        inp.target_feats,
+        inp.source_feats,
+        inp.source_labels,
+        inp.num_classes,
+        inp.max_iter,
     )
 
 
@@ -291,7 +309,9 @@ PSEUDO_LABELERS: dict[str, Callable[[PseudoInputs], np.ndarray]] = {
 }
 
 
-def pseudo_label_with(method: str, inputs: PseudoInputs) -> tuple[np.ndarray, np.ndarray]:
+def pseudo_label_with(
+    method: str, inputs: PseudoInputs
+) -> tuple[np.ndarray, np.ndarray]:
     """``(labels, probs)`` from the ``--pseudo`` method ``method`` (probs = chosen label's score)."""
     try:
         fn = PSEUDO_LABELERS[method]
@@ -308,7 +328,7 @@ def _count(fraction: float, n: int) -> int:
 
     The tiny epsilon absorbs float error in ``l / L * n`` (e.g. 0.7 * 5).
     """
-    return min(n, int(math.floor(fraction * n + 0.5 + 1e-9)))
+    return min(n, math.floor(fraction * n + 0.5 + 1e-9))
 
 
 def _ranked(indices: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -334,7 +354,9 @@ def _check_selection_inputs(
     return labels, probs
 
 
-def select_classwise(labels: np.ndarray, probs: np.ndarray, fraction: float) -> np.ndarray:
+def select_classwise(
+    labels: np.ndarray, probs: np.ndarray, fraction: float
+) -> np.ndarray:
     """The paper's selection: top ``round(fraction * n_k)`` of every pseudo-class k."""
     labels, probs = _check_selection_inputs(labels, probs, fraction)
     picked = []
