@@ -66,7 +66,7 @@ def test_resize_crop_and_tensor():
 
 @pytest.mark.parametrize(
     "content,reason",
-    [(b"", "empty file"), (b"not an image at all", "not a readable image"), (b"\x89PNG\r\n\x1a\n\x00\x00garbage", "")],
+    [(b"", "file is empty"), (b"not an image at all", "not a readable image"), (b"\x89PNG\r\n\x1a\n\x00\x00garbage", "")],
 )
 def test_bad_files_raise_one_line(tmp_path, content, reason):
     p = tmp_path / "bad.png"

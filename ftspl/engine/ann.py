@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ftspl.engine.atomic import atomic_write_bytes, fsync_file
-
 from ftspl.engine.errors import IndexStateError, UnknownKeyError
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import math
-import os
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from ftspl.engine.constants import (
     UP_AXES,
 )
 from ftspl.engine.errors import MeshLoadError, UnknownKeyError
+from ftspl.engine.inputs import check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -276,18 +276,7 @@ def load_mesh(path: str | Path, limits: MeshLimits = MeshLimits()) -> Mesh:
         raise MeshLoadError(
             path, f"unsupported format '{ext or path.name}'; supported: {', '.join(mesh_extensions())}"
         )
-    try:
-        size = os.stat(path).st_size
-    except OSError as exc:
-        raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    if not path.is_file():
-        raise MeshLoadError(path, "not a regular file")
-    if size == 0:
-        raise MeshLoadError(path, "file is empty")
-    if size > limits.max_file_bytes:
-        raise MeshLoadError(
-            path, f"file is {size} bytes, over the limit of {limits.max_file_bytes}; raise --max-file-bytes"
-        )
+    check_input_file(path, limits.max_file_bytes, MeshLoadError, "--max-file-bytes")
     mesh = loader(path, limits)
     log.debug("loaded %s: %d vertices, %d faces", path, len(mesh.vertices), mesh.n_faces)
     return mesh

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ftspl.engine.constants import MAX_FILE_BYTES, MAX_IMAGE_PIXELS, Preprocess
 from ftspl.engine.errors import ImageLoadError
+from ftspl.engine.inputs import check_input_file
 
 #: Formats a user may query with; PIL detects the real format from the bytes.
 PHOTO_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}
@@ -35,16 +36,7 @@ def load_photo(
     from the header before decoding, so a decompression bomb never allocates.
     """
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise ImageLoadError(p, f"cannot read file ({exc.strerror or exc})") from None
-    if not p.is_file():
-        raise ImageLoadError(p, "not a file")
-    if size == 0:
-        raise ImageLoadError(p, "empty file")
-    if size > max_bytes:
-        raise ImageLoadError(p, f"file is {size} bytes, over the {max_bytes}-byte limit")
+    check_input_file(p, max_bytes, ImageLoadError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
