@@ -30,6 +30,7 @@ export and serve render identical views.
 from __future__ import annotations
 
 import io
+import sys
 import logging
 import math
 
@@ -146,6 +147,21 @@ def _atlas_grid(views: int) -> tuple[int, int]:
     return cols, math.ceil(views / cols)
 
 
+def _load_torch_llvm_first() -> None:
+    """In a process that already uses torch, load Triton before Mesa's llvmpipe.
+
+    Both bring their own LLVM; Triton (loaded lazily by torch._dynamo, which
+    torch.optim and the ONNX exporter import) segfaults when it loads after an
+    EGL context exists (seen with torch 2.14.1 + Mesa 22.3), and is safe the
+    other way round. The engine never imports torch itself: this only runs
+    where the caller already did (training, export, tests).
+    """
+    if "torch" in sys.modules:
+        import importlib
+
+        importlib.import_module("torch._dynamo")
+
+
 class Renderer:
     """Renders a normalised :class:`Mesh` into ``spec.views`` RGB views.
 
@@ -158,6 +174,7 @@ class Renderer:
         self.spec = spec
         if spec.views < 1 or spec.image_size < 1:
             raise ValueError("RenderSpec needs views >= 1 and image_size >= 1")
+        _load_torch_llvm_first()
         self._ctx = self._create_context()
         try:
             self._setup()
