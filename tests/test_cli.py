@@ -185,6 +185,7 @@ def test_query_never_imports_torch(home, tmp_path, photo):
     assert not any(m == "torch" or m.startswith("torch.") for m in imported)
 
 
+@pytest.mark.slow
 def test_index_refuses_other_model(home, tmp_path, photo):
     import shutil
 
