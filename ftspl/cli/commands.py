@@ -208,14 +208,10 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool) -> None:
         results = reader.query_images(images, names, top)
         ms = (time.perf_counter() - t0) * 1000
         if sheet is not None and results:
-            from ftspl.engine.sheet import SheetRow, save_sheet
+            from ftspl.engine.sheet import rows_for, save_sheet
 
-            rows_by_id = {r.id: r for r in reader.store.get([h.id for res in results for h in res.hits], previews=True)}
-            rows = [
-                SheetRow(img, Path(res.photo).name, None,
-                         [(getattr(rows_by_id.get(h.id), "preview", None), h.label, h.distance) for h in res.hits])
-                for img, res in zip(images, results)
-            ]
+            names_only = [Path(res.photo).name for res in results]
+            rows = rows_for(reader.store, images, names_only, [None] * len(results), results)
             save_sheet(rows, sheet)
     for path, reason in failed:
         console.warn(f"{path}: {reason}")

@@ -58,19 +58,19 @@ def demo_cmd(out: Path, as_json: bool) -> None:
 
     from ftspl.engine.evaluate import evaluate_folder, labelled_photos
     from ftspl.engine.photos import load_photo
-    from ftspl.engine.sheet import SheetRow, save_sheet
+    from ftspl.engine.sheet import rows_for, save_sheet
 
     photos = labelled_photos(ds.photos)
     t = time.perf_counter()
     with lib.open_reader() as reader:
         results = reader.query_photos([p for p, _ in photos], 5)
-        previews = {r.id: r.preview for r in reader.store.get([h.id for res in results for h in res.hits], previews=True)}
+        images = [load_photo(p) for p, _ in photos]
+        rows = rows_for(reader.store, images, [p.stem[:22] for p, _ in photos], [lab for _, lab in photos], results)
     timings["query_s"] = time.perf_counter() - t
-    rows, table = [], []
+    table = []
     for (p, label), res in zip(photos, results):
         top = [h.label or "-" for h in res.hits]
         table.append([p.name[:34], label, " ".join(top), "yes" if top and top[0] == label else "no"])
-        rows.append(SheetRow(load_photo(p), p.stem[:22], label, [(previews.get(h.id), h.label, h.distance) for h in res.hits]))
     sheet = save_sheet(rows, out / "contact_sheet.png")
     metrics = evaluate_folder(ds.photos, home)["metrics"]
 

@@ -35,7 +35,7 @@ def labelled_photos(root: Path) -> list[tuple[Path, str]]:
 
 def evaluate_folder(root: Path, home: Home, runtime: RuntimeConfig = RuntimeConfig(), batch: int = 32) -> dict:
     from ftspl.engine.library import Library
-    from ftspl.engine.metrics import format_metrics, retrieval_metrics
+    from ftspl.engine.metrics import format_metrics, pairwise_euclidean, retrieval_metrics
     from ftspl.engine.photos import load_photo, to_tensor
 
     lib = Library(home, runtime)
@@ -57,8 +57,7 @@ def evaluate_folder(root: Path, home: Home, runtime: RuntimeConfig = RuntimeConf
     glabels = [rows[int(i)].label for i in ids]
     if not any(g is not None for g in glabels):
         raise UsageError(f"{lib.dir}: the index has no labels; add shapes in label folders (--label-from top)")
-    d2 = (emb**2).sum(1)[:, None] - 2 * emb @ gallery.T + (gallery**2).sum(1)[None, :]
-    dist = np.sqrt(np.maximum(d2, 0))
+    dist = pairwise_euclidean(emb, gallery)
     m = retrieval_metrics(dist, np.asarray(labels, dtype=object), np.asarray(glabels, dtype=object))
     return {
         "queries": len(labels),

@@ -291,3 +291,11 @@ def format_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
             f"not a retrieval_metrics() result: missing {', '.join(missing)}"
         )
     return {k: float(metrics[k]) for k in SCALAR_METRICS}
+
+
+def pairwise_euclidean(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """(n_query, n_gallery) Euclidean distances, the ranking the paper and ``ftspl eval`` use."""
+    q = np.asarray(queries, np.float64)
+    g = np.asarray(gallery, np.float64)
+    d2 = (q**2).sum(1)[:, None] - 2 * q @ g.T + (g**2).sum(1)[None, :]
+    return np.sqrt(np.maximum(d2, 0))

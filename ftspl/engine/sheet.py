@@ -66,6 +66,16 @@ def render_sheet(rows: list[SheetRow]) -> Image.Image:
     return sheet
 
 
+def rows_for(store, photos: list[Image.Image], captions: list[str], labels: list[str | None], results) -> list[SheetRow]:
+    """Sheet rows for query results, fetching the hits' previews from the store in one call."""
+    ids = [h.id for res in results for h in res.hits]
+    previews = {r.id: r.preview for r in store.get(ids, previews=True)}
+    return [
+        SheetRow(img, cap, lab, [(previews.get(h.id), h.label, h.distance) for h in res.hits])
+        for img, cap, lab, res in zip(photos, captions, labels, results)
+    ]
+
+
 def save_sheet(rows: list[SheetRow], path: str | Path) -> Path:
     buf = io.BytesIO()
     render_sheet(rows).save(buf, format="PNG")

@@ -83,11 +83,9 @@ def _embed_all(net, feed, which: str, batch: int) -> torch.Tensor:
 
 
 def _retrieval(q_emb: torch.Tensor, q_labels: list[str], t_emb: torch.Tensor, t_labels: list[str]) -> dict:
-    from ftspl.engine.metrics import format_metrics, retrieval_metrics
+    from ftspl.engine.metrics import format_metrics, pairwise_euclidean, retrieval_metrics
 
-    q = F.normalize(q_emb, dim=1).cpu().numpy().astype(np.float64)
-    t = F.normalize(t_emb, dim=1).cpu().numpy().astype(np.float64)
-    d = np.sqrt(np.maximum((q**2).sum(1)[:, None] - 2 * q @ t.T + (t**2).sum(1)[None, :], 0))
+    d = pairwise_euclidean(F.normalize(q_emb, dim=1).cpu().numpy(), F.normalize(t_emb, dim=1).cpu().numpy())
     return format_metrics(retrieval_metrics(d, np.asarray(q_labels, dtype=object), np.asarray(t_labels, dtype=object)))
 
 
