@@ -315,7 +315,11 @@ class Library:
                 self._save_ann(ann, store)
                 last_save = time.monotonic()
 
-        for src, digest, old_id, views, faces, error in self._prepare(todo, spec):
+        from ftspl.engine.prefetch import prefetch
+
+        # load + render in a worker thread while this one encodes and commits
+        ahead = prefetch(lambda: self._prepare(todo, spec), depth=2 * cfg.batch_shapes)
+        for src, digest, old_id, views, faces, error in ahead:
             done += 1
             if progress:
                 progress("index", done, len(todo))
