@@ -219,6 +219,9 @@ class Library:
                     store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
                 ann = self._open_ann(store, cfg=cfg)
                 todo: list[tuple[ShapeSource, str, int | None]] = []
+                from ftspl.engine.store import normalize_path
+
+                stored = store.entries(Path(root).expanduser().resolve())  # one query, not one per file
                 for i, src in enumerate(sources):
                     if progress:
                         progress("hash", i, len(sources))
@@ -227,7 +230,7 @@ class Library:
                     except OSError as exc:
                         report.failed.append((str(src.path), f"cannot read ({exc.strerror or exc})"))
                         continue
-                    known = store.lookup(str(src.path))
+                    known = stored.get(normalize_path(src.path))
                     if known is not None and known[1] == digest:
                         report.unchanged += 1
                         continue
@@ -422,13 +425,10 @@ class Reader:
         return out
 
     def query_photos(self, photos: list[str | Path], k: int) -> list[QueryResult]:
-        """Encode the photos in one batch and search; a bad photo raises ImageLoadError."""
-        from ftspl.engine.photos import photo_batch
+        """Decode the photos and search in one batch; a bad photo raises ImageLoadError."""
+        from ftspl.engine.photos import load_photo
 
-        pre = self.lib.encoders.preprocess
-        batch = photo_batch([Path(p) for p in photos], pre)
-        emb = self.lib.encoders.embed_photos(batch)
-        return [QueryResult(str(p), h) for p, h in zip(photos, self.search(emb, k))]
+        return self.query_images([load_photo(p) for p in photos], [str(p) for p in photos], k)
 
     def query_images(self, images: list, names: list[str], k: int) -> list[QueryResult]:
         """Search with already decoded RGB images (one batch), e.g. after per-file checks."""

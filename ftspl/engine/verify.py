@@ -16,7 +16,7 @@ def verify_index(home: Home) -> tuple[list[str], dict]:
     ids; and each sampled shape finds itself as its own nearest neighbour. A
     cache saved at an older generation (a killed add) is a note, not a failure.
     """
-    from ftspl.engine.ann import HnswIndex
+    from ftspl.engine.ann import read_manifest
     from ftspl.engine.errors import IndexStateError
     from ftspl.engine.library import Library
     from ftspl.engine.store import ShapeStore
@@ -40,7 +40,7 @@ def verify_index(home: Home) -> tuple[list[str], dict]:
             saved_gen = None
             if lib.ann_path.exists():
                 try:
-                    saved_gen = int(HnswIndex.load(lib.ann_path).meta.get("generation", -1))
+                    saved_gen = int(read_manifest(lib.ann_path).get("meta", {}).get("generation", -1))
                 except IndexStateError as exc:
                     facts["hnsw_file"] = f"unreadable, rebuilt on open ({exc})"
             if saved_gen is not None:
