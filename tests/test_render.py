@@ -197,7 +197,7 @@ def test_msaa_smooths_edges(gl_available, small_spec, asym_mesh) -> None:
     mesh = _prepared(asym_mesh)
     with Renderer(replace(small_spec, samples=0)) as r:
         aliased = r.render(mesh)
-    with Renderer(small_spec) as r:
+    with Renderer(replace(small_spec, samples=4)) as r:
         smooth = r.render(mesh)
 
     def levels(views: np.ndarray) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from ftspl.cli import console
+from ftspl.engine.constants import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
 from ftspl.engine.errors import FtsplError, UsageError
 
 
@@ -188,7 +189,8 @@ def index_verify_cmd(home, as_json: bool) -> None:
         raise typer.Exit(1)
 
 
-def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool) -> None:
+def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels: int = MAX_IMAGE_PIXELS,
+              max_file_bytes: int = MAX_FILE_BYTES) -> None:
     from ftspl.engine.errors import ImageLoadError
     from ftspl.engine.library import Library
     from ftspl.engine.photos import load_photo
@@ -199,7 +201,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool) -> None:
     images, names, failed = [], [], []
     for p in photos:  # decode each on its own: one bad photo must not sink the others
         try:
-            images.append(load_photo(p))
+            images.append(load_photo(p, max_pixels=max_pixels, max_bytes=max_file_bytes))
             names.append(str(p))
         except ImageLoadError as exc:
             failed.append((str(p), exc.reason))

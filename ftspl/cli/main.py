@@ -16,6 +16,8 @@ from typing import Optional
 import typer
 
 from ftspl.cli import console
+from ftspl.cli.data_cmd import data_app
+from ftspl.engine.constants import MAX_FACES, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_VERTICES
 from ftspl.engine.errors import FtsplError
 
 app = typer.Typer(
@@ -27,6 +29,7 @@ app = typer.Typer(
 )
 index_app = typer.Typer(help="Build and inspect the shape index.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
+app.add_typer(data_app, name="data")
 
 HomeOpt = typer.Option(None, "--home", help="Folder for models and index (default: $FTSPL_HOME or ./.ftspl).")
 DeviceOpt = typer.Option("auto", "--device", help="onnxruntime device: auto, cpu or cuda.")
@@ -130,6 +133,10 @@ def index_add(
     ef_search: Optional[int] = typer.Option(None, "--ef", help="HNSW search breadth stored in the index."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW graph degree M for a new index."),
     commit_every: int = typer.Option(32, "--commit-every", min=1, help="Shapes per committed batch."),
+    file_timeout: float = typer.Option(60.0, "--file-timeout", min=0.1, help="Seconds one file may take to load and render before it is skipped."),
+    max_faces: int = typer.Option(MAX_FACES, "--max-faces", min=1, help="Refuse meshes with more faces."),
+    max_vertices: int = typer.Option(MAX_VERTICES, "--max-vertices", min=1, help="Refuse meshes with more vertices."),
+    max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger mesh files (and the assets they reference)."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -138,10 +145,12 @@ def index_add(
     """Index every shape under ROOT; unchanged files are skipped, changed ones re-embedded."""
     from ftspl.cli.commands import index_add_cmd
     from ftspl.engine.library import IndexConfig
+    from ftspl.engine.meshes import MeshLimits
 
     cfg = IndexConfig(
         label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m,
-        commit_every=commit_every, batch_shapes=min(8, commit_every),
+        commit_every=commit_every, batch_shapes=min(8, commit_every), file_timeout_s=file_timeout,
+        limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
     )
     index_add_cmd(root, cfg, _home(home), _runtime(device, threads), as_json)
 
@@ -181,6 +190,8 @@ def query(
     photos: list[Path] = typer.Argument(..., help="One or more photos (JPEG, PNG, WebP, BMP)."),
     top: int = typer.Option(10, "--top", "-k", help="How many shapes to return per photo."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a PNG contact sheet here."),
+    max_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-pixels", min=1, help="Refuse larger photos (decompression-bomb guard)."),
+    max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger photo files."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -189,7 +200,7 @@ def query(
     """The nearest shapes for each photo."""
     from ftspl.cli.commands import query_cmd
 
-    query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json)
+    query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels, max_file_bytes)
 
 
 @app.command("eval")

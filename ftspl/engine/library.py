@@ -30,6 +30,7 @@ from ftspl.engine.constants import RenderSpec
 from ftspl.engine.encoders import Encoders, RuntimeConfig
 from ftspl.engine.errors import IndexStateError, InputFileError, UsageError
 from ftspl.engine.home import Home
+from ftspl.engine.meshes import MeshLimits
 from ftspl.engine.scan import ShapeSource, scan
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class IndexConfig:
     ann_ef_construction: int | None = None
     ann_ef_search: int | None = None
     rebuild: bool = False  #: drop an index made by another model/spec and start again
+    limits: MeshLimits = field(default_factory=MeshLimits)  #: file size / face / vertex caps
+    file_timeout_s: float = 60.0  #: per-file load+render limit; slower files are skipped
 
 
 @dataclass
@@ -250,28 +253,20 @@ class Library:
                 p.unlink(missing_ok=True)  # the store, its WAL/SHM files, the HNSW cache
         return ShapeStore(self.store_path)
 
-    def _prepare(self, todo, spec: RenderSpec) -> Iterator[tuple[ShapeSource, str, int | None, np.ndarray | None, int | None, str | None]]:
-        """Yield (src, digest, old_id, views uint8, faces, error) for each shape, rendering lazily."""
-        from ftspl.engine.meshes import load_mesh, normalize
-        from ftspl.engine.render import Renderer
-        from ftspl.engine.viewfolders import load_view_folder
+    def _prepare(self, todo, spec: RenderSpec, cfg: IndexConfig) -> Iterator[tuple[ShapeSource, str, int | None, np.ndarray | None, int | None, str | None]]:
+        """Yield (src, digest, old_id, views uint8, faces, error) per shape, rendered in a child process."""
+        from ftspl.engine.worker import RenderJob, RenderWorker
 
-        renderer = None
-        try:
-            for src, digest, old_id in todo:
-                try:
-                    if src.kind == "views":
-                        yield src, digest, old_id, load_view_folder(src.path, spec), None, None
-                        continue
-                    mesh = normalize(load_mesh(src.path), spec.up, radius=spec.normalize_radius)
-                    if renderer is None:
-                        renderer = Renderer(spec)
-                    yield src, digest, old_id, renderer.render(mesh), int(len(mesh.faces)), None
-                except InputFileError as exc:
-                    yield src, digest, old_id, None, None, exc.reason
-        finally:
-            if renderer is not None:
-                renderer.close()
+        by_job = {}
+        jobs = []
+        for src, digest, old_id in todo:
+            job = RenderJob(Path(src.path), src.kind)
+            by_job[job] = (src, digest, old_id)
+            jobs.append(job)
+        with RenderWorker(spec, cfg.limits, cfg.file_timeout_s, depth=4) as worker:
+            for r in worker.map(jobs):
+                src, digest, old_id = by_job[r.job]
+                yield src, digest, old_id, r.views, r.faces, r.error
 
     def _process(self, todo, spec, store, ann, cfg: IndexConfig, report: AddReport, progress, should_stop) -> None:
         from ftspl.engine.photos import views_to_tensor
@@ -289,6 +284,7 @@ class Library:
             if not pending:
                 return
             batch = np.stack([views_to_tensor(v, pre) for _, _, _, v, _ in pending])
+            log.debug("phase encode %d", len(pending))
             emb = self.encoders.embed_views(batch)
             for (src, digest, old_id, views, faces), e in zip(pending, emb):
                 records.append(
@@ -305,7 +301,9 @@ class Library:
             encode_pending()
             if not records:
                 return
+            log.debug("phase commit %d", len(records))
             ids = store.upsert_batch(records)
+            log.debug("phase committed %d", len(ids))
             ann.add(np.asarray(ids, np.int64), np.stack([r.embedding for r in records]))
             for old in old_ids:
                 if old is None:
@@ -320,8 +318,8 @@ class Library:
 
         from ftspl.engine.prefetch import prefetch
 
-        # load + render in a worker thread while this one encodes and commits
-        ahead = prefetch(lambda: self._prepare(todo, spec), depth=2 * cfg.batch_shapes)
+        # load + render in a child process (fed by a thread) while this thread encodes and commits
+        ahead = prefetch(lambda: self._prepare(todo, spec, cfg), depth=2 * cfg.batch_shapes)
         for src, digest, old_id, views, faces, error in ahead:
             done += 1
             if progress:

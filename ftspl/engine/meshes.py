@@ -20,6 +20,15 @@ Security/robustness decisions (trimesh does the parsing):
 * The file size is checked **before** parsing; face/vertex caps right after.
 * ``process=False``: trimesh's vertex merging is slow on big meshes and not
   needed for flat-shaded renders; we validate the raw arrays ourselves.
+* glTF/GLB JSON is checked before trimesh sees it: accessor and buffer sizes
+  against the caps (an accessor without data declaring two billion vertices
+  would otherwise be allocated), node hierarchies for cycles (trimesh's scene
+  graph gives up with "Iteration limit exceeded" long after parsing), and
+  compressed geometry (Draco/meshopt), which trimesh cannot decode and would
+  turn into garbage triangles.
+* OFF is read by :func:`_parse_off`, not trimesh: trimesh 5 (numpy 2) fails on
+  every valid OFF file with a polygon of more than four sides, and allocates
+  whatever vertex count the header declares before checking it.
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import io
 import json
 import logging
 import math
+import re
+import struct
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,7 +131,7 @@ class _FolderResolver(Resolver):
     def write(self, name: str, data: object) -> None:
         raise PermissionError("mesh loading never writes files")
 
-    def namespaced(self, namespace: str) -> "_FolderResolver":
+    def namespaced(self, namespace: str) -> _FolderResolver:
         # Namespacing would widen or move the root; keep the mesh folder.
         return self
 
@@ -128,14 +139,18 @@ class _FolderResolver(Resolver):
         return (p.name for p in self.parent.iterdir() if p.is_file())
 
 
-def _flatten(loaded: object, path: Path, limits: MeshLimits) -> Mesh:
-    """Turn whatever trimesh returned (Trimesh, Scene, PointCloud...) into one Mesh.
+def _collect_parts(loaded: object) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], bool]:
+    """Whatever trimesh returned (Trimesh, Scene, PointCloud...) as ``(vertices, faces, transform)`` parts.
 
     Scenes (glTF/GLB, multi-object OBJ) are flattened by walking the scene
     graph and applying each node's world transform, so instanced geometry and
     node hierarchies land where the file places them. Non-triangle geometry
-    (paths, point clouds) inside a scene is ignored; if nothing triangular is
-    left the file is refused.
+    (paths, point clouds) inside a scene is ignored. Returns the parts and
+    whether point clouds were seen (for the error message).
+
+    Runs inside the parser boundary of :func:`_trimesh_loader`: trimesh
+    evaluates the scene graph lazily, so a hostile node hierarchy fails here,
+    not in ``trimesh.load``.
     """
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
     saw_points = False
@@ -146,12 +161,18 @@ def _flatten(loaded: object, path: Path, limits: MeshLimits) -> Mesh:
             transform, geom_name = loaded.graph[node]
             geom = loaded.geometry.get(geom_name)
             if isinstance(geom, trimesh.Trimesh):
-                parts.append((np.asarray(geom.vertices), np.asarray(geom.faces), transform))
+                parts.append((np.asarray(geom.vertices), np.asarray(geom.faces), np.asarray(transform)))
             elif isinstance(geom, trimesh.PointCloud):
                 saw_points = True
     elif isinstance(loaded, trimesh.PointCloud):
         saw_points = True
+    return parts, saw_points
 
+
+def _merge(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], saw_points: bool, path: Path, limits: MeshLimits
+) -> Mesh:
+    """Check the caps, apply transforms and concatenate the parts into one validated Mesh."""
     n_faces = sum(len(f) for _, f, _ in parts)
     n_vertices = sum(len(v) for v, _, _ in parts)
     if n_faces == 0:
@@ -208,21 +229,129 @@ def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path) -> Mesh:
     return Mesh(vertices.astype(np.float32), faces.astype(np.int32))
 
 
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
+
+
+#: glTF extensions that replace the geometry with a compressed stream trimesh cannot decode.
+_COMPRESSION_EXTENSIONS = {
+    "KHR_draco_mesh_compression": "Draco",
+    "EXT_meshopt_compression": "meshoptimizer",
+}
+
+
+def _glb_json(data: bytes, path: Path) -> bytes:
+    """The JSON chunk of a binary glTF (GLB) file, from its 20-byte header."""
+    if len(data) < 20 or data[:4] != b"glTF":
+        raise MeshLoadError(path, "corrupt GLB file: no 'glTF' header")
+    chunk_len, chunk_type = struct.unpack_from("<I4s", data, 12)
+    if chunk_type != b"JSON" or 20 + chunk_len > len(data):
+        raise MeshLoadError(path, "corrupt GLB file: the first chunk is not a complete JSON chunk")
+    return data[20 : 20 + chunk_len]
+
+
+def _check_gltf(doc: object, path: Path, limits: MeshLimits) -> None:
+    """Refuse glTF documents that would exhaust memory, loop, or decode to garbage.
+
+    Why before trimesh: an accessor's ``count`` is trusted by the parser (an
+    accessor without a buffer view is allocated as zeros of that size), node
+    cycles make the scene graph search give up only after its iteration
+    limit, and compressed primitives silently load as degenerate triangles.
+    """
+    if not isinstance(doc, dict):
+        raise MeshLoadError(path, "corrupt glTF: the JSON document is not an object")
+
+    def items(key: str) -> list:
+        value = doc.get(key, [])
+        if not isinstance(value, list):
+            raise MeshLoadError(path, f"corrupt glTF: '{key}' is not an array")
+        return value
+
+    required = items("extensionsRequired")
+    for ext, name in _COMPRESSION_EXTENSIONS.items():
+        if ext in required:
+            raise MeshLoadError(
+                path, f"geometry is {name}-compressed ({ext}), which ftspl cannot decode; export it uncompressed"
+            )
+    max_elements = max(limits.max_vertices, 3 * limits.max_faces)
+    for i, acc in enumerate(items("accessors")):
+        if not isinstance(acc, dict):
+            raise MeshLoadError(path, f"corrupt glTF: accessor {i} is not an object")
+        counts = [acc.get("count", 0)]
+        if isinstance(acc.get("sparse"), dict):
+            counts.append(acc["sparse"].get("count", 0))
+        for count in counts:
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise MeshLoadError(path, f"corrupt glTF: accessor {i} has an invalid count {count!r}")
+            if count > max_elements:
+                raise MeshLoadError(
+                    path,
+                    f"glTF accessor {i} declares {count} elements, over the limit of {max_elements} "
+                    "(--max-vertices, 3 x --max-faces)",
+                )
+    for key in ("buffers", "bufferViews"):
+        for i, item in enumerate(items(key)):
+            size = item.get("byteLength", 0) if isinstance(item, dict) else None
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise MeshLoadError(path, f"corrupt glTF: {key}[{i}] has an invalid byteLength {size!r}")
+            if size > limits.max_file_bytes:
+                raise MeshLoadError(
+                    path, f"glTF {key}[{i}] declares {size} bytes, over the limit of {limits.max_file_bytes}; "
+                    "raise --max-file-bytes"
+                )
+    _check_node_tree(items("nodes"), path)
+
+
+def _check_node_tree(nodes: list, path: Path) -> None:
+    """Child indices must exist and the node hierarchy must have no cycle (iterative DFS)."""
+    children: list[list[int]] = []
+    for i, node in enumerate(nodes):
+        kids = node.get("children", []) if isinstance(node, dict) else None
+        if not isinstance(kids, list) or not all(
+            isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(nodes) for k in kids
+        ):
+            raise MeshLoadError(path, f"corrupt glTF: node {i} has invalid children")
+        children.append(kids)
+    state = [0] * len(nodes)  # 0 new, 1 on the current path, 2 done
+    for root in range(len(nodes)):
+        if state[root]:
+            continue
+        stack = [(root, iter(children[root]))]
+        state[root] = 1
+        while stack:
+            node, it = stack[-1]
+            child = next(it, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+            elif state[child] == 1:
+                raise MeshLoadError(
+                    path, f"corrupt glTF: the node hierarchy has a cycle (node {child} is its own ancestor)"
+                )
+            elif state[child] == 0:
+                state[child] = 1
+                stack.append((child, iter(children[child])))
+
+
 def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits) -> Mesh:
     """Parse one file with trimesh (geometry only) and validate the result."""
     resolver = _FolderResolver(path, limits.max_file_bytes)
     source: str | io.BytesIO = str(path)
-    if file_type == "gltf":
+    if file_type in ("gltf", "glb"):
+        data = _read_bytes(path)
+        raw = data if file_type == "gltf" else _glb_json(data, path)
         # trimesh answers invalid glTF JSON by looking for a 'model.gltf' asset
-        # instead, which yields a baffling message; check the JSON ourselves.
+        # instead, which yields a baffling message; parse the JSON ourselves.
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
-        try:
-            json.loads(data)
+            doc = json.loads(raw)
         except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
-            raise MeshLoadError(path, f"corrupt GLTF file: not valid JSON ({exc})") from exc
+            raise MeshLoadError(path, f"corrupt {file_type.upper()} file: not valid JSON ({exc})") from exc
+        except RecursionError:
+            raise MeshLoadError(path, f"corrupt {file_type.upper()} file: JSON nested too deeply") from None
+        _check_gltf(doc, path, limits)
         source = io.BytesIO(data)
     try:
         loaded = trimesh.load(
@@ -233,16 +362,122 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits) -> Mesh:
             process=False,
             skip_materials=True,
         )
+        parts, saw_points = _collect_parts(loaded)
     except MemoryError as exc:
         raise MeshLoadError(path, "not enough memory to parse the file") from exc
     # Why a broad clause here (and only here): trimesh's parsers for hostile or
     # truncated files raise arbitrary types (ValueError, KeyError, IndexError,
     # struct.error, UnicodeDecodeError, AttributeError, json errors...), and a
     # corrupt gallery file must become one skip-able MeshLoadError, not a crash.
-    except Exception as exc:  # noqa: BLE001 - third-party parser boundary
+    except Exception as exc:  # third-party parser boundary (see above)
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise MeshLoadError(path, f"corrupt or unreadable {file_type.upper()} file ({reason})") from exc
-    return _flatten(loaded, path, limits)
+    return _merge(parts, saw_points, path, limits)
+
+
+def _obj_loader(path: Path, limits: MeshLimits) -> Mesh:
+    """OBJ via the fast geometry-only reader; trimesh takes the files it declines."""
+    from ftspl.engine.obj_fast import TooManyFaces, parse_obj
+
+    data = _read_bytes(path)
+    try:
+        vertices, faces = parse_obj(data, max_faces=limits.max_faces)
+    except TooManyFaces as exc:
+        raise MeshLoadError(
+            path, f"{exc} faces exceed the limit of {limits.max_faces}; simplify the mesh or raise --max-faces"
+        ) from None
+    except ValueError as exc:
+        log.debug("%s: fast OBJ reader declined (%s); parsing with trimesh", path, exc)
+        return _trimesh_loader("obj", path, limits)
+    if len(faces) == 0:  # vertices only, or nothing: let trimesh word the refusal
+        return _trimesh_loader("obj", path, limits)
+    return _merge([(vertices, faces, None)], False, path, limits)
+
+
+#: ``OFF``, ``COFF``, ``NOFF``, ``STCNOFF``...; the 4-D and n-D variants are refused.
+_OFF_KEYWORD = re.compile(r"(ST)?C?N?(4)?(n)?OFF", re.ASCII)
+
+
+def _parse_off(data: bytes, path: Path, limits: MeshLimits) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (n, 3) float64 and fan-triangulated faces (m, 3) int64 of an ASCII OFF file.
+
+    Counts are checked against the caps and against the number of lines
+    before anything is allocated; polygons are fan-triangulated per polygon
+    size with numpy. Colours, normals and texture coordinates are ignored.
+    """
+    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
+    lines = [ln for ln in (raw.split("#", 1)[0].strip() for raw in text.splitlines()) if ln]
+    if not lines:
+        raise MeshLoadError(path, "file contains no triangles; a surface mesh with faces is required")
+    head = lines[0].split()
+    keyword = _OFF_KEYWORD.fullmatch(head[0])
+    if keyword:
+        if keyword.group(2) or keyword.group(3):
+            raise MeshLoadError(path, f"{head[0]} files are not 3-D meshes; only OFF with x y z vertices is read")
+        rest, start = head[1:], 1
+        if rest and rest[0].upper() == "BINARY":
+            raise MeshLoadError(path, "binary OFF is not supported; save it as ASCII OFF, PLY or STL")
+        if not rest:
+            if len(lines) < 2:
+                raise MeshLoadError(path, "corrupt OFF file: the vertex/face count line is missing")
+            rest, start = lines[1].split(), 2
+    elif head[0].isdigit():  # the keyword is optional in Geomview's format
+        rest, start = head, 1
+    else:
+        raise MeshLoadError(path, f"not an OFF file (it starts with {head[0][:20]!r}, 'OFF' expected)")
+    try:
+        n_vertices, n_faces = int(rest[0]), int(rest[1])
+    except (IndexError, ValueError):
+        raise MeshLoadError(path, "corrupt OFF file: the vertex/face count line is malformed") from None
+    if n_vertices < 0 or n_faces < 0:
+        raise MeshLoadError(path, "corrupt OFF file: negative vertex or face count")
+    if n_vertices > limits.max_vertices:
+        raise MeshLoadError(
+            path, f"{n_vertices} vertices exceed the limit of {limits.max_vertices}; "
+            "simplify the mesh or raise --max-vertices"
+        )
+    if n_faces > limits.max_faces:
+        raise MeshLoadError(
+            path, f"{n_faces} faces exceed the limit of {limits.max_faces}; simplify the mesh or raise --max-faces"
+        )
+    if start + n_vertices + n_faces > len(lines):
+        raise MeshLoadError(
+            path, f"truncated OFF file: it declares {n_vertices} vertices and {n_faces} faces "
+            f"but holds {len(lines) - start} data lines"
+        )
+    try:
+        vertices = np.array([ln.split()[:3] for ln in lines[start : start + n_vertices]], dtype=np.float64)
+    except ValueError:
+        raise MeshLoadError(path, "corrupt OFF file: a vertex line is not three numbers") from None
+    if vertices.shape != (n_vertices, 3):
+        raise MeshLoadError(path, "corrupt OFF file: a vertex line has fewer than three coordinates")
+    by_size: dict[int, list[list[str]]] = {}
+    for number, ln in enumerate(lines[start + n_vertices : start + n_vertices + n_faces], 1):
+        tokens = ln.split()
+        try:
+            size = int(tokens[0])
+        except ValueError:
+            raise MeshLoadError(path, f"corrupt OFF file: face {number} does not start with its vertex count") from None
+        if size < 3:
+            continue  # points and edges have no area
+        if len(tokens) <= size:
+            raise MeshLoadError(path, f"corrupt OFF file: face {number} lists fewer than its {size} vertices")
+        by_size.setdefault(size, []).append(tokens[1 : size + 1])
+    triangles = [np.zeros((0, 3), np.int64)]
+    try:
+        for size, rows in by_size.items():
+            poly = np.array(rows, dtype=np.int64)
+            # fan around the first corner: (0, j, j + 1) for j = 1 .. size - 2
+            fan = np.stack([np.stack([poly[:, 0], poly[:, j], poly[:, j + 1]], axis=1) for j in range(1, size - 1)], 1)
+            triangles.append(fan.reshape(-1, 3))
+    except (ValueError, OverflowError):
+        raise MeshLoadError(path, "corrupt OFF file: a face index is not an integer") from None
+    return vertices, np.concatenate(triangles)
+
+
+def _off_loader(path: Path, limits: MeshLimits) -> Mesh:
+    vertices, faces = _parse_off(_read_bytes(path), path, limits)
+    return _merge([(vertices, faces, None)], False, path, limits)
 
 
 #: Loader per lowercase file extension. Every loader takes (path, limits) and
@@ -250,8 +485,8 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits) -> Mesh:
 LOADERS: dict[str, Callable[[Path, MeshLimits], Mesh]] = {
     ".glb": partial(_trimesh_loader, "glb"),
     ".gltf": partial(_trimesh_loader, "gltf"),
-    ".obj": partial(_trimesh_loader, "obj"),
-    ".off": partial(_trimesh_loader, "off"),
+    ".obj": _obj_loader,
+    ".off": _off_loader,
     ".ply": partial(_trimesh_loader, "ply"),
     ".stl": partial(_trimesh_loader, "stl"),
 }

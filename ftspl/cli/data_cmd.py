@@ -1,0 +1,88 @@
+"""``ftspl data``: build benchmark data sets from Debian packages.
+
+Registered by the main app as ``app.add_typer(data_app, name="data")``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+
+from ftspl.cli import console
+from ftspl.engine.errors import FtsplError
+
+data_app = typer.Typer(help="Build benchmark data sets (fetched with apt-get, cached).", no_args_is_help=True)
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("FTSPL_CACHE", Path.cwd() / ".cache")) / "debian"
+
+
+@data_app.callback()
+def _data() -> None:
+    """Build benchmark data sets (a group even with one command, so ``data sh3d`` stays the path)."""
+
+
+_OUT = typer.Option(..., "--out", help="Folder for source/, val/, queries/, target/, manifest.json, NOTICE.txt.")
+_SEED = typer.Option(0, "--seed", help="Split and render seed (same seed, same files).")
+_RENDERS = typer.Option(None, "--renders", min=0, help="Photo renders per photo model (default: the preset's).")
+_SMALL = typer.Option(False, "--small", help="The small preset: 8 models per class, 2 renders (about a minute).")
+_CACHE = typer.Option(None, "--cache", help="Debian package cache (default: $FTSPL_CACHE/debian or ./.cache/debian).")
+_JSON = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+@data_app.command("sh3d")
+def sh3d(
+    out: Path = _OUT,
+    seed: int = _SEED,
+    renders: int | None = _RENDERS,
+    small: bool = _SMALL,
+    cache: Path | None = _CACHE,
+    as_json: bool = _JSON,
+) -> None:
+    """The SH3D benchmark: photo-domain renders + icons (source/val/queries) and a mesh gallery (target)."""
+    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+
+    cfg = BENCH_PRESETS["small" if small else "full"]
+    cfg = replace(cfg, seed=seed, **({"renders": renders} if renders is not None else {}))
+    try:
+        with console.progress(not as_json) as update:
+            split = build_sh3d_benchmark(out, cache or _default_cache(), cfg, progress=update)
+    except FtsplError as exc:
+        console.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    summary = {
+        "out": str(split.root),
+        "seed": seed,
+        "preset": "small" if small else "full",
+        "classes": split.classes,
+        "models": split.counts,
+        "photos": split.photos,
+        "failed": split.failed,
+        "manifest": str(split.manifest),
+        "notice": str(split.notice),
+        "seconds": round(split.seconds, 1),
+    }
+    if as_json:
+        console.print_json(summary)
+        return
+    rows = [
+        [c, *(len(split.groups[g].get(c, [])) for g in ("source", "val", "queries", "target"))]
+        for c in split.classes
+    ]
+    rows.append(["total", *(split.counts[g] for g in ("source", "val", "queries", "target"))])
+    console.print_table(
+        f"SH3D benchmark (seed {seed}): models per group", ["class", "source", "val", "queries", "target"], rows
+    )
+    console.out(
+        f"photos: {split.photos['source']} source, {split.photos['val']} val, {split.photos['queries']} queries "
+        f"({cfg.renders} renders{' + icon' if cfg.icons else ''} per model) in {split.seconds:.1f}s"
+    )
+    for key, reason in split.failed.items():
+        console.warn(f"{key}: no renders ({reason})")
+    head = split.notice.read_text().splitlines()[:5]
+    console.out("\n".join(head))
+    console.out(f"Credits for every model and background (CC-BY): {split.notice}\nmanifest: {split.manifest}")

@@ -1,0 +1,306 @@
+"""The SH3D benchmark: labelled photo-domain images and an unlabelled shape gallery.
+
+Per class (those with at least ``min_models`` curated models) a seeded
+permutation splits the models into disjoint groups:
+
+* ``source`` -- photo renders (:mod:`ftspl.data.photo_domain`) + the catalogue
+  icon of each model: the labelled training photos;
+* ``val`` -- the same for a few *source* models held out for tuning, so a
+  study never has to look at the queries;
+* ``queries`` -- the same for held-out models: evaluation only;
+* ``target`` -- the meshes (OBJ + MTL + textures) of the remaining models: the
+  unlabelled gallery, rendered by the engine as plain grey views.
+
+A model is in exactly one group, so no query's own object is ever in the
+gallery (category-level retrieval, as in the paper). Every random draw comes
+from a generator seeded by ``(seed, class)`` for the split and
+``(seed, model)`` for a model's photos, so a build is reproducible and one
+model's images do not depend on which other models were built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ftspl.data.photo_domain import (
+    PhotoConfig,
+    PhotoRenderer,
+    TextureLoadError,
+    fetch_backgrounds,
+    load_textured_mesh,
+)
+from ftspl.data.sh3d import (
+    CATALOG_PACKAGE,
+    FURNITURE_PACKAGE,
+    DataFetchError,
+    Sh3dModel,
+    all_models,
+    extract_icon,
+    extract_model,
+    fetch_sources,
+    notice_text,
+    package_version,
+)
+from ftspl.engine.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("source", "val", "queries", "target")
+PHOTO_GROUPS = ("source", "val", "queries")
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to build; the whole object is recorded in the manifest."""
+
+    seed: int = 0
+    renders: int = 4  #: photo renders per source/val/query model
+    icons: bool = True  #: also copy each photo model's catalogue icon (a real product rendering)
+    min_models: int = 8  #: classes with fewer curated models (after max_faces) are left out
+    max_faces: int = 150_000  #: skip the heaviest models (render/index time)
+    max_per_class: int | None = None  #: cap models per class (a seeded pick), for a small build
+    max_classes: int | None = None  #: keep only the N largest classes
+    source: float = 0.4  #: fraction of a class's models that are source (at least 2)
+    queries: float = 0.2  #: fraction that are queries (at least 1); the rest is target (at least 1)
+    val: float = 0.25  #: fraction of the source models moved to val/ (at least 1 of >= 3; 0: none)
+    image_size: int = 256
+    photo: PhotoConfig = field(default_factory=PhotoConfig)
+
+    def check(self) -> None:
+        if self.renders < 0 or (self.renders == 0 and not self.icons):
+            raise UsageError("renders must be >= 0, and > 0 when icons are off")
+        if self.min_models < 4:
+            raise UsageError("min_models must be >= 4 (2 source + 1 query + 1 target)")
+        if not (0 < self.source < 1 and 0 < self.queries < 1 and self.source + self.queries < 1):
+            raise UsageError("source and queries must be fractions in (0, 1) with source + queries < 1")
+        if not 0 <= self.val < 1:
+            raise UsageError("val must be a fraction in [0, 1)")
+        if self.max_per_class is not None and self.max_per_class < 4:
+            raise UsageError("max_per_class must be >= 4")
+
+
+#: ``small``: all 18 classes, 8 light models each, 2 renders -- minutes on 2 cores, for the demo.
+#: ``full``: every curated model of every class with >= 8 models, 4 renders each.
+BENCH_PRESETS: dict[str, BenchConfig] = {
+    "small": BenchConfig(renders=2, max_per_class=8),
+    "full": BenchConfig(),
+}
+
+
+@dataclass
+class Split:
+    root: Path
+    source: Path  #: source/<class>/<model>__r<k>.jpg + <model>__icon.png (labelled photos)
+    val: Path  #: val/<class>/... (labelled photos of held-out source models, for tuning)
+    queries: Path  #: queries/<class>/... (held out, evaluation only)
+    target: Path  #: target/<class>/<model>/<file>.obj (+ mtl, textures): the unlabelled gallery
+    classes: list[str]
+    groups: dict[str, dict[str, list[str]]]  #: group -> class -> model keys
+    counts: dict[str, int]  #: group -> number of models
+    photos: dict[str, int]  #: group -> number of images
+    manifest: Path
+    notice: Path
+    seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  #: model key -> why its renders are missing
+
+
+def _stable(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def split_models(models: list[Sh3dModel], cfg: BenchConfig) -> dict[str, dict[str, list[Sh3dModel]]]:
+    """Disjoint per-class groups ``{group: {class: [model]}}`` (pure: no files touched)."""
+    cfg.check()
+    by_class: dict[str, list[Sh3dModel]] = defaultdict(list)
+    for m in models:
+        if m.faces <= cfg.max_faces:
+            by_class[m.label].append(m)
+    classes = sorted(c for c, ms in by_class.items() if len(ms) >= cfg.min_models)
+    if cfg.max_classes is not None:
+        classes = sorted(sorted(classes, key=lambda c: (-len(by_class[c]), c))[: cfg.max_classes])
+    out: dict[str, dict[str, list[Sh3dModel]]] = {g: {} for g in GROUPS}
+    for c in classes:
+        ms = sorted(by_class[c], key=lambda m: m.key)
+        rng = np.random.default_rng([cfg.seed, _stable(c)])
+        ms = [ms[i] for i in rng.permutation(len(ms))]
+        if cfg.max_per_class is not None:
+            ms = ms[: cfg.max_per_class]
+        n = len(ms)
+        ns = max(2, int(cfg.source * n))
+        nq = max(1, int(cfg.queries * n))
+        nv = 0 if cfg.val == 0 or ns < 3 else max(1, round(cfg.val * ns))
+        out["val"][c] = ms[:nv]
+        out["source"][c] = ms[nv:ns]
+        out["queries"][c] = ms[ns : ns + nq]
+        out["target"][c] = ms[ns + nq :]
+    return out
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file + rename, so a killed build never leaves half an image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _config_record(cfg: BenchConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as read back from JSON
+
+
+def _reuse_or_reset(out: Path, cfg: BenchConfig) -> None:
+    """Keep files of an earlier build with the same config; otherwise remove the group folders."""
+    manifest = out / "manifest.json"
+    try:
+        old = json.loads(manifest.read_text())
+        same = old.get("config") == _config_record(cfg) and old.get("version") == MANIFEST_VERSION
+    except (OSError, ValueError):
+        same = False
+    if same:
+        return
+    for g in GROUPS:
+        if (out / g).is_dir():
+            shutil.rmtree(out / g)
+    manifest.unlink(missing_ok=True)
+
+
+def build_sh3d_benchmark(
+    out: Path,
+    cache: Path,
+    cfg: BenchConfig = BenchConfig(),
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Split:
+    """Fetch the Debian packages (once, into ``cache``) and lay the benchmark out under ``out``.
+
+    Re-running with the same config reuses the files already there (a killed
+    build resumes); a different config rebuilds the group folders.
+    """
+    t0 = time.perf_counter()
+    cfg.check()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    report = progress or (lambda phase, done, total: None)
+    libdir = fetch_sources(cache)
+    backgrounds, bg_versions = fetch_backgrounds(cache)
+    groups = split_models(all_models(), cfg)
+    if not any(groups["target"].values()):
+        raise UsageError(f"no class has {cfg.min_models} models with at most {cfg.max_faces} faces")
+    _reuse_or_reset(out, cfg)
+    photo_cfg = replace(cfg.photo, image_size=cfg.image_size)
+
+    photo_models = [(g, c, m) for g in PHOTO_GROUPS for c, ms in groups[g].items() for m in ms]
+    failed: dict[str, str] = {}
+    n_photos = {g: 0 for g in GROUPS}
+    with PhotoRenderer(photo_cfg) as renderer:
+        for i, (g, c, m) in enumerate(photo_models):
+            report("photos", i, len(photo_models))
+            folder = out / g / c
+            if cfg.icons:
+                icon = folder / f"{m.key}__icon.png"
+                if not icon.exists():
+                    extract_icon(libdir, m, icon)
+                n_photos[g] += 1
+            names = [folder / f"{m.key}__r{k}.jpg" for k in range(cfg.renders)]
+            if names and not all(p.exists() for p in names):
+                try:
+                    for p, data in zip(names, _render_model(renderer, libdir, m, cfg, backgrounds)):
+                        _atomic_write(p, data)
+                except TextureLoadError as exc:
+                    failed[m.key] = exc.reason
+                    log.warning("%s", exc)
+                    continue
+            n_photos[g] += len(names)
+        report("photos", len(photo_models), len(photo_models))
+
+    targets = [(c, m) for c, ms in groups["target"].items() for m in ms]
+    for i, (c, m) in enumerate(targets):
+        report("gallery", i, len(targets))
+        dest = out / "target" / c / m.key
+        if not any(dest.glob("*.obj")):
+            tmp = dest.with_name(f".{m.key}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            extract_model(libdir, m, tmp)
+            os.replace(tmp, dest)
+    report("gallery", len(targets), len(targets))
+
+    used = [m for g in GROUPS for ms in groups[g].values() for m in ms]
+    versions = {
+        FURNITURE_PACKAGE: package_version(cache, FURNITURE_PACKAGE),
+        CATALOG_PACKAGE: package_version(cache, CATALOG_PACKAGE),
+        **bg_versions,
+    }
+    classes = sorted(groups["target"])
+    keys = {g: {c: [m.key for m in ms] for c, ms in groups[g].items()} for g in GROUPS}
+    counts = {g: sum(len(v) for v in keys[g].values()) for g in GROUPS}
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "seed": cfg.seed,
+        "config": _config_record(cfg),
+        "packages": versions,
+        "classes": classes,
+        "counts": counts,
+        "photos": {g: n_photos[g] for g in PHOTO_GROUPS},
+        "groups": keys,
+        "models": {
+            m.key: {"class": m.label, "name": m.name, "source": m.source, "catalog_id": m.catalog_id,
+                    "model_path": m.model_path, "license": m.license, "creator": m.creator}
+            for m in sorted(used, key=lambda m: m.key)
+        },
+        "failed": failed,
+        "backgrounds": [b.name for b in backgrounds],
+    }
+    notice = out / "NOTICE.txt"
+    notice.write_text(bench_notice(used, backgrounds, versions))
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return Split(
+        root=out, source=out / "source", val=out / "val", queries=out / "queries", target=out / "target",
+        classes=classes, groups=keys, counts=counts, photos={g: n_photos[g] for g in PHOTO_GROUPS},
+        manifest=out / "manifest.json", notice=notice, seconds=time.perf_counter() - t0, failed=failed,
+    )
+
+
+def _render_model(renderer: PhotoRenderer, libdir: Path, m: Sh3dModel, cfg: BenchConfig, backgrounds) -> list[bytes]:
+    with tempfile.TemporaryDirectory(prefix="ftspl-sh3d-") as tmp:
+        obj = extract_model(libdir, m, Path(tmp))
+        mesh = load_textured_mesh(obj)
+    rng = np.random.default_rng([cfg.seed, _stable(m.key)])
+    return renderer.render(mesh, rng, backgrounds, n=cfg.renders)
+
+
+def bench_notice(models: list[Sh3dModel], backgrounds: list, versions: dict[str, str]) -> str:
+    """The CC-BY credits of every model used, then the background images' sources."""
+    lines = [notice_text(models).rstrip("\n"), "", "Photo backgrounds (random crops), from Debian packages:"]
+    by_credit: dict[str, list[str]] = defaultdict(list)
+    for b in backgrounds:
+        pkg, name = b.name.split(":", 1)
+        by_credit[f"{pkg} {versions.get(pkg, '')} - {b.credit}"].append(name)
+    for credit, names in sorted(by_credit.items()):
+        lines.append(f"  {credit}: {', '.join(names)}")
+    lines += ["", "Debian package versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "BENCH_PRESETS",
+    "BenchConfig",
+    "DataFetchError",
+    "Split",
+    "bench_notice",
+    "build_sh3d_benchmark",
+    "split_models",
+]
