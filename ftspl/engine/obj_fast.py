@@ -29,38 +29,42 @@ __all__ = ["TooManyFaces", "parse_obj"]
 class TooManyFaces(ValueError):
     """The file has more triangles than the caller allows (raised before building them)."""
 
-_SPACE = (32, 9, 13, 10, 11, 12)  # ' ', tab, CR, LF, VT, FF: what bytes.split() treats as whitespace
+_SPACE_LUT = np.zeros(256, dtype=bool)
+_SPACE_LUT[[32, 9, 13, 10, 11, 12]] = True  # what bytes.split() treats as whitespace
 
 
 def _is_space(b: np.ndarray) -> np.ndarray:
-    out = b == _SPACE[0]
-    for c in _SPACE[1:]:
-        out |= b == c
-    return out
+    return _SPACE_LUT[b]
 
 
 def _numbers(block: np.ndarray, dtype: type) -> np.ndarray:
-    """Parse whitespace-separated numbers; raise if any token is not one."""
+    """Parse whitespace-separated numbers; an unparsable token shortens the result."""
     text = block.tobytes()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # partial reads are detected below
-        return np.fromstring(text, dtype=dtype, sep=" ")
+        warnings.simplefilter("ignore", DeprecationWarning)  # partial reads are detected by the caller
+        try:
+            return np.fromstring(text, dtype=dtype, sep=" ")
+        except ValueError:  # numpy >= 2.3 raises on unmatched text instead of stopping
+            return np.zeros(0, dtype)
 
 
-def _select_lines(b: np.ndarray, line_of: np.ndarray, starts: np.ndarray, chosen: np.ndarray, skip: int) -> np.ndarray:
+def _select_lines(b: np.ndarray, starts: np.ndarray, lengths: np.ndarray, chosen: np.ndarray, skip: int) -> np.ndarray:
     """The bytes of the chosen lines without their first ``skip`` bytes, each ending in whitespace."""
-    keep = chosen[line_of] & (np.arange(len(b)) - starts[line_of] >= skip)
+    keep = np.repeat(chosen, lengths)
+    first = starts[chosen]
+    for k in range(skip):  # chosen lines are at least ``skip`` bytes long ("v " / "f ")
+        keep[first + k] = False
     out = b[keep]
     return out if len(out) == 0 or out[-1] == 10 else np.append(out, np.uint8(10))
 
 
 def _tokens_per_line(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(token count per line, token-start mask) of a newline-separated block."""
+    """(token count per line, token-start mask) of a block whose every line ends in a newline."""
     space = _is_space(block)
     first = ~space & np.r_[True, space[:-1]]
-    line = np.cumsum(block == 10) - (block == 10)  # a newline belongs to the line it ends
-    n_lines = int((block == 10).sum())
-    return np.bincount(line[first], minlength=n_lines), first
+    newlines = np.flatnonzero(block == 10)
+    line = np.searchsorted(newlines, np.flatnonzero(first))
+    return np.bincount(line, minlength=len(newlines)), first
 
 
 def parse_obj(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -77,13 +81,13 @@ def parse_obj(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np
     b = np.frombuffer(data, dtype=np.uint8)
     if len(b) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
-    newline = b == 10
-    starts = np.r_[0, np.flatnonzero(newline) + 1]
+    starts = np.r_[0, np.flatnonzero(b == 10) + 1]
     starts = starts[starts < len(b)]
-    line_of = np.cumsum(newline) - newline  # line index of every byte (the newline ends its line)
+    lengths = np.diff(np.r_[starts, len(b)])
     c0 = b[starts]
     c1 = np.where(starts + 1 < len(b), b[np.minimum(starts + 1, len(b) - 1)], 10)
-    indented = ((c0 == 32) | (c0 == 9)) & ~_is_space(c1)
+    lead = (c0 == 32) | (c0 == 9)
+    indented = lead & np.logical_or.reduceat(~_is_space(b), starts) if lead.any() else lead
     if indented.any():
         raise ValueError("indented lines are not handled by the fast reader")
     sep = (c1 == 32) | (c1 == 9)
@@ -93,7 +97,7 @@ def parse_obj(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
 
     # vertices: "v x y z [w | r g b]" -> first three numbers of each line
-    vblock = _select_lines(b, line_of, starts, is_v, 2)
+    vblock = _select_lines(b, starts, lengths, is_v, 2)
     if b"#"[0] in vblock:
         raise ValueError("comments inside vertex lines are not handled by the fast reader")
     widths, _ = _tokens_per_line(vblock)
@@ -109,7 +113,7 @@ def parse_obj(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np
         vertices = values[first[:, None] + np.arange(3)]
 
     # faces: "f a/b/c d//e f ..." -> the vertex index before the first slash
-    fblock = _select_lines(b, line_of, starts, is_f, 2)
+    fblock = _select_lines(b, starts, lengths, is_f, 2)
     if b"#"[0] in fblock:
         raise ValueError("comments inside face lines are not handled by the fast reader")
     counts, tok_start = _tokens_per_line(fblock)
