@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps demo test test-fast clean
+.PHONY: setup system-deps demo test test-fast bench bench-quick clean
 
 system-deps:
 	@if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1'; then \
@@ -29,6 +29,16 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q
+
+bench-deps: setup
+	$(PY) -m pip install -q -e '.[train,dev,bench]'
+	$(PY) -m pip install -q --no-deps pyrender==0.1.45
+
+bench-quick: bench-deps
+	$(PY) benchmarks/run.py --quick
+
+bench: bench-deps
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf demo-out .pytest_cache

@@ -130,8 +130,9 @@ def index_add(
     label_from: str = typer.Option("top", "--label-from", help="top (first folder under ROOT), parent, or none."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start a new index (drops one made by another model)."),
-    ef_search: Optional[int] = typer.Option(None, "--ef", help="HNSW search breadth stored in the index."),
-    hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW graph degree M for a new index."),
+    ef_search: Optional[int] = typer.Option(None, "--ef", help="HNSW search breadth stored in the index (default 128)."),
+    hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW graph degree M for a new index (default 32)."),
+    ef_construction: Optional[int] = typer.Option(None, "--ef-construction", help="HNSW build breadth for a new index (default 200)."),
     commit_every: int = typer.Option(32, "--commit-every", min=1, help="Shapes per committed batch."),
     file_timeout: float = typer.Option(60.0, "--file-timeout", min=0.1, help="Seconds one file may take to load and render before it is skipped."),
     max_faces: int = typer.Option(MAX_FACES, "--max-faces", min=1, help="Refuse meshes with more faces."),
@@ -148,7 +149,7 @@ def index_add(
     from ftspl.engine.meshes import MeshLimits
 
     cfg = IndexConfig(
-        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m,
+        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m, ann_ef_construction=ef_construction,
         commit_every=commit_every, batch_shapes=min(8, commit_every), file_timeout_s=file_timeout,
         limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
     )

@@ -49,15 +49,19 @@ REBUILD = "rebuild with `ftspl index add --rebuild`"
 MANIFEST_FORMAT = "ftspl-ann"
 MANIFEST_VERSION = 1
 
-#: HNSW defaults, measured on 100k x 256 L2-normalised vectors (2 shared cores):
-#: clustered data (1000 gaussian clusters) reaches recall@10 0.998 at ef 32 and
-#: 1.000 at ef 64 (M=16; M=32 buys nothing there at twice the query cost).
-#: I.i.d. gaussian vectors, the unindexable worst case, reach only ~0.12 at ef 64
-#: and ~0.5 at ef 512. ``ef_search`` is a query-time knob (free to change after
-#: build, kept in the manifest); raise it for more recall.
-HNSW_M = 16
+#: HNSW defaults, measured on 100k x 256 vectors drawn around real trained FTSPL
+#: embeddings (each a real shape's embedding + Gaussian noise of half the real
+#: per-dimension spread; ``benchmarks/run.py``), one query at a time on a busy
+#: 2-core machine:
+#:   M=16, efc=200: ef 64 -> recall@10 0.956, ef 128 -> 0.995, ef 256 -> 0.9995
+#:   M=32, efc=200: ef 64 -> 0.987 (0.61 ms), ef 128 -> 0.9995 (0.62 ms), ef 256 -> 1.000
+#:   M=32, efc=400: no better than efc=200, slower queries.
+#: So M=32 / efc=200 / ef=128. I.i.d. Gaussian vectors (no structure at all) stay
+#: the unindexable worst case. ``ef_search`` is a query-time knob (free to change
+#: after build, kept in the manifest); raise it for more recall.
+HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_SEARCH = 64
+HNSW_EF_SEARCH = 128
 HNSW_INITIAL_CAPACITY = 1024
 
 #: ExactIndex bounds the temporary distance matrix to about this many floats.

@@ -12,6 +12,7 @@ loudly with :class:`DeviceError` when the CUDA provider is not actually active.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,9 @@ class Encoders:
         self.manifest = ModelManifest.load(self.model_dir)
         self.preprocess = self.manifest.get_preprocess()
         self._sessions: dict[str, object] = {}
+        self._lock = threading.Lock()  # one creation per encoder, even when warm() races a query
+        self._warming: dict[str, threading.Thread] = {}
+        self._warm_error: dict[str, BaseException] = {}
 
     # -- sessions -------------------------------------------------------------
     def _providers(self) -> list[str]:
@@ -66,10 +70,41 @@ class Encoders:
             return [CUDA, CPU]
         return [CUDA, CPU] if CUDA in available else [CPU]
 
+    def warm(self, name: str) -> None:
+        """Start creating ``name``'s session in a thread (a cold query overlaps it with opening the index).
+
+        onnxruntime builds and optimises the graph in C++ without the GIL, so
+        this runs beside hnswlib/SQLite loading; :meth:`session` waits for it
+        and re-raises its error in the caller's thread.
+        """
+        with self._lock:
+            if name in self._sessions or name in self._warming:
+                return
+
+            def build() -> None:
+                try:
+                    self._create(name)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller of session()
+                    self._warm_error[name] = exc
+
+            t = threading.Thread(target=build, name=f"ftspl-warm-{name}", daemon=True)
+            self._warming[name] = t
+            t.start()
+
     def session(self, name: str):
         """The onnxruntime session of encoder ``name`` (created on first use)."""
         if name in self._sessions:
             return self._sessions[name]
+        t = self._warming.get(name)
+        if t is not None:
+            t.join()
+            if name in self._warm_error:
+                raise self._warm_error.pop(name)
+            if name in self._sessions:
+                return self._sessions[name]
+        return self._create(name)
+
+    def _create(self, name: str):
         import onnxruntime as ort
 
         path = self.manifest.verify_file(self.model_dir, name)

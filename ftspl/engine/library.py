@@ -12,6 +12,11 @@ skipping files whose content hash is already stored.
 
 Concurrency: one writer (``writer.lock``, flock); readers open SQLite read-only
 (WAL) and never block on or disturb the writer.
+
+Pipeline of ``add``: a child process loads and renders (``engine/worker.py``:
+per-file time limit, survives crashing files), a thread feeds its results to
+this thread, which preprocesses, encodes (onnxruntime) and commits, so the two
+cores work at once.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ from ftspl.engine.constants import RenderSpec
 from ftspl.engine.encoders import Encoders, RuntimeConfig
 from ftspl.engine.errors import IndexStateError, InputFileError, UsageError
 from ftspl.engine.home import Home
-from ftspl.engine.meshes import MeshLimits
 from ftspl.engine.scan import ShapeSource, scan
 
 log = logging.getLogger(__name__)
@@ -54,7 +58,9 @@ class IndexConfig:
     ann_ef_construction: int | None = None
     ann_ef_search: int | None = None
     rebuild: bool = False  #: drop an index made by another model/spec and start again
-    limits: MeshLimits = field(default_factory=MeshLimits)  #: file size / face / vertex caps
+    #: file size / face / vertex caps (None: MeshLimits' defaults; typed loosely so that
+    #: a query never imports the mesh loaders and trimesh)
+    limits: object | None = None
     file_timeout_s: float = 60.0  #: per-file load+render limit; slower files are skipped
 
 
@@ -263,7 +269,10 @@ class Library:
             job = RenderJob(Path(src.path), src.kind)
             by_job[job] = (src, digest, old_id)
             jobs.append(job)
-        with RenderWorker(spec, cfg.limits, cfg.file_timeout_s, depth=4) as worker:
+        from ftspl.engine.meshes import MeshLimits
+
+        limits = cfg.limits if cfg.limits is not None else MeshLimits()
+        with RenderWorker(spec, limits, cfg.file_timeout_s, depth=4) as worker:
             for r in worker.map(jobs):
                 src, digest, old_id = by_job[r.job]
                 yield src, digest, old_id, r.views, r.faces, r.error
@@ -388,6 +397,9 @@ class Reader:
         if not lib.exists():
             raise IndexStateError(f"{lib.dir}: no index yet; run 'ftspl index add FOLDER' first")
         self.lib = lib
+        from ftspl.engine.encoders import IMAGE_ENCODER
+
+        lib.encoders.warm(IMAGE_ENCODER)  # photo queries need it: build it while the index loads
         self.store = ShapeStore(lib.store_path, readonly=True)
         lib._check_model(self.store)
         self.ann = lib._open_ann(self.store)
