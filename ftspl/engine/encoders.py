@@ -112,6 +112,10 @@ class Encoders:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.runtime.intra_op_threads
         opts.inter_op_num_threads = self.runtime.inter_op_threads
+        if name == MULTIVIEW_ENCODER:
+            # index add runs this beside the render child: idle onnxruntime threads
+            # must sleep, not spin, or they burn the core the renderer needs.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = self._providers()
         if CUDA in providers and self.runtime.device == "auto":
             opts.log_severity_level = 4  # the CUDA probe may fail: keep the CPU path quiet
