@@ -24,7 +24,10 @@ setup: system-deps $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/ftspl demo --out demo-out
 
-test: setup
+apt-lists:  # the reliability corpus is fetched with apt-get download, which needs package lists
+	@ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || $(SUDO) apt-get update -qq
+
+test: setup apt-lists
 	$(PY) -m pytest -q -m "slow or not slow"
 
 test-fast: setup

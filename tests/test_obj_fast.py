@@ -66,6 +66,14 @@ def test_tabs_separate_like_spaces() -> None:
     assert v.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0]] and f.tolist() == [[0, 1, 2]]
 
 
+def test_last_line_without_newline_even_an_empty_face() -> None:
+    # found by the fuzzer: a last "f " with no index and no newline misaligned the line counts
+    v, f = parse_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\nf ")
+    assert f.tolist() == [[0, 1, 2]]
+    v, f = parse_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3")
+    assert f.tolist() == [[0, 1, 2]]
+
+
 def test_points_and_lines_are_not_faces() -> None:
     v, f = parse_obj(b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1\nf 1 2\nf 1 2 3\n")
     assert f.tolist() == [[0, 1, 2]]

@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ftspl.engine.atomic import atomic_write_bytes, fsync_file
-from ftspl.engine.errors import IndexStateError, UnknownKeyError
+from ftspl.engine.errors import IndexStateError, UnknownKeyError, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -571,6 +571,14 @@ class HnswIndex(AnnIndex):
 
     def _write_payload(self, path: Path) -> None:
         self._index.save_index(str(path))
+        # hnswlib's save_index ignores write errors (a full disk leaves a short file
+        # that only fails on the next load), so check the size against the format's
+        # floor: header + per element its level-0 links, vector, label, link-list size.
+        n = self._index.element_count
+        floor = 96 + n * (2 * self._index.M * 4 + 4 + self.dim * 4 + 8 + 4)
+        size = path.stat().st_size
+        if size < floor:
+            raise WriteError(path, f"short write: {size} of at least {floor} bytes")
 
     @classmethod
     def _from_payload(cls, payload: Path, manifest: dict[str, Any]) -> "HnswIndex":

@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ftspl.engine.errors import WriteError
+
 
 def fsync_dir(path: Path) -> None:
     """Persist a rename: fsync the folder that holds the entry (POSIX)."""
@@ -31,17 +33,28 @@ def fsync_file(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably.
+
+    A failed write (disk full, file-size limit, I/O error) raises
+    :class:`~ftspl.engine.errors.WriteError` (an ``OSError`` too) naming the
+    file; the old content is untouched and the temp file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(path, exc.strerror or str(exc), exc.errno) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc.strerror or str(exc), exc.errno) from exc
         raise
     fsync_dir(path.parent)

@@ -74,5 +74,26 @@ class IndexLockedError(IndexStateError):
         self.pid = pid
 
 
+class WriteError(FtsplError, OSError):
+    """A file could not be written: disk full, quota or file-size limit, I/O error, read-only folder.
+
+    Every ftspl write is atomic (temp file + rename) or transactional (SQLite),
+    so what was written before is intact; the message says so. Also an
+    ``OSError`` with the original ``errno``, so callers that tolerate a failed
+    cache write (``except OSError``) keep working.
+    """
+
+    def __init__(self, path: str | Path, reason: str, errno: int | None = None) -> None:
+        self.path, self.reason = str(path), reason
+        self.message = (
+            f"{path}: cannot write ({reason}); is the disk full? What was saved before is intact; "
+            "free some space and run the command again"
+        )
+        OSError.__init__(self, errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class DeviceError(FtsplError):
     """An execution device was asked for (``--device cuda``) but is not active."""

@@ -17,8 +17,12 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftspl.engine.errors import IndexLockedError
+
+if TYPE_CHECKING:  # typing.Self needs Python 3.11; annotations are not evaluated
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +72,12 @@ class WriterLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             self._lock_fd(fd)
-            # Ours now: replace the previous holder's PID with ours.
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            # Ours now: replace the previous holder's PID with ours. The PID is only
+            # for the message a second writer prints; on a full disk the lock must
+            # still work, so a failed write is not an error.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         except BaseException:
             os.close(fd)
             raise
@@ -105,7 +112,7 @@ class WriterLock:
         finally:
             os.close(fd)
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -82,7 +82,7 @@ class ModelManifest:
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelManifest":
+    def from_dict(cls, data: dict) -> ModelManifest:
         data = dict(data)
         data.pop("model_hash", None)
         data["encoders"] = {k: EncoderFile(**v) for k, v in data["encoders"].items()}
@@ -90,7 +90,7 @@ class ModelManifest:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
-    def load(cls, model_dir: Path) -> "ModelManifest":
+    def load(cls, model_dir: Path) -> ModelManifest:
         path = Path(model_dir) / MANIFEST_NAME
         try:
             data = json.loads(path.read_text())

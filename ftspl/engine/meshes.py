@@ -193,6 +193,8 @@ def _merge(
     for v, f, transform in parts:
         if f.ndim != 2 or f.shape[1] != 3:
             raise MeshLoadError(path, f"faces have shape {f.shape}, expected triangles (m, 3)")
+        if v.ndim != 2 or v.shape[1] != 3:  # trimesh's OBJ fallback yields (n, 2) for 'v x y' lines
+            raise MeshLoadError(path, f"vertices have shape {v.shape}, expected x y z coordinates (n, 3)")
         v = v.astype(np.float64, copy=False)
         if transform is not None and not np.allclose(transform, np.eye(4)):
             v = v @ transform[:3, :3].T + transform[:3, 3]
@@ -223,7 +225,8 @@ def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path) -> Mesh:
     # Face areas relative to the size of the mesh: a mesh whose faces are all
     # slivers (lines/points) would render as nothing at all.
     a, b, c = (vertices[faces[:, i]] / extent for i in range(3))
-    double_area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge but finite coordinates
+        double_area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
     if not (double_area > 1e-12).any():
         raise MeshLoadError(path, "all faces are degenerate (zero area); nothing to render")
     return Mesh(vertices.astype(np.float32), faces.astype(np.int32))
@@ -247,6 +250,9 @@ def _glb_json(data: bytes, path: Path) -> bytes:
     """The JSON chunk of a binary glTF (GLB) file, from its 20-byte header."""
     if len(data) < 20 or data[:4] != b"glTF":
         raise MeshLoadError(path, "corrupt GLB file: no 'glTF' header")
+    (version,) = struct.unpack_from("<I", data, 4)
+    if version != 2:
+        raise MeshLoadError(path, f"GLB version {version} is not supported; only glTF 2.0 (re-export the file)")
     chunk_len, chunk_type = struct.unpack_from("<I4s", data, 12)
     if chunk_type != b"JSON" or 20 + chunk_len > len(data):
         raise MeshLoadError(path, "corrupt GLB file: the first chunk is not a complete JSON chunk")
@@ -263,6 +269,12 @@ def _check_gltf(doc: object, path: Path, limits: MeshLimits) -> None:
     """
     if not isinstance(doc, dict):
         raise MeshLoadError(path, "corrupt glTF: the JSON document is not an object")
+    asset = doc.get("asset")
+    version = str(asset.get("version", "")) if isinstance(asset, dict) else ""
+    if version.split(".")[0] != "2":
+        raise MeshLoadError(
+            path, f"glTF version {version or '(missing)'} is not supported; only glTF 2.0 (re-export the file)"
+        )
 
     def items(key: str) -> list:
         value = doc.get(key, [])
@@ -336,12 +348,12 @@ def _check_node_tree(nodes: list, path: Path) -> None:
                 stack.append((child, iter(children[child])))
 
 
-def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits) -> Mesh:
-    """Parse one file with trimesh (geometry only) and validate the result."""
+def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes | None = None) -> Mesh:
+    """Parse one file (or its already read ``data``) with trimesh, geometry only, and validate the result."""
     resolver = _FolderResolver(path, limits.max_file_bytes)
-    source: str | io.BytesIO = str(path)
+    source: str | io.BytesIO = str(path) if data is None else io.BytesIO(data)
     if file_type in ("gltf", "glb"):
-        data = _read_bytes(path)
+        data = _read_bytes(path) if data is None else data
         raw = data if file_type == "gltf" else _glb_json(data, path)
         # trimesh answers invalid glTF JSON by looking for a 'model.gltf' asset
         # instead, which yields a baffling message; parse the JSON ourselves.
@@ -354,15 +366,16 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits) -> Mesh:
         _check_gltf(doc, path, limits)
         source = io.BytesIO(data)
     try:
-        loaded = trimesh.load(
-            source,
-            file_type=file_type,
-            resolver=resolver,
-            allow_remote=False,
-            process=False,
-            skip_materials=True,
-        )
-        parts, saw_points = _collect_parts(loaded)
+        with np.errstate(all="ignore"):  # NaN/inf files are refused below; no stray RuntimeWarnings
+            loaded = trimesh.load(
+                source,
+                file_type=file_type,
+                resolver=resolver,
+                allow_remote=False,
+                process=False,
+                skip_materials=True,
+            )
+            parts, saw_points = _collect_parts(loaded)
     except MemoryError as exc:
         raise MeshLoadError(path, "not enough memory to parse the file") from exc
     # Why a broad clause here (and only here): trimesh's parsers for hostile or
@@ -380,18 +393,31 @@ def _obj_loader(path: Path, limits: MeshLimits) -> Mesh:
     from ftspl.engine.obj_fast import TooManyFaces, parse_obj
 
     data = _read_bytes(path)
-    try:
-        vertices, faces = parse_obj(data, max_faces=limits.max_faces)
-    except TooManyFaces as exc:
-        raise MeshLoadError(
-            path, f"{exc} faces exceed the limit of {limits.max_faces}; simplify the mesh or raise --max-faces"
-        ) from None
-    except ValueError as exc:
-        log.debug("%s: fast OBJ reader declined (%s); parsing with trimesh", path, exc)
-        return _trimesh_loader("obj", path, limits)
+    if not data.endswith(b"\n"):
+        # the fast reader loses a last 'f'/'v' line that has no token and no newline
+        # and then misaligns its per-line arrays (IndexError, found by tests/test_fuzz.py)
+        data += b"\n"
+    for attempt in range(2):
+        try:
+            vertices, faces = parse_obj(data, max_faces=limits.max_faces)
+            break
+        except TooManyFaces as exc:
+            raise MeshLoadError(
+                path, f"{exc} faces exceed the limit of {limits.max_faces}; simplify the mesh or raise --max-faces"
+            ) from None
+        except ValueError as exc:
+            if attempt == 0 and _INDENTED.search(data):
+                # trimesh silently drops indented 'v'/'f' lines; dedent and read the file fast
+                data = _INDENTED.sub(b"", data)
+                continue
+            log.debug("%s: fast OBJ reader declined (%s); parsing with trimesh", path, exc)
+            return _trimesh_loader("obj", path, limits, data)
     if len(faces) == 0:  # vertices only, or nothing: let trimesh word the refusal
-        return _trimesh_loader("obj", path, limits)
+        return _trimesh_loader("obj", path, limits, data)
     return _merge([(vertices, faces, None)], False, path, limits)
+
+
+_INDENTED = re.compile(rb"^[ \t]+(?=\S)", re.MULTILINE)
 
 
 #: ``OFF``, ``COFF``, ``NOFF``, ``STCNOFF``...; the 4-D and n-D variants are refused.
@@ -477,7 +503,7 @@ def _parse_off(data: bytes, path: Path, limits: MeshLimits) -> tuple[np.ndarray,
 
 def _off_loader(path: Path, limits: MeshLimits) -> Mesh:
     vertices, faces = _parse_off(_read_bytes(path), path, limits)
-    return _merge([(vertices, faces, None)], False, path, limits)
+    return _merge([(vertices, faces, None)], len(faces) == 0 and len(vertices) > 0, path, limits)
 
 
 #: Loader per lowercase file extension. Every loader takes (path, limits) and

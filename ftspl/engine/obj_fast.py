@@ -78,6 +78,8 @@ def parse_obj(data: bytes, max_faces: int | None = None) -> tuple[np.ndarray, np
     """
     if b"\\" in data:
         raise ValueError("line continuations are not handled by the fast reader")
+    if not data.endswith(b"\n"):
+        data += b"\n"  # every line, the last included, must end in a newline for the per-line counts
     b = np.frombuffer(data, dtype=np.uint8)
     if len(b) == 0:
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)

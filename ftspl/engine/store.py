@@ -26,11 +26,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from ftspl.engine.errors import IndexStateError
+from ftspl.engine.errors import IndexStateError, WriteError
+
+if TYPE_CHECKING:  # typing.Self needs Python 3.11; annotations are not evaluated
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +101,25 @@ def normalize_path(path: str | Path) -> str:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+#: SQLite messages for a write the file system refused (ENOSPC is "full", EFBIG/EIO "disk I/O error").
+_WRITE_FAILURES = ("database or disk is full", "disk i/o error", "attempt to write a readonly database")
+
+
 def _guarded(method: _F) -> _F:
-    """Turn SQLite's 'this is not a (valid) database' into IndexStateError naming the file."""
+    """Turn SQLite's 'not a (valid) database' into IndexStateError and a refused write into WriteError.
+
+    A refused write (disk full, file-size limit, I/O error) rolls the open
+    transaction back, so the message can promise that every batch committed
+    before is intact.
+    """
 
     @functools.wraps(method)
-    def wrapper(self: "ShapeStore", *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: ShapeStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and any(m in str(exc).lower() for m in _WRITE_FAILURES):
+                raise WriteError(self.path, f"SQLite: {exc}") from exc
             if isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
                 raise
             raise IndexStateError(f"{self.path}: corrupt index database ({exc}); {REBUILD_HINT}") from None
@@ -195,7 +209,7 @@ class ShapeStore:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "ShapeStore":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -227,7 +241,11 @@ class ShapeStore:
                 self._conn.execute("UPDATE info SET value = ? WHERE key = 'generation'", (self._gen,))
             self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # A failed COMMIT (disk full) has already rolled back; a second ROLLBACK
+            # would raise "no transaction is active" and hide the real error.
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
             raise
         finally:
             self._txn_depth, self._dirty = 0, False
@@ -259,8 +277,8 @@ class ShapeStore:
         return {k: v for k, v in self._conn.execute("SELECT key, value FROM info")}
 
     @_guarded
-    def set_info(self, key: str | None = None, value: str | int | float | None = None, /,
-                 **values: str | int | float | None) -> None:
+    def set_info(self, key: str | None = None, value: str | float | None = None, /,
+                 **values: str | float | None) -> None:
         """Set ``info`` keys: ``set_info("k", v)`` or ``set_info(k=v, ...)`` (``generation`` is refused)."""
         if key is not None:
             values[key] = value

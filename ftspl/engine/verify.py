@@ -35,7 +35,7 @@ def verify_index(home: Home) -> tuple[list[str], dict]:
             return problems, facts
         with store.snapshot() as gen:
             ids, vecs = store.all_embeddings()
-            facts["shapes"] = int(len(ids))
+            facts["shapes"] = len(ids)
             facts["generation"] = int(gen)
             saved_gen = None
             if lib.ann_path.exists():

@@ -1,0 +1,108 @@
+"""Writers and readers at once, with real processes.
+
+Complements tests/test_lock.py (the lock itself) and tests/test_index_safety.py
+(a refused second writer, in-process readers during an add): here three
+``ftspl index add`` processes race -- the second is refused naming the first's
+PID, the third waits with ``--wait`` and then runs -- while readers query in a
+loop and must always see one consistent, fully committed state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_ftspl
+from test_crash_kill import WRAPPER, AddRun, make_gallery
+
+from ftspl.engine.lock import WriterLock, read_lock_pid
+
+COMMIT = 2
+
+
+def test_stale_pid_in_the_lock_file_does_not_block(tmp_path: Path) -> None:
+    """A killed writer leaves its PID in writer.lock; the kernel dropped its flock, so it is no lock."""
+    path = tmp_path / "writer.lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    path.write_text(dead.stdout)
+    assert read_lock_pid(path) == int(dead.stdout)
+    with WriterLock(path) as lock:
+        assert lock.locked and read_lock_pid(path) == os.getpid()
+
+
+def _start_add(home: Path, gallery: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, "index", "add", str(gallery), "--commit-every", str(COMMIT), "--threads", "1",
+         "--json", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_racing_writers_and_looping_readers(model_home: Path, tmp_path: Path) -> None:
+    from ftspl.engine.home import Home
+    from ftspl.engine.library import Library
+    from ftspl.engine.store import ShapeStore
+
+    big = make_gallery(tmp_path / "big", 20)
+    small = make_gallery(tmp_path / "small", 3)
+    seed = make_gallery(tmp_path / "seed", 1)
+    assert run_ftspl(model_home, "index", "add", str(seed)).returncode == 0
+    lib = Library(Home(model_home))
+    q = np.random.default_rng(1).normal(size=(1, lib.manifest.embed_dim)).astype(np.float32)
+
+    first = AddRun(model_home, big)
+    assert first.wait_for("render", 1)  # it holds the writer lock now
+    # a second writer is refused at once, naming the holder; nothing is written
+    r = run_ftspl(model_home, "index", "add", str(small))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"index is locked by PID {first.proc.pid}" in r.stderr and "--wait" in r.stderr
+    # a third waits for the lock
+    waiter = _start_add(model_home, small, "--wait")
+
+    counts, seen_states = [], 0
+    cli_query = None
+    photo = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (100, 120, 140)).save(photo)
+    while first.proc.poll() is None or waiter.poll() is None:
+        with lib.open_reader() as reader:
+            # one consistent state: the reader's HNSW holds exactly the store's ids
+            store_ids = np.sort(reader.store.all_embeddings()[0])
+            assert np.array_equal(np.sort(np.asarray(reader.ann.ids())), store_ids)
+            hits = reader.search(q, 1000)[0]
+        # whole batches only: the seed shape, plus complete commits of the big and small galleries
+        n = len(hits)
+        assert 1 <= n <= 1 + 20 + 3 and all(Path(h.path).exists() for h in hits)
+        counts.append(n)
+        seen_states += 1
+        if cli_query is None and n > 1:
+            env = dict(os.environ, FTSPL_HOME=str(model_home), PYTHONWARNINGS="ignore")
+            cli_query = subprocess.Popen([sys.executable, "-m", "ftspl", "query", str(photo), "--top", "3", "--json"],
+                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if waiter.poll() is None and first.proc.poll() is None:
+            assert waiter.poll() is None  # still waiting while the first writer runs
+        time.sleep(0.05)
+    first.drain()
+    out, err = waiter.communicate(timeout=60)
+    assert first.proc.returncode == 0, first.seen[-5:]
+    assert waiter.returncode == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["added"] == 3
+    assert cli_query is not None
+    q_out, q_err = cli_query.communicate(timeout=120)
+    assert cli_query.returncode == 0 and "Traceback" not in q_err, q_err
+    assert len(json.loads(q_out)["results"][0]["hits"]) == 3
+    assert counts == sorted(counts) and seen_states >= 5
+    with ShapeStore(model_home / "index" / "shapes.sqlite", readonly=True) as store:
+        assert store.count() == 24
+    v = run_ftspl(model_home, "index", "verify", "--json")
+    assert v.returncode == 0 and json.loads(v.stdout)["shapes"] == 24, v.stdout
