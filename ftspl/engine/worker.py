@@ -89,10 +89,6 @@ def render_one(job: RenderJob, spec: RenderSpec, limits: MeshLimits, renderer_bo
 def _child_main(conn, spec: RenderSpec, limits: MeshLimits) -> None:
     """The child's loop: answer each job in order; exit when the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    # On Mesa llvmpipe, one rasteriser thread does the 12 views in less CPU time than
-    # two (74 vs 91 CPU-ms per mesh measured), and the parent's onnxruntime already
-    # keeps the other core busy. GPUs ignore it; a user's setting wins.
-    os.environ.setdefault("LP_NUM_THREADS", "1")
     box: list = []  # the Renderer, created on the first mesh (view folders need no GL)
     try:
         conn.send((_READY, None))
