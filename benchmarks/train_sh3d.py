@@ -2,10 +2,13 @@
 
     python benchmarks/train_sh3d.py [--presets FTSPL,source_only] [--rounds 3] [--epochs 5] [--json]
 
-Split (per class, seeded, disjoint models): 40% source models whose catalogue
-icons are the labelled photos, 20% query models whose icons are held-out query
-photos, 40% target models whose meshes are the unlabelled gallery. Runs the
-real stages: ``ftspl export --pretrained`` + ``index add`` + ``eval`` for the
+Data: the SH3D benchmark (``ftspl.data.bench``, seeded, disjoint models per
+class): photo-domain renders + catalogue icons of source models are the
+labelled photos, of val models the tuning photos (the per-round metrics during
+training), of query models the held-out query photos; the remaining models'
+meshes are the unlabelled gallery. The whole ablation study with seeds is
+``benchmarks/quality.py``; this script is the served-pipeline spot check. Runs
+the real stages: ``ftspl export --pretrained`` + ``index add`` + ``eval`` for the
 CNN row, then ``train`` (head mode) + ``export RUN`` + ``index add`` + ``eval``
 for each preset, so the numbers are the served model's, not the trainer's.
 """
@@ -25,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ftspl(home: Path, *args: str) -> dict:
     env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, "-m", "ftspl", *args, "--json"], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-m", "ftspl", *args, "--json"], check=False, capture_output=True, text=True,
+                       env=env)
     if r.returncode:
         sys.exit(f"ftspl {' '.join(args)} failed:\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -43,15 +47,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--warmup-epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bench", default="full", choices=("small", "full"))
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-train")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from ftspl.data.demo_set import SplitConfig, build_transfer_split
+    from dataclasses import replace
+
+    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
 
     cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
-    split = build_transfer_split(args.work / "data", cache, SplitConfig(seed=args.seed))
-    out: dict = {"split": split.counts, "classes": split.classes, "rows": {}}
+    split = build_sh3d_benchmark(args.work / f"data-{args.bench}-s{args.seed}", cache,
+                                 replace(BENCH_PRESETS[args.bench], seed=args.seed))
+    out: dict = {"split": split.counts, "photos": split.photos, "classes": split.classes, "rows": {}}
     home = args.work / "home-cnn"
     if not (home / "models" / "ACTIVE").exists():
         ftspl(home, "export", "--pretrained")
@@ -60,7 +68,7 @@ def main() -> None:
         run = args.work / f"run-{preset}-s{args.seed}"
         t = time.perf_counter()
         res = ftspl(home, "train", "--source", str(split.source), "--target", str(split.target),
-                    "--queries", str(split.queries), "--out", str(run), "--preset", preset,
+                    "--queries", str(split.val), "--out", str(run), "--preset", preset,
                     "--rounds", str(args.rounds), "--epochs", str(args.epochs),
                     "--warmup-epochs", str(args.warmup_epochs), "--seed", str(args.seed),
                     *(["--resume"] if (run / "checkpoint.pt").exists() else []))

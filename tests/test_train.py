@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -14,8 +15,8 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from ftspl.engine.errors import UsageError  # noqa: E402
-from ftspl.train.config import PRESETS, TrainConfig, apply_preset  # noqa: E402
+from ftspl.engine.errors import UsageError
+from ftspl.train.config import PRESETS, TrainConfig, apply_preset
 
 SHAPES = {
     "tall": lambda s: trimesh.creation.box((0.5 + 0.1 * s, 2.0 + 0.3 * s, 0.6)),
@@ -191,10 +192,59 @@ def test_train_help_lists_presets():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "ftspl", "train", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "ftspl", "train", "--help"], check=False, capture_output=True, text=True)
     assert r.returncode == 0
     flat = " ".join(r.stdout.split())
     for name in ("source_only", "IDCA", "ICAV", "FT_centroid_pl", "SPL", "FTSPL"):
         assert name in flat
     for flag in ("--no-idca", "--no-icav", "--pseudo", "--selection", "--no-target-ce", "--resume"):
         assert flag in flat
+
+
+def test_pl_space_is_validated():
+    from ftspl.engine.errors import UnknownKeyError
+    from ftspl.train.config import validate
+
+    validate(replace(TrainConfig(), pl_space="unit"))
+    with pytest.raises(UnknownKeyError, match="embedding, unit"):
+        validate(replace(TrainConfig(), pl_space="sphere"))
+
+
+def test_feature_cache_keys_roundtrip_and_corruption(tmp_path):
+    from ftspl.engine.constants import Preprocess
+    from ftspl.train.featcache import FeatureCache, backbone_id, file_digest
+
+    pre = Preprocess.for_backbone("efficientnet_lite0")
+    cache = FeatureCache(tmp_path / "f", "efficientnet_lite0", pre)
+    photo = tmp_path / "p.bin"
+    photo.write_bytes(b"pixels")
+    d = file_digest(photo)
+    clean_key, aug_key = cache.key(photo=d), cache.key(photo=d, seed=0, copies=4)
+    assert len({clean_key, aug_key, cache.key(photo=d, seed=1, copies=4)}) == 3  # the seed matters
+    assert FeatureCache(None, "alexnet", pre).key(photo=d) != clean_key  # so does the backbone
+    assert cache.get(clean_key) is None
+    cache.put(clean_key, np.arange(6, dtype=np.float64).reshape(2, 3))
+    got = cache.get(clean_key)
+    assert got.dtype == np.float32 and got.tolist() == [[0, 1, 2], [3, 4, 5]]
+    (tmp_path / "f" / f"{clean_key}.npy").write_bytes(b"not an array")
+    assert cache.get(clean_key) is None  # recomputed, never trusted
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"weights")
+    assert backbone_id("alexnet", None) == "alexnet" and backbone_id("alexnet", str(w)).startswith("alexnet:")
+
+
+@pytest.mark.slow
+def test_head_features_are_cached_and_reused(tiny, tmp_path):
+    """A second run on the same files computes no backbone features and trains to the same weights."""
+    from ftspl.train.loop import train
+
+    train(cfg_for(tiny, tmp_path / "a"))
+    feats = sorted((Path(os.environ["FTSPL_CACHE"]) / "features").glob("*.npy"))
+    assert feats
+    stamps = {p: p.stat().st_mtime_ns for p in feats}
+    res = train(cfg_for(tiny, tmp_path / "b"), return_embeddings=True)
+    assert {p: p.stat().st_mtime_ns for p in feats} == stamps
+    assert same(weights(tmp_path / "a"), weights(tmp_path / "b"))
+    emb = res.embeddings
+    assert emb.target.shape[0] == len(emb.target_labels) == len(emb.target_paths)
+    assert emb.query is None and sorted(set(emb.source_labels)) == ["round", "tall"]

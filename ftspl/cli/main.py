@@ -231,7 +231,7 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for the demo's data, sheet and results."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """End to end on real meshes: fetch data, export, index, query, metrics, contact sheet."""
+    """FTSPL end to end on a CPU in minutes: build the small SH3D benchmark, train (head mode), export, index, query held-out photos, metrics, contact sheet."""
     from ftspl.cli.demo import demo_cmd
 
     demo_cmd(out, as_json)

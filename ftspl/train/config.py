@@ -28,6 +28,7 @@ from ftspl.engine.constants import DEFAULT_BACKBONE, EMBED_DIM
 from ftspl.engine.errors import UnknownKeyError
 
 MODES = ("head", "full")
+PL_SPACES = ("embedding", "unit")
 
 
 @dataclass(frozen=True)
@@ -66,27 +67,30 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     label_from: str = "top"
+    #: where the centroid / cluster pseudo-labels measure distance: "embedding" (the bottleneck
+    #: output, as the paper) or "unit" (L2-normalised: the geometry retrieval ranks in)
+    pl_space: str = "embedding"
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
 #: preset name -> the switches it sets
 PRESETS: dict[str, dict] = {
-    "source_only": dict(idca=False, icav=False, pseudo="classifier", selection="all", target_ce=False),
-    "IDCA": dict(idca=True, icav=False, pseudo="classifier", selection="all", target_ce=True),
-    "ICAV": dict(idca=False, icav=True, pseudo="classifier", selection="all", target_ce=True),
-    "FT": dict(idca=True, icav=True, pseudo="classifier", selection="all", target_ce=True),
-    "FT_centroid_pl": dict(idca=True, icav=True, pseudo="centroid", selection="all", target_ce=True),
-    "SPL": dict(idca=False, icav=False, pseudo="spl", selection="classwise", target_ce=True),
-    "FTSPL": dict(idca=True, icav=True, pseudo="spl", selection="classwise", target_ce=True),
-    "FTSPL_global": dict(idca=True, icav=True, pseudo="spl", selection="global", target_ce=True),
+    "source_only": {"idca": False, "icav": False, "pseudo": "classifier", "selection": "all", "target_ce": False},
+    "IDCA": {"idca": True, "icav": False, "pseudo": "classifier", "selection": "all", "target_ce": True},
+    "ICAV": {"idca": False, "icav": True, "pseudo": "classifier", "selection": "all", "target_ce": True},
+    "FT": {"idca": True, "icav": True, "pseudo": "classifier", "selection": "all", "target_ce": True},
+    "FT_centroid_pl": {"idca": True, "icav": True, "pseudo": "centroid", "selection": "all", "target_ce": True},
+    "SPL": {"idca": False, "icav": False, "pseudo": "spl", "selection": "classwise", "target_ce": True},
+    "FTSPL": {"idca": True, "icav": True, "pseudo": "spl", "selection": "classwise", "target_ce": True},
+    "FTSPL_global": {"idca": True, "icav": True, "pseudo": "spl", "selection": "global", "target_ce": True},
 }
 
 
@@ -105,6 +109,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UnknownKeyError("--pseudo", cfg.pseudo, PSEUDO_LABELERS)
     if cfg.selection not in SELECTIONS:
         raise UnknownKeyError("--selection", cfg.selection, SELECTIONS)
+    if cfg.pl_space not in PL_SPACES:
+        raise UnknownKeyError("pl_space", cfg.pl_space, PL_SPACES)
     from ftspl.engine.errors import UsageError
 
     for name in ("rounds", "batch_size", "augment_copies"):

@@ -23,6 +23,7 @@ from ftspl.engine.constants import Preprocess
 from ftspl.engine.errors import InputFileError
 from ftspl.engine.photos import load_photo, views_to_tensor
 from ftspl.train.augment import augment, clean
+from ftspl.train.featcache import FeatureCache, file_digest
 from ftspl.train.net import FTSPLNet
 from ftspl.train.viewcache import CachedViews
 
@@ -53,56 +54,94 @@ class PhotoList:
 
 
 class HeadFeed:
-    """Frozen-backbone features, computed once per run."""
+    """Frozen-backbone features, computed once per item and cached on disk (``featcache``)."""
 
     trainable_backbone = False
 
     def __init__(
         self, net: FTSPLNet, pre: Preprocess, photos: PhotoList, views: CachedViews, copies: int, seed: int,
         device: torch.device, queries: PhotoList | None = None, batch: int = 32, progress: ProgressFn | None = None,
+        cache: FeatureCache | None = None,
     ) -> None:
         self.device = device
+        self.net, self.pre, self.batch, self.progress = net, pre, batch, progress
+        self.cache = cache if cache is not None else FeatureCache(None, net.backbone.name, pre)
         net.backbone.eval()
-        rng = np.random.default_rng([seed, 7])
-        aug, aug_y, clean_x = [], [], []
-        for p, y in zip(photos.paths, photos.labels):
-            img = load_photo(p)
-            clean_x.append(clean(img, pre))
-            for _ in range(copies):
-                aug.append(augment(img, pre, rng))
-                aug_y.append(y)
-        self.src_aug = self._trunk_images(net, aug, batch, progress)
-        self.src_aug_y = torch.as_tensor(aug_y, dtype=torch.long)
-        self.src_clean = self._trunk_images(net, clean_x, batch, progress)
+        digests = [file_digest(p) for p in photos.paths]
+        self.src_clean = self._photos(photos.paths, digests, None, seed, "features: photos")
+        self.src_aug = self._photos(photos.paths, digests, copies, seed, "features: augmented photos")
+        self.src_aug_y = torch.as_tensor(np.repeat(np.asarray(photos.labels, np.int64), copies), dtype=torch.long)
         self.src_y = torch.as_tensor(photos.labels, dtype=torch.long)
-        self.tgt = self._trunk_shapes(net, views, pre, progress)
+        self.tgt = self._shapes(views)
         self.query = None
         self.query_y = None
         if queries is not None and len(queries):
-            self.query = self._trunk_images(net, [clean(load_photo(p), pre) for p in queries.paths], batch, None)
+            q_dig = [file_digest(p) for p in queries.paths]
+            self.query = self._photos(queries.paths, q_dig, None, seed, "features: query photos")
             self.query_y = list(queries.labels)
+        self.net = None  # the feed must not keep the network alive
+
+    def _cached(self, keys: list[str], compute, what: str) -> list[np.ndarray]:
+        """Cached arrays for ``keys``; the missing ones come from ``compute(indices)`` in batches."""
+        out: list[np.ndarray | None] = [self.cache.get(k) for k in keys]
+        missing = [i for i, a in enumerate(out) if a is None]
+        for start in range(0, len(missing), self.batch):
+            idx = missing[start : start + self.batch]
+            for i, arr in zip(idx, compute(idx)):
+                self.cache.put(keys[i], arr)
+                out[i] = arr
+            if self.progress:
+                self.progress(what, min(start + self.batch, len(missing)), len(missing))
+        return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _trunk_images(self, net: FTSPLNet, tensors: list[np.ndarray], batch: int, progress: ProgressFn | None) -> torch.Tensor:
-        out = []
-        for idx in _batches(len(tensors), batch):
-            x = torch.from_numpy(np.stack([tensors[i] for i in idx])).to(self.device)
-            out.append(net.photo_trunk(x).float().cpu())
-            if progress:
-                progress("features: photos", int(idx[-1]) + 1, len(tensors))
-        dim = net.backbone.feat_dim
-        return torch.cat(out) if out else torch.zeros(0, dim)
+    def _trunk(self, x: np.ndarray) -> np.ndarray:
+        feats = []
+        for i in range(0, len(x), self.batch):
+            t = torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch])).to(self.device)
+            feats.append(self.net.photo_trunk(t).float().cpu().numpy())
+        return np.concatenate(feats)
+
+    def _photos(self, paths: list[Path], digests: list[str], copies: int | None, seed: int, what: str) -> torch.Tensor:
+        """(n, F) clean features, or (n * copies, F) augmented ones (photo-major)."""
+        if copies is None:
+            keys = [self.cache.key(photo=d) for d in digests]
+        else:
+            keys = [self.cache.key(photo=d, seed=seed, copies=copies) for d in digests]
+
+        def compute(idx: list[int]) -> list[np.ndarray]:
+            crops = []
+            for i in idx:
+                img = load_photo(paths[i])
+                if copies is None:
+                    crops.append(clean(img, self.pre))
+                else:
+                    rng = np.random.default_rng([seed, 7, int(digests[i][:15], 16)])
+                    crops += [augment(img, self.pre, rng) for _ in range(copies)]
+            feats = self._trunk(np.stack(crops))
+            per = 1 if copies is None else copies
+            return [feats[j * per : (j + 1) * per] for j in range(len(idx))]
+
+        arrs = self._cached(keys, compute, what)
+        if not arrs:
+            return torch.zeros(0, self.net.backbone.feat_dim)
+        return torch.from_numpy(np.concatenate(arrs)).float()
 
     @torch.no_grad()
-    def _trunk_shapes(self, net, views: CachedViews, pre: Preprocess, progress) -> torch.Tensor:
-        out = []
-        n = len(views.keys)
-        for i in range(n):
-            x = torch.from_numpy(views_to_tensor(views.load(i), pre)).to(self.device)
-            out.append(net.shape_trunk(x[None]).float().cpu())
-            if progress:
-                progress("features: shapes", i + 1, n)
-        return torch.cat(out) if out else torch.zeros(0, net.backbone.feat_dim)
+    def _shapes(self, views: CachedViews) -> torch.Tensor:
+        keys = [self.cache.key(views=k) for k in views.keys]
+
+        def compute(idx: list[int]) -> list[np.ndarray]:
+            out = []
+            for i in idx:
+                x = torch.from_numpy(views_to_tensor(views.load(i), self.pre)).to(self.device)
+                out.append(self.net.shape_trunk(x[None]).float().cpu().numpy())
+            return out
+
+        arrs = self._cached(keys, compute, "features: shapes")
+        if not arrs:
+            return torch.zeros(0, self.net.backbone.feat_dim)
+        return torch.from_numpy(np.concatenate(arrs)).float()
 
     # -- the verbs the loop uses ---------------------------------------------
     def source_epoch(self, rng: np.random.Generator, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

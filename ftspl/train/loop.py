@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,27 @@ class RunResult:
     device: str
     seconds: float
     skipped: list[tuple[str, str]]
+    #: with ``train(..., return_embeddings=True)``: the final network's embeddings (not L2-normalised)
+    embeddings: Embeddings | None = None
+
+
+@dataclass
+class Embeddings:
+    """Embeddings of one run's inputs with their labels (class names; ``None`` = unknown).
+
+    What the study scores and plots in-process: queries against target shapes
+    is exactly what ``ftspl eval`` ranks after ``export`` + ``index add``
+    (both L2-normalise, then Euclidean distance).
+    """
+
+    source: np.ndarray
+    source_labels: list[str]
+    target: np.ndarray
+    target_labels: list[str | None]
+    target_paths: list[str]
+    query: np.ndarray | None = None
+    query_labels: list[str] | None = None
+    query_paths: list[str] | None = None
 
 
 def pick_device(name: str) -> torch.device:
@@ -83,7 +105,11 @@ def _embed_all(net, feed, which: str, batch: int) -> torch.Tensor:
 
 
 def _retrieval(q_emb: torch.Tensor, q_labels: list[str], t_emb: torch.Tensor, t_labels: list[str]) -> dict:
-    from ftspl.engine.metrics import format_metrics, pairwise_euclidean, retrieval_metrics
+    from ftspl.engine.metrics import (
+        format_metrics,
+        pairwise_euclidean,
+        retrieval_metrics,
+    )
 
     d = pairwise_euclidean(F.normalize(q_emb, dim=1).cpu().numpy(), F.normalize(t_emb, dim=1).cpu().numpy())
     return format_metrics(retrieval_metrics(d, np.asarray(q_labels, dtype=object), np.asarray(t_labels, dtype=object)))
@@ -132,22 +158,32 @@ class Trainer:
         tgt_order = rng.permutation(selected) if len(selected) else selected
         t_pos = 0
         batches = list(self.feed.source_epoch(rng, cfg.batch_size))
-        for b, (x, y) in enumerate(batches):
+        use_tgt = cfg.target_ce and len(tgt_order) >= 2 and round_ > 0
+        for x, y in batches:
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-                emb = self.net.embed(self.feed.photo_trunk(self.net, x))
-                logits = self.net.logits(emb)
+                feats = self.feed.photo_trunk(self.net, x)
+                if use_tgt:
+                    n = min(cfg.batch_size, len(tgt_order))
+                    idx = np.take(tgt_order, np.arange(t_pos, t_pos + n), mode="wrap")
+                    t_pos = (t_pos + n) % len(tgt_order)
+                    t_feats = self.feed.shape_trunk(self.net, self.feed.target_batch(idx))
+                    # One bottleneck pass over photos and shapes together: its BatchNorm then
+                    # normalises both domains with the same (mixed) batch statistics that its
+                    # running averages - used at query time - accumulate. Two separate passes
+                    # normalised each domain by its own batch while training and by the mix at
+                    # query time (SH3D val, seed 0, FTSPL: FT after round 1 0.515 -> 0.582 with
+                    # the joint pass, at the end 0.563 -> 0.573).
+                    all_logits = self.net.logits(self.net.embed(torch.cat([feats, t_feats.to(feats.dtype)])))
+                    logits, t_logits = all_logits[: len(feats)], all_logits[len(feats):]
+                else:
+                    logits = self.net.logits(self.net.embed(feats))
             logits = logits.float()
             if use_ft:
                 loss_s = transferable_loss(logits, y, self.net.classifier_weight.float(), dmu, cov, lam)
             else:
                 loss_s = F.cross_entropy(logits, y)
             loss = loss_s
-            if cfg.target_ce and len(tgt_order) >= 2 and round_ > 0:
-                n = min(cfg.batch_size, len(tgt_order))
-                idx = np.take(tgt_order, np.arange(t_pos, t_pos + n), mode="wrap")
-                t_pos = (t_pos + n) % len(tgt_order)
-                with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-                    t_logits = self.net.logits(self.net.embed(self.feed.shape_trunk(self.net, self.feed.target_batch(idx))))
+            if use_tgt:
                 loss_t = F.cross_entropy(t_logits.float(), torch.as_tensor(pseudo[idx], device=self.device))
                 loss = loss + cfg.target_ce_weight * loss_t
                 sums["loss_target"] += float(loss_t.detach())
@@ -183,8 +219,11 @@ class Trainer:
         tgt = _embed_all(self.net, self.feed, "target", bs)
         with torch.no_grad():
             t_logits = self.net.logits(tgt).float().cpu().numpy()
+        src_pl, tgt_pl = src, tgt
+        if self.cfg.pl_space == "unit":  # the geometry retrieval ranks in: cosine on the sphere
+            src_pl, tgt_pl = F.normalize(src, dim=1), F.normalize(tgt, dim=1)
         inputs = PseudoInputs(
-            target_feats=tgt.cpu().numpy().astype(np.float64), source_feats=src.cpu().numpy().astype(np.float64),
+            target_feats=tgt_pl.cpu().numpy().astype(np.float64), source_feats=src_pl.cpu().numpy().astype(np.float64),
             source_labels=self.feed.src_y.numpy(), num_classes=self.K, target_logits=t_logits,
         )
         labels, probs = pseudo_label_with(self.cfg.pseudo, inputs)
@@ -193,7 +232,7 @@ class Trainer:
 
     # -- reporting ------------------------------------------------------------
     def report(self, round_: int, labels: np.ndarray, selected: np.ndarray, losses: dict, seconds: float) -> dict:
-        rec: dict = {"round": round_, "selected": int(len(selected)), "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in losses.items()}}
+        rec: dict = {"round": round_, "selected": len(selected), "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in losses.items()}}
         names = self.class_names
         tl = self.target_labels
         known = [i for i, lab in enumerate(tl) if lab is not None]
@@ -241,18 +280,105 @@ def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
         return torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{path}: no checkpoint; is {run_dir} a training run folder?") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
         raise FtsplError(f"{path}: unreadable checkpoint ({type(exc).__name__}); train again") from None
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None,
-          on_round: RoundFn | None = None) -> RunResult:
-    """Run FTSPL as ``cfg`` says; returns the per-round records (also in the run folder)."""
-    from ftspl.train.backbones import build_backbone
+@dataclass
+class _Inputs:
+    src: object
+    tgt: object
+    views: object
+    photos: object
+    queries: object
+    pre: Preprocess
+    spec: RenderSpec
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("FTSPL_CACHE", Path.cwd() / ".cache"))
+
+
+def _load_inputs(cfg: TrainConfig, progress: ProgressFn | None) -> _Inputs:
+    """Photos, shapes (rendered once into the view cache) and optional queries of ``cfg``."""
     from ftspl.train.data import load_source, load_target
-    from ftspl.train.feeds import FullFeed, HeadFeed, PhotoList
-    from ftspl.train.net import FTSPLNet
+    from ftspl.train.feeds import PhotoList
     from ftspl.train.viewcache import cache_views
+
+    src = load_source(cfg.source)
+    tgt = load_target(cfg.target, cfg.label_from)
+    unknown = sorted({lab for lab in tgt.labels if lab is not None} - set(src.class_names))
+    if tgt.has_labels and unknown:
+        log.warning("target classes without source photos (reported, not trained): %s", ", ".join(unknown))
+    pre = Preprocess.for_backbone(cfg.backbone)
+    spec = RenderSpec()
+    views = cache_views(tgt.paths, tgt.kinds, spec, _cache_root() / "views", progress)
+    if len(views.keys) < 2:
+        raise UsageError(f"{cfg.target}: fewer than 2 usable shapes ({len(views.failed)} failed)")
+    photos = PhotoList(src.paths, src.labels)
+    if len(set(photos.labels)) < len(src.class_names):
+        raise UsageError(f"{cfg.source}: a class has no readable photos")
+    queries = None
+    if cfg.queries:
+        qs = load_source(cfg.queries, class_names=src.class_names)
+        queries = PhotoList(qs.paths, qs.labels)
+    return _Inputs(src, tgt, views, photos, queries, pre, spec)
+
+
+def _head_feed(cfg: TrainConfig, net, inp: _Inputs, device: torch.device, progress: ProgressFn | None):
+    from ftspl.train.featcache import FeatureCache, backbone_id
+    from ftspl.train.feeds import HeadFeed
+
+    cache = FeatureCache(_cache_root() / "features", backbone_id(cfg.backbone, cfg.weights), inp.pre)
+    return HeadFeed(net, inp.pre, inp.photos, inp.views, cfg.augment_copies, cfg.seed, device, inp.queries,
+                    cfg.batch_size, progress, cache)
+
+
+def pretrained_embeddings(cfg: TrainConfig, progress: ProgressFn | None = None) -> Embeddings:
+    """The untrained baseline's embeddings (the paper's "CNN" row): pooled ImageNet features.
+
+    The same cached features head-mode training starts from, so the "CNN" row of
+    a study costs nothing extra; equal to what ``ftspl export --pretrained``
+    serves (that model's embedding is the pooled backbone feature, L2-normalised).
+    """
+    from ftspl.train.backbones import build_backbone
+    from ftspl.train.net import FTSPLNet
+
+    validate(cfg)
+    device = pick_device(cfg.device)
+    inp = _load_inputs(cfg, progress)
+    with _torch_threads():
+        backbone = build_backbone(cfg.backbone, pretrained=True, weights_path=Path(cfg.weights) if cfg.weights else None)
+        net = FTSPLNet(backbone, len(inp.src.class_names), cfg.embed_dim).to(device)
+        feed = _head_feed(cfg, net, inp, device, progress)
+    return _embeddings_of(inp, feed.src_clean, feed.tgt, feed.query)
+
+
+def _embeddings_of(inp: _Inputs, src: torch.Tensor, tgt: torch.Tensor, query: torch.Tensor | None) -> Embeddings:
+    names = inp.src.class_names
+    views = inp.views
+    tl = [inp.tgt.labels[i] if inp.tgt.labels else None for i in views.index]
+    out = Embeddings(
+        source=src.cpu().numpy(), source_labels=[names[k] for k in inp.photos.labels],
+        target=tgt.cpu().numpy(), target_labels=tl, target_paths=[str(inp.tgt.paths[i]) for i in views.index],
+    )
+    if query is not None and inp.queries is not None:
+        out.query = query.cpu().numpy()
+        out.query_labels = [names[k] for k in inp.queries.labels]
+        out.query_paths = [str(p) for p in inp.queries.paths]
+    return out
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = None,
+          on_round: RoundFn | None = None, return_embeddings: bool = False) -> RunResult:
+    """Run FTSPL as ``cfg`` says; returns the per-round records (also in the run folder).
+
+    ``return_embeddings`` adds the final network's source/target/query
+    embeddings to the result (one extra no-grad pass), for in-process studies.
+    """
+    from ftspl.train.backbones import build_backbone
+    from ftspl.train.feeds import FullFeed
+    from ftspl.train.net import FTSPLNet
 
     validate(cfg)
     t_start = time.perf_counter()
@@ -265,34 +391,25 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
         cfg = saved  # the run continues with the settings it started with
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    src = load_source(cfg.source)
-    tgt = load_target(cfg.target, cfg.label_from)
-    unknown = sorted({lab for lab in tgt.labels if lab is not None} - set(src.class_names))
-    if tgt.has_labels and unknown:
-        log.warning("target classes without source photos (reported, not trained): %s", ", ".join(unknown))
-    pre = Preprocess.for_backbone(cfg.backbone)
-    spec = RenderSpec()
-    cache_dir = Path(os.environ.get("FTSPL_CACHE", Path.cwd() / ".cache")) / "views"
-    views = cache_views(tgt.paths, tgt.kinds, spec, cache_dir, progress)
-    if len(views.keys) < 2:
-        raise UsageError(f"{cfg.target}: fewer than 2 usable shapes ({len(views.failed)} failed)")
-    photos = PhotoList(src.paths, src.labels)
-    if len(set(photos.labels)) < len(src.class_names):
-        raise UsageError(f"{cfg.source}: a class has no readable photos")
-    queries = None
-    if cfg.queries:
-        qs = load_source(cfg.queries, class_names=src.class_names)
-        queries = PhotoList(qs.paths, qs.labels)
+    inp = _load_inputs(cfg, progress)
+    src, tgt, views, photos, queries, pre, spec = (
+        inp.src, inp.tgt, inp.views, inp.photos, inp.queries, inp.pre, inp.spec)
 
     with _torch_threads():
         backbone = build_backbone(cfg.backbone, pretrained=True, weights_path=Path(cfg.weights) if cfg.weights else None)
         net = FTSPLNet(backbone, len(src.class_names), cfg.embed_dim).to(device)
         if cfg.mode == "head":
-            feed = HeadFeed(net, pre, photos, views, cfg.augment_copies, cfg.seed, device, queries, cfg.batch_size, progress)
+            feed = _head_feed(cfg, net, inp, device, progress)
         else:
             feed = FullFeed(pre, photos, views, device, queries)
         target_labels = [tgt.labels[i] if tgt.labels else None for i in views.index]
         trainer = Trainer(cfg, net, feed, src.class_names, target_labels, device, run_dir)
+        if cfg.mode == "head" and device.type == "cpu":
+            # The head is a (B x 1280) @ (1280 x 256) matmul: far too small to split over
+            # threads. On a busy CPU the OpenMP workers spin-wait for each other and a step
+            # took 230 ms on 2 threads vs 15 ms on one (2 shared cores); the backbone passes
+            # above still use every core.
+            torch.set_num_threads(1)
 
         rounds: list[dict] = []
         start_round = 0
@@ -324,7 +441,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
                     labels = trainer.pseudo_label(0)[0]
                     rec = trainer.report(0, labels, np.zeros(0, np.int64), losses, time.perf_counter() - t0)
                 else:
-                    labels, probs, selected, src_emb, tgt_emb = trainer.pseudo_label(r)
+                    labels, _probs, selected, src_emb, tgt_emb = trainer.pseudo_label(r)
                     losses = {}
                     for ep in range(cfg.epochs):
                         if ep > 0 and cfg.mode == "head":  # refresh the statistics from the current network
@@ -341,16 +458,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
                 atomic_write_bytes(run_dir / METRICS, json.dumps({"rounds": rounds}, indent=2).encode())
                 if on_round:
                     on_round(rec)
+            emb = None
+            if return_embeddings:
+                net.eval()
+                bs = cfg.batch_size
+                emb = _embeddings_of(
+                    inp, _embed_all(net, feed, "source", bs), _embed_all(net, feed, "target", bs),
+                    _embed_all(net, feed, "query", bs) if queries is not None and len(queries) else None,
+                )
         except torch.cuda.OutOfMemoryError:
             raise FtsplError(
                 f"out of GPU memory at batch size {cfg.batch_size}; try --batch-size {max(2, cfg.batch_size // 2)} "
                 "or --mode head"
             ) from None
-    return RunResult(run_dir, rounds, str(device), time.perf_counter() - t_start, views.failed + photos.failed)
+    return RunResult(run_dir, rounds, str(device), time.perf_counter() - t_start, views.failed + photos.failed, emb)
 
 
 class _torch_threads:
-    """Use every core for torch's intra-op work during training (restored afterwards)."""
+    """Use every core for torch's intra-op work during training (the thread count is restored afterwards)."""
 
     def __enter__(self):
         self.prev = torch.get_num_threads()
@@ -360,4 +485,4 @@ class _torch_threads:
         torch.set_num_threads(self.prev)
 
 
-__all__ = ["train", "RunResult", "load_checkpoint", "pick_device"]
+__all__ = ["Embeddings", "RunResult", "load_checkpoint", "pick_device", "pretrained_embeddings", "train"]
