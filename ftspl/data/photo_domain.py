@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from ftspl.engine.errors import InputFileError, RenderError
+from ftspl.engine.render import look_at, perspective
 
 log = logging.getLogger(__name__)
 
@@ -405,28 +406,6 @@ void main() {
 """
 
 
-def _look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
-    forward = target - eye
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, up)
-    right /= np.linalg.norm(right)
-    true_up = np.cross(right, forward)
-    view = np.eye(4)
-    view[0, :3], view[1, :3], view[2, :3] = right, true_up, -forward
-    view[:3, 3] = -view[:3, :3] @ eye
-    return view
-
-
-def _perspective(fov_deg: float, near: float, far: float) -> np.ndarray:
-    f = 1.0 / math.tan(math.radians(fov_deg) / 2.0)
-    proj = np.zeros((4, 4))
-    proj[0, 0] = proj[1, 1] = f
-    proj[2, 2] = (far + near) / (near - far)
-    proj[2, 3] = 2.0 * far * near / (near - far)
-    proj[3, 2] = -1.0
-    return proj
-
-
 def _unit(az_deg: float, el_deg: float) -> np.ndarray:
     az, el = math.radians(az_deg), math.radians(el_deg)
     return np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
@@ -524,7 +503,7 @@ class PhotoRenderer:
         target = -(shift[0] * right + shift[1] * up_cam)
         roll = math.radians(rng.uniform(-cfg.roll_deg, cfg.roll_deg))
         up = math.cos(roll) * np.array([0.0, 1.0, 0.0]) + math.sin(roll) * right
-        mvp = _perspective(fov, max(dist - 1.2, 0.05), dist + 1.2) @ _look_at(eye, target, up)
+        mvp = perspective(fov, max(dist - 1.2, 0.05), dist + 1.2) @ look_at(eye, target, up)
         # lights: a key light from the camera's side of the object, a hemisphere ambient, a weak fill
         light_az = az + float(rng.uniform(-80.0, 80.0))
         light_dir = _unit(light_az, float(rng.uniform(*cfg.light_elevation_deg)))

@@ -117,11 +117,16 @@ def camera_positions(spec: RenderSpec) -> np.ndarray:
     )
 
 
-def _look_at(eye: np.ndarray) -> np.ndarray:
-    """World-to-camera matrix looking at the origin with +Y up."""
-    forward = -eye / np.linalg.norm(eye)
-    up = np.array([0.0, 1.0, 0.0])
-    if abs(float(forward @ up)) > 0.999:  # straight above/below: any stable up works
+def look_at(eye: np.ndarray, target: np.ndarray | None = None, up: np.ndarray | None = None) -> np.ndarray:
+    """World-to-camera matrix looking from ``eye`` at ``target`` (the origin) with ``up`` (+Y).
+
+    Shared with the photo-domain renderer (``ftspl.data.photo_domain``).
+    """
+    target = np.zeros(3) if target is None else np.asarray(target, dtype=np.float64)
+    forward = target - eye
+    forward = forward / np.linalg.norm(forward)
+    up = np.array([0.0, 1.0, 0.0]) if up is None else np.asarray(up, dtype=np.float64)
+    if abs(float(forward @ up)) > 0.999 * float(np.linalg.norm(up)):  # looking along up: any stable up works
         up = np.array([0.0, 0.0, -1.0 if forward[1] < 0 else 1.0])
     right = np.cross(forward, up)
     right /= np.linalg.norm(right)
@@ -132,7 +137,8 @@ def _look_at(eye: np.ndarray) -> np.ndarray:
     return view
 
 
-def _perspective(fov_deg: float, near: float, far: float) -> np.ndarray:
+def perspective(fov_deg: float, near: float, far: float) -> np.ndarray:
+    """OpenGL projection matrix for a vertical field of view in degrees."""
     f = 1.0 / math.tan(math.radians(fov_deg) / 2.0)
     proj = np.zeros((4, 4))
     proj[0, 0] = proj[1, 1] = f
@@ -236,8 +242,8 @@ class Renderer:
         eyes = camera_positions(spec)
         r, d = spec.normalize_radius, spec.camera_distance * spec.normalize_radius
         near = max(d - 1.05 * r, 0.01 * d)
-        proj = _perspective(spec.fov_deg, near, d + 1.05 * r)
-        view_proj = np.stack([proj @ _look_at(eye) for eye in eyes])
+        proj = perspective(spec.fov_deg, near, d + 1.05 * r)
+        view_proj = np.stack([proj @ look_at(eye) for eye in eyes])
         # GLSL matrices are column-major: upload each transposed.
         self._prog["u_view_proj"].write(np.ascontiguousarray(view_proj.transpose(0, 2, 1), dtype="f4").tobytes())
         idx = np.arange(spec.views)
