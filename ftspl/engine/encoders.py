@@ -91,6 +91,11 @@ class Encoders:
             self._warming[name] = t
             t.start()
 
+    def wait_warm(self) -> None:
+        """Wait for every warm() thread (their errors stay for session() to raise)."""
+        for t in list(self._warming.values()):
+            t.join()
+
     def session(self, name: str):
         """The onnxruntime session of encoder ``name`` (created on first use)."""
         if name in self._sessions:

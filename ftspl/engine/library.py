@@ -399,12 +399,20 @@ class Reader:
         self.lib = lib
         from ftspl.engine.encoders import IMAGE_ENCODER
 
-        lib.encoders.warm(IMAGE_ENCODER)  # photo queries need it: build it while the index loads
         self.store = ShapeStore(lib.store_path, readonly=True)
-        lib._check_model(self.store)
-        self.ann = lib._open_ann(self.store)
+        try:
+            lib._check_model(self.store)
+            lib.encoders.warm(IMAGE_ENCODER)  # photo queries need it: build it while the index loads
+            self.ann = lib._open_ann(self.store)
+        except BaseException:
+            # never exit while onnxruntime is still building a session in the warm thread:
+            # tearing down its thread pool mid-build aborts the process (SIGABRT)
+            lib.encoders.wait_warm()
+            self.store.close()
+            raise
 
     def close(self) -> None:
+        self.lib.encoders.wait_warm()  # see __init__: no exit while a session is being built
         self.store.close()
 
     def __enter__(self) -> "Reader":
