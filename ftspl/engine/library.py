@@ -118,7 +118,7 @@ class Library:
         self.home = home
         self.dir = home.index_dir
         self.model_dir = model_dir or home.active_model_dir()
-        self.encoders = Encoders(self.model_dir, runtime)
+        self.encoders = Encoders(self.model_dir, runtime, graph_cache_dir=home.cache / "onnxruntime")
         self.manifest = self.encoders.manifest
 
     # -- helpers --------------------------------------------------------------
