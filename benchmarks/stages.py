@@ -10,7 +10,8 @@ Sweet Home 3D meshes ``benchmarks/run.py`` indexes, and reports CPU time
 * load: trimesh's OBJ loader vs ftspl's vectorised reader (``engine/obj_fast.py``)
 * render: 12 views with 4x MSAA (the old default) vs without (the new default)
 * preprocess: the float formula vs the lookup table (``engine/photos.normalize``)
-* encode: the exported multi-view encoder (onnxruntime), one thread
+* encode: the exported multi-view encoder (onnxruntime), one thread; and its wall time on
+  every core, the ceiling of ``index add`` throughput on this machine
 
 Needs a model in the perf home (run ``benchmarks/run.py`` once) or ``--model DIR``.
 """
@@ -92,6 +93,15 @@ def main() -> None:
     for s in range(0, len(b), 8):
         enc.embed_views(np.stack(b[s : s + 8]))
     res["encode_onnx_1thread"] = (time.process_time() - t) * 1000 / len(b)
+    # The ceiling of any indexing pipeline on this machine: the encoder alone on every core
+    # (wall time, onnxruntime's default threads), nothing else running in this process.
+    full = Encoders(model, RuntimeConfig(device="cpu"))
+    full.embed_views(batch)
+    t = time.perf_counter()
+    for s in range(0, len(b), 8):
+        full.embed_views(np.stack(b[s : s + 8]))
+    res["encode_all_cores_wall_ms"] = (time.perf_counter() - t) * 1000 / len(b)
+    res["encoder_ceiling_meshes_per_s"] = 1000 / res["encode_all_cores_wall_ms"]
     res = {k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()}
     res["total_before"] = round(res["load_trimesh"] + res["render_msaa4"] + res["preprocess_formula"] + res["encode_onnx_1thread"], 1)
     res["total_after"] = round(res["load_fast"] + res["render_no_msaa"] + res["preprocess_lut"] + res["encode_onnx_1thread"], 1)
