@@ -87,7 +87,6 @@ class StudyConfig:
     augment_copies: int = 4
     batch_size: int = 32
     target_ce_weight: float = 1.0
-    target_label_smoothing: float = 0.0
     pl_space: str = "embedding"
     mode: str = "head"
     device: str = "cpu"
@@ -298,8 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--served-check", default=None, metavar="ROW", help="also run ROW and CNN through export+index+eval")
     for name, typ in (("rounds", int), ("epochs", int), ("warmup-epochs", int), ("lr", float), ("lam", float),
-                      ("augment-copies", int), ("target-ce-weight", float),
-                      ("target-label-smoothing", float)):
+                      ("augment-copies", int), ("target-ce-weight", float)):
         ap.add_argument(f"--{name}", type=typ, default=None)
     ap.add_argument("--pl-space", default=None, choices=("embedding", "unit"))
     ap.add_argument("--json", action="store_true")
@@ -313,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     study = QUICK if args.quick else StudyConfig()
     overrides = {k: getattr(args, k) for k in ("rounds", "epochs", "warmup_epochs", "lr", "lam", "augment_copies",
-                                               "target_ce_weight", "target_label_smoothing", "pl_space")
+                                               "target_ce_weight", "pl_space")
                  if getattr(args, k) is not None}
     study = replace(study, **overrides)
     work = args.work.resolve()

@@ -62,8 +62,6 @@ class TrainConfig:
     lam: float = 0.5  #: final strength of the Eq. 4 terms
     lam_ramp: bool = True  #: ramp lambda from 0 over training (as ISDA)
     target_ce_weight: float = 1.0
-    #: label smoothing of the cross-entropy on pseudo-labelled shapes (0 = hard labels)
-    target_label_smoothing: float = 0.0
     augment_copies: int = 4  #: head mode: augmented copies of each photo whose features are cached
     seed: int = 0
     device: str = "auto"
@@ -118,7 +116,5 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("rounds", "batch_size", "augment_copies"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0.0 <= cfg.target_label_smoothing < 1.0:
-        raise UsageError("--target-label-smoothing must be in [0, 1)")
     if cfg.epochs < 0 or cfg.warmup_epochs < 0:
         raise UsageError("--epochs and --warmup-epochs must be >= 0")

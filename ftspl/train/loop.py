@@ -184,8 +184,7 @@ class Trainer:
                 loss_s = F.cross_entropy(logits, y)
             loss = loss_s
             if use_tgt:
-                loss_t = F.cross_entropy(t_logits.float(), torch.as_tensor(pseudo[idx], device=self.device),
-                                         label_smoothing=cfg.target_label_smoothing)
+                loss_t = F.cross_entropy(t_logits.float(), torch.as_tensor(pseudo[idx], device=self.device))
                 loss = loss + cfg.target_ce_weight * loss_t
                 sums["loss_target"] += float(loss_t.detach())
             if not torch.isfinite(loss):
