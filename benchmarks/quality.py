@@ -29,6 +29,7 @@ results and embeddings stay under ``WORK`` so an interrupted study resumes, and
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -159,8 +160,17 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
     from ftspl.train.loop import pretrained_embeddings, train
 
     done = seed_dir / f"{row}.json"
+    # A finished result is reused only when it was made with this very config and split
+    # (an earlier version reused it whatever the flags, so a rerun with other flags in the
+    # same --work silently reported the old numbers).
+    key = hashlib.sha256(json.dumps({"row": row, "seed": seed, "study": asdict(study), "source": str(split.source),
+                                     "target": str(split.target), "queries": str(split.queries)},
+                                    sort_keys=True).encode()).hexdigest()[:16]
     if done.exists():
-        return json.loads(done.read_text())
+        prev = json.loads(done.read_text())
+        if prev.get("run_key") == key:
+            return prev
+        log(f"{done}: made with another config or split; running {row} again")
     run_dir = seed_dir / f"run-{row}"
     if run_dir.exists():  # a run killed before its result was written: start it again
         shutil.rmtree(run_dir)
@@ -183,7 +193,7 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
         "pseudo_acc_per_round": [r.get("pseudo_acc") for r in rounds],
         "pseudo_acc_selected_per_round": [r.get("pseudo_acc_selected") for r in rounds],
         "selected_per_round": [r.get("selected") for r in rounds],
-        "n_query": len(emb.query_labels), "n_target": len(emb.target_labels),
+        "n_query": len(emb.query_labels), "n_target": len(emb.target_labels), "run_key": key,
     }
     done.write_text(json.dumps(out))
     return out

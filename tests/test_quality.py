@@ -169,3 +169,31 @@ def test_quick_study_on_tiny_data(tmp_path, monkeypatch):
     assert quality.main(["--quick", "--data", str(data), "--seeds", "0", "--rows", "FTSPL",
                          "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
     assert (tmp_path / "work" / "seed0" / "FTSPL.json").stat().st_mtime_ns == before
+
+
+def test_finished_row_is_reused_only_for_the_same_config(tmp_path, monkeypatch):
+    """A rerun with other flags in the same --work must train again, not report the old numbers."""
+    import types
+    from dataclasses import replace
+
+    import ftspl.train.loop as loop
+
+    calls = []
+
+    def fake_train(cfg, return_embeddings=False):
+        calls.append(cfg.lam)
+        emb = types.SimpleNamespace(query_labels=np.zeros(3), target_labels=np.zeros(4))
+        return types.SimpleNamespace(embeddings=emb, rounds=[])
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(quality, "score", lambda emb: (_metrics(0.5), {}))
+    monkeypatch.setattr(quality, "save_embeddings", lambda path, emb: None)
+    split = quality.Split(source=tmp_path / "s", queries=tmp_path / "q", target=tmp_path / "t", classes=["a"], counts={})
+    study = quality.StudyConfig()
+    quality.run_row("FTSPL", 0, split, study, tmp_path)
+    quality.run_row("FTSPL", 0, split, study, tmp_path)
+    assert len(calls) == 1  # same config: the finished result is reused
+    quality.run_row("FTSPL", 0, split, replace(study, lam=study.lam / 2), tmp_path)
+    assert len(calls) == 2  # other lambda: trained again
+    quality.run_row("FTSPL", 0, replace(split, queries=tmp_path / "val"), replace(study, lam=study.lam / 2), tmp_path)
+    assert len(calls) == 3  # other query set (--eval-on val): scored again
