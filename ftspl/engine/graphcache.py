@@ -25,10 +25,10 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
+
+from ftspl.engine.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,6 @@ def machine_key() -> str:
                     flags = line.split(":", 1)[1].strip()
                     break
     return f"{platform.machine()}|{flags}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """tmp + rename (no fsync: a cache entry lost in a crash is rebuilt, a torn one fails its hash)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class GraphCache:
@@ -95,9 +82,9 @@ class GraphCache:
         payload = self.folder / f"{key}.{digest[:16]}.onnx"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(payload, data)
-            _write_atomic(self.folder / f"{key}.json",
-                          json.dumps({"payload": payload.name, "sha256": digest}).encode())
+            atomic_write_bytes(payload, data)
+            atomic_write_bytes(self.folder / f"{key}.json",
+                               json.dumps({"payload": payload.name, "sha256": digest}).encode())
         except OSError as exc:
             log.info("%s: cannot write the graph cache (%s); sessions are built from scratch", self.folder, exc)
             return
