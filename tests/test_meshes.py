@@ -11,7 +11,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from ftspl.engine import meshes
+from ftspl.engine import meshes, trimesh_parse
 from ftspl.engine.constants import MAX_FACES, NORMALIZE_RADIUS, UP_AXES, RenderSpec
 from ftspl.engine.errors import ImageLoadError, MeshLoadError, UnknownKeyError
 from ftspl.engine.meshes import LOADERS, Mesh, MeshLimits, load_mesh, mesh_extensions, normalize
@@ -53,13 +53,13 @@ def test_obj_with_mtl_and_texture_loads_geometry(box_obj: Path) -> None:
 def test_obj_materials_and_textures_are_never_opened(box_obj: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (box_obj.parent / "box.mtl").write_text("newmtl wood\nmap_Kd ../../../etc/passwd\n")
     asked: list[str] = []
-    real_get = meshes._FolderResolver.get
+    real_get = trimesh_parse.FolderResolver.get
 
     def spy(self, name: str) -> bytes:
         asked.append(name)
         return real_get(self, name)
 
-    monkeypatch.setattr(meshes._FolderResolver, "get", spy)
+    monkeypatch.setattr(trimesh_parse.FolderResolver, "get", spy)
     assert load_mesh(box_obj).faces.shape == (12, 3)
     assert asked == []  # geometry only: neither the MTL nor its texture is requested
 
@@ -116,7 +116,7 @@ def test_folder_resolver_confines_reads(tmp_path: Path) -> None:
     sub = tmp_path / "sub"
     sub.mkdir()
     (sub / "ok.bin").write_bytes(b"ok")
-    resolver = meshes._FolderResolver(sub / "m.gltf", max_bytes=100)
+    resolver = trimesh_parse.FolderResolver(sub / "m.gltf", max_bytes=100)
     assert resolver.get("ok.bin") == b"ok"
     assert resolver.get("ok%2Ebin") == b"ok"  # percent-encoded URIs
     for name in ("../secret.bin", str(tmp_path / "secret.bin"), "missing.bin"):
@@ -190,7 +190,7 @@ def test_file_size_is_checked_before_parsing(mesh_files: dict[str, Path], monkey
     def must_not_parse(*args, **kwargs):
         raise AssertionError("parsed a file that is over the size limit")
 
-    monkeypatch.setattr(meshes.trimesh, "load", must_not_parse)
+    monkeypatch.setattr(trimesh_parse.trimesh, "load", must_not_parse)
     path = mesh_files[".obj"]
     _expect_error(path, "over the limit of 10", MeshLimits(max_file_bytes=10))
 

@@ -150,7 +150,7 @@ def index_add(
 
     cfg = IndexConfig(
         label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m, ann_ef_construction=ef_construction,
-        commit_every=commit_every, batch_shapes=min(8, commit_every), file_timeout_s=file_timeout,
+        commit_every=commit_every, batch_shapes=min(IndexConfig.batch_shapes, commit_every), file_timeout_s=file_timeout,
         limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
     )
     index_add_cmd(root, cfg, _home(home), _runtime(device, threads), as_json)

@@ -16,6 +16,7 @@ optimisation (0.18 -> 0.04 s per session here).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,12 +152,38 @@ class Encoders:
         self._sessions[name] = sess
         return sess
 
+    def parallel_runs(self, name: str, providers: list[str] | None = None) -> int:
+        """How many ``run`` calls of encoder ``name`` the caller should keep in flight.
+
+        Why: ``index add`` encodes on the CPU while its render child rasterises
+        on the same cores. One run with two intra-op threads synchronises
+        after each of the graph's ~100 operators, and whenever the renderer
+        holds a core the other thread waits at that barrier; two batches side
+        by side, one thread each, never wait for each other (index add on 2
+        cores: 4.1-5.3 -> see README's performance table). Only the multi-view
+        encoder on CPU with the default thread count (0: all cores) does this;
+        an explicit ``--threads`` or CUDA keeps one run at a time.
+        """
+        if name != MULTIVIEW_ENCODER or self.runtime.intra_op_threads != 0:
+            return 1
+        if providers is None:
+            providers = self._providers()
+        if CUDA in providers:
+            return 1
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        return max(1, cores)
+
     def _options(self, ort, name: str, providers: list[str]):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.runtime.intra_op_threads
         opts.inter_op_num_threads = self.runtime.inter_op_threads
         if name == MULTIVIEW_ENCODER:
+            if self.parallel_runs(name, providers) > 1:
+                opts.intra_op_num_threads = 1  # parallel across batches instead (see parallel_runs)
             # index add runs this beside the render child: idle onnxruntime threads
             # must sleep, not spin, or they burn the core the renderer needs.
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

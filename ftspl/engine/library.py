@@ -25,14 +25,16 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ftspl.engine.constants import RenderSpec
-from ftspl.engine.encoders import Encoders, RuntimeConfig
+from ftspl.engine.encoders import MULTIVIEW_ENCODER, Encoders, RuntimeConfig
 from ftspl.engine.errors import IndexStateError, InputFileError, UsageError
 from ftspl.engine.home import Home
 from ftspl.engine.scan import ShapeSource, scan
@@ -50,7 +52,7 @@ class IndexConfig:
 
     label_from: str = "top"
     up: str | None = None  #: None: the index's up axis, or the model's default for a new index
-    batch_shapes: int = 8  #: shapes encoded per onnxruntime call
+    batch_shapes: int = 4  #: shapes per onnxruntime call (small: the last batch runs alone on one core)
     commit_every: int = 32  #: shapes per SQLite transaction
     save_ann_every_s: float = 30.0  #: how often a long add refreshes the HNSW file
     wait_lock: bool = False
@@ -226,7 +228,6 @@ class Library:
                 )
                 if not store.get_info().get("render_spec"):
                     store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
-                ann = self._open_ann(store, cfg=cfg)
                 todo: list[tuple[ShapeSource, str, int | None]] = []
                 from ftspl.engine.store import normalize_path
 
@@ -244,7 +245,16 @@ class Library:
                         report.unchanged += 1
                         continue
                     todo.append((src, digest, None if known is None else known[0]))
-                self._process(todo, spec, store, ann, cfg, report, progress, should_stop)
+                worker = self._render_worker(spec, cfg)
+                try:
+                    if todo:  # start-ups overlap: the render child, the encoder session, the HNSW file
+                        worker.start()
+                        self.encoders.warm(MULTIVIEW_ENCODER)
+                    ann = self._open_ann(store, cfg=cfg)
+                    self._process(todo, worker, store, ann, cfg, report, progress, should_stop)
+                finally:
+                    worker.close()
+                    self.encoders.wait_warm()  # never leave while onnxruntime builds a session
                 self._save_ann(ann, store)
             finally:
                 store.close()
@@ -259,9 +269,19 @@ class Library:
                 p.unlink(missing_ok=True)  # the store, its WAL/SHM files, the HNSW cache
         return ShapeStore(self.store_path)
 
-    def _prepare(self, todo, spec: RenderSpec, cfg: IndexConfig) -> Iterator[tuple[ShapeSource, str, int | None, np.ndarray | None, int | None, str | None]]:
-        """Yield (src, digest, old_id, views uint8, faces, error) per shape, rendered in a child process."""
-        from ftspl.engine.worker import RenderJob, RenderWorker
+    @staticmethod
+    def _render_worker(spec: RenderSpec, cfg: IndexConfig):
+        """The child process that loads and renders (see :mod:`ftspl.engine.worker`)."""
+        from ftspl.engine.meshes import MeshLimits
+        from ftspl.engine.worker import RenderWorker
+
+        limits = cfg.limits if cfg.limits is not None else MeshLimits()
+        return RenderWorker(spec, limits, cfg.file_timeout_s, depth=4)
+
+    @staticmethod
+    def _prepare(todo, worker) -> Iterator[tuple[ShapeSource, str, int | None, np.ndarray | None, int | None, str | None]]:
+        """Yield (src, digest, old_id, views uint8, faces, error) per shape, rendered in the child process."""
+        from ftspl.engine.worker import RenderJob
 
         by_job = {}
         jobs = []
@@ -269,15 +289,11 @@ class Library:
             job = RenderJob(Path(src.path), src.kind)
             by_job[job] = (src, digest, old_id)
             jobs.append(job)
-        from ftspl.engine.meshes import MeshLimits
+        for r in worker.map(jobs):
+            src, digest, old_id = by_job[r.job]
+            yield src, digest, old_id, r.views, r.faces, r.error
 
-        limits = cfg.limits if cfg.limits is not None else MeshLimits()
-        with RenderWorker(spec, limits, cfg.file_timeout_s, depth=4) as worker:
-            for r in worker.map(jobs):
-                src, digest, old_id = by_job[r.job]
-                yield src, digest, old_id, r.views, r.faces, r.error
-
-    def _process(self, todo, spec, store, ann, cfg: IndexConfig, report: AddReport, progress, should_stop) -> None:
+    def _process(self, todo, worker, store, ann, cfg: IndexConfig, report: AddReport, progress, should_stop) -> None:
         from ftspl.engine.photos import views_to_tensor
         from ftspl.engine.render import make_preview
         from ftspl.engine.store import ShapeRecord
@@ -288,26 +304,41 @@ class Library:
         old_ids: list[int | None] = []
         last_save = time.monotonic()
         done = 0
+        # batches being encoded, oldest first: (future of (embeddings, previews), their shapes)
+        inflight: deque = deque()
+        runs = self.encoders.parallel_runs(MULTIVIEW_ENCODER)
+        pool = ThreadPoolExecutor(max_workers=runs, thread_name_prefix="ftspl-encode")
 
-        def encode_pending() -> None:
-            if not pending:
-                return
-            batch = np.stack([views_to_tensor(v, pre) for _, _, _, v, _ in pending])
-            log.debug("phase encode %d", len(pending))
-            emb = self.encoders.embed_views(batch)
-            for (src, digest, old_id, views, faces), e in zip(pending, emb):
+        def encode(items: list) -> tuple[np.ndarray, list[bytes]]:
+            # runs in a pool thread: onnxruntime, numpy and PIL release the GIL
+            batch = np.stack([views_to_tensor(v, pre) for _, _, _, v, _ in items])
+            return self.encoders.embed_views(batch), [make_preview(v) for _, _, _, v, _ in items]
+
+        def collect_oldest() -> None:
+            fut, items = inflight.popleft()
+            emb, previews = fut.result()
+            for (src, digest, old_id, _views, faces), e, preview in zip(items, emb, previews):
                 records.append(
                     ShapeRecord(
                         path=str(src.path), content_hash=digest, label=src.label, faces=faces,
-                        kind=src.kind, embedding=np.asarray(e, np.float32), preview=make_preview(views),
+                        kind=src.kind, embedding=np.asarray(e, np.float32), preview=preview,
                     )
                 )
                 old_ids.append(old_id)
-            pending.clear()
 
-        def commit() -> None:
+        def encode_pending() -> None:
+            if pending:
+                log.debug("phase encode %d", len(pending))
+                inflight.append((pool.submit(encode, list(pending)), list(pending)))
+                pending.clear()
+            while len(inflight) > runs - 1 if runs > 1 else inflight:
+                collect_oldest()  # keep at most ``runs`` batches in flight, in order
+
+        def commit(final: bool = False) -> None:
             nonlocal last_save
             encode_pending()
+            while final and inflight:
+                collect_oldest()
             if not records:
                 return
             log.debug("phase commit %d", len(records))
@@ -327,23 +358,27 @@ class Library:
 
         from ftspl.engine.prefetch import prefetch
 
-        # load + render in a child process (fed by a thread) while this thread encodes and commits
-        ahead = prefetch(lambda: self._prepare(todo, spec, cfg), depth=2 * cfg.batch_shapes)
-        for src, digest, old_id, views, faces, error in ahead:
-            done += 1
-            if progress:
-                progress("index", done, len(todo))
-            if error is not None:
-                report.failed.append((str(src.path), error))
-            else:
-                pending.append((src, digest, old_id, views, faces))
-                if len(pending) >= cfg.batch_shapes:
-                    encode_pending()
-                if len(records) >= cfg.commit_every:
-                    commit()
-            if should_stop is not None and should_stop():
-                break
-        commit()
+        # load + render in a child process (fed by a thread) while pool threads encode
+        # and this thread commits
+        try:
+            ahead = prefetch(lambda: self._prepare(todo, worker), depth=2 * cfg.batch_shapes)
+            for src, digest, old_id, views, faces, error in ahead:
+                done += 1
+                if progress:
+                    progress("index", done, len(todo))
+                if error is not None:
+                    report.failed.append((str(src.path), error))
+                else:
+                    pending.append((src, digest, old_id, views, faces))
+                    if len(pending) >= cfg.batch_shapes:
+                        encode_pending()
+                    if len(records) >= cfg.commit_every:
+                        commit()
+                if should_stop is not None and should_stop():
+                    break
+            commit(final=True)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _save_ann(self, ann, store) -> None:
         ann.save(self.ann_path, meta={"generation": store.generation()})

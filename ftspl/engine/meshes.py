@@ -14,7 +14,7 @@ Security/robustness decisions (trimesh does the parsing):
   That also means no texture image is decoded (no decompression bombs) and no
   ``mtllib ../../etc/passwd`` style reference is followed.
 * Files that geometry *does* depend on (a ``.gltf``'s external ``.bin``
-  buffers) are read through :class:`_FolderResolver`, which serves only
+  buffers) are read through :class:`~ftspl.engine.trimesh_parse.FolderResolver`, which serves only
   regular files inside the mesh's own folder and never fetches URLs
   (``allow_remote=False``).
 * The file size is checked **before** parsing; face/vertex caps right after.
@@ -29,6 +29,10 @@ Security/robustness decisions (trimesh does the parsing):
 * OFF is read by :func:`_parse_off`, not trimesh: trimesh 5 (numpy 2) fails on
   every valid OFF file with a polygon of more than four sides, and allocates
   whatever vertex count the header declares before checking it.
+* trimesh is imported only when a file needs it (glTF/GLB, PLY, STL, OBJs the
+  fast reader declines), in :mod:`ftspl.engine.trimesh_parse`: importing it
+  costs ~0.8 s here, which ``index add`` paid twice (listing extensions in the
+  parent, starting the render child) before the first OBJ/OFF was rendered.
 """
 
 from __future__ import annotations
@@ -39,15 +43,12 @@ import logging
 import math
 import re
 import struct
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-import trimesh
-from trimesh.resolvers import Resolver
 
 from ftspl.engine.constants import (
     MAX_FACES,
@@ -98,75 +99,6 @@ class MeshLimits:
     max_file_bytes: int = MAX_FILE_BYTES
     max_faces: int = MAX_FACES
     max_vertices: int = MAX_VERTICES
-
-
-class _FolderResolver(Resolver):
-    """Serve assets referenced by a mesh file only from that file's own folder.
-
-    trimesh >= 5 restricts ``FilePathResolver`` to its folder too, but trimesh 4
-    (allowed by our dependency range) does not, so the rule is enforced here:
-    the name must resolve to a regular file inside the folder and be no larger
-    than the file-size cap. Nothing is ever written.
-    """
-
-    def __init__(self, mesh_path: Path, max_bytes: int) -> None:
-        self.parent = mesh_path.resolve().parent
-        self.file_name = mesh_path.name  # some trimesh loaders read this attribute
-        self.max_bytes = max_bytes
-
-    def _locate(self, name: str) -> Path:
-        for candidate in (name, urllib.parse.unquote(name)):
-            candidate = candidate.strip().lstrip("/\\")
-            path = (self.parent / candidate).resolve()
-            if path.is_relative_to(self.parent) and path.is_file():
-                return path
-        raise FileNotFoundError(f"asset {name!r} is not a file inside {self.parent}")
-
-    def get(self, name: str) -> bytes:
-        path = self._locate(name)
-        if path.stat().st_size > self.max_bytes:
-            raise ValueError(f"asset {name!r} is larger than {self.max_bytes} bytes")
-        return path.read_bytes()
-
-    def write(self, name: str, data: object) -> None:
-        raise PermissionError("mesh loading never writes files")
-
-    def namespaced(self, namespace: str) -> _FolderResolver:
-        # Namespacing would widen or move the root; keep the mesh folder.
-        return self
-
-    def keys(self):
-        return (p.name for p in self.parent.iterdir() if p.is_file())
-
-
-def _collect_parts(loaded: object) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], bool]:
-    """Whatever trimesh returned (Trimesh, Scene, PointCloud...) as ``(vertices, faces, transform)`` parts.
-
-    Scenes (glTF/GLB, multi-object OBJ) are flattened by walking the scene
-    graph and applying each node's world transform, so instanced geometry and
-    node hierarchies land where the file places them. Non-triangle geometry
-    (paths, point clouds) inside a scene is ignored. Returns the parts and
-    whether point clouds were seen (for the error message).
-
-    Runs inside the parser boundary of :func:`_trimesh_loader`: trimesh
-    evaluates the scene graph lazily, so a hostile node hierarchy fails here,
-    not in ``trimesh.load``.
-    """
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
-    saw_points = False
-    if isinstance(loaded, trimesh.Trimesh):
-        parts.append((np.asarray(loaded.vertices), np.asarray(loaded.faces), None))
-    elif isinstance(loaded, trimesh.Scene):
-        for node in loaded.graph.nodes_geometry:
-            transform, geom_name = loaded.graph[node]
-            geom = loaded.geometry.get(geom_name)
-            if isinstance(geom, trimesh.Trimesh):
-                parts.append((np.asarray(geom.vertices), np.asarray(geom.faces), np.asarray(transform)))
-            elif isinstance(geom, trimesh.PointCloud):
-                saw_points = True
-    elif isinstance(loaded, trimesh.PointCloud):
-        saw_points = True
-    return parts, saw_points
 
 
 def _merge(
@@ -350,7 +282,11 @@ def _check_node_tree(nodes: list, path: Path) -> None:
 
 def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes | None = None) -> Mesh:
     """Parse one file (or its already read ``data``) with trimesh, geometry only, and validate the result."""
-    resolver = _FolderResolver(path, limits.max_file_bytes)
+    from ftspl.engine import (
+        trimesh_parse,  # here, not at the top: see the module docstring
+    )
+
+    resolver = trimesh_parse.FolderResolver(path, limits.max_file_bytes)
     source: str | io.BytesIO = str(path) if data is None else io.BytesIO(data)
     if file_type in ("gltf", "glb"):
         data = _read_bytes(path) if data is None else data
@@ -367,15 +303,7 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes 
         source = io.BytesIO(data)
     try:
         with np.errstate(all="ignore"):  # NaN/inf files are refused below; no stray RuntimeWarnings
-            loaded = trimesh.load(
-                source,
-                file_type=file_type,
-                resolver=resolver,
-                allow_remote=False,
-                process=False,
-                skip_materials=True,
-            )
-            parts, saw_points = _collect_parts(loaded)
+            parts, saw_points = trimesh_parse.parse(source, file_type, resolver)
     except MemoryError as exc:
         raise MeshLoadError(path, "not enough memory to parse the file") from exc
     # Why a broad clause here (and only here): trimesh's parsers for hostile or

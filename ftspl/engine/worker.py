@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
 import time
 from collections import deque
@@ -130,14 +129,27 @@ class RenderWorker:
         self._ctx = mp.get_context("spawn")  # no fork: the parent holds onnxruntime threads
         self._proc = None
         self._conn = None
+        self._spawning = None  # (process, pipe) started by start(), not yet ready
 
     # -- process management -------------------------------------------------------
+    def start(self) -> None:
+        """Spawn the child now, without waiting for it (``index add`` overlaps its start-up
+        -- a fresh interpreter, numpy, Mesa -- with opening the index and the encoder).
+
+        The first :meth:`map` waits until it is ready; calling this is optional.
+        """
+        if self._proc is None and self._spawning is None:
+            parent, child = self._ctx.Pipe(duplex=True)
+            proc = self._ctx.Process(target=_child_main, args=(child, self.spec, self.limits),
+                                     name="ftspl-render", daemon=True)
+            proc.start()
+            child.close()
+            self._spawning = (proc, parent)
+
     def _start(self) -> None:
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_child_main, args=(child, self.spec, self.limits),
-                                 name="ftspl-render", daemon=True)
-        proc.start()
-        child.close()
+        self.start()
+        proc, parent = self._spawning
+        self._spawning = None
         if not parent.poll(_STARTUP_TIMEOUT_S):
             proc.kill()
             raise RenderError(f"the render worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
@@ -160,6 +172,12 @@ class RenderWorker:
         self._proc = self._conn = None
 
     def close(self) -> None:
+        if self._spawning is not None:  # started but never used
+            proc, conn = self._spawning
+            self._spawning = None
+            proc.kill()
+            proc.join(5)
+            conn.close()
         if self._conn is not None:
             try:
                 self._conn.send(None)
