@@ -4,7 +4,8 @@ Two backends share one interface (``add``, ``remove``, ``query``, ``save``,
 ``load``, ``len``, ``in``, ``ids``) so the engine can swap them by name:
 
 * :class:`HnswIndex` wraps ``hnswlib`` (the ``chroma-hnswlib`` wheel): an
-  approximate graph index that answers in well under a millisecond at 1M shapes.
+  approximate graph index: about 0.9 ms per query at 100k shapes and 2.5 ms at 1M
+  here (ef 128; exact search takes 9.4 and 80 ms; ``benchmarks/run.py``).
 * :class:`ExactIndex` is its brute-force numpy twin. It is the ground truth for
   recall tests and is good enough (and exact) for small libraries.
 
@@ -58,7 +59,9 @@ MANIFEST_VERSION = 1
 #:   M=32, efc=400: no better than efc=200, slower queries.
 #: So M=32 / efc=200 / ef=128. I.i.d. Gaussian vectors (no structure at all) stay
 #: the unindexable worst case. ``ef_search`` is a query-time knob (free to change
-#: after build, kept in the manifest); raise it for more recall.
+#: after build, kept in the manifest); raise it for more recall. At 1M vectors the
+#: same graph gives recall@10 0.931 at ef 128, 0.984 at 256 and 0.996 at 512
+#: (``benchmarks/results/ann_1000000.json``): libraries near 1M want ``--ef 512``.
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
