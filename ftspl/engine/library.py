@@ -331,8 +331,10 @@ class Library:
                 log.debug("phase encode %d", len(pending))
                 inflight.append((pool.submit(encode, list(pending)), list(pending)))
                 pending.clear()
-            while len(inflight) > runs - 1 if runs > 1 else inflight:
-                collect_oldest()  # keep at most ``runs`` batches in flight, in order
+            while len(inflight) >= runs:
+                # every pool thread is busy: take the oldest batch's results (in order)
+                # while the prefetch thread keeps receiving renders
+                collect_oldest()
 
         def commit(final: bool = False) -> None:
             nonlocal last_save
