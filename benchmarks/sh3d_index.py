@@ -52,7 +52,14 @@ def main() -> None:
 
     home = args.work / "home"
     res: dict = {"meshes": len(models)}
-    if not (home / "models" / "ACTIVE").exists():
+    from ftspl.engine.constants import RenderSpec
+    from ftspl.engine.home import Home
+    from ftspl.engine.manifest import ModelManifest
+
+    active = home / "models" / "ACTIVE"
+    # a model exported under an older default render spec (e.g. 4x MSAA) would time that spec
+    stale = active.exists() and ModelManifest.load(Home(home).active_model_dir()).get_render_spec() != RenderSpec()
+    if not active.exists() or stale:
         r = ftspl(home, "export", "--pretrained", "--json")
         if r.returncode:
             sys.exit(r.stderr)
@@ -66,7 +73,6 @@ def main() -> None:
     res["index"]["process_wall_s"] = round(wall, 2)
 
     # warm query: one process, the model and index loaded once
-    from ftspl.engine.home import Home
     from ftspl.engine.library import Library
 
     lib = Library(Home(home))
