@@ -56,10 +56,10 @@ def main() -> None:
     from ftspl.engine.home import Home
     from ftspl.engine.manifest import ModelManifest
 
-    active = home / "models" / "ACTIVE"
-    # a model exported under an older default render spec (e.g. 4x MSAA) would time that spec
-    stale = active.exists() and ModelManifest.load(Home(home).active_model_dir()).get_render_spec() != RenderSpec()
-    if not active.exists() or stale:
+    # export when there is no model, or one exported under an older default render spec
+    # (e.g. 4x MSAA), which would time that spec
+    if (not (home / "models" / "ACTIVE").exists()
+            or ModelManifest.load(Home(home).active_model_dir()).get_render_spec() != RenderSpec()):
         r = ftspl(home, "export", "--pretrained", "--json")
         if r.returncode:
             sys.exit(r.stderr)

@@ -329,7 +329,8 @@ class Library:
         def encode_pending() -> None:
             if pending:
                 log.debug("phase encode %d", len(pending))
-                inflight.append((pool.submit(encode, list(pending)), list(pending)))
+                items = list(pending)
+                inflight.append((pool.submit(encode, items), items))
                 pending.clear()
             while len(inflight) >= runs:
                 # every pool thread is busy: take the oldest batch's results (in order)
