@@ -12,7 +12,7 @@ Per seed: build the split (``ftspl.data`` builder, seeded), then every row:
 
 Each row's query photos are ranked against the whole unlabelled target gallery
 (L2-normalised embeddings, Euclidean distance) and scored by
-``ftspl.engine.metrics.retrieval_metrics`` - the MI3DOR scorer ``ftspl eval``
+``ftspl.engine.scoring.metrics.retrieval_metrics`` - the MI3DOR scorer ``ftspl eval``
 uses. Embeddings are computed in-process from the final network because 27
 export + index passes do not fit on 2 CPU cores; ``--served-check ROW`` runs
 that row (and ``CNN``) once through ``ftspl export`` + ``index add`` + ``eval``
@@ -129,7 +129,7 @@ def build_split(seed: int, work: Path, data: Path | None, bench: str = "full") -
 
 def score(emb) -> tuple[dict, dict]:
     """(scalar metrics, PR curve) of query photos against the whole target gallery."""
-    from ftspl.engine.metrics import (
+    from ftspl.engine.scoring.metrics import (
         format_metrics,
         pairwise_euclidean,
         retrieval_metrics,
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FTSPL_CACHE", str(ROOT / ".cache"))
 
     # Triton's LLVM must load before Mesa's (the photo renderer's EGL context); see
-    # ftspl.engine.render._load_torch_llvm_first - the other order segfaults.
+    # ftspl.engine.rendering.renderer._load_torch_llvm_first - the other order segfaults.
     import importlib
 
     importlib.import_module("torch._dynamo")
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "the query photos were never scored while tuning",
             "data": str(args.data) if args.data else f"ftspl.data.bench BENCH_PRESETS[{args.bench!r}], seed = study seed",
             "scoring": "query photos vs the whole target gallery, L2-normalised embeddings, Euclidean; "
-                       "ftspl.engine.metrics.retrieval_metrics (MI3DOR scorer); std = sample std over seeds",
+                       "ftspl.engine.scoring.metrics.retrieval_metrics (MI3DOR scorer); std = sample std over seeds",
             "versions": versions(), "minutes_this_call": round((time.perf_counter() - t0) / 60, 1),
             "minutes_training_and_scoring": round(sum(v["seconds"] for d in per_seed.values() for v in d.values()) / 60, 1),
             "served_check": checks,

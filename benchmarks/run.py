@@ -85,7 +85,7 @@ def machine() -> dict:
         pass
     import onnxruntime
 
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.rendering.renderer import Renderer
 
     with Renderer() as r:
         gl = r.gl_renderer
@@ -162,7 +162,7 @@ def index_peer(run_dir: Path, files: list[Path]) -> dict:
     import trimesh
 
     from ftspl.engine.constants import Preprocess, RenderSpec
-    from ftspl.engine.render import camera_positions
+    from ftspl.engine.rendering.renderer import camera_positions
     from ftspl.export.from_run import run_model
 
     spec = RenderSpec()
@@ -230,11 +230,11 @@ def synthetic_like(real: np.ndarray, n: int, seed: int, noise: float = 0.5) -> n
 
 def build_big_index(src_home: Path, dst_home: Path, size: int) -> dict:
     """Copy the model, then store the real shapes plus synthetic ones and build the HNSW file."""
-    from ftspl.engine.ann import HnswIndex
     from ftspl.engine.home import Home
-    from ftspl.engine.library import ANN_NAME, STORE_NAME
-    from ftspl.engine.manifest import ModelManifest
-    from ftspl.engine.store import ShapeRecord, ShapeStore
+    from ftspl.engine.index.ann import HnswIndex
+    from ftspl.engine.index.library import ANN_NAME, STORE_NAME
+    from ftspl.engine.index.store import ShapeRecord, ShapeStore
+    from ftspl.engine.model.manifest import ModelManifest
 
     shutil.rmtree(dst_home, ignore_errors=True)
     src, dst = Home(src_home), Home(dst_home)
@@ -283,9 +283,9 @@ def _peak_rss_mb() -> float:
 
 def query_worker(home: str, photos: list[str], repeats: int) -> None:
     """(Subprocess) warm queries against ``home``; prints latency percentiles and peak RSS as JSON."""
-    from ftspl.engine.encoders import RuntimeConfig
     from ftspl.engine.home import Home
-    from ftspl.engine.library import Library
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.model.encoders import RuntimeConfig
 
     device = os.environ.get("FTSPL_BENCH_DEVICE", "cpu")
     lib = Library(Home(Path(home)), RuntimeConfig(device=device))
@@ -314,7 +314,7 @@ def query_bench(home: Path, photos: list[Path], device: str = "cpu") -> dict:
 
 def cold_query(home: Path, photo: Path) -> dict:
     """Fresh processes. The very first one on a machine also optimises the encoder graph and
-    caches it (``engine/graphcache.py``); it is reported apart, the target is the median of 3 after."""
+    caches it (``engine/model/graphcache.py``); it is reported apart, the target is the median of 3 after."""
     shutil.rmtree(Path(home) / "cache" / "onnxruntime", ignore_errors=True)
     first = ftspl(home, "query", str(photo), "--top", "10")[1]
     walls = [ftspl(home, "query", str(photo), "--top", "10")[1] for _ in range(3)]
@@ -324,7 +324,7 @@ def cold_query(home: Path, photo: Path) -> dict:
 
 def hnsw_vs_exact(real: np.ndarray, n: int, n_queries: int = 300, sweep_ef: tuple[int, ...] = ()) -> dict:
     """Recall@10 of the default HNSW against the exact twin, one query at a time, on ``n`` vectors."""
-    from ftspl.engine.ann import HNSW_EF_SEARCH, ExactIndex, HnswIndex
+    from ftspl.engine.index.ann import HNSW_EF_SEARCH, ExactIndex, HnswIndex
 
     base = synthetic_like(real, n, seed=1)
     queries = synthetic_like(real, n_queries, seed=2)
@@ -408,8 +408,8 @@ def main() -> None:
     res["cold"] = cold_query(big_home, photos[0])
 
     from ftspl.engine.home import Home
-    from ftspl.engine.library import STORE_NAME
-    from ftspl.engine.store import ShapeStore
+    from ftspl.engine.index.library import STORE_NAME
+    from ftspl.engine.index.store import ShapeStore
 
     st = ShapeStore(Home(home).index_dir / STORE_NAME, readonly=True)
     _, real = st.all_embeddings()
@@ -456,8 +456,8 @@ def main() -> None:
 def ann_only(work: Path, n: int, out_dir: Path) -> None:
     """The HNSW part alone (the 1M build takes most of an hour on 2 cores), with an ef sweep."""
     from ftspl.engine.home import Home
-    from ftspl.engine.library import STORE_NAME
-    from ftspl.engine.store import ShapeStore
+    from ftspl.engine.index.library import STORE_NAME
+    from ftspl.engine.index.store import ShapeStore
 
     store = Home(work / "home").index_dir / STORE_NAME
     if not store.exists():

@@ -35,7 +35,12 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from ftspl.data.sh3d import extract_icon, extract_model, fetch_furniture, furniture_models
+    from ftspl.data.sh3d import (
+        extract_icon,
+        extract_model,
+        fetch_furniture,
+        furniture_models,
+    )
 
     cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
     libdir = fetch_furniture(cache)
@@ -54,7 +59,7 @@ def main() -> None:
     res: dict = {"meshes": len(models)}
     from ftspl.engine.constants import RenderSpec
     from ftspl.engine.home import Home
-    from ftspl.engine.manifest import ModelManifest
+    from ftspl.engine.model.manifest import ModelManifest
 
     # export when there is no model, or one exported under an older default render spec
     # (e.g. 4x MSAA), which would time that spec
@@ -73,7 +78,7 @@ def main() -> None:
     res["index"]["process_wall_s"] = round(wall, 2)
 
     # warm query: one process, the model and index loaded once
-    from ftspl.engine.library import Library
+    from ftspl.engine.index.library import Library
 
     lib = Library(Home(home))
     with lib.open_reader() as reader:

@@ -7,7 +7,7 @@ Runs each stage alone, single-threaded where the stage allows it (llvmpipe with
 Sweet Home 3D meshes ``benchmarks/run.py`` indexes, and reports CPU time
 (``time.process_time``) per mesh, so the figures hold on a busy machine too:
 
-* load: trimesh's OBJ loader vs ftspl's vectorised reader (``engine/obj_fast.py``)
+* load: trimesh's OBJ loader vs ftspl's vectorised reader (``engine/loading/obj_fast.py``)
 * render: 12 views with 4x MSAA (the old default) vs without (the new default)
 * preprocess: the float formula vs the lookup table (``engine/photos.normalize``)
 * encode: the exported multi-view encoder (onnxruntime), one thread; and its wall time on
@@ -51,11 +51,11 @@ def main() -> None:
 
     from benchmarks.run import perf_meshes
     from ftspl.engine.constants import RenderSpec
-    from ftspl.engine.encoders import Encoders, RuntimeConfig
     from ftspl.engine.home import Home
-    from ftspl.engine.meshes import _trimesh_loader, load_mesh, normalize
-    from ftspl.engine.photos import views_to_tensor
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.loading.meshes import _trimesh_loader, load_mesh, normalize
+    from ftspl.engine.model.encoders import Encoders, RuntimeConfig
+    from ftspl.engine.model.preprocess import views_to_tensor
+    from ftspl.engine.rendering.renderer import Renderer
 
     work = ROOT / ".cache" / "perf"
     files = perf_meshes(work, args.meshes)
@@ -63,7 +63,7 @@ def main() -> None:
     spec = RenderSpec()
     res: dict = {"meshes": len(files), "unit": "CPU ms per mesh (one thread)"}
 
-    from ftspl.engine.meshes import MeshLimits
+    from ftspl.engine.loading.meshes import MeshLimits
 
     limits = MeshLimits()
     load_mesh(files[0])

@@ -63,7 +63,7 @@ def box_obj(tmp_path: Path) -> Path:
 @pytest.fixture
 def mesh_files(tmp_path: Path) -> dict[str, Path]:
     """One tiny asymmetric mesh per supported extension: {'.obj': path, ...}, each in its own folder."""
-    from ftspl.engine.meshes import LOADERS
+    from ftspl.engine.loading.meshes import LOADERS
 
     mesh = asymmetric_mesh()
     files = {}
@@ -78,7 +78,7 @@ def mesh_files(tmp_path: Path) -> dict[str, Path]:
 def renderer():
     """A session-wide Renderer with :data:`SMALL_SPEC` (GL contexts are slow to create)."""
     from ftspl.engine.errors import RenderError
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.rendering.renderer import Renderer
 
     try:
         r = Renderer(SMALL_SPEC)
@@ -92,7 +92,7 @@ def renderer():
 def gl_available() -> None:
     """Skip (with the reason) when no EGL context can be created; tests that make their own Renderer use it."""
     from ftspl.engine.errors import RenderError
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.rendering.renderer import Renderer
 
     try:
         Renderer(RenderSpec(image_size=8, views=1)).close()

@@ -8,9 +8,17 @@ import os
 import numpy as np
 import pytest
 
-from ftspl.engine import ann, atomic
-from ftspl.engine.ann import ANN_BACKENDS, ExactIndex, HnswIndex, load_index, make_index, read_manifest
+from ftspl.engine import files as atomic
 from ftspl.engine.errors import IndexStateError, UnknownKeyError
+from ftspl.engine.index import ann
+from ftspl.engine.index.ann import (
+    ANN_BACKENDS,
+    ExactIndex,
+    HnswIndex,
+    load_index,
+    make_index,
+    read_manifest,
+)
 
 DIM = 16
 

@@ -21,7 +21,7 @@ import pytest
 from conftest import run_ftspl
 from test_crash_kill import WRAPPER, AddRun, make_gallery
 
-from ftspl.engine.lock import WriterLock, read_lock_pid
+from ftspl.engine.index.lock import WriterLock, read_lock_pid
 
 COMMIT = 2
 
@@ -49,8 +49,8 @@ def _start_add(home: Path, gallery: Path, *extra: str) -> subprocess.Popen:
 @pytest.mark.slow
 def test_racing_writers_and_looping_readers(model_home: Path, tmp_path: Path) -> None:
     from ftspl.engine.home import Home
-    from ftspl.engine.library import Library
-    from ftspl.engine.store import ShapeStore
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.index.store import ShapeStore
 
     big = make_gallery(tmp_path / "big", 20)
     small = make_gallery(tmp_path / "small", 3)

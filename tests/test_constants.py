@@ -8,8 +8,8 @@ import pytest
 
 from ftspl.engine import constants as C
 from ftspl.engine.constants import Preprocess, RenderSpec
-from ftspl.engine.encoders import Encoders
-from ftspl.engine.manifest import ModelManifest
+from ftspl.engine.model.encoders import Encoders
+from ftspl.engine.model.manifest import ModelManifest
 
 
 def test_render_spec_hash_is_stable_and_sensitive():

@@ -137,7 +137,7 @@ class AddRun:
 
 
 def store_state(home: Path) -> tuple[int, set[str]]:
-    from ftspl.engine.store import ShapeStore
+    from ftspl.engine.index.store import ShapeStore
 
     if not (home / "index" / "shapes.sqlite").exists():  # killed before the store was created
         return 0, set()
@@ -148,8 +148,8 @@ def store_state(home: Path) -> tuple[int, set[str]]:
 @pytest.mark.slow
 def test_sigkill_in_every_phase_leaves_a_consistent_index(model_home: Path, tmp_path: Path) -> None:
     from ftspl.engine.home import Home
-    from ftspl.engine.library import Library
-    from ftspl.engine.verify import verify_index
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.index.verify import verify_index
 
     rng = random.Random(20240611)
     gallery = make_gallery(tmp_path / "g", N_SHAPES)

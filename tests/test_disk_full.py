@@ -49,7 +49,7 @@ def test_atomic_write_fails_cleanly_and_keeps_the_old_file(tmp_path: Path) -> No
     target.write_bytes(b"old")
     r = run_limited("""
         import sys
-        from ftspl.engine.atomic import atomic_write_bytes
+        from ftspl.engine.files import atomic_write_bytes
         from ftspl.engine.errors import WriteError
         try:
             atomic_write_bytes(sys.argv[1], b"x" * 100_000)
@@ -64,7 +64,7 @@ def test_atomic_write_fails_cleanly_and_keeps_the_old_file(tmp_path: Path) -> No
 
 
 def test_store_write_fails_with_write_error_and_rolls_back(tmp_path: Path) -> None:
-    from ftspl.engine.store import ShapeRecord, ShapeStore
+    from ftspl.engine.index.store import ShapeRecord, ShapeStore
 
     db = tmp_path / "s.sqlite"
     with ShapeStore(db) as store:
@@ -74,7 +74,7 @@ def test_store_write_fails_with_write_error_and_rolls_back(tmp_path: Path) -> No
         import sys, numpy as np
         from pathlib import Path
         from ftspl.engine.errors import WriteError
-        from ftspl.engine.store import ShapeRecord, ShapeStore
+        from ftspl.engine.index.store import ShapeRecord, ShapeStore
         store = ShapeStore(sys.argv[1])
         recs = [ShapeRecord(Path(sys.argv[1]).parent / f"{i}.obj", "h", "x", 1, "mesh", np.ones(8, np.float32),
                             preview=bytes(20_000)) for i in range(40)]
@@ -95,7 +95,7 @@ def test_hnsw_save_on_a_full_disk_raises(tmp_path: Path) -> None:
     path = tmp_path / "v.hnsw"
     r = run_limited("""
         import sys, numpy as np
-        from ftspl.engine.ann import HnswIndex
+        from ftspl.engine.index.ann import HnswIndex
         from ftspl.engine.errors import WriteError
         ann = HnswIndex(64)
         ann.add(np.arange(500), np.random.default_rng(0).normal(size=(500, 64)).astype(np.float32))
@@ -119,7 +119,7 @@ def _boxes(root: Path, n: int, seed: int) -> Path:
 
 
 def _stored(home: Path) -> dict[str, bytes]:
-    from ftspl.engine.store import ShapeStore
+    from ftspl.engine.index.store import ShapeStore
 
     with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
         ids, vecs = store.all_embeddings()

@@ -33,8 +33,9 @@ from PIL import Image
 
 from ftspl.engine.constants import Preprocess
 from ftspl.engine.errors import ImageLoadError, MeshLoadError
-from ftspl.engine.meshes import LOADERS, MeshLimits, load_mesh
-from ftspl.engine.photos import PHOTO_EXTENSIONS, load_photo, to_tensor
+from ftspl.engine.loading.meshes import LOADERS, MeshLimits, load_mesh
+from ftspl.engine.loading.photos import PHOTO_EXTENSIONS, load_photo
+from ftspl.engine.model.preprocess import to_tensor
 
 EXAMPLES = int(os.environ.get("FTSPL_FUZZ_EXAMPLES", "200"))
 REGRESSIONS = Path(__file__).parent / "regressions"

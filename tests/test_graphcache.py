@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftspl.engine.encoders import IMAGE_ENCODER, Encoders
-from ftspl.engine.graphcache import GraphCache
+from ftspl.engine.model.encoders import IMAGE_ENCODER, Encoders
+from ftspl.engine.model.graphcache import GraphCache
 
 
 def _model_dir(home: Path) -> Path:
@@ -40,7 +40,7 @@ def test_corrupt_cache_entry_is_rebuilt_not_used(model_home, tmp_path, caplog):
     data = bytearray(payload.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a flipped byte in a weight: loads fine, wrong numbers
     payload.write_bytes(bytes(data))
-    with caplog.at_level("INFO", logger="ftspl.engine.graphcache"):
+    with caplog.at_level("INFO", logger="ftspl.engine.model.graphcache"):
         out = Encoders(model_dir, graph_cache_dir=cache).embed_photos(_photos())
     np.testing.assert_allclose(out, ref, atol=1e-6)
     assert "does not match its sha256" in caplog.text

@@ -27,8 +27,8 @@ from PIL import Image
 
 import ftspl
 from ftspl.engine.errors import ImageLoadError, MeshLoadError, ModelError
-from ftspl.engine.meshes import MeshLimits, load_mesh
-from ftspl.engine.photos import load_photo
+from ftspl.engine.loading.meshes import MeshLimits, load_mesh
+from ftspl.engine.loading.photos import load_photo
 
 SRC = Path(ftspl.__file__).resolve().parent
 
@@ -398,7 +398,7 @@ def test_max_pixels_can_be_raised_above_pils_global_limit(tmp_path: Path, monkey
 
 
 def test_manifest_cannot_point_outside_the_model_folder(tmp_path: Path, model_home: Path) -> None:
-    from ftspl.engine.encoders import Encoders
+    from ftspl.engine.model.encoders import Encoders
 
     model_dir = model_home / "models" / (model_home / "models" / "ACTIVE").read_text().strip()
     manifest = json.loads((model_dir / "manifest.json").read_text())
@@ -487,11 +487,11 @@ def test_no_pickle_from_user_paths_anywhere_in_the_package() -> None:
                 ap = kw.get("allow_pickle")
                 if ap is not None and not (isinstance(ap, ast.Constant) and ap.value is False):
                     problems.append(f"{where}: np.load with allow_pickle")
-            if name == "InferenceSession" and str(rel) not in ("ftspl/engine/encoders.py", "ftspl/export/onnx_export.py"):
+            if name == "InferenceSession" and str(rel) not in ("ftspl/engine/model/encoders.py", "ftspl/export/onnx_export.py"):
                 problems.append(f"{where}: ONNX session outside the manifest-checked loader")
             if owner == "torch" and name == "load" and str(rel).startswith("ftspl/engine/"):
                 problems.append(f"{where}: torch in the engine")
     assert not problems, problems
     # the engine's ONNX loader checks the manifest hash before onnxruntime parses the file
-    src = (SRC / "engine" / "encoders.py").read_text()
+    src = (SRC / "engine" / "model" / "encoders.py").read_text()
     assert src.index("verify_file(") < src.index("InferenceSession(")

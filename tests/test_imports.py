@@ -1,9 +1,10 @@
 """The layering rules that keep queries and indexing cheap, checked in fresh interpreters.
 
-* Every ``ftspl.engine`` module imports without torch (the serving runtime is torch-free).
+* Every module of ``ftspl.engine`` and ``ftspl.serve``, in every sub-package, imports
+  without torch (the serving runtime is torch-free).
 * What ``index add`` needs before the first file is parsed (listing mesh files,
   ``MeshLimits``, the render worker, the library) imports without trimesh, which
-  costs ~0.8 s; only :mod:`ftspl.engine.trimesh_parse` imports it.
+  costs ~0.8 s; only :mod:`ftspl.engine.loading.trimesh_parse` imports it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,22 @@ import sys
 
 import pytest
 
-import ftspl.engine
 
-ENGINE_MODULES = sorted(f"ftspl.engine.{m.name}" for m in pkgutil.iter_modules(ftspl.engine.__path__))
+def _walk(package: str) -> list[str]:
+    """Every module and sub-package under ``package`` (importing packages only, to find their children)."""
+    import importlib
+
+    pkg = importlib.import_module(package)
+    return sorted({package, *(m.name for m in pkgutil.walk_packages(pkg.__path__, package + "."))})
+
+
+ENGINE_MODULES = _walk("ftspl.engine")
+SUBPACKAGES = ("loading", "rendering", "model", "index", "scoring")
+
+
+def test_walk_reaches_every_engine_subpackage() -> None:
+    for sub in SUBPACKAGES:
+        assert any(m.startswith(f"ftspl.engine.{sub}.") for m in ENGINE_MODULES), sub
 
 
 def _imports(module: str) -> set[str]:
@@ -26,16 +40,16 @@ def _imports(module: str) -> set[str]:
 
 
 @pytest.mark.parametrize("module", ENGINE_MODULES)
-def test_engine_module_never_imports_torch(module: str) -> None:
+def test_torch_free_module_never_imports_torch(module: str) -> None:
     assert "torch" not in _imports(module)
 
 
 @pytest.mark.parametrize(
-    "module", ["ftspl.engine.meshes", "ftspl.engine.scan", "ftspl.engine.worker", "ftspl.engine.library"]
+    "module", ["ftspl.engine.loading.meshes", "ftspl.engine.loading.scan", "ftspl.engine.rendering.worker", "ftspl.engine.index.library"]
 )
 def test_index_add_start_does_not_import_trimesh(module: str) -> None:
     assert "trimesh" not in _imports(module)
 
 
 def test_trimesh_parse_is_where_trimesh_is_imported() -> None:
-    assert "trimesh" in _imports("ftspl.engine.trimesh_parse")
+    assert "trimesh" in _imports("ftspl.engine.loading.trimesh_parse")

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-
 from conftest import run_ftspl
 
 N_SHAPES = 24
@@ -98,7 +97,7 @@ def test_kill_mid_add_then_resume(model_home, tmp_path):
 
 
 def test_second_writer_is_refused_with_pid(model_home, tmp_path):
-    from ftspl.engine.lock import WriterLock
+    from ftspl.engine.index.lock import WriterLock
 
     gallery = make_boxes(tmp_path / "g", 2)
     (model_home / "index").mkdir(parents=True)
@@ -113,7 +112,7 @@ def test_second_writer_is_refused_with_pid(model_home, tmp_path):
 @pytest.mark.slow
 def test_queries_during_add_never_fail(model_home, tmp_path):
     from ftspl.engine.home import Home
-    from ftspl.engine.library import Library
+    from ftspl.engine.index.library import Library
 
     gallery = make_boxes(tmp_path / "g")
     first = make_boxes(tmp_path / "first", 2)

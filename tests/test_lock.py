@@ -13,13 +13,13 @@ import pytest
 
 import ftspl
 from ftspl.engine.errors import IndexLockedError
-from ftspl.engine.lock import WriterLock, read_lock_pid
+from ftspl.engine.index.lock import WriterLock, read_lock_pid
 
 REPO = Path(ftspl.__file__).resolve().parents[1]
 
 HOLDER = """
 import sys, time
-from ftspl.engine.lock import WriterLock
+from ftspl.engine.index.lock import WriterLock
 lock = WriterLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)

@@ -11,12 +11,23 @@ import pytest
 import trimesh
 from PIL import Image
 
-from ftspl.engine import meshes, trimesh_parse
 from ftspl.engine.constants import MAX_FACES, NORMALIZE_RADIUS, UP_AXES, RenderSpec
 from ftspl.engine.errors import ImageLoadError, MeshLoadError, UnknownKeyError
-from ftspl.engine.meshes import LOADERS, Mesh, MeshLimits, load_mesh, mesh_extensions, normalize
-from ftspl.engine.viewfolders import is_view_folder, load_view_folder, natural_key, view_images
-
+from ftspl.engine.loading import trimesh_parse
+from ftspl.engine.loading.meshes import (
+    LOADERS,
+    Mesh,
+    MeshLimits,
+    load_mesh,
+    mesh_extensions,
+    normalize,
+)
+from ftspl.engine.loading.viewfolders import (
+    is_view_folder,
+    load_view_folder,
+    natural_key,
+    view_images,
+)
 
 # --- loading every supported format -------------------------------------------
 

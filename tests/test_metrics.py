@@ -1,7 +1,7 @@
-"""Tests for ftspl.engine.metrics: hand-worked cases plus properties.
+"""Tests for ftspl.engine.scoring.metrics: hand-worked cases plus properties.
 
 The hand-worked values follow the MI3DOR MATLAB scorer's definitions (see the
-module docstring of ftspl.engine.metrics); the comments show the arithmetic.
+module docstring of ftspl.engine.scoring.metrics); the comments show the arithmetic.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftspl.engine.metrics import (
+from ftspl.engine.scoring.metrics import (
     SCALAR_METRICS,
     _stable_argsort,
     format_metrics,
@@ -227,7 +227,7 @@ def test_format_metrics_and_pr_curve() -> None:
 
 
 def test_result_does_not_depend_on_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ftspl.engine.metrics as metrics_module
+    import ftspl.engine.scoring.metrics as metrics_module
 
     rng = np.random.default_rng(1)
     distances = rng.random((37, 11))

@@ -7,8 +7,8 @@ import pytest
 import trimesh
 
 from ftspl.engine.errors import MeshLoadError
-from ftspl.engine.meshes import MeshLimits, load_mesh
-from ftspl.engine.obj_fast import TooManyFaces, parse_obj
+from ftspl.engine.loading.meshes import MeshLimits, load_mesh
+from ftspl.engine.loading.obj_fast import TooManyFaces, parse_obj
 
 CUBE_V = """v -1 -1 -1
 v 1 -1 -1

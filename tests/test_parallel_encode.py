@@ -12,10 +12,15 @@ import numpy as np
 import pytest
 import trimesh
 
-from ftspl.engine.encoders import IMAGE_ENCODER, MULTIVIEW_ENCODER, Encoders, RuntimeConfig
 from ftspl.engine.home import Home
-from ftspl.engine.library import STORE_NAME, IndexConfig, Library
-from ftspl.engine.store import ShapeStore
+from ftspl.engine.index.library import STORE_NAME, IndexConfig, Library
+from ftspl.engine.index.store import ShapeStore
+from ftspl.engine.model.encoders import (
+    IMAGE_ENCODER,
+    MULTIVIEW_ENCODER,
+    Encoders,
+    RuntimeConfig,
+)
 
 
 def _gallery(root: Path, n: int = 11) -> Path:

@@ -8,7 +8,8 @@ from PIL import Image
 
 from ftspl.engine.constants import Preprocess
 from ftspl.engine.errors import ImageLoadError
-from ftspl.engine.photos import load_photo, photo_batch, resize_crop, to_tensor
+from ftspl.engine.loading.photos import load_photo
+from ftspl.engine.model.preprocess import photo_batch, resize_crop, to_tensor
 
 PRE = Preprocess()
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ftspl.engine.prefetch import prefetch
+from ftspl.engine.index.prefetch import prefetch
 
 
 def test_order_and_thread_affinity():

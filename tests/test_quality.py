@@ -131,8 +131,8 @@ def test_quick_study_on_tiny_data(tmp_path, monkeypatch):
     from test_train import SHAPES
 
     from ftspl.engine.constants import RenderSpec
-    from ftspl.engine.meshes import Mesh, normalize
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.loading.meshes import Mesh, normalize
+    from ftspl.engine.rendering.renderer import Renderer
 
     monkeypatch.setenv("FTSPL_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "data"

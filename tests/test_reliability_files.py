@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import run_ftspl
 
-from ftspl.engine.scan import scan
+from ftspl.engine.loading.scan import scan
 
 FILE_TIMEOUT_S = 30
 

@@ -18,8 +18,14 @@ from PIL import Image
 import ftspl
 from ftspl.engine.constants import IMAGE_SIZE, VIEWS, RenderSpec
 from ftspl.engine.errors import RenderError
-from ftspl.engine.meshes import Mesh, load_mesh, normalize
-from ftspl.engine.render import Renderer, camera_positions, make_preview, reference_mesh, render_reference
+from ftspl.engine.loading.meshes import Mesh, load_mesh, normalize
+from ftspl.engine.rendering.renderer import (
+    Renderer,
+    camera_positions,
+    make_preview,
+    reference_mesh,
+    render_reference,
+)
 
 
 def _prepared(mesh: trimesh.Trimesh, up: str = "y") -> Mesh:
@@ -75,8 +81,8 @@ def test_same_bytes_in_another_process(renderer: Renderer, mesh_files: dict[str,
     code = (
         "import hashlib, sys\n"
         "from ftspl.engine.constants import RenderSpec\n"
-        "from ftspl.engine.meshes import load_mesh, normalize\n"
-        "from ftspl.engine.render import Renderer\n"
+        "from ftspl.engine.loading.meshes import load_mesh, normalize\n"
+        "from ftspl.engine.rendering.renderer import Renderer\n"
         "with Renderer(RenderSpec(image_size=64)) as r:\n"
         "    print(hashlib.sha256(r.render(normalize(load_mesh(sys.argv[1]), 'y')).tobytes()).hexdigest())\n"
     )

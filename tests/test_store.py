@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ftspl.engine.errors import IndexStateError
-from ftspl.engine.store import ShapeRecord, ShapeStore
+from ftspl.engine.index.store import ShapeRecord, ShapeStore
 
 DIM = 8
 

@@ -28,8 +28,8 @@ SHAPES = {
 def tiny(tmp_path_factory) -> Path:
     """source/<class>/*.png photo-like renders on coloured backgrounds; target/<class>/*.ply meshes."""
     from ftspl.engine.constants import RenderSpec
-    from ftspl.engine.meshes import Mesh, normalize
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.loading.meshes import Mesh, normalize
+    from ftspl.engine.rendering.renderer import Renderer
 
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(0)
@@ -212,13 +212,14 @@ def test_pl_space_is_validated():
 
 def test_feature_cache_keys_roundtrip_and_corruption(tmp_path):
     from ftspl.engine.constants import Preprocess
-    from ftspl.train.featcache import FeatureCache, backbone_id, file_digest
+    from ftspl.engine.files import sha256_file
+    from ftspl.train.featcache import FeatureCache, backbone_id
 
     pre = Preprocess.for_backbone("efficientnet_lite0")
     cache = FeatureCache(tmp_path / "f", "efficientnet_lite0", pre)
     photo = tmp_path / "p.bin"
     photo.write_bytes(b"pixels")
-    d = file_digest(photo)
+    d = sha256_file(photo)
     clean_key, aug_key = cache.key(photo=d), cache.key(photo=d, seed=0, copies=4)
     assert len({clean_key, aug_key, cache.key(photo=d, seed=1, copies=4)}) == 3  # the seed matters
     assert FeatureCache(None, "alexnet", pre).key(photo=d) != clean_key  # so does the backbone

@@ -13,8 +13,8 @@ import trimesh
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import RenderError
-from ftspl.engine.meshes import MeshLimits
-from ftspl.engine.worker import RenderJob, RenderWorker
+from ftspl.engine.loading.meshes import MeshLimits
+from ftspl.engine.rendering.worker import RenderJob, RenderWorker
 
 SPEC = RenderSpec(image_size=32)
 
@@ -41,8 +41,8 @@ def test_results_in_order_with_per_file_errors(files) -> None:
 
 
 def test_same_views_as_rendering_in_process(files) -> None:
-    from ftspl.engine.meshes import load_mesh, normalize
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.loading.meshes import load_mesh, normalize
+    from ftspl.engine.rendering.renderer import Renderer
 
     with RenderWorker(SPEC) as w:
         child = next(iter(w.map([RenderJob(files / "ball.ply")]))).views

@@ -39,8 +39,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from ftspl.engine.constants import RenderSpec
-    from ftspl.engine.meshes import load_mesh, normalize
-    from ftspl.engine.render import Renderer
+    from ftspl.engine.loading.meshes import load_mesh, normalize
+    from ftspl.engine.rendering.renderer import Renderer
 
     manifest = json.loads((args.bench / "manifest.json").read_text())
     tiles = []

@@ -95,7 +95,7 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
 
 
 def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:
-    from ftspl.engine.library import Library
+    from ftspl.engine.index.library import Library
 
     lib = Library(home, runtime)
     with console.progress(not as_json) as update:
@@ -124,7 +124,7 @@ def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:
 
 
 def index_remove_cmd(paths, wait: bool, home, as_json: bool) -> None:
-    from ftspl.engine.library import IndexConfig, Library
+    from ftspl.engine.index.library import IndexConfig, Library
 
     lib = Library(home)
     removed = lib.remove([str(p) for p in paths], IndexConfig(wait_lock=wait))
@@ -141,8 +141,8 @@ def _dir_bytes(path: Path) -> int:
 
 
 def index_stats_cmd(home, as_json: bool) -> None:
-    from ftspl.engine.library import Library
-    from ftspl.engine.store import ShapeStore
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.index.store import ShapeStore
 
     lib = Library(home)
     if not lib.exists():
@@ -176,7 +176,7 @@ def index_stats_cmd(home, as_json: bool) -> None:
 
 
 def index_verify_cmd(home, as_json: bool) -> None:
-    from ftspl.engine.verify import verify_index
+    from ftspl.engine.index.verify import verify_index
 
     problems, facts = verify_index(home)
     if as_json:
@@ -192,8 +192,8 @@ def index_verify_cmd(home, as_json: bool) -> None:
 def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels: int = MAX_IMAGE_PIXELS,
               max_file_bytes: int = MAX_FILE_BYTES) -> None:
     from ftspl.engine.errors import ImageLoadError
-    from ftspl.engine.library import Library
-    from ftspl.engine.photos import load_photo
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.loading.photos import load_photo
 
     if top < 1:
         raise UsageError("--top must be at least 1")
@@ -210,7 +210,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
         results = reader.query_images(images, names, top)
         ms = (time.perf_counter() - t0) * 1000
         if sheet is not None and results:
-            from ftspl.engine.sheet import rows_for, save_sheet
+            from ftspl.engine.rendering.sheet import rows_for, save_sheet
 
             names_only = [Path(res.photo).name for res in results]
             rows = rows_for(reader.store, images, names_only, [None] * len(results), results)
@@ -245,7 +245,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
 
 
 def eval_cmd(queries: Path, home, runtime, as_json: bool) -> None:
-    from ftspl.engine.evaluate import evaluate_folder
+    from ftspl.engine.scoring.evaluate import evaluate_folder
 
     res = evaluate_folder(queries, home, runtime)
     if as_json:

@@ -83,7 +83,7 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Triton's LLVM (torch._dynamo: the optimiser and the ONNX exporter) must load
     # before Mesa's, i.e. before the photo renderer's EGL context; the other order
-    # segfaults (see ftspl.engine.render._load_torch_llvm_first).
+    # segfaults (see ftspl.engine.rendering.renderer._load_torch_llvm_first).
     importlib.import_module("torch._dynamo")
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
     from ftspl.engine.home import Home
@@ -146,7 +146,7 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
                  f"{time.perf_counter() - t:.0f} s)")
 
     # 4. index -----------------------------------------------------------------------------
-    from ftspl.engine.library import IndexConfig, Library
+    from ftspl.engine.index.library import IndexConfig, Library
 
     lib = Library(home)
     t = time.perf_counter()
@@ -156,9 +156,9 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
     console.warn(f"[4/6] index: +{report.added} shapes ({len(report.failed)} failed; {time.perf_counter() - t:.0f} s)")
 
     # 5. query -----------------------------------------------------------------------------
-    from ftspl.engine.evaluate import evaluate_folder, labelled_photos
-    from ftspl.engine.photos import load_photo
-    from ftspl.engine.sheet import rows_for, save_sheet
+    from ftspl.engine.loading.photos import load_photo
+    from ftspl.engine.rendering.sheet import rows_for, save_sheet
+    from ftspl.engine.scoring.evaluate import evaluate_folder, labelled_photos
 
     photos = _pick_queries(labelled_photos(data.queries), cfg.n_queries)
     t = time.perf_counter()

@@ -17,7 +17,12 @@ import typer
 
 from ftspl.cli import console
 from ftspl.cli.data_cmd import data_app
-from ftspl.engine.constants import MAX_FACES, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_VERTICES
+from ftspl.engine.constants import (
+    MAX_FACES,
+    MAX_FILE_BYTES,
+    MAX_IMAGE_PIXELS,
+    MAX_VERTICES,
+)
 from ftspl.engine.errors import FtsplError
 
 app = typer.Typer(
@@ -53,7 +58,7 @@ def _home(home: Optional[Path]):
 
 
 def _runtime(device: str, threads: int):
-    from ftspl.engine.encoders import RuntimeConfig
+    from ftspl.engine.model.encoders import RuntimeConfig
 
     return RuntimeConfig(device=device, intra_op_threads=threads)
 
@@ -145,8 +150,8 @@ def index_add(
 ) -> None:
     """Index every shape under ROOT; unchanged files are skipped, changed ones re-embedded."""
     from ftspl.cli.commands import index_add_cmd
-    from ftspl.engine.library import IndexConfig
-    from ftspl.engine.meshes import MeshLimits
+    from ftspl.engine.index.library import IndexConfig
+    from ftspl.engine.loading.meshes import MeshLimits
 
     cfg = IndexConfig(
         label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m, ann_ef_construction=ef_construction,

@@ -54,6 +54,7 @@ from ftspl.data.sh3d import (
     package_version,
 )
 from ftspl.engine.errors import UsageError
+from ftspl.engine.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +150,6 @@ def split_models(models: list[Sh3dModel], cfg: BenchConfig) -> dict[str, dict[st
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file + rename, so a killed build never leaves half an image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _config_record(cfg: BenchConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as read back from JSON
 
@@ -219,7 +212,7 @@ def build_sh3d_benchmark(
             if names and not all(p.exists() for p in names):
                 try:
                     for p, data in zip(names, _render_model(renderer, libdir, m, cfg, backgrounds)):
-                        _atomic_write(p, data)
+                        atomic_write_bytes(p, data)
                 except TextureLoadError as exc:
                     failed[m.key] = exc.reason
                     log.warning("%s", exc)

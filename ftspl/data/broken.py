@@ -26,7 +26,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 
 from ftspl.data.sh3d import DataFetchError, fetch_package
-from ftspl.engine.meshes import mesh_extensions
+from ftspl.engine.loading.meshes import mesh_extensions
 
 log = logging.getLogger(__name__)
 

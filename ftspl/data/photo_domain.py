@@ -1,6 +1,6 @@
 """The benchmark's photo domain: textured, lit, framed renders composited on real backgrounds.
 
-Why a second renderer: the gallery is rendered by :mod:`ftspl.engine.render` as
+Why a second renderer: the gallery is rendered by :mod:`ftspl.engine.rendering.renderer` as
 plain grey Phong views on white (the shape domain). Labelled "photos" must
 come from another domain -- like a product photo: the object's own material
 colours and texture maps, a random viewpoint, distance, lens and light,
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from ftspl.engine.errors import InputFileError, RenderError
-from ftspl.engine.render import look_at, perspective
+from ftspl.engine.rendering.renderer import look_at, perspective
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,7 @@ class PhotoRenderer:
     def __init__(self, cfg: PhotoConfig = PhotoConfig()) -> None:
         self.cfg = cfg
         self._size = max(8, round(cfg.image_size * cfg.supersample))
-        from ftspl.engine.render import Renderer
+        from ftspl.engine.rendering.renderer import Renderer
 
         self._ctx = Renderer._create_context()  # same EGL boundary and error message as the gallery's
         try:

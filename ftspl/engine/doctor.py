@@ -13,7 +13,7 @@ def run_checks(home: Home, device: str = "auto") -> list[tuple[str, bool, str]]:
     results: list[tuple[str, bool, str]] = []
 
     try:
-        from ftspl.engine.render import render_reference
+        from ftspl.engine.rendering.renderer import render_reference
 
         views = render_reference()
         nonwhite = float(np.mean(views.min(axis=-1) < 250))
@@ -22,14 +22,11 @@ def run_checks(home: Home, device: str = "auto") -> list[tuple[str, bool, str]]:
     except FtsplError as exc:
         results.append(("render", False, str(exc)))
 
-    import onnxruntime as ort
-
-    prov = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
-    results.append(("onnxruntime", True, f"version {ort.__version__}, providers {', '.join(prov)}"))
+    results.append(onnxruntime_check())
 
     model_ok = False
     try:
-        from ftspl.engine.encoders import Encoders, RuntimeConfig
+        from ftspl.engine.model.encoders import Encoders, RuntimeConfig
 
         enc = Encoders(home.active_model_dir(), RuntimeConfig(device=device))
         active = enc.active_providers()
@@ -39,14 +36,40 @@ def run_checks(home: Home, device: str = "auto") -> list[tuple[str, bool, str]]:
         results.append(("model", False, str(exc)))
 
     if model_ok:
-        from ftspl.engine.verify import verify_index
+        from ftspl.engine.index.library import STORE_NAME
+        from ftspl.engine.index.verify import verify_index
 
-        try:
-            problems, facts = verify_index(home)
-        except FtsplError as exc:
-            problems, facts = [str(exc)], {}
-        if problems and problems[0].endswith("no index yet"):
+        if not (home.index_dir / STORE_NAME).exists():
             results.append(("index", True, f"{home.index_dir}: empty (run 'ftspl index add FOLDER')"))
         else:
+            try:
+                problems, facts = verify_index(home)
+            except FtsplError as exc:
+                problems, facts = [str(exc)], {}
             results.append(("index", not problems, "; ".join(problems) or ", ".join(f"{k} {v}" for k, v in facts.items())))
     return results
+
+
+#: The command that leaves exactly one onnxruntime: the GPU build (it runs on CPU too).
+GPU_RUNTIME_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+
+
+def onnxruntime_check(installed: set[str] | None = None) -> tuple[str, bool, str]:
+    """The onnxruntime line: version and providers, or the CPU/GPU package clash and its fix.
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` install the same ``onnxruntime``
+    module; with both present whichever was installed last wins, and CUDA
+    silently falls back to the CPU. ``installed`` (distribution names) is for tests.
+    """
+    if installed is None:
+        from importlib.metadata import distributions
+
+        installed = {(d.metadata["Name"] or "").lower() for d in distributions()}
+    if {"onnxruntime", "onnxruntime-gpu"} <= installed:
+        return ("onnxruntime", False,
+                "both onnxruntime and onnxruntime-gpu are installed; they share one module, so CUDA may "
+                f"silently run on the CPU. Keep one: {GPU_RUNTIME_FIX}")
+    import onnxruntime as ort
+
+    prov = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
+    return ("onnxruntime", True, f"version {ort.__version__}, providers {', '.join(prov)}")

@@ -67,7 +67,7 @@ class Home:
 
     def set_active(self, model_id: str) -> None:
         """Atomically point ACTIVE at ``model_id``."""
-        from ftspl.engine.atomic import atomic_write_bytes
+        from ftspl.engine.files import atomic_write_bytes
 
         self.models.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.active_file, (model_id + "\n").encode())

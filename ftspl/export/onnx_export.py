@@ -28,7 +28,7 @@ import ftspl
 from ftspl.engine.constants import Preprocess, RenderSpec
 from ftspl.engine.errors import FtsplError, UnknownKeyError
 from ftspl.engine.home import Home
-from ftspl.engine.manifest import (
+from ftspl.engine.model.manifest import (
     IMAGE_ENCODER,
     MANIFEST_NAME,
     MULTIVIEW_ENCODER,

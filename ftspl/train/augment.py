@@ -2,7 +2,7 @@
 
 PIL + numpy with an explicit ``numpy.random.Generator`` so that a seed fixes
 every crop and jitter. The final resize/normalise is the engine's
-(``ftspl.engine.photos``): a training photo and a query photo become tensors
+(``ftspl.engine.loading.photos``): a training photo and a query photo become tensors
 the same way; only the crop box and colours are randomised here.
 """
 
@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from ftspl.engine.constants import Preprocess
-from ftspl.engine.photos import normalize, to_rgb, to_tensor
+from ftspl.engine.loading.photos import to_rgb
+from ftspl.engine.model.preprocess import normalize, to_tensor
 
 
 def augment(img: Image.Image, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Source photos come as class folders (``photos/chair/*.jpg``) or an
 MI3DOR-style list file (``path label`` per line; labels as integers or names).
-Target shapes come as a folder of meshes / 12-view folders (``ftspl.engine.scan``,
+Target shapes come as a folder of meshes / 12-view folders (``ftspl.engine.loading.scan``,
 the same discovery ``index add`` uses) or a list file of shape paths. Target
 labels, when the folder structure gives them, are kept only for reporting
 (pseudo-label accuracy, retrieval metrics) and never reach the loss.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftspl.engine.errors import UsageError
-from ftspl.engine.photos import PHOTO_EXTENSIONS
+from ftspl.engine.loading.photos import PHOTO_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def load_source(spec: str | Path, class_names: list[str] | None = None) -> Sourc
 
 def load_target(spec: str | Path, label_from: str = "top") -> TargetSet:
     """Unlabelled shapes from a folder (meshes or view folders) or a list file."""
-    from ftspl.engine.scan import scan
-    from ftspl.engine.viewfolders import is_view_folder
+    from ftspl.engine.loading.scan import scan
+    from ftspl.engine.loading.viewfolders import is_view_folder
 
     root = Path(spec)
     if not root.exists():

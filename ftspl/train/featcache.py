@@ -30,24 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ftspl.engine.atomic import atomic_write_bytes
 from ftspl.engine.constants import Preprocess
+from ftspl.engine.files import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (what makes two photos the same photo)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def backbone_id(name: str, weights: str | None) -> str:
     """The backbone's name plus, for a user weights file, its content digest."""
-    return name if not weights else f"{name}:{file_digest(Path(weights))[:16]}"
+    return name if not weights else f"{name}:{sha256_file(Path(weights))[:16]}"
 
 
 class FeatureCache:

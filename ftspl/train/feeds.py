@@ -21,9 +21,11 @@ import torch
 
 from ftspl.engine.constants import Preprocess
 from ftspl.engine.errors import InputFileError
-from ftspl.engine.photos import load_photo, views_to_tensor
+from ftspl.engine.files import sha256_file
+from ftspl.engine.loading.photos import load_photo
+from ftspl.engine.model.preprocess import views_to_tensor
 from ftspl.train.augment import augment, clean
-from ftspl.train.featcache import FeatureCache, file_digest
+from ftspl.train.featcache import FeatureCache
 from ftspl.train.net import FTSPLNet
 from ftspl.train.viewcache import CachedViews
 
@@ -67,7 +69,7 @@ class HeadFeed:
         self.net, self.pre, self.batch, self.progress = net, pre, batch, progress
         self.cache = cache if cache is not None else FeatureCache(None, net.backbone.name, pre)
         net.backbone.eval()
-        digests = [file_digest(p) for p in photos.paths]
+        digests = [sha256_file(p) for p in photos.paths]
         self.src_clean = self._photos(photos.paths, digests, None, seed, "features: photos")
         self.src_aug = self._photos(photos.paths, digests, copies, seed, "features: augmented photos")
         self.src_aug_y = torch.as_tensor(np.repeat(np.asarray(photos.labels, np.int64), copies), dtype=torch.long)
@@ -76,7 +78,7 @@ class HeadFeed:
         self.query = None
         self.query_y = None
         if queries is not None and len(queries):
-            q_dig = [file_digest(p) for p in queries.paths]
+            q_dig = [sha256_file(p) for p in queries.paths]
             self.query = self._photos(queries.paths, q_dig, None, seed, "features: query photos")
             self.query_y = list(queries.labels)
         self.net = None  # the feed must not keep the network alive

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ftspl.engine.atomic import atomic_write_bytes
 from ftspl.engine.constants import Preprocess, RenderSpec
 from ftspl.engine.errors import FtsplError, UsageError
+from ftspl.engine.files import atomic_write_bytes
 from ftspl.train.config import TrainConfig, validate
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _embed_all(net, feed, which: str, batch: int) -> torch.Tensor:
 
 
 def _retrieval(q_emb: torch.Tensor, q_labels: list[str], t_emb: torch.Tensor, t_labels: list[str]) -> dict:
-    from ftspl.engine.metrics import (
+    from ftspl.engine.scoring.metrics import (
         format_metrics,
         pairwise_euclidean,
         retrieval_metrics,

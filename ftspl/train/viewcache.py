@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ftspl.engine.atomic import atomic_write_bytes
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import InputFileError
-from ftspl.engine.library import content_hash
-from ftspl.engine.scan import ShapeSource
+from ftspl.engine.files import atomic_write_bytes
+from ftspl.engine.index.library import content_hash
+from ftspl.engine.loading.scan import ShapeSource
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def cache_views(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CachedViews:
     """Render (or find in the cache) every shape; bad files are skipped and reported."""
-    from ftspl.engine.meshes import load_mesh, normalize
-    from ftspl.engine.render import Renderer
-    from ftspl.engine.viewfolders import load_view_folder
+    from ftspl.engine.loading.meshes import load_mesh, normalize
+    from ftspl.engine.loading.viewfolders import load_view_folder
+    from ftspl.engine.rendering.renderer import Renderer
 
     folder.mkdir(parents=True, exist_ok=True)
     spec_digest = spec.digest()

@@ -14,7 +14,7 @@ Security/robustness decisions (trimesh does the parsing):
   That also means no texture image is decoded (no decompression bombs) and no
   ``mtllib ../../etc/passwd`` style reference is followed.
 * Files that geometry *does* depend on (a ``.gltf``'s external ``.bin``
-  buffers) are read through :class:`~ftspl.engine.trimesh_parse.FolderResolver`, which serves only
+  buffers) are read through :class:`~ftspl.engine.loading.trimesh_parse.FolderResolver`, which serves only
   regular files inside the mesh's own folder and never fetches URLs
   (``allow_remote=False``).
 * The file size is checked **before** parsing; face/vertex caps right after.
@@ -26,11 +26,11 @@ Security/robustness decisions (trimesh does the parsing):
   graph gives up with "Iteration limit exceeded" long after parsing), and
   compressed geometry (Draco/meshopt), which trimesh cannot decode and would
   turn into garbage triangles.
-* OFF is read by :func:`_parse_off`, not trimesh: trimesh 5 (numpy 2) fails on
+* OFF is read by :mod:`ftspl.engine.loading.off`, not trimesh: trimesh 5 (numpy 2) fails on
   every valid OFF file with a polygon of more than four sides, and allocates
   whatever vertex count the header declares before checking it.
 * trimesh is imported only when a file needs it (glTF/GLB, PLY, STL, OBJs the
-  fast reader declines), in :mod:`ftspl.engine.trimesh_parse`: importing it
+  fast reader declines), in :mod:`ftspl.engine.loading.trimesh_parse`: importing it
   costs ~0.8 s here, which ``index add`` paid twice (listing extensions in the
   parent, starting the render child) before the first OBJ/OFF was rendered.
 """
@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -58,7 +57,8 @@ from ftspl.engine.constants import (
     UP_AXES,
 )
 from ftspl.engine.errors import MeshLoadError, UnknownKeyError
-from ftspl.engine.inputs import check_input_file
+from ftspl.engine.loading import gltf, off
+from ftspl.engine.loading.inputs import check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -171,118 +171,9 @@ def _read_bytes(path: Path) -> bytes:
         raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
 
 
-#: glTF extensions that replace the geometry with a compressed stream trimesh cannot decode.
-_COMPRESSION_EXTENSIONS = {
-    "KHR_draco_mesh_compression": "Draco",
-    "EXT_meshopt_compression": "meshoptimizer",
-}
-
-
-def _glb_json(data: bytes, path: Path) -> bytes:
-    """The JSON chunk of a binary glTF (GLB) file, from its 20-byte header."""
-    if len(data) < 20 or data[:4] != b"glTF":
-        raise MeshLoadError(path, "corrupt GLB file: no 'glTF' header")
-    (version,) = struct.unpack_from("<I", data, 4)
-    if version != 2:
-        raise MeshLoadError(path, f"GLB version {version} is not supported; only glTF 2.0 (re-export the file)")
-    chunk_len, chunk_type = struct.unpack_from("<I4s", data, 12)
-    if chunk_type != b"JSON" or 20 + chunk_len > len(data):
-        raise MeshLoadError(path, "corrupt GLB file: the first chunk is not a complete JSON chunk")
-    return data[20 : 20 + chunk_len]
-
-
-def _check_gltf(doc: object, path: Path, limits: MeshLimits) -> None:
-    """Refuse glTF documents that would exhaust memory, loop, or decode to garbage.
-
-    Why before trimesh: an accessor's ``count`` is trusted by the parser (an
-    accessor without a buffer view is allocated as zeros of that size), node
-    cycles make the scene graph search give up only after its iteration
-    limit, and compressed primitives silently load as degenerate triangles.
-    """
-    if not isinstance(doc, dict):
-        raise MeshLoadError(path, "corrupt glTF: the JSON document is not an object")
-    asset = doc.get("asset")
-    version = str(asset.get("version", "")) if isinstance(asset, dict) else ""
-    if version.split(".")[0] != "2":
-        raise MeshLoadError(
-            path, f"glTF version {version or '(missing)'} is not supported; only glTF 2.0 (re-export the file)"
-        )
-
-    def items(key: str) -> list:
-        value = doc.get(key, [])
-        if not isinstance(value, list):
-            raise MeshLoadError(path, f"corrupt glTF: '{key}' is not an array")
-        return value
-
-    required = items("extensionsRequired")
-    for ext, name in _COMPRESSION_EXTENSIONS.items():
-        if ext in required:
-            raise MeshLoadError(
-                path, f"geometry is {name}-compressed ({ext}), which ftspl cannot decode; export it uncompressed"
-            )
-    max_elements = max(limits.max_vertices, 3 * limits.max_faces)
-    for i, acc in enumerate(items("accessors")):
-        if not isinstance(acc, dict):
-            raise MeshLoadError(path, f"corrupt glTF: accessor {i} is not an object")
-        counts = [acc.get("count", 0)]
-        if isinstance(acc.get("sparse"), dict):
-            counts.append(acc["sparse"].get("count", 0))
-        for count in counts:
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise MeshLoadError(path, f"corrupt glTF: accessor {i} has an invalid count {count!r}")
-            if count > max_elements:
-                raise MeshLoadError(
-                    path,
-                    f"glTF accessor {i} declares {count} elements, over the limit of {max_elements} "
-                    "(--max-vertices, 3 x --max-faces)",
-                )
-    for key in ("buffers", "bufferViews"):
-        for i, item in enumerate(items(key)):
-            size = item.get("byteLength", 0) if isinstance(item, dict) else None
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise MeshLoadError(path, f"corrupt glTF: {key}[{i}] has an invalid byteLength {size!r}")
-            if size > limits.max_file_bytes:
-                raise MeshLoadError(
-                    path, f"glTF {key}[{i}] declares {size} bytes, over the limit of {limits.max_file_bytes}; "
-                    "raise --max-file-bytes"
-                )
-    _check_node_tree(items("nodes"), path)
-
-
-def _check_node_tree(nodes: list, path: Path) -> None:
-    """Child indices must exist and the node hierarchy must have no cycle (iterative DFS)."""
-    children: list[list[int]] = []
-    for i, node in enumerate(nodes):
-        kids = node.get("children", []) if isinstance(node, dict) else None
-        if not isinstance(kids, list) or not all(
-            isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(nodes) for k in kids
-        ):
-            raise MeshLoadError(path, f"corrupt glTF: node {i} has invalid children")
-        children.append(kids)
-    state = [0] * len(nodes)  # 0 new, 1 on the current path, 2 done
-    for root in range(len(nodes)):
-        if state[root]:
-            continue
-        stack = [(root, iter(children[root]))]
-        state[root] = 1
-        while stack:
-            node, it = stack[-1]
-            child = next(it, None)
-            if child is None:
-                state[node] = 2
-                stack.pop()
-            elif state[child] == 1:
-                raise MeshLoadError(
-                    path, f"corrupt glTF: the node hierarchy has a cycle (node {child} is its own ancestor)"
-                )
-            elif state[child] == 0:
-                state[child] = 1
-                stack.append((child, iter(children[child])))
-
-
 def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes | None = None) -> Mesh:
     """Parse one file (or its already read ``data``) with trimesh, geometry only, and validate the result."""
-    from ftspl.engine import (
+    from ftspl.engine.loading import (
         trimesh_parse,  # here, not at the top: see the module docstring
     )
 
@@ -290,7 +181,7 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes 
     source: str | io.BytesIO = str(path) if data is None else io.BytesIO(data)
     if file_type in ("gltf", "glb"):
         data = _read_bytes(path) if data is None else data
-        raw = data if file_type == "gltf" else _glb_json(data, path)
+        raw = data if file_type == "gltf" else gltf.glb_json(data, path)
         # trimesh answers invalid glTF JSON by looking for a 'model.gltf' asset
         # instead, which yields a baffling message; parse the JSON ourselves.
         try:
@@ -299,7 +190,7 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes 
             raise MeshLoadError(path, f"corrupt {file_type.upper()} file: not valid JSON ({exc})") from exc
         except RecursionError:
             raise MeshLoadError(path, f"corrupt {file_type.upper()} file: JSON nested too deeply") from None
-        _check_gltf(doc, path, limits)
+        gltf.check_gltf(doc, path, limits)
         source = io.BytesIO(data)
     try:
         with np.errstate(all="ignore"):  # NaN/inf files are refused below; no stray RuntimeWarnings
@@ -316,9 +207,12 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes 
     return _merge(parts, saw_points, path, limits)
 
 
+_INDENTED = re.compile(rb"^[ \t]+(?=\S)", re.MULTILINE)
+
+
 def _obj_loader(path: Path, limits: MeshLimits) -> Mesh:
     """OBJ via the fast geometry-only reader; trimesh takes the files it declines."""
-    from ftspl.engine.obj_fast import TooManyFaces, parse_obj
+    from ftspl.engine.loading.obj_fast import TooManyFaces, parse_obj
 
     data = _read_bytes(path)
     if not data.endswith(b"\n"):
@@ -345,92 +239,8 @@ def _obj_loader(path: Path, limits: MeshLimits) -> Mesh:
     return _merge([(vertices, faces, None)], False, path, limits)
 
 
-_INDENTED = re.compile(rb"^[ \t]+(?=\S)", re.MULTILINE)
-
-
-#: ``OFF``, ``COFF``, ``NOFF``, ``STCNOFF``...; the 4-D and n-D variants are refused.
-_OFF_KEYWORD = re.compile(r"(ST)?C?N?(4)?(n)?OFF", re.ASCII)
-
-
-def _parse_off(data: bytes, path: Path, limits: MeshLimits) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (n, 3) float64 and fan-triangulated faces (m, 3) int64 of an ASCII OFF file.
-
-    Counts are checked against the caps and against the number of lines
-    before anything is allocated; polygons are fan-triangulated per polygon
-    size with numpy. Colours, normals and texture coordinates are ignored.
-    """
-    text = data.decode("utf-8", errors="replace").lstrip("\ufeff")
-    lines = [ln for ln in (raw.split("#", 1)[0].strip() for raw in text.splitlines()) if ln]
-    if not lines:
-        raise MeshLoadError(path, "file contains no triangles; a surface mesh with faces is required")
-    head = lines[0].split()
-    keyword = _OFF_KEYWORD.fullmatch(head[0])
-    if keyword:
-        if keyword.group(2) or keyword.group(3):
-            raise MeshLoadError(path, f"{head[0]} files are not 3-D meshes; only OFF with x y z vertices is read")
-        rest, start = head[1:], 1
-        if rest and rest[0].upper() == "BINARY":
-            raise MeshLoadError(path, "binary OFF is not supported; save it as ASCII OFF, PLY or STL")
-        if not rest:
-            if len(lines) < 2:
-                raise MeshLoadError(path, "corrupt OFF file: the vertex/face count line is missing")
-            rest, start = lines[1].split(), 2
-    elif head[0].isdigit():  # the keyword is optional in Geomview's format
-        rest, start = head, 1
-    else:
-        raise MeshLoadError(path, f"not an OFF file (it starts with {head[0][:20]!r}, 'OFF' expected)")
-    try:
-        n_vertices, n_faces = int(rest[0]), int(rest[1])
-    except (IndexError, ValueError):
-        raise MeshLoadError(path, "corrupt OFF file: the vertex/face count line is malformed") from None
-    if n_vertices < 0 or n_faces < 0:
-        raise MeshLoadError(path, "corrupt OFF file: negative vertex or face count")
-    if n_vertices > limits.max_vertices:
-        raise MeshLoadError(
-            path, f"{n_vertices} vertices exceed the limit of {limits.max_vertices}; "
-            "simplify the mesh or raise --max-vertices"
-        )
-    if n_faces > limits.max_faces:
-        raise MeshLoadError(
-            path, f"{n_faces} faces exceed the limit of {limits.max_faces}; simplify the mesh or raise --max-faces"
-        )
-    if start + n_vertices + n_faces > len(lines):
-        raise MeshLoadError(
-            path, f"truncated OFF file: it declares {n_vertices} vertices and {n_faces} faces "
-            f"but holds {len(lines) - start} data lines"
-        )
-    try:
-        vertices = np.array([ln.split()[:3] for ln in lines[start : start + n_vertices]], dtype=np.float64)
-    except ValueError:
-        raise MeshLoadError(path, "corrupt OFF file: a vertex line is not three numbers") from None
-    if vertices.shape != (n_vertices, 3):
-        raise MeshLoadError(path, "corrupt OFF file: a vertex line has fewer than three coordinates")
-    by_size: dict[int, list[list[str]]] = {}
-    for number, ln in enumerate(lines[start + n_vertices : start + n_vertices + n_faces], 1):
-        tokens = ln.split()
-        try:
-            size = int(tokens[0])
-        except ValueError:
-            raise MeshLoadError(path, f"corrupt OFF file: face {number} does not start with its vertex count") from None
-        if size < 3:
-            continue  # points and edges have no area
-        if len(tokens) <= size:
-            raise MeshLoadError(path, f"corrupt OFF file: face {number} lists fewer than its {size} vertices")
-        by_size.setdefault(size, []).append(tokens[1 : size + 1])
-    triangles = [np.zeros((0, 3), np.int64)]
-    try:
-        for size, rows in by_size.items():
-            poly = np.array(rows, dtype=np.int64)
-            # fan around the first corner: (0, j, j + 1) for j = 1 .. size - 2
-            fan = np.stack([np.stack([poly[:, 0], poly[:, j], poly[:, j + 1]], axis=1) for j in range(1, size - 1)], 1)
-            triangles.append(fan.reshape(-1, 3))
-    except (ValueError, OverflowError):
-        raise MeshLoadError(path, "corrupt OFF file: a face index is not an integer") from None
-    return vertices, np.concatenate(triangles)
-
-
 def _off_loader(path: Path, limits: MeshLimits) -> Mesh:
-    vertices, faces = _parse_off(_read_bytes(path), path, limits)
+    vertices, faces = off.parse_off(_read_bytes(path), path, limits)
     return _merge([(vertices, faces, None)], len(faces) == 0 and len(vertices) > 0, path, limits)
 
 

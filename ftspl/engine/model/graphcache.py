@@ -28,7 +28,7 @@ import logging
 import platform
 from pathlib import Path
 
-from ftspl.engine.atomic import atomic_write_bytes
+from ftspl.engine.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

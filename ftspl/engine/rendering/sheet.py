@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from ftspl.engine.atomic import atomic_write_bytes
+from ftspl.engine.files import atomic_write_bytes
 
 CELL = 128
 CAPTION = 30

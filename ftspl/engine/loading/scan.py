@@ -1,6 +1,6 @@
 """Find the shapes under a folder: mesh files and pre-rendered view folders.
 
-A shape is one mesh file (any extension in :data:`ftspl.engine.meshes.LOADERS`)
+A shape is one mesh file (any extension in :data:`ftspl.engine.loading.meshes.LOADERS`)
 or one folder that holds only view images (the MVCNN/MI3DOR layout), which is
 indexed without rendering. Labels come from the folder structure, ModelNet
 style, as the user chooses with ``--label-from``.
@@ -47,8 +47,8 @@ def label_for(path: Path, root: Path, label_from: str) -> str | None:
 
 def scan(root: str | Path, label_from: str = "top") -> list[ShapeSource]:
     """All shapes under ``root`` (a folder, recursively, or one mesh file), sorted by path."""
-    from ftspl.engine.meshes import LOADERS
-    from ftspl.engine.viewfolders import is_view_folder
+    from ftspl.engine.loading.meshes import LOADERS
+    from ftspl.engine.loading.viewfolders import is_view_folder
 
     if label_from not in LABEL_FROM:
         raise UnknownKeyError("--label-from", label_from, LABEL_FROM)

@@ -10,7 +10,7 @@ ids leave a tombstone. An ANN cache saved with generation *g* catches up with
 Ids come from ``INTEGER PRIMARY KEY AUTOINCREMENT`` so an id is never reused:
 a stale cache can never map an old id to a different shape.
 
-Concurrency: one writer (guarded by :class:`ftspl.engine.lock.WriterLock`), any
+Concurrency: one writer (guarded by :class:`ftspl.engine.index.lock.WriterLock`), any
 number of readers. The database runs in WAL mode, so a read-only handle
 (``readonly=True``) sees the last committed state and never blocks or is
 blocked by a running ``index add``.
@@ -24,79 +24,28 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError, WriteError
+from ftspl.engine.index.schema import (
+    REBUILD_HINT,
+    ShapeRecord,
+    ShapeRow,
+    connect,
+    normalize_path,
+    prepare,
+    validate_record,
+)
 
 if TYPE_CHECKING:  # typing.Self needs Python 3.11; annotations are not evaluated
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-KINDS = ("mesh", "views")  #: a shape indexed from a mesh file, or from pre-rendered views
-#: keys of ``info`` that decide whether embeddings are comparable
-COMPAT_KEYS = ("model_id", "model_hash", "render_spec_hash", "embed_dim")
-REBUILD_HINT = "rebuild with `ftspl index add --rebuild` or delete the index folder"
 _SQL_CHUNK = 500  # stay well below SQLite's bound-variable limit
-
-_SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE info (key TEXT PRIMARY KEY, value);
-CREATE TABLE shapes (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT NOT NULL UNIQUE,
-    content_hash TEXT NOT NULL,
-    label TEXT,
-    faces INTEGER,
-    kind TEXT NOT NULL CHECK (kind IN ('mesh', 'views')),
-    added REAL NOT NULL,
-    embedding BLOB NOT NULL,
-    preview BLOB,
-    changed_gen INTEGER NOT NULL
-);
-CREATE INDEX shapes_changed_gen ON shapes (changed_gen);
-CREATE INDEX shapes_label ON shapes (label);
-CREATE TABLE removed (id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
-CREATE INDEX removed_gen ON removed (gen);
-"""
-
-
-@dataclass(frozen=True)
-class ShapeRecord:
-    """One shape to insert or update (keyed by ``path``)."""
-
-    path: str | Path
-    content_hash: str
-    label: str | None
-    faces: int | None
-    kind: str
-    embedding: np.ndarray
-    preview: bytes | None = None
-
-
-@dataclass(frozen=True)
-class ShapeRow:
-    """A stored shape's metadata, as returned for query results."""
-
-    id: int
-    path: str
-    content_hash: str
-    label: str | None
-    faces: int | None
-    kind: str
-    added: float
-    preview: bytes | None = None
-
-
-def normalize_path(path: str | Path) -> str:
-    """The store's key for a file: absolute, symlinks resolved."""
-    return str(Path(path).expanduser().resolve())
-
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -141,69 +90,17 @@ class ShapeStore:
         self._dirty = False
         self._gen = 0
         try:
-            self._conn = self._connect(busy_timeout_s)
+            self._conn = connect(self.path, readonly, busy_timeout_s)
         except sqlite3.DatabaseError as exc:
             raise IndexStateError(f"{self.path}: cannot open index database ({exc}); {REBUILD_HINT}") from None
         try:
-            self._prepare()
+            prepare(self._conn, self.path, readonly)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise IndexStateError(f"{self.path}: not a valid index database ({exc}); {REBUILD_HINT}") from None
         except IndexStateError:
             self._conn.close()
             raise
-
-    # ---- opening ----
-    def _connect(self, busy_timeout_s: float) -> sqlite3.Connection:
-        if self.readonly:
-            if not self.path.is_file():
-                raise IndexStateError(f"{self.path}: no shape index here; build one with `ftspl index add`")
-            uri = self.path.resolve().as_uri() + "?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_s)
-            conn.execute("PRAGMA query_only = ON")
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                conn.close()
-                raise IndexStateError(f"{self.path}: cannot switch the database to WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-
-    def _prepare(self) -> None:
-        """Create the schema in a fresh file; check the version of an existing one."""
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
-            if self.readonly:
-                raise IndexStateError(f"{self.path}: shape index is empty; build it with `ftspl index add`")
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                # Re-check under the write lock: another writer may have just created it.
-                if not self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                    for stmt in _SCHEMA.strip().split(";"):
-                        if stmt.strip():
-                            self._conn.execute(stmt)
-                    self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                    self._conn.executemany(
-                        "INSERT INTO info (key, value) VALUES (?, ?)",
-                        [("generation", 0), ("created", time.time())],
-                    )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not {"schema_version", "info", "shapes", "removed"} <= tables:
-            raise IndexStateError(f"{self.path}: not an ftspl shape index; {REBUILD_HINT}")
-        row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        version = row[0] if row else None
-        if version is None or version > SCHEMA_VERSION:
-            raise IndexStateError(
-                f"{self.path}: index schema version {version} is not supported (this ftspl reads "
-                f"{SCHEMA_VERSION}); upgrade ftspl or {REBUILD_HINT}"
-            )
 
     # ---- lifecycle ----
     def close(self) -> None:
@@ -465,7 +362,7 @@ class ShapeStore:
             if path in seen:
                 raise ValueError(f"{path}: listed twice in one batch")
             seen.add(path)
-            rows.append((path, *_validate_record(rec, dim, path)))
+            rows.append((path, *validate_record(rec, dim, path)))
         now = time.time()
         ids: list[int] = []
         with self.batch() as gen:
@@ -528,26 +425,6 @@ class ShapeStore:
         except sqlite3.DatabaseError as exc:
             return [str(exc)]
         return [] if rows == ["ok"] else rows
-
-
-def _validate_record(rec: ShapeRecord, dim: int | None, path: str) -> tuple[Any, ...]:
-    """Check one record; returns the column values after ``path``."""
-    if rec.kind not in KINDS:
-        raise ValueError(f"{path}: kind must be one of {KINDS}, got {rec.kind!r}")
-    if not isinstance(rec.content_hash, str) or not rec.content_hash:
-        raise ValueError(f"{path}: content_hash must be a non-empty string")
-    emb = np.asarray(rec.embedding, dtype=np.float32)
-    if emb.ndim != 1 or emb.size == 0:
-        raise ValueError(f"{path}: embedding must be a non-empty 1-d vector, got shape {emb.shape}")
-    if dim is not None and emb.size != dim:
-        raise ValueError(f"{path}: embedding has {emb.size} values, the index stores {dim}")
-    if not np.isfinite(emb).all():
-        raise ValueError(f"{path}: embedding contains NaN or infinite values")
-    if rec.preview is not None and not isinstance(rec.preview, (bytes, bytearray, memoryview)):
-        raise ValueError(f"{path}: preview must be PNG bytes or None")
-    faces = None if rec.faces is None else int(rec.faces)
-    preview = None if rec.preview is None else bytes(rec.preview)
-    return rec.content_hash, rec.label, faces, rec.kind, emb.astype("<f4").tobytes(), preview
 
 
 def _under_clause(prefix: str | Path) -> tuple[str, tuple[str, ...]]:

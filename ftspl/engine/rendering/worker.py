@@ -32,7 +32,7 @@ import numpy as np
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import InputFileError, RenderError
-from ftspl.engine.meshes import MeshLimits
+from ftspl.engine.loading.meshes import MeshLimits
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +67,15 @@ def render_one(job: RenderJob, spec: RenderSpec, limits: MeshLimits, renderer_bo
     ``renderer_box`` holds the lazily created Renderer so that a run of view
     folders never creates a GL context.
     """
-    from ftspl.engine.meshes import load_mesh, normalize
-    from ftspl.engine.viewfolders import load_view_folder
+    from ftspl.engine.loading.meshes import load_mesh, normalize
+    from ftspl.engine.loading.viewfolders import load_view_folder
 
     try:
         if job.kind == "views":
             return Rendered(job, load_view_folder(job.path, spec))
         mesh = normalize(load_mesh(job.path, limits), spec.up, radius=spec.normalize_radius)
         if not renderer_box:
-            from ftspl.engine.render import Renderer
+            from ftspl.engine.rendering.renderer import Renderer
 
             renderer_box.append(Renderer(spec))
         return Rendered(job, renderer_box[0].render(mesh), int(mesh.n_faces))

@@ -9,7 +9,7 @@ on machines without a GPU; we silence its logger for the probe). ``cuda`` fails
 loudly with :class:`DeviceError` when the CUDA provider is not actually active.
 
 Cold start: on the CPU, the optimised graph of each encoder is kept in a
-per-machine cache (``engine/graphcache.py``) so a fresh process skips graph
+per-machine cache (``engine/model/graphcache.py``) so a fresh process skips graph
 optimisation (0.18 -> 0.04 s per session here).
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.engine.errors import DeviceError, ModelError
-from ftspl.engine.manifest import IMAGE_ENCODER, MULTIVIEW_ENCODER, ModelManifest
+from ftspl.engine.model.manifest import IMAGE_ENCODER, MULTIVIEW_ENCODER, ModelManifest
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Encoders:
         #: None: no cache (every session optimises its graph from scratch)
         self.graph_cache = None
         if graph_cache_dir is not None:
-            from ftspl.engine.graphcache import GraphCache
+            from ftspl.engine.model.graphcache import GraphCache
 
             self.graph_cache = GraphCache(graph_cache_dir)
         self.preprocess = self.manifest.get_preprocess()

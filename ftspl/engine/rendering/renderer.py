@@ -30,15 +30,15 @@ export and serve render identical views.
 from __future__ import annotations
 
 import io
-import sys
 import logging
 import math
+import sys
 
 import numpy as np
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import RenderError
-from ftspl.engine.meshes import Mesh, normalize
+from ftspl.engine.loading.meshes import Mesh, normalize
 
 log = logging.getLogger(__name__)
 

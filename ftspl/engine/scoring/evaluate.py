@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ftspl.engine.encoders import RuntimeConfig
 from ftspl.engine.errors import InputFileError, UsageError
 from ftspl.engine.home import Home
+from ftspl.engine.model.encoders import RuntimeConfig
 
 
 def labelled_photos(root: Path) -> list[tuple[Path, str]]:
     """``root/<label>/**/<photo>`` -> [(path, label)], sorted."""
-    from ftspl.engine.photos import PHOTO_EXTENSIONS
+    from ftspl.engine.loading.photos import PHOTO_EXTENSIONS
 
     root = Path(root)
     if not root.is_dir():
@@ -34,9 +34,14 @@ def labelled_photos(root: Path) -> list[tuple[Path, str]]:
 
 
 def evaluate_folder(root: Path, home: Home, runtime: RuntimeConfig = RuntimeConfig(), batch: int = 32) -> dict:
-    from ftspl.engine.library import Library
-    from ftspl.engine.metrics import format_metrics, pairwise_euclidean, retrieval_metrics
-    from ftspl.engine.photos import load_photo, to_tensor
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.loading.photos import load_photo
+    from ftspl.engine.model.preprocess import to_tensor
+    from ftspl.engine.scoring.metrics import (
+        format_metrics,
+        pairwise_euclidean,
+        retrieval_metrics,
+    )
 
     lib = Library(home, runtime)
     photos = labelled_photos(root)

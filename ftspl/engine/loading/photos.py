@@ -1,9 +1,6 @@
-"""Photo decoding and the encoder's input transform (PIL + numpy, torch-free).
+"""Photo decoding (PIL, torch-free): every check a user's photo passes before it becomes pixels.
 
-Both the trainer and the engine call :func:`to_tensor` so a photo becomes the same
-array at training and at query time. Views rendered at ``image_size`` pass
-through the same transform (resize is then a no-op apart from the centre crop
-scale, see :func:`views_to_tensor`).
+The encoder's input transform lives in :mod:`ftspl.engine.model.preprocess`.
 """
 
 from __future__ import annotations
@@ -15,12 +12,11 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ftspl.engine.constants import MAX_FILE_BYTES, MAX_IMAGE_PIXELS, Preprocess
+from ftspl.engine.constants import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
 from ftspl.engine.errors import ImageLoadError
-from ftspl.engine.inputs import check_input_file
+from ftspl.engine.loading.inputs import check_input_file
 
 #: Formats a user may query with; PIL detects the real format from the bytes.
 PHOTO_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "MPO"}
@@ -117,60 +113,3 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode != "RGB":
         return img.convert("RGB")
     return img
-
-
-def resize_crop(img: Image.Image, pre: Preprocess) -> Image.Image:
-    """Resize the shorter side to ``size / crop_pct`` (bicubic), then centre-crop ``size``."""
-    size = pre.image_size
-    short = max(size, round(size / pre.crop_pct))
-    w, h = img.size
-    scale = short / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def normalize(arr_uint8: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """uint8 (..., H, W, 3) -> float32 (..., 3, H, W), scaled to 0..1 and standardised.
-
-    Through a 256-entry lookup table per channel, computed with the same float32
-    operations as the direct formula, so the result is bit-identical to
-    ``((x / 255) - mean) / std`` but three times faster on 12-view batches
-    (one gather instead of four passes over float32 arrays).
-    """
-    arr = np.asarray(arr_uint8, dtype=np.uint8)
-    if arr.shape[-1:] != (3,):
-        raise ValueError(f"expected (..., H, W, 3) uint8 pixels, got {arr.shape}")
-    levels = np.arange(256, dtype=np.float32)[None, :] * np.float32(1.0 / 255.0)
-    lut = (levels - np.asarray(pre.mean, np.float32)[:, None]) / np.asarray(pre.std, np.float32)[:, None]
-    planes = np.ascontiguousarray(np.moveaxis(arr, -1, -3))  # uint8 (..., 3, H, W)
-    out = np.empty(planes.shape, np.float32)
-    for c in range(3):
-        np.take(lut[c], planes[..., c, :, :], out=out[..., c, :, :])
-    return out
-
-
-def to_tensor(img: Image.Image, pre: Preprocess) -> np.ndarray:
-    """One RGB photo -> float32 (3, S, S), ready for the image encoder."""
-    return normalize(np.asarray(resize_crop(to_rgb(img), pre), dtype=np.uint8), pre)
-
-
-def views_to_tensor(views: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """Rendered views uint8 (V, S, S, 3) -> float32 (V, 3, S, S).
-
-    Views are rendered at exactly ``image_size`` with the shape filling the
-    frame, so they are not resized or cropped (cropping would cut the shape);
-    if a pre-rendered view folder has another size it was already resized on
-    load. Only the normalisation is shared with photos.
-    """
-    if views.ndim != 4 or views.shape[-1] != 3 or views.shape[1] != pre.image_size:
-        raise ValueError(f"views must be (V, {pre.image_size}, {pre.image_size}, 3), got {views.shape}")
-    return normalize(views, pre)
-
-
-def photo_batch(paths: list[Path], pre: Preprocess) -> np.ndarray:
-    """Decode and preprocess several photos into one float32 batch (N, 3, S, S)."""
-    return np.stack([to_tensor(load_photo(p), pre) for p in paths]) if paths else np.zeros(
-        (0, 3, pre.image_size, pre.image_size), np.float32
-    )

@@ -16,10 +16,10 @@ def verify_index(home: Home) -> tuple[list[str], dict]:
     ids; and each sampled shape finds itself as its own nearest neighbour. A
     cache saved at an older generation (a killed add) is a note, not a failure.
     """
-    from ftspl.engine.ann import read_manifest
     from ftspl.engine.errors import IndexStateError
-    from ftspl.engine.library import Library
-    from ftspl.engine.store import ShapeStore
+    from ftspl.engine.index.ann import read_manifest
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.index.store import ShapeStore
 
     lib = Library(home)
     if not lib.exists():
@@ -45,7 +45,7 @@ def verify_index(home: Home) -> tuple[list[str], dict]:
                     facts["hnsw_file"] = f"unreadable, rebuilt on open ({exc})"
             if saved_gen is not None:
                 facts["hnsw_file"] = "in sync" if saved_gen == gen else f"saved at generation {saved_gen}, caught up on open"
-            ann = lib._open_ann(store)
+            ann = lib.open_ann(store)
         if len(ids) and vecs.shape[1] != lib.manifest.embed_dim:
             problems.append(f"{lib.store_path}: embeddings are {vecs.shape[1]}-d, model gives {lib.manifest.embed_dim}-d")
         if len(ids) and not np.isfinite(vecs).all():

@@ -3,7 +3,7 @@
 Why a module of its own: importing trimesh costs ~0.8 s here (scipy and
 friends), and most galleries are OBJ/OFF, which ftspl parses itself. Keeping
 every trimesh import in this module, imported only by
-:func:`ftspl.engine.meshes._trimesh_loader` when a file needs it, keeps that
+:func:`ftspl.engine.loading.meshes._trimesh_loader` when a file needs it, keeps that
 cost off ``index add``'s start (the parent lists extensions; the render child
 starts before the first mesh) and off anything that only needs ``MeshLimits``.
 """
@@ -68,7 +68,7 @@ def collect_parts(loaded: object) -> tuple[list[tuple[np.ndarray, np.ndarray, np
     (paths, point clouds) inside a scene is ignored. Returns the parts and
     whether point clouds were seen (for the error message).
 
-    Runs inside the parser boundary of :func:`ftspl.engine.meshes._trimesh_loader`: trimesh
+    Runs inside the parser boundary of :func:`ftspl.engine.loading.meshes._trimesh_loader`: trimesh
     evaluates the scene graph lazily, so a hostile node hierarchy fails here,
     not in ``trimesh.load``.
     """

@@ -15,19 +15,12 @@ from pathlib import Path
 
 from ftspl.engine.constants import Preprocess, RenderSpec
 from ftspl.engine.errors import ModelError
+from ftspl.engine.files import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ftspl-model/1"
 IMAGE_ENCODER = "image_encoder"
 MULTIVIEW_ENCODER = "multiview_encoder"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""Atomic file replacement: write a temp file beside the target, fsync, rename.
+"""File helpers every layer shares: the one atomic write and the one content hash.
 
-A reader (or a crash) sees either the old file or the new one, never a mix.
+Atomic replacement writes a temp file beside the target, fsyncs and renames it, so
+a reader (or a crash) sees either the old file or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -58,3 +60,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             raise WriteError(path, exc.strerror or str(exc), exc.errno) from exc
         raise
     fsync_dir(path.parent)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks (meshes, photos, ONNX files, weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Index: the shape library (add, remove, query), its SQLite store, ANN backends, writer lock and verify."""

@@ -1,0 +1,59 @@
+"""Nearest-neighbour indexes over shape embeddings: the backend registry.
+
+Backends share one interface (``add``, ``remove``, ``query``, ``save``, ``load``,
+``len``, ``in``, ``ids``; :mod:`ftspl.engine.index.ann_base`) so the engine swaps
+them by name:
+
+* ``hnsw`` (:class:`HnswIndex`) wraps ``hnswlib`` (the ``chroma-hnswlib`` wheel):
+  an approximate graph index, the default for a library;
+* ``exact`` (:class:`ExactIndex`) is its brute-force numpy twin: the ground truth
+  for recall tests, and exact for small libraries.
+
+Both store L2-normalised embeddings and report the *Euclidean* distance
+(float32). Ids are int64 labels chosen by the caller: the SQLite store's row
+ids, so a query result maps straight back to shape metadata.
+
+On disk an index is a small JSON *manifest* at the path the caller names, plus
+one payload file next to it whose name carries a random token. ``save`` writes
+and fsyncs the new payload under a fresh name, then atomically replaces the
+manifest: that single ``os.replace`` is the commit point, so a crash or error at
+any moment leaves either the old index or the new one, never a mix.
+
+The index is a derived, rebuildable cache; SQLite is the source of truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftspl.engine.errors import UnknownKeyError
+from ftspl.engine.index.ann_base import AnnIndex, read_manifest
+from ftspl.engine.index.exact import EXACT_BLOCK_FLOATS, ExactIndex
+from ftspl.engine.index.hnsw import (
+    HNSW_EF_CONSTRUCTION,
+    HNSW_EF_SEARCH,
+    HNSW_M,
+    HnswIndex,
+)
+
+#: Backends by name; use :func:`make_index` for the error that lists valid keys.
+ANN_BACKENDS: dict[str, type[AnnIndex]] = {"hnsw": HnswIndex, "exact": ExactIndex}
+
+
+def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:
+    """A new empty index of the named backend (``params`` go to its constructor)."""
+    if backend not in ANN_BACKENDS:
+        raise UnknownKeyError("ANN backend", backend, ANN_BACKENDS)
+    return ANN_BACKENDS[backend](dim, **params)
+
+
+def load_index(path: str | Path) -> AnnIndex:
+    """Load a saved index of whatever backend its manifest names."""
+    return AnnIndex.load(path)
+
+
+__all__ = [
+    "ANN_BACKENDS", "AnnIndex", "ExactIndex", "HnswIndex", "make_index", "load_index", "read_manifest",
+    "HNSW_M", "HNSW_EF_CONSTRUCTION", "HNSW_EF_SEARCH", "EXACT_BLOCK_FLOATS",
+]
