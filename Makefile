@@ -2,13 +2,13 @@
 # Both set everything up themselves (Debian EGL/Mesa libraries, a venv, pip).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
+APT_PACKAGES := libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps demo test test-fast bench bench-quick clean
 
 system-deps:
-	@if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1'; then \
+	@if ! ldconfig -p | grep -q 'libEGL_mesa.so.0' || ! ldconfig -p | grep -q 'libEGL.so.1' || ! command -v chromium >/dev/null; then \
 	  echo "installing $(APT_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
 	fi
@@ -16,7 +16,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q -e '.[train,serve,ray,dev]'
 	touch $@
 
 setup: system-deps $(VENV)/.installed
