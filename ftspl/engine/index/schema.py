@@ -98,17 +98,21 @@ def validate_record(rec: ShapeRecord, dim: int | None, path: str) -> tuple[Any, 
     return rec.content_hash, rec.label, faces, rec.kind, emb.astype("<f4").tobytes(), preview
 
 
-def connect(path: Path, readonly: bool, busy_timeout_s: float) -> sqlite3.Connection:
-    """A connection in autocommit mode: read-only (query_only) or the writer's, in WAL mode."""
+def connect(path: Path, readonly: bool, busy_timeout_s: float, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection in autocommit mode: read-only (query_only) or the writer's, in WAL mode.
+
+    ``check_same_thread=False`` lets other threads use it; the caller then serialises that use.
+    """
     if readonly:
         if not path.is_file():
             raise IndexStateError(f"{path}: no shape index here; build one with `ftspl index add`")
         uri = path.resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_s)
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_s,
+                               check_same_thread=check_same_thread)
         conn.execute("PRAGMA query_only = ON")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=check_same_thread)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             conn.close()

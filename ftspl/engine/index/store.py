@@ -83,14 +83,16 @@ class ShapeStore:
     :meth:`batch`) and bump the generation once per committed change.
     """
 
-    def __init__(self, path: str | Path, readonly: bool = False, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, readonly: bool = False, busy_timeout_s: float = 30.0,
+                 check_same_thread: bool = True) -> None:
+        """``check_same_thread=False``: other threads may use (and close) it; the caller serialises that use."""
         self.path = Path(path)
         self.readonly = readonly
         self._txn_depth = 0
         self._dirty = False
         self._gen = 0
         try:
-            self._conn = connect(self.path, readonly, busy_timeout_s)
+            self._conn = connect(self.path, readonly, busy_timeout_s, check_same_thread)
         except sqlite3.DatabaseError as exc:
             raise IndexStateError(f"{self.path}: cannot open index database ({exc}); {REBUILD_HINT}") from None
         try:
