@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny meshes written in every supported format, and a renderer.
+"""Shared fixtures and helpers: tiny meshes in every supported format, a renderer, exported models, and real `index add` processes.
 
 All files are created under ``tmp_path`` with trimesh, so tests never depend on
 the working folder or on downloaded data.
@@ -6,8 +6,15 @@ the working folder or on downloaded data.
 
 from __future__ import annotations
 
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trimesh
 from PIL import Image
@@ -147,3 +154,100 @@ def model_home(tmp_path: Path, exported_models: Path) -> Path:
     home = tmp_path / "home"
     shutil.copytree(exported_models, home / "models")
     return home
+
+
+# -- real `ftspl index add` processes, watched through their DEBUG phase lines --------------------
+#: Runs the CLI with only ftspl's own loggers at DEBUG, so the ``phase <name> <n>`` lines that
+#: ``index add`` logs reach stderr: tests wait on those events, never on the clock.
+WRAPPER = (
+    "import logging, sys\n"
+    "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s', stream=sys.stderr)\n"
+    "logging.getLogger('ftspl').setLevel(logging.DEBUG)\n"
+    "sys.argv[0] = 'ftspl'\n"
+    "from ftspl.cli.main import main\n"
+    "main()\n"
+)
+
+
+def make_gallery(root: Path, n: int) -> Path:
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        shape = trimesh.creation.box(1 + 2 * rng.random(3)) if i % 2 else trimesh.creation.icosphere(1)
+        shape.apply_scale(1 + 2 * rng.random(3))
+        p = root / f"c{i % 3}" / f"s{i:03d}.ply"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        shape.export(p)
+    return root
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class AddRun:
+    """One ``ftspl index add`` with its stderr lines collected by a thread."""
+
+    def __init__(self, home: Path, gallery: Path, commit_every: int = 2) -> None:
+        env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WRAPPER, "index", "add", str(gallery), "--commit-every", str(commit_every),
+             "--threads", "1", "--json"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, phase: str, occurrence: int, timeout: float = 120.0) -> bool:
+        """Block until the ``occurrence``-th ``phase <phase> `` line; False if the run ended first."""
+        deadline = time.monotonic() + timeout
+        found = 0
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                return False
+            self.seen.append(line)
+            if f": phase {phase} " in line:
+                found += 1
+                if found >= occurrence:
+                    return True
+        raise AssertionError(f"no 'phase {phase}' line within {timeout} s; seen: {self.seen[-5:]}")
+
+    def drain(self) -> None:
+        while True:
+            try:
+                line = self.lines.get(timeout=5)
+            except queue.Empty:
+                return
+            if line is None:
+                return
+            self.seen.append(line)
+
+    def batches(self, phase: str) -> list[int]:
+        return [int(ln.rsplit(" ", 1)[1]) for ln in self.seen if f": phase {phase} " in ln]

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_ftspl
-from test_crash_kill import WRAPPER, AddRun, make_gallery
+from conftest import WRAPPER, AddRun, make_gallery, run_ftspl
 
 from ftspl.engine.index.lock import WriterLock, read_lock_pid
 
@@ -69,6 +68,7 @@ def test_racing_writers_and_looping_readers(model_home: Path, tmp_path: Path) ->
     waiter = _start_add(model_home, small, "--wait")
 
     counts, seen_states = [], 0
+    observed: list[tuple[int, int, bool]] = []  # (shapes of big, shapes of small, first writer still running)
     cli_query = None
     photo = tmp_path / "p.png"
     from PIL import Image
@@ -82,18 +82,19 @@ def test_racing_writers_and_looping_readers(model_home: Path, tmp_path: Path) ->
             ann_ids = set(int(i) for i in reader.ann.ids())
             assert ann_ids and ann_ids <= store_ids
             hits = reader.search(q, 1000)[0]
-        # whole batches only: the seed shape, plus complete commits of the big and small galleries
+        first_running = first.proc.poll() is None  # read after the state: if still running, it was then
         n = len(hits)
         assert 1 <= n <= 1 + 20 + 3 and all(Path(h.path).exists() for h in hits)
+        in_big = sum(Path(h.path).is_relative_to(big) for h in hits)
+        in_small = sum(Path(h.path).is_relative_to(small) for h in hits)
+        observed.append((in_big, in_small, first_running))
         counts.append(n)
         seen_states += 1
         if cli_query is None and n > 1:
             env = dict(os.environ, FTSPL_HOME=str(model_home), PYTHONWARNINGS="ignore")
             cli_query = subprocess.Popen([sys.executable, "-m", "ftspl", "query", str(photo), "--top", "3", "--json"],
                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if waiter.poll() is None and first.proc.poll() is None:
-            assert waiter.poll() is None  # still waiting while the first writer runs
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing between reads only; nothing waits on the clock
     first.drain()
     out, err = waiter.communicate(timeout=60)
     assert first.proc.returncode == 0, first.seen[-5:]
@@ -104,6 +105,13 @@ def test_racing_writers_and_looping_readers(model_home: Path, tmp_path: Path) ->
     assert cli_query.returncode == 0 and "Traceback" not in q_err, q_err
     assert len(json.loads(q_out)["results"][0]["hits"]) == 3
     assert counts == sorted(counts) and seen_states >= 5
+    # whole batches only: every state a reader saw of the big gallery is a running total of the
+    # first writer's commits (its "phase committed N" lines), never a batch half-way in
+    totals = {0, *np.cumsum(first.batches("committed")).tolist()}
+    assert totals >= {20} and all(b in totals for b, _, _ in observed), (sorted(totals), observed)
+    # the --wait writer added nothing while the first writer held the lock
+    assert all(s == 0 for _, s, running in observed if running), observed
+    assert any(running for _, _, running in observed)
     with ShapeStore(model_home / "index" / "shapes.sqlite", readonly=True) as store:
         assert store.count() == 24
     v = run_ftspl(model_home, "index", "verify", "--json")

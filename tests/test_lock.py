@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,22 +18,23 @@ from ftspl.engine.index.lock import WriterLock, read_lock_pid
 
 REPO = Path(ftspl.__file__).resolve().parents[1]
 
+#: Holds the lock until a line arrives on stdin (or stdin closes): the test decides when.
 HOLDER = """
-import sys, time
+import sys
 from ftspl.engine.index.lock import WriterLock
 lock = WriterLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()
 lock.release()
 """
 
 
-def spawn_holder(lock_path: Path, hold_s: float) -> subprocess.Popen:
+def spawn_holder(lock_path: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(lock_path), str(hold_s)],
-        stdout=subprocess.PIPE, env=env, text=True,
+        [sys.executable, "-c", HOLDER, str(lock_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "locked"
@@ -53,7 +55,7 @@ def test_second_writer_in_same_process_is_refused(tmp_path) -> None:
 
 def test_lock_held_by_another_process_names_its_pid_then_frees_on_sigkill(tmp_path) -> None:
     path = tmp_path / "write.lock"
-    proc = spawn_holder(path, hold_s=60)
+    proc = spawn_holder(path)
     try:
         with pytest.raises(IndexLockedError, match=f"locked by PID {proc.pid}") as err:
             WriterLock(path).acquire()
@@ -68,13 +70,12 @@ def test_lock_held_by_another_process_names_its_pid_then_frees_on_sigkill(tmp_pa
 
 def test_wait_times_out_with_the_holders_pid(tmp_path) -> None:
     path = tmp_path / "write.lock"
-    proc = spawn_holder(path, hold_s=60)
+    proc = spawn_holder(path)
     try:
         start = time.monotonic()
         with pytest.raises(IndexLockedError) as err:
             WriterLock(path, wait=True, timeout=0.3).acquire()
-        waited = time.monotonic() - start
-        assert 0.25 <= waited < 5 and err.value.pid == proc.pid
+        assert time.monotonic() - start >= 0.3 and err.value.pid == proc.pid  # it did wait its timeout
     finally:
         proc.kill()
         proc.wait(timeout=10)
@@ -82,11 +83,24 @@ def test_wait_times_out_with_the_holders_pid(tmp_path) -> None:
 
 def test_wait_acquires_once_the_holder_finishes(tmp_path) -> None:
     path = tmp_path / "write.lock"
-    proc = spawn_holder(path, hold_s=0.5)
+    proc = spawn_holder(path)
     try:
-        with WriterLock(path, wait=True, timeout=30) as lock:
-            assert lock.locked
-            assert proc.wait(timeout=10) == 0
+        waiter = WriterLock(path, wait=True, timeout=60)
+        acquired = threading.Event()
+
+        def take() -> None:
+            waiter.acquire()
+            acquired.set()
+
+        t = threading.Thread(target=take)
+        t.start()
+        assert not acquired.wait(0.2)  # blocked while the holder holds it
+        proc.stdin.write("release\n")
+        proc.stdin.flush()
+        t.join(timeout=60)
+        assert acquired.is_set() and waiter.locked
+        assert proc.wait(timeout=10) == 0
+        waiter.release()
     finally:
         if proc.poll() is None:
             proc.kill()
