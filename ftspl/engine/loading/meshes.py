@@ -31,8 +31,8 @@ Security/robustness decisions (trimesh does the parsing):
   whatever vertex count the header declares before checking it.
 * trimesh is imported only when a file needs it (glTF/GLB, PLY, STL, OBJs the
   fast reader declines), in :mod:`ftspl.engine.loading.trimesh_parse`: importing it
-  costs ~0.8 s here, which ``index add`` paid twice (listing extensions in the
-  parent, starting the render child) before the first OBJ/OFF was rendered.
+  costs ~0.8 s here, which ``index add`` would otherwise pay twice (listing
+  extensions in the parent, starting the render child) before the first OBJ/OFF.
 """
 
 from __future__ import annotations

@@ -6,13 +6,13 @@ Why it looks like this:
   milliseconds, so a Renderer is made once per worker and reused for every
   mesh; its framebuffers are made once too (the spec fixes their size).
 * **All views in one draw.** The mesh is uploaded once and drawn *instanced*,
-  one instance per camera, into a tile of a multisampled atlas
-  (``cols x rows`` tiles of ``S x S``). ``gl_ClipDistance`` clips each
-  instance to its own tile, so geometry never bleeds into a neighbour. One
-  MSAA resolve and one read-back then give every view. On Mesa llvmpipe this
-  measured the same as one draw (+ resolve + read) per view -- the cost there
-  is per-triangle work, which no batching removes -- and on a GPU it saves
-  eleven draw/read round trips.
+  one instance per camera, into a tile of one atlas framebuffer (``cols x rows``
+  tiles of ``S x S``). ``gl_ClipDistance`` clips each instance to its own tile,
+  so geometry never bleeds into a neighbour, and one read-back gives every
+  view. On llvmpipe the cost is per-triangle work either way; on a GPU it saves
+  eleven draw/read round trips. The atlas is multisampled (and resolved before
+  the read-back) only when the spec asks for MSAA samples; the default asks for
+  none, because on llvmpipe MSAA triples the render time.
 * **Flat shading from screen-space derivatives.** Face normals are
   ``cross(dFdx(p), dFdy(p))`` of the world position, so missing, smoothed or
   wrong vertex normals in files from the wild do not matter, and no per-face
@@ -23,7 +23,7 @@ Why it looks like this:
   processes (no time, randomness or uninitialised memory is involved).
 
 The look (grey Phong material, headlight + fixed key light, white background,
-MSAA) comes from :class:`~ftspl.engine.constants.RenderSpec` only, so train,
+MSAA samples) comes from :class:`~ftspl.engine.constants.RenderSpec` only, so train,
 export and serve render identical views.
 """
 
