@@ -33,17 +33,11 @@ def labelled_photos(root: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def evaluate_folder(root: Path, home: Home, runtime: RuntimeConfig = RuntimeConfig(), batch: int = 32) -> dict:
-    from ftspl.engine.index.library import Library
+def embed_labelled(root: Path, lib, batch: int = 32) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Embed every readable photo under ``root/<label>/``: (embeddings, labels, failed ``(path, reason)``)."""
     from ftspl.engine.loading.photos import load_photo
     from ftspl.engine.model.preprocess import to_tensor
-    from ftspl.engine.scoring.metrics import (
-        format_metrics,
-        pairwise_euclidean,
-        retrieval_metrics,
-    )
 
-    lib = Library(home, runtime)
     photos = labelled_photos(root)
     pre = lib.encoders.preprocess
     tensors, labels, failed = [], [], []
@@ -56,10 +50,28 @@ def evaluate_folder(root: Path, home: Home, runtime: RuntimeConfig = RuntimeConf
     if not tensors:
         raise UsageError(f"{root}: none of the photos could be read")
     emb = np.concatenate([lib.encoders.embed_photos(np.stack(tensors[i : i + batch])) for i in range(0, len(tensors), batch)])
+    return emb, labels, failed
+
+
+def gallery_of(lib) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    """Every stored shape: (ids, embeddings, labels), from one consistent read."""
     with lib.open_reader() as reader:
         ids, gallery = reader.store.all_embeddings()
         rows = {r.id: r for r in reader.store.get([int(i) for i in ids])}
-    glabels = [rows[int(i)].label for i in ids]
+    return ids, gallery, [rows[int(i)].label for i in ids]
+
+
+def evaluate_folder(root: Path, home: Home, runtime: RuntimeConfig = RuntimeConfig(), batch: int = 32) -> dict:
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.scoring.metrics import (
+        format_metrics,
+        pairwise_euclidean,
+        retrieval_metrics,
+    )
+
+    lib = Library(home, runtime)
+    emb, labels, failed = embed_labelled(root, lib, batch)
+    ids, gallery, glabels = gallery_of(lib)
     if not any(g is not None for g in glabels):
         raise UsageError(f"{lib.dir}: the index has no labels; add shapes in label folders (--label-from top)")
     dist = pairwise_euclidean(emb, gallery)
