@@ -8,8 +8,8 @@ non-zero exit code (2 for usage errors), never a traceback.
 
 from __future__ import annotations
 
-import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +24,7 @@ from ftspl.engine.constants import (
     MAX_VERTICES,
 )
 from ftspl.engine.errors import FtsplError
+from ftspl.train.config import TrainConfig  # torch-free: the defaults of `ftspl train`
 
 app = typer.Typer(
     name="ftspl",
@@ -42,13 +43,13 @@ ThreadsOpt = typer.Option(0, "--threads", help="onnxruntime intra-op threads (0:
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
+VERBOSE_HELP = "Log progress details (also accepted after the command: ftspl index add DIR -v)."
+UP_HELP = "Up axis of the mesh files: y (default) or z."
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)) -> None:
+    console.setup_logging(verbose)
 
 
 def _home(home: Optional[Path]):
@@ -87,30 +88,35 @@ _PRESET_HELP = (
 )
 
 
+#: TrainConfig's defaults are the one copy of the training budget; the options below show them
+_TRAIN = {f.name: f.default for f in fields(TrainConfig)}
+
+
 @app.command()
 def train(
     source: Path = typer.Option(..., "--source", help="Labelled photos: SOURCE/<class>/*.jpg or a 'path label' list file."),
     target: Path = typer.Option(..., "--target", help="Unlabelled shapes: a folder of meshes / 12-view folders or a list file."),
-    out: Path = typer.Option(Path("runs/ftspl"), "--out", help="Run folder (checkpoint, config, metrics)."),
+    out: Path = typer.Option(Path(_TRAIN["out"]), "--out", help="Run folder (checkpoint, config, metrics)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="Held-out labelled photos for per-round retrieval metrics."),
-    preset: str = typer.Option("FTSPL", "--preset", help=_PRESET_HELP),
-    mode: str = typer.Option("head", "--mode", help="head (frozen backbone, cached features; minutes on CPU) or full."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="efficientnet_lite0 or alexnet."),
+    preset: str = typer.Option(_TRAIN["preset"], "--preset", help=_PRESET_HELP),
+    mode: str = typer.Option(_TRAIN["mode"], "--mode", help="head (frozen backbone, cached features; minutes on CPU) or full."),
+    backbone: str = typer.Option(_TRAIN["backbone"], "--backbone", help="efficientnet_lite0 or alexnet."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet weights file for the backbone (alexnet)."),
+    up: Optional[str] = typer.Option(None, "--up", help=UP_HELP),
     idca: Optional[bool] = typer.Option(None, "--idca/--no-idca", help="Inter-domain centroid alignment (Eq. 4 mean term)."),
     icav: Optional[bool] = typer.Option(None, "--icav/--no-icav", help="Intra-class attribute variation (Eq. 4 covariance term)."),
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
     target_ce: Optional[bool] = typer.Option(None, "--target-ce/--no-target-ce", help="Cross-entropy on selected shapes."),
-    rounds: int = typer.Option(5, "--rounds", help="SPL rounds L."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs per round."),
-    warmup_epochs: int = typer.Option(10, "--warmup-epochs", help="Source-only epochs before round 1."),
-    lr: float = typer.Option(0.01, "--lr", help="SGD learning rate (momentum 0.9)."),
-    lam: float = typer.Option(0.5, "--lam", help="Final strength of the Eq. 4 terms (ramped from 0)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Batch size (paper: 32)."),
-    augment_copies: int = typer.Option(4, "--augment-copies", help="Head mode: augmented copies per photo."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same result)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    rounds: int = typer.Option(_TRAIN["rounds"], "--rounds", help="SPL rounds L."),
+    epochs: int = typer.Option(_TRAIN["epochs"], "--epochs", help="Epochs per round."),
+    warmup_epochs: int = typer.Option(_TRAIN["warmup_epochs"], "--warmup-epochs", help="Source-only epochs before round 1."),
+    lr: float = typer.Option(_TRAIN["lr"], "--lr", help="SGD learning rate (momentum 0.9)."),
+    lam: float = typer.Option(_TRAIN["lam"], "--lam", help="Final strength of the Eq. 4 terms (ramped from 0)."),
+    batch_size: int = typer.Option(_TRAIN["batch_size"], "--batch-size", help="Batch size (paper: 32)."),
+    augment_copies: int = typer.Option(_TRAIN["augment_copies"], "--augment-copies", help="Head mode: augmented copies per photo."),
+    seed: int = typer.Option(_TRAIN["seed"], "--seed", help="Random seed (same seed, same result)."),
+    device: str = typer.Option(_TRAIN["device"], "--device", help="auto (CUDA when present), cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -124,6 +130,8 @@ def train(
         warmup_epochs=warmup_epochs, lr=lr, lam=lam, batch_size=batch_size, augment_copies=augment_copies,
         seed=seed, device=device,
     )
+    if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
+        settings["up"] = up
     train_cmd(preset, settings, overrides, resume, as_json)
 
 
@@ -131,13 +139,13 @@ def train(
 @index_app.command("add")
 def index_add(
     root: Path = typer.Argument(..., help="A folder of meshes (searched recursively) or one mesh file."),
-    up: Optional[str] = typer.Option(None, "--up", help="Up axis of the files: y (default) or z."),
+    up: Optional[str] = typer.Option(None, "--up", help=UP_HELP),
     label_from: str = typer.Option("top", "--label-from", help="top (first folder under ROOT), parent, or none."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start a new index (drops one made by another model)."),
-    ef_search: Optional[int] = typer.Option(None, "--ef", help="HNSW search breadth stored in the index (default 128)."),
-    hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", help="HNSW graph degree M for a new index (default 32)."),
-    ef_construction: Optional[int] = typer.Option(None, "--ef-construction", help="HNSW build breadth for a new index (default 200)."),
+    hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth, stored in the index (default 128; 512 near 1M shapes)."),
+    hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", min=2, help="HNSW graph degree M for a new index (default 32)."),
+    hnsw_ef_construction: Optional[int] = typer.Option(None, "--hnsw-ef-construction", min=1, help="HNSW build breadth for a new index (default 200)."),
     commit_every: int = typer.Option(32, "--commit-every", min=1, help="Shapes per committed batch."),
     file_timeout: float = typer.Option(60.0, "--file-timeout", min=0.1, help="Seconds one file may take to load and render before it is skipped."),
     max_faces: int = typer.Option(MAX_FACES, "--max-faces", min=1, help="Refuse meshes with more faces."),
@@ -154,7 +162,7 @@ def index_add(
     from ftspl.engine.loading.meshes import MeshLimits
 
     cfg = IndexConfig(
-        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=ef_search, ann_m=hnsw_m, ann_ef_construction=ef_construction,
+        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=hnsw_ef, ann_m=hnsw_m, ann_ef_construction=hnsw_ef_construction,
         commit_every=commit_every, batch_shapes=min(IndexConfig.batch_shapes, commit_every), file_timeout_s=file_timeout,
         limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
     )
@@ -198,15 +206,20 @@ def query(
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a PNG contact sheet here."),
     max_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-pixels", min=1, help="Refuse larger photos (decompression-bomb guard)."),
     max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger photo files."),
+    hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth for this query (default: the one stored by index add)."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """The nearest shapes for each photo."""
+    import time
+
+    t0 = time.perf_counter()  # JSON startup_s: from here to an open model and index; query_s apart
     from ftspl.cli.commands import query_cmd
 
-    query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels, max_file_bytes)
+    query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels=max_pixels,
+              max_file_bytes=max_file_bytes, hnsw_ef=hnsw_ef, started=t0)
 
 
 @app.command("eval")
@@ -224,11 +237,11 @@ def evaluate(
 
 
 @app.command()
-def doctor(home: Optional[Path] = HomeOpt, device: str = DeviceOpt) -> None:
+def doctor(home: Optional[Path] = HomeOpt, device: str = DeviceOpt, as_json: bool = JsonOpt) -> None:
     """Check the GL stack, onnxruntime providers, the model and the index; exit 1 on failure."""
     from ftspl.cli.commands import doctor_cmd
 
-    doctor_cmd(_home(home), device)
+    doctor_cmd(_home(home), device, as_json)
 
 
 @app.command()
@@ -242,6 +255,61 @@ def demo(
     demo_cmd(out, as_json)
 
 
+def cli():
+    """The click command behind ``app``, with ``-v/--verbose`` on every subcommand too.
+
+    The root option only works before the subcommand (``ftspl -v index add``);
+    users type it at the end (``ftspl index add DIR -v``) just as often, so
+    each leaf command gets the same flag, added here so that no command can
+    forget it.
+    """
+    from typer.core import TyperOption
+
+    def verbose(ctx, param, value: bool) -> None:
+        if value:
+            console.setup_logging(True)
+
+    def add(cmd) -> None:
+        if hasattr(cmd, "commands"):  # a group (Typer's own click: no isinstance on click.Group)
+            for sub in cmd.commands.values():
+                add(sub)
+        elif not any(o in ("-v", "--verbose") for p in cmd.params for o in (*p.opts, *p.secondary_opts)):
+            cmd.params.append(TyperOption(param_decls=["--verbose", "-v"], is_flag=True, default=False,
+                                          expose_value=False, callback=verbose, help=VERBOSE_HELP))
+
+    command = typer.main.get_command(app)
+    add(command)
+    return command
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any non-loopback one needs --token or --insecure."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="FTSPL_SERVE_TOKEN", help="Bearer token every /api call must carry (or $FTSPL_SERVE_TOKEN)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this origin to call the API from its pages (repeatable; none by default)."),
+    workers: int = typer.Option(0, "--workers", help="Queries computed at once, one core each (0: one per core)."),
+    queue: int = typer.Option(16, "--queue", help="Queries waiting beyond --workers; more get 503 + Retry-After."),
+    max_photos: int = typer.Option(8, "--max-photos", help="Photos per request."),
+    max_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-pixels", min=1, help="Refuse larger photos (as ftspl query)."),
+    max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger photo files (as ftspl query)."),
+    max_body_bytes: int = typer.Option(64 * 1024 * 1024, "--max-body-bytes", min=1, help="Refuse larger request bodies, before parsing."),
+    poll: float = typer.Option(0.5, "--poll", help="Seconds between checks for new index commits."),
+    device: str = DeviceOpt,
+    home: Optional[Path] = HomeOpt,
+) -> None:
+    """Serve the HTTP API and the search page over the index, following it while 'index add' runs."""
+    from ftspl.cli.serve_cmd import serve_cmd
+    from ftspl.serve.config import ServeConfig, default_workers
+
+    serve_cmd(ServeConfig(
+        home=home, host=host, port=port, token=token, insecure=insecure, cors_origins=tuple(cors_origin),
+        workers=workers or default_workers(), queue=queue, max_photos=max_photos, max_pixels=max_pixels,
+        max_file_bytes=max_file_bytes, max_body_bytes=max_body_bytes, poll_s=poll, device=device,
+    ))
+
+
 def main() -> None:
     """Console entry point: run the app, turning user errors into one line + exit code.
 
@@ -249,7 +317,7 @@ def main() -> None:
     an abort; everything of ours that a user can cause is an FtsplError.
     """
     try:
-        app()
+        cli()(prog_name="ftspl")
     except FtsplError as exc:
         console.error(str(exc))
         sys.exit(exc.exit_code)

@@ -51,6 +51,10 @@ class ImageLoadError(InputFileError):
     """A photo or view image cannot be decoded or is too large."""
 
 
+class ImageTooLargeError(ImageLoadError):
+    """A photo over the byte or pixel cap (``ftspl serve`` answers 413 for it, not 400)."""
+
+
 class RenderError(FtsplError):
     """The OpenGL stack is missing or failed; the message names the package."""
 

@@ -1,0 +1,118 @@
+"""The served index: the model and index loaded once, followed while writers run.
+
+:class:`LiveIndex` owns one :class:`~ftspl.engine.index.reader.Reader` (thread
+safe: see its module) and a daemon thread that calls ``refresh`` every
+``poll_s`` seconds, so shapes that ``ftspl index add`` commits in another
+process are served within about one poll, and removed ones disappear, with no
+restart. Each query runs onnxruntime on one thread; the server bounds how
+many run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ftspl.engine.home import Home
+from ftspl.engine.index.reader import QueryResult, Reader, ReaderState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelInfo:
+    model_id: str
+    backbone: str
+    embed_dim: int
+    render_spec: dict
+    render_spec_hash: str | None
+
+
+class LiveIndex:
+    """The model, the index and the thread that follows the index."""
+
+    def __init__(self, home: Home, poll_s: float = 0.5, device: str = "auto") -> None:
+        from ftspl.engine.index.library import Library
+        from ftspl.engine.model.encoders import RuntimeConfig
+
+        self.home = home
+        self.poll_s = poll_s
+        # one intra-op thread: queries run side by side, one core each, instead of
+        # one query fanning out over every core and waiting at each operator's barrier
+        self.lib = Library(home, RuntimeConfig(device=device, intra_op_threads=1))
+        self.reader: Reader = self.lib.open_reader()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+        try:
+            self.reader.refresh()  # labels and warnings for /api/info
+            self.warm()
+        except BaseException:
+            self.reader.close()
+            raise
+
+    # -- lifecycle ---------------------------------------------------------------
+    def warm(self) -> None:
+        """Run one query end to end so the first user's is not the one that pays for start-up."""
+        from PIL import Image
+
+        self.reader.query_images([Image.new("RGB", (256, 256), (128, 128, 128))], ["warm-up"], 1)
+
+    def start(self) -> None:
+        """Start following the store in a daemon thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, name="ftspl-follow", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.reader.close()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                done = self.reader.refresh()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - keep serving what we have; say why
+                log.exception("following the index failed")
+                self.last_error = f"following the index failed ({type(exc).__name__}: {exc})"
+                continue
+            if done is not None:
+                log.info("index generation %d: +%d -%d%s", done.generation, done.added, done.removed,
+                         " (rebuilt)" if done.rebuilt else "")
+
+    # -- what the API serves -------------------------------------------------------
+    @property
+    def model(self) -> ModelInfo:
+        import json
+
+        man = self.lib.manifest
+        stored = self.reader.info.get("render_spec")
+        spec = json.loads(stored) if stored else dict(man.render_spec)
+        return ModelInfo(man.model_id, man.backbone, man.embed_dim, spec,
+                         self.reader.info.get("render_spec_hash") or man.render_spec_hash)
+
+    def state(self) -> ReaderState:
+        st = self.reader.state()
+        if self.last_error:
+            st.warnings.append(self.last_error)
+        return st
+
+    def query(self, images: list, names: list[str], top: int) -> tuple[list[QueryResult], float]:
+        """Embed and search (blocking: call it from a worker thread); the results and the ms it took."""
+        t0 = time.perf_counter()
+        results = self.reader.query_images(images, names, top)
+        return results, (time.perf_counter() - t0) * 1000
+
+    def shape(self, shape_id: int, preview: bool = False) -> Any:
+        rows = self.reader.shapes([shape_id], previews=preview)
+        return rows[0] if rows else None
+
+
+__all__ = ["LiveIndex", "ModelInfo"]

@@ -1,0 +1,215 @@
+"""The handlers of ``ftspl serve``: the page, health, info, query, shape metadata and previews.
+
+Shapes are addressed by their integer id only; no request parameter ever
+becomes a file-system path. Every answer other than 200 is JSON
+``{"error": message, "status": code}`` (raised as :class:`ApiError`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+from functools import partial
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from ftspl.engine.errors import ImageLoadError, ImageTooLargeError
+from ftspl.serve.app import STATIC, ApiError, Server
+from ftspl.serve.uploads import decode_upload, display_name
+
+DEFAULT_TOP = 10
+NO_PHOTO = "no photo: send multipart field(s) 'photo', or JSON {\"image\": BASE64} / {\"images\": [BASE64, ...]}"
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+# ------------------------------------------------------------------------ page, health, info
+async def page(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def health(request: Request) -> Response:
+    st = _server(request).live.state()
+    return JSONResponse({"status": "ok", "generation": st.generation, "shapes": st.count})
+
+
+async def info(request: Request) -> Response:
+    srv = _server(request)
+    st, model, cfg = srv.live.state(), srv.live.model, srv.cfg
+    return JSONResponse({
+        "model": {"id": model.model_id, "backbone": model.backbone, "embed_dim": model.embed_dim},
+        "render_spec": model.render_spec,
+        "render_spec_hash": model.render_spec_hash,
+        "shapes": st.count,
+        "generation": st.generation,
+        "labels": [{"label": k, "count": v} for k, v in st.labels.items()],
+        "stale": bool(st.warnings),
+        "warnings": st.warnings,
+        "limits": {"max_photos": cfg.max_photos, "max_top": cfg.max_top, "default_top": DEFAULT_TOP,
+                   "max_file_bytes": cfg.max_file_bytes, "max_pixels": cfg.max_pixels,
+                   "max_body_bytes": cfg.max_body_bytes, "workers": cfg.workers, "queue": cfg.queue},
+    })
+
+
+# ------------------------------------------------------------------------ query
+async def query(request: Request) -> Response:
+    srv = _server(request)
+    t0 = time.perf_counter()
+    async with srv.admission():
+        top, uploads = await _read_query(request, srv)
+        results = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top), limiter=srv.limiter)
+    st = srv.live.state()
+    base = str(request.base_url)
+    spec = srv.live.model.render_spec_hash or ""
+    per_photo = [{"photo": r.photo, "hits": [_hit(h, base, spec) for h in r.hits]} for r in results]
+    gen = results[0].generation if results else st.generation
+    return JSONResponse({
+        "model": srv.live.model.model_id,
+        "generation": gen,
+        "took_ms": round((time.perf_counter() - t0) * 1000, 2),
+        "hits": per_photo[0]["hits"] if len(per_photo) == 1 else _fuse(per_photo, top),
+        "results": per_photo,
+        "warnings": st.warnings,
+    })
+
+
+async def _read_query(request: Request, srv: Server) -> tuple[int, list[tuple[str, bytes]]]:
+    """``top`` and the uploaded ``(name, bytes)`` from a multipart or JSON body."""
+    cfg = srv.cfg
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    uploads: list[tuple[str, bytes]] = []
+    if ctype == "multipart/form-data":
+        # starlette answers 400 itself for too many files or fields and for malformed bodies
+        async with request.form(max_files=cfg.max_photos, max_fields=4, max_part_size=4096) as form:
+            for i, part in enumerate(form.getlist("photo")):
+                if not isinstance(part, UploadFile):
+                    raise ApiError(400, "'photo' must be a file part (a form upload), not a text field")
+                uploads.append((display_name(part.filename, i), await part.read()))
+            top_raw = form.get("top", request.query_params.get("top"))
+    elif ctype == "application/json":
+        try:
+            doc = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(400, "the body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, "the JSON body must be an object: {\"image\": BASE64, \"top\": 10}")
+        images = [doc["image"]] if "image" in doc else doc.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
+            raise ApiError(400, "'image' must be a base64 string and 'images' a list of them")
+        if len(images) > cfg.max_photos:
+            raise ApiError(400, f"{len(images)} photos in one request; the limit is {cfg.max_photos}")
+        for i, text in enumerate(images):
+            uploads.append((f"image-{i + 1}", _b64(text, i)))
+        top_raw = doc.get("top", request.query_params.get("top"))
+    else:
+        raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
+    if not uploads:
+        raise ApiError(400, NO_PHOTO)
+    return _parse_top(top_raw, cfg.max_top), uploads
+
+
+def _b64(text: str, i: int) -> bytes:
+    if text.startswith("data:") and "," in text:  # a data: URL as FileReader.readAsDataURL gives it
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"image-{i + 1}: not valid base64") from None
+
+
+def _parse_top(raw: object, max_top: int) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_TOP
+    if isinstance(raw, bool):
+        raw = "bad"
+    try:
+        top = int(raw) if isinstance(raw, (int, str)) else int("bad")
+    except ValueError:
+        raise ApiError(422, f"top must be a whole number from 1 to {max_top}, got {str(raw)[:40]!r}") from None
+    if not 1 <= top <= max_top:
+        raise ApiError(422, f"top must be from 1 to {max_top}, got {top}")
+    return top
+
+
+def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int):
+    """(Worker thread) decode every photo with the CLI's checks, then embed and search them as one batch."""
+    cfg = srv.cfg
+    images, names, bad, too_large = [], [], [], []
+    for name, data in uploads:
+        try:
+            images.append(decode_upload(data, name, cfg.max_file_bytes, cfg.max_pixels))
+            names.append(name)
+        except ImageTooLargeError as exc:
+            too_large.append(str(exc))
+        except ImageLoadError as exc:
+            bad.append(str(exc))
+    if bad or too_large:
+        raise ApiError(400 if bad else 413, "; ".join(bad + too_large))
+    results, _ = srv.live.query(images, names, top)
+    return results
+
+
+def _etag(content_hash: str | None, spec_hash: str) -> str:
+    return hashlib.sha256(f"{content_hash}:{spec_hash}".encode()).hexdigest()[:20]
+
+
+def _hit(h, base: str, spec_hash: str) -> dict:
+    return {"rank": h.rank, "id": h.id, "path": h.path, "label": h.label, "distance": round(h.distance, 6),
+            "kind": h.kind, "preview": f"{base}api/shapes/{h.id}/preview.png?v={_etag(h.content_hash, spec_hash)}"}
+
+
+def _fuse(per_photo: list[dict], top: int) -> list[dict]:
+    """Several photos of one object: every shape once, at its smallest distance to any photo."""
+    best: dict[int, dict] = {}
+    for res in per_photo:
+        for h in res["hits"]:
+            if h["id"] not in best or h["distance"] < best[h["id"]]["distance"]:
+                best[h["id"]] = h
+    fused = sorted(best.values(), key=lambda h: (h["distance"], h["id"]))[:top]
+    return [{**h, "rank": i + 1} for i, h in enumerate(fused)]
+
+
+# ------------------------------------------------------------------------ shapes
+async def shape(request: Request) -> Response:
+    srv = _server(request)
+    sid = request.path_params["shape_id"]
+    row = await run_in_threadpool(srv.live.shape, sid)
+    if row is None:
+        raise ApiError(404, f"no shape with id {sid} (never indexed, or removed since)")
+    spec = srv.live.model.render_spec_hash or ""
+    return JSONResponse({
+        "id": row.id, "path": row.path, "label": row.label, "kind": row.kind, "faces": row.faces,
+        "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.added)), "content_hash": row.content_hash,
+        "preview": f"{request.base_url}api/shapes/{row.id}/preview.png?v={_etag(row.content_hash, spec)}",
+        "generation": srv.live.state().generation,
+    })
+
+
+async def preview(request: Request) -> Response:
+    """The stored views (a 2x2 grid of four views), cacheable: the ETag follows the shape's content hash."""
+    srv = _server(request)
+    sid = request.path_params["shape_id"]
+    spec = srv.live.model.render_spec_hash or ""
+    cache = {"Cache-Control": "private, max-age=86400"}
+    wanted = request.headers.get("if-none-match")
+    row = await run_in_threadpool(srv.live.shape, sid, wanted is None)
+    if row is None:
+        raise ApiError(404, f"no shape with id {sid} (never indexed, or removed since)")
+    etag = f'"{_etag(row.content_hash, spec)}"'
+    if wanted is not None:
+        tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
+        if etag in tags or "*" in tags:
+            return Response(status_code=304, headers={"ETag": etag, **cache})
+        row = await run_in_threadpool(srv.live.shape, sid, True)
+    if row is None or row.preview is None:
+        raise ApiError(404, f"shape {sid} has no stored preview")
+    return Response(row.preview, media_type="image/png", headers={"ETag": etag, **cache})
