@@ -1,6 +1,6 @@
 """Figures of the quality study (the paper's Figs. 2-7), from ``benchmarks/quality.py``'s work folder.
 
-    python benchmarks/figures.py [--work .cache/quality] [--out benchmarks/results] [--seeds 0,1,2]
+    python benchmarks/figures.py [--work DIR] [--out benchmarks/results] [--seeds 0,1,2]
 
 * ``pr_curves.png`` - precision/recall of every row, precision interpolated on a
   common recall grid and averaged over seeds (Figs. 4-5);
@@ -12,7 +12,8 @@
   over seeds, on all shapes and on the selected ones.
 
 Only matplotlib/scikit-learn/numpy; reads the per-run ``<row>.json`` and
-``<row>.npz`` files ``quality.py`` writes, never re-trains.
+``<row>.npz`` files ``quality.py`` writes (``--work``, default
+``<home>/cache/quality`` as there), never re-trains.
 """
 
 from __future__ import annotations
@@ -116,16 +117,20 @@ def tsne(work: Path, seed: int, out: Path, rows: tuple[str, ...] = ("CNN", "FT",
     return path
 
 
-def _thumb(path: str, view: int = 1) -> np.ndarray | None:
-    """One cached grey view of a gallery shape (the views the index embeds)."""
-    import os
+def _thumbs(paths: list[str], view: int = 1) -> dict[str, np.ndarray]:
+    """One grey view per gallery shape (the views the index embeds), from the study's view cache.
+
+    The study has rendered them already; what is missing is rendered in one
+    render-worker pass. Shapes that cannot be rendered get no thumbnail.
+    """
+    from quality import study_home
 
     from ftspl.engine.constants import RenderSpec
     from ftspl.train.viewcache import cache_views
 
-    folder = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "views"
-    cv = cache_views([Path(path)], ["mesh"], RenderSpec(), folder)
-    return cv.load(0)[view] if cv.keys else None
+    unique = list(dict.fromkeys(paths))
+    cv = cache_views([Path(p) for p in unique], ["mesh"] * len(unique), RenderSpec(), study_home().cache / "views")
+    return {unique[i]: cv.load(k)[view] for k, i in enumerate(cv.index)}
 
 
 def retrieval_examples(work: Path, seed: int, out: Path, row: str = "FTSPL", n: int = 6, top: int = 10) -> Path:
@@ -142,15 +147,17 @@ def retrieval_examples(work: Path, seed: int, out: Path, row: str = "FTSPL", n: 
         idx = np.flatnonzero(ql == c)
         picks.append(int(idx[len(idx) // 2]))  # a middle one: neither the first nor the best
     d = ((q[picks, None, :] - t[None, :, :]) ** 2).sum(-1)
+    orders = [np.argsort(d[r], kind="stable")[:top] for r in range(len(picks))]
+    thumbs = _thumbs([str(tp[gi]) for order in orders for gi in order])
     fig, axes = plt.subplots(len(picks), top + 1, figsize=(1.25 * (top + 1) + 0.6, 1.45 * len(picks)), squeeze=False)
     for r, qi in enumerate(picks):
-        order = np.argsort(d[r], kind="stable")[:top]
+        order = orders[r]
         ax = axes[r][0]
         ax.imshow(Image.open(qp[qi]).convert("RGB"))
         ax.set_title(ql[qi][:16], fontsize=8)
         for k, gi in enumerate(order, start=1):
             ax = axes[r][k]
-            img = _thumb(tp[gi])
+            img = thumbs.get(str(tp[gi]))
             if img is not None:
                 ax.imshow(img)
             wrong = tl[gi] != ql[qi]
@@ -211,11 +218,15 @@ def pseudo_label_accuracy(work: Path, seeds: list[int], out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "quality")
+    ap.add_argument("--work", type=Path, default=None, help="quality.py's work folder (default: <home>/cache/quality)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--only", default="pr,tsne,examples,pseudo")
     args = ap.parse_args(argv)
+    if args.work is None:
+        from quality import study_home
+
+        args.work = study_home().cache / "quality"
     seeds = [int(s) for s in args.seeds.split(",") if (args.work / f"seed{s.strip()}").is_dir()]
     if not seeds:
         raise SystemExit(f"{args.work}: no seed<N> folders; run benchmarks/quality.py first")

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 # OpenMP workers that spin-wait steal the shared cores from each other (a head-mode
-# step was 10-100x slower on a busy 2-core machine); must be set before torch loads.
+# step is 10-100x slower on a busy 2-core machine); must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -70,25 +70,39 @@ PAPER_MI3DOR: dict[str, tuple[float, ...]] = {
 PAPER_METRICS = ("NN", "FT", "ST", "F", "DCG", "ANMRR")
 
 
+def study_home():
+    """The repository's home (``$FTSPL_HOME``, else ``<repo>/.ftspl``), wherever the script is started:
+    its cache holds the Debian packages, the rendered views and the backbone features of every run."""
+    from ftspl.engine.home import Home
+
+    return Home.resolve(cwd=ROOT)
+
+
+def _default(name: str):
+    from ftspl.train.config import TrainConfig
+
+    return TrainConfig.__dataclass_fields__[name].default
+
+
 @dataclass(frozen=True)
 class StudyConfig:
-    """The training budget every trained row gets (head mode, CPU).
+    """The training budget every trained row gets: :class:`TrainConfig`'s defaults, head mode, CPU.
 
-    Chosen on the val photos of seeds 0 and 1 (held-out *source* models; the
-    query photos were never scored while tuning): warm-up 5 / 4 epochs per
-    round / lambda 0.25 gave FTSPL its best mean val FT; source_only was
-    insensitive to the warm-up (see the README's study notes for the grid).
+    Those defaults are the budget that gives FTSPL its best mean val FT when this
+    script tunes with ``--eval-on val`` on seeds 0 and 1 (held-out *source*
+    models' photos; the query photos are never scored while tuning); source_only
+    is insensitive to the warm-up (docs/QUALITY.md has the grid).
     """
 
-    rounds: int = 5
-    epochs: int = 4
-    warmup_epochs: int = 5
-    lr: float = 0.01
-    lam: float = 0.25
-    augment_copies: int = 4
-    batch_size: int = 32
-    target_ce_weight: float = 1.0
-    pl_space: str = "embedding"
+    rounds: int = _default("rounds")
+    epochs: int = _default("epochs")
+    warmup_epochs: int = _default("warmup_epochs")
+    lr: float = _default("lr")
+    lam: float = _default("lam")
+    augment_copies: int = _default("augment_copies")
+    batch_size: int = _default("batch_size")
+    target_ce_weight: float = _default("target_ce_weight")
+    pl_space: str = _default("pl_space")
     mode: str = "head"
     device: str = "cpu"
 
@@ -121,7 +135,7 @@ def build_split(seed: int, work: Path, data: Path | None, bench: str = "full") -
         return Split(data / "source", data / "queries", data / "target", classes, counts, val)
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
 
-    cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
+    cache = study_home().debian_cache
     cfg = replace(BENCH_PRESETS[bench], seed=seed)
     s = build_sh3d_benchmark(work / f"data-{bench}-s{seed}", cache, cfg)
     return Split(s.source, s.queries, s.target, s.classes, s.counts, s.val, s.photos)
@@ -160,9 +174,8 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
     from ftspl.train.loop import pretrained_embeddings, train
 
     done = seed_dir / f"{row}.json"
-    # A finished result is reused only when it was made with this very config and split
-    # (an earlier version reused it whatever the flags, so a rerun with other flags in the
-    # same --work silently reported the old numbers).
+    # A finished result is reused only when it was made with this very config and split;
+    # otherwise a rerun with other flags in the same --work would report the old numbers.
     key = hashlib.sha256(json.dumps({"row": row, "seed": seed, "study": asdict(study), "source": str(split.source),
                                      "target": str(split.target), "queries": str(split.queries)},
                                     sort_keys=True).encode()).hexdigest()[:16]
@@ -180,10 +193,10 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
     )
     t = time.perf_counter()
     if row == "CNN":
-        emb = pretrained_embeddings(cfg)
+        emb = pretrained_embeddings(cfg, home=study_home())
         rounds: list[dict] = []
     else:
-        res = train(apply_preset(cfg, row), return_embeddings=True)
+        res = train(apply_preset(cfg, row), return_embeddings=True, home=study_home())
         emb, rounds = res.embeddings, res.rounds
     seconds = time.perf_counter() - t
     metrics, pr = score(emb)
@@ -298,12 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a tiny training budget (smoke test)")
     ap.add_argument("--data", type=Path, default=None, help="use this source/queries/target folder for every seed")
     ap.add_argument("--bench", default="full", choices=("small", "full"), help="ftspl.data.bench preset")
-    ap.add_argument("--data-root", type=Path, default=ROOT / ".cache" / "quality-data",
-                    help="where the per-seed benchmark folders are built (reused when the config matches)")
+    ap.add_argument("--data-root", type=Path, default=None,
+                    help="where the per-seed benchmark folders are built (reused when the config matches; "
+                         "default: <home>/cache/quality-data)")
     ap.add_argument("--eval-on", default="queries", choices=("queries", "val"),
                     help="val: score on the held-out SOURCE models' photos (tuning; the queries stay untouched)")
     ap.add_argument("--prepare", action="store_true", help="only build the data and warm the view/feature caches")
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "quality")
+    ap.add_argument("--work", type=Path, default=None, help="per-run results and embeddings "
+                    "(default: <home>/cache/quality)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--served-check", default=None, metavar="ROW", help="also run ROW and CNN through export+index+eval")
     for name, typ in (("rounds", int), ("epochs", int), ("warmup-epochs", int), ("lr", float), ("lam", float),
@@ -324,8 +339,9 @@ def main(argv: list[str] | None = None) -> int:
                                                "target_ce_weight", "pl_space")
                  if getattr(args, k) is not None}
     study = replace(study, **overrides)
-    work = args.work.resolve()
-    os.environ.setdefault("FTSPL_CACHE", str(ROOT / ".cache"))
+    cache = study_home().cache
+    work = (args.work or cache / "quality").resolve()
+    data_root = (args.data_root or cache / "quality-data").resolve()
 
     # Triton's LLVM must load before Mesa's (the photo renderer's EGL context); see
     # ftspl.engine.rendering.renderer._load_torch_llvm_first - the other order segfaults.
@@ -338,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     checks = []
     for seed in seeds:
         t = time.perf_counter()
-        split = build_split(seed, args.data_root.resolve(), args.data.resolve() if args.data else None, args.bench)
+        split = build_split(seed, data_root, args.data.resolve() if args.data else None, args.bench)
         if args.eval_on == "val":
             if split.val is None or not split.val.is_dir():
                 sys.exit(f"{split.source.parent}: no val/ split to tune on")
@@ -355,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             for q in dict.fromkeys([split.queries, split.val or split.queries]):
                 pretrained_embeddings(TrainConfig(source=str(split.source), target=str(split.target), queries=str(q),
-                                                  seed=seed, **asdict(study)))
+                                                  seed=seed, **asdict(study)), home=study_home())
             log(f"seed {seed}: caches warm in {time.perf_counter() - t:.0f}s")
             continue
         for row in rows:

@@ -161,13 +161,13 @@ def index_peer(run_dir: Path, files: list[Path]) -> dict:
     import torch
     import trimesh
 
-    from ftspl.engine.constants import Preprocess, RenderSpec
+    from ftspl.engine.constants import RenderSpec
     from ftspl.engine.rendering.renderer import camera_positions
     from ftspl.export.from_run import run_model
 
     spec = RenderSpec()
     _img, mv, meta = run_model(run_dir)
-    pre = meta.preprocess if isinstance(meta.preprocess, Preprocess) else Preprocess()
+    pre = meta.preprocess
     mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
     std = torch.tensor(pre.std).view(1, 3, 1, 1)
     renderer = pyrender.OffscreenRenderer(spec.image_size, spec.image_size)

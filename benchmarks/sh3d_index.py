@@ -2,7 +2,7 @@
 
     python benchmarks/sh3d_index.py [--limit N] [--json]
 
-Fetches Debian's sweethome3d-furniture (cached under .cache/, git-ignored),
+Fetches Debian's sweethome3d-furniture (cached in the home's cache, git-ignored),
 extracts every model of the curated class map (textured OBJ + MTL), then runs
 the real CLI: ``ftspl export --pretrained`` (if the home has no model),
 ``ftspl index add``, and photo queries with the catalogue icons. Prints one
@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ftspl(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "ftspl", *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "ftspl", *args], check=False, capture_output=True, text=True, env=env)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=0, help="index only the first N models (0: all)")
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-sh3d")
+    ap.add_argument("--work", type=Path, default=None, help="default: <home>/cache/bench-sh3d")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -41,8 +41,12 @@ def main() -> None:
         fetch_furniture,
         furniture_models,
     )
+    from ftspl.engine.home import Home
 
-    cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
+    repo_home = Home.resolve(cwd=ROOT)
+    if args.work is None:
+        args.work = repo_home.cache / "bench-sh3d"
+    cache = repo_home.debian_cache
     libdir = fetch_furniture(cache)
     models = sorted(furniture_models(), key=lambda m: m.key)
     if args.limit:
@@ -58,7 +62,6 @@ def main() -> None:
     home = args.work / "home"
     res: dict = {"meshes": len(models)}
     from ftspl.engine.constants import RenderSpec
-    from ftspl.engine.home import Home
     from ftspl.engine.model.manifest import ModelManifest
 
     # export when there is no model, or one exported under an older default render spec

@@ -1,6 +1,6 @@
 """One real FTSPL run against the pretrained baseline, on Sweet Home 3D furniture.
 
-    python benchmarks/train_sh3d.py [--presets FTSPL,source_only] [--rounds 3] [--epochs 5] [--json]
+    python benchmarks/train_sh3d.py [--presets FTSPL,source_only] [--rounds N] [--epochs N] [--json]
 
 Data: the SH3D benchmark (``ftspl.data.bench``, seeded, disjoint models per
 class): photo-domain renders + catalogue icons of source models are the
@@ -11,6 +11,9 @@ meshes are the unlabelled gallery. The whole ablation study with seeds is
 the real stages: ``ftspl export --pretrained`` + ``index add`` + ``eval`` for the
 CNN row, then ``train`` (head mode) + ``export RUN`` + ``index add`` + ``eval``
 for each preset, so the numbers are the served model's, not the trainer's.
+The training budget is ``ftspl train``'s default (``TrainConfig``'s) unless
+``--rounds``/``--epochs``/``--warmup-epochs`` override it. Data, runs and homes
+live under ``--work`` (default ``<home>/cache/bench-train``).
 """
 
 from __future__ import annotations
@@ -43,20 +46,26 @@ def serve_metrics(home: Path, split) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="source_only,FTSPL")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--warmup-epochs", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=None, help="default: ftspl train's")
+    ap.add_argument("--epochs", type=int, default=None, help="default: ftspl train's")
+    ap.add_argument("--warmup-epochs", type=int, default=None, help="default: ftspl train's")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bench", default="full", choices=("small", "full"))
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-train")
+    ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     from dataclasses import replace
 
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.engine.home import Home
 
-    cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
+    repo_home = Home.resolve(cwd=ROOT)
+    if args.work is None:
+        args.work = repo_home.cache / "bench-train"
+    cache = repo_home.debian_cache
+    budget = [f"--{k.replace('_', '-')}={v}" for k, v in
+              (("rounds", args.rounds), ("epochs", args.epochs), ("warmup_epochs", args.warmup_epochs)) if v is not None]
     split = build_sh3d_benchmark(args.work / f"data-{args.bench}-s{args.seed}", cache,
                                  replace(BENCH_PRESETS[args.bench], seed=args.seed))
     out: dict = {"split": split.counts, "photos": split.photos, "classes": split.classes, "rows": {}}
@@ -68,9 +77,8 @@ def main() -> None:
         run = args.work / f"run-{preset}-s{args.seed}"
         t = time.perf_counter()
         res = ftspl(home, "train", "--source", str(split.source), "--target", str(split.target),
-                    "--queries", str(split.val), "--out", str(run), "--preset", preset,
-                    "--rounds", str(args.rounds), "--epochs", str(args.epochs),
-                    "--warmup-epochs", str(args.warmup_epochs), "--seed", str(args.seed),
+                    "--queries", str(split.val), "--out", str(run), "--preset", preset, *budget,
+                    "--seed", str(args.seed),
                     *(["--resume"] if (run / "checkpoint.pt").exists() else []))
         minutes = (time.perf_counter() - t) / 60
         h = args.work / f"home-{preset}"

@@ -8,6 +8,7 @@ rocket. Encoder tests use small random inputs and random-init backbones.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ torch = pytest.importorskip("torch")
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ftspl.engine.constants import BACKBONE_PREPROCESS, EMBED_DIM, Preprocess  # noqa: E402
+from ftspl.engine.constants import EMBED_DIM, Preprocess  # noqa: E402
 from ftspl.engine.errors import InputFileError, UnknownKeyError  # noqa: E402
 from ftspl.train.backbones import (  # noqa: E402
     BACKBONES,
@@ -26,6 +27,7 @@ from ftspl.train.backbones import (  # noqa: E402
     EfficientNetLite0,
     SamePadConv2d,
     build_backbone,
+    get_spec,
     lite0_weights_path,
 )
 from ftspl.train.model import Bottleneck, Classifier, ImageEncoder, MultiViewEncoder  # noqa: E402
@@ -42,6 +44,7 @@ EXPECTED: dict[str, tuple[set[int], bool]] = {
 #: every photo in tests/assets (astronaut: no ImageNet class, used for statistics)
 ALL_PHOTOS = (*EXPECTED, "astronaut")
 TORCHVISION_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+LITE0_PRE = BACKBONES["efficientnet_lite0"].preprocess
 
 
 def load_photo(path: Path, pre: Preprocess) -> torch.Tensor:
@@ -82,7 +85,7 @@ def lite0() -> EfficientNetLite0:
 @pytest.fixture(scope="module")
 def lite0_probs(lite0: EfficientNetLite0) -> torch.Tensor:
     with torch.inference_mode():
-        return lite0.classify(photo_batch(Preprocess.for_backbone("efficientnet_lite0"))).softmax(1)
+        return lite0.classify(photo_batch(LITE0_PRE)).softmax(1)
 
 
 # --- the EfficientNet-Lite0 port ---------------------------------------------
@@ -126,11 +129,11 @@ def test_lite0_normalisation_matches_stem_batchnorm(lite0: EfficientNetLite0) ->
         centred = (out - bn.running_mean[None, :, None, None]).square().mean(dim=(0, 2, 3))
         return float((centred[alive] / bn.running_var[alive]).mean())
 
-    configured = stem_second_moment(Preprocess.for_backbone("efficientnet_lite0"))
-    torchvision = stem_second_moment(Preprocess(mean=TORCHVISION_STATS[0], std=TORCHVISION_STATS[1]))
+    configured = stem_second_moment(LITE0_PRE)
+    torchvision = stem_second_moment(replace(LITE0_PRE, mean=TORCHVISION_STATS[0], std=TORCHVISION_STATS[1]))
     assert 0.6 < configured < 1.6, configured
     assert torchvision > 3.0, torchvision  # ~(0.5/0.229)^2 too large: wrong statistics
-    assert BACKBONE_PREPROCESS["efficientnet_lite0"]["std"][0] == pytest.approx(128 / 255)
+    assert LITE0_PRE.std[0] == pytest.approx(128 / 255)
 
 
 def test_lite0_tf_same_padding_beats_symmetric(lite0_probs: torch.Tensor) -> None:
@@ -141,7 +144,7 @@ def test_lite0_tf_same_padding_beats_symmetric(lite0_probs: torch.Tensor) -> Non
         if isinstance(module, SamePadConv2d):
             module.static_padding = nn.ZeroPad2d(module.kernel_size[0] // 2)
     with torch.inference_mode():
-        sym_probs = symmetric.classify(photo_batch(Preprocess.for_backbone("efficientnet_lite0"))).softmax(1)
+        sym_probs = symmetric.classify(photo_batch(LITE0_PRE)).softmax(1)
 
     def log_right_mass(probs: torch.Tensor) -> float:
         """Sum over photos of log P(one of the photo's right classes)."""
@@ -170,18 +173,56 @@ def test_unknown_backbone_lists_valid_keys() -> None:
     assert isinstance(info.value, KeyError)
 
 
-@pytest.mark.parametrize("name,dim", [("efficientnet_lite0", 1280), ("alexnet", 4096)])
-def test_feature_dims(name: str, dim: int) -> None:
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_feature_dims(name: str) -> None:
     torch.manual_seed(0)
     model = build_backbone(name, pretrained=False)
-    assert model.feat_dim == BACKBONES[name].feat_dim == dim
-    assert model.name == name
+    dim = BACKBONES[name].feat_dim
+    assert model.feat_dim == dim and dim > 0
+    assert model.name == name == BACKBONES[name].name
     assert not model.training
     with torch.inference_mode():
         x = torch.randn(2, 3, 64, 64)
         assert model.features(x).shape == (2, dim)
         assert model(x).shape == (2, dim)
         assert model.classify(x).shape == (2, 1000)
+
+
+def test_known_feature_dims() -> None:
+    assert BACKBONES["efficientnet_lite0"].feat_dim == 1280 and BACKBONES["alexnet"].feat_dim == 4096
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_registry_entry_carries_its_preprocessing(name: str) -> None:
+    """Each entry's input transform is complete and usable at the engine's view size."""
+    from ftspl.engine.constants import IMAGE_SIZE
+
+    pre = get_spec(name).preprocess
+    assert isinstance(pre, Preprocess)
+    assert pre.image_size == IMAGE_SIZE  # photos and rendered views share one input size
+    assert 0 < pre.crop_pct <= 1
+    assert len(pre.mean) == len(pre.std) == 3
+    assert all(0 <= m <= 1 for m in pre.mean) and all(0 < s <= 1 for s in pre.std)
+    assert Preprocess.from_dict(pre.to_dict()) == pre  # what the manifest stores reads back unchanged
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_pretrained_export_takes_preprocessing_from_the_entry(name: str) -> None:
+    from ftspl.export.pretrained import pretrained_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # alexnet without a weights file: random init
+        _img, _mv, meta = pretrained_model(name)
+    assert meta.preprocess == get_spec(name).preprocess
+    assert meta.training["weights"] == ("shipped" if get_spec(name).shipped_weights else "random")
+
+
+def test_engine_preprocess_has_no_default() -> None:
+    """The engine never falls back to built-in statistics: a model's manifest must supply them."""
+    with pytest.raises(TypeError):
+        Preprocess()  # type: ignore[call-arg]
+    with pytest.raises(KeyError):
+        Preprocess.from_dict({"image_size": 224, "crop_pct": 0.875, "mean": [0.5] * 3})
 
 
 def test_alexnet_without_weights_warns_and_is_random() -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ftspl.engine import constants as C
-from ftspl.engine.constants import Preprocess, RenderSpec
+from ftspl.engine.constants import RenderSpec
 from ftspl.engine.model.encoders import Encoders
 from ftspl.engine.model.manifest import ModelManifest
 
@@ -36,18 +36,20 @@ def test_manifest_carries_the_constants(model_home):
     man = ModelManifest.load(model_dir)
     assert man.views == C.VIEWS and man.image_size == C.IMAGE_SIZE
     assert man.get_render_spec() == RenderSpec() and man.render_spec_hash == RenderSpec().digest()
-    assert man.get_preprocess() == Preprocess.for_backbone(man.backbone)
+    assert man.get_preprocess() == get_spec(man.backbone).preprocess
     assert man.embed_dim == get_spec(man.backbone).feat_dim
     enc = Encoders(model_dir)
-    assert enc.preprocess == Preprocess.for_backbone(man.backbone)
+    assert enc.preprocess == get_spec(man.backbone).preprocess
     del torch
 
 
 def test_unknown_backbone_lists_valid():
+    pytest.importorskip("torch")
     from ftspl.engine.errors import UnknownKeyError
+    from ftspl.train.backbones import get_spec
 
     with pytest.raises(UnknownKeyError, match="valid: alexnet, efficientnet_lite0"):
-        Preprocess.for_backbone("resnet9000")
+        get_spec("resnet9000")
 
 
 def test_tampered_model_is_refused(model_home):

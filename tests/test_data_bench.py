@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -14,15 +13,11 @@ import pytest
 import trimesh
 from PIL import Image
 
+from ftspl.data.backgrounds import Background
 from ftspl.data.bench import GROUPS, BenchConfig, split_models
-from ftspl.data.photo_domain import (
-    Background,
-    PhotoConfig,
-    PhotoRenderer,
-    TextureLoadError,
-    load_textured_mesh,
-)
+from ftspl.data.photo_domain import PhotoConfig, PhotoRenderer
 from ftspl.data.sh3d import DEFAULT_MTL, Sh3dModel, extract_icon, extract_model
+from ftspl.data.textured import TextureLoadError, load_textured_mesh
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 96
@@ -210,11 +205,12 @@ def test_small_benchmark_builds_from_debian(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from ftspl.cli.data_cmd import data_app
+    from ftspl.data.backgrounds import fetch_backgrounds
     from ftspl.data.bench import BENCH_PRESETS, _render_model
-    from ftspl.data.photo_domain import fetch_backgrounds
     from ftspl.data.sh3d import all_models, fetch_sources
+    from ftspl.engine.home import Home
 
-    cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
+    cache = Home.resolve(cwd=ROOT).debian_cache
     out = tmp_path / "bench"
     res = CliRunner().invoke(data_app, ["sh3d", "--out", str(out), "--small", "--seed", "1", "--cache", str(cache), "--json"])
     assert res.exit_code == 0, res.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -40,14 +39,32 @@ def test_finished_run_needs_same_config_and_all_rounds(tmp_path):
     assert not _finished_run(tmp_path, replace(cfg, lr=0.5))
 
 
+def test_demo_trains_with_the_config_defaults(tmp_path):
+    """The demo's budget is TrainConfig's (the study's), not a copy; it validates on val, never on queries."""
+    from types import SimpleNamespace
+
+    from ftspl.cli.demo import DemoConfig, _train_config
+    from ftspl.train.config import PRESETS, TrainConfig
+
+    data = SimpleNamespace(source=tmp_path / "s", target=tmp_path / "t", val=tmp_path / "v", queries=tmp_path / "q")
+    cfg = _train_config(data, tmp_path / "run", DemoConfig(seed=3))
+    default = TrainConfig()
+    for k in ("rounds", "epochs", "warmup_epochs", "lam", "lr", "augment_copies", "batch_size", "mode", "up"):
+        assert getattr(cfg, k) == getattr(default, k), k
+    assert cfg.queries == str(tmp_path / "v") and cfg.seed == 3 and cfg.device == "cpu"
+    assert cfg.preset == "FTSPL" and all(getattr(cfg, k) == v for k, v in PRESETS["FTSPL"].items())
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, monkeypatch):
     """The real demo: fresh view/feature caches; the Debian packages come from the shared cache when present."""
     from conftest import run_ftspl
 
+    from ftspl.engine.home import Home
+
     cache = tmp_path / "cache"
     cache.mkdir()
-    shared = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
+    shared = Home.resolve(cwd=ROOT).debian_cache
     if shared.is_dir():
         (cache / "debian").symlink_to(shared)
     out = tmp_path / "demo"

@@ -11,7 +11,8 @@ from ftspl.engine.errors import ImageLoadError
 from ftspl.engine.loading.photos import load_photo
 from ftspl.engine.model.preprocess import photo_batch, resize_crop, to_tensor
 
-PRE = Preprocess()
+#: an explicit transform: the engine has no default, a model's manifest always supplies one
+PRE = Preprocess(image_size=224, crop_pct=0.875, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
 def _gradient(w: int = 64, h: int = 48) -> Image.Image:

@@ -54,6 +54,20 @@ def test_markdown_table_has_every_row_and_the_paper_numbers():
     assert "| CNN |" in md and md.count(" - |") >= 1
 
 
+def test_study_budget_is_the_train_configs_default():
+    """One copy of the tuned budget: the study trains with what ``ftspl train`` defaults to."""
+    from dataclasses import asdict
+
+    from ftspl.train.config import TrainConfig
+
+    default = TrainConfig()
+    study = asdict(quality.StudyConfig())
+    assert {k: v for k, v in study.items() if k not in ("mode", "device")} == {
+        k: getattr(default, k) for k in study if k not in ("mode", "device")}
+    assert study["mode"] == default.mode == "head"
+    assert (default.rounds, default.warmup_epochs, default.epochs, default.lam) == (5, 5, 4, 0.25)
+
+
 def test_unknown_row_is_one_clear_line(capsys):
     with pytest.raises(SystemExit, match="unknown row.*valid: CNN"):
         quality.main(["--rows", "FTSPL,oracle", "--data", "nowhere"])
@@ -176,11 +190,11 @@ def test_finished_row_is_reused_only_for_the_same_config(tmp_path, monkeypatch):
     import types
     from dataclasses import replace
 
-    import ftspl.train.loop as loop
+    from ftspl.train import loop
 
     calls = []
 
-    def fake_train(cfg, return_embeddings=False):
+    def fake_train(cfg, return_embeddings=False, home=None):
         calls.append(cfg.lam)
         emb = types.SimpleNamespace(query_labels=np.zeros(3), target_labels=np.zeros(4))
         return types.SimpleNamespace(embeddings=emb, rounds=[])

@@ -14,7 +14,6 @@ Run with ``-s`` to see the figures (files tried / indexed / failed per package).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -51,9 +50,10 @@ EXPECTED_FAIL = {
 def corpora() -> dict[str, list[Path]]:
     from ftspl.data.broken import broken_files
     from ftspl.data.sh3d import DataFetchError
+    from ftspl.engine.home import Home
 
-    root = Path(__file__).resolve().parents[1]  # the repo, whatever the working folder
-    cache = Path(os.environ.get("FTSPL_CACHE", root / ".cache")) / "debian"
+    root = Path(__file__).resolve().parents[1]  # the repo's home, whatever the working folder
+    cache = Home.resolve(cwd=root).debian_cache
     try:
         files = broken_files(cache)
     except DataFetchError as exc:

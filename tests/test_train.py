@@ -1,9 +1,9 @@
-"""The FTSPL loop end to end on tiny data: determinism, label blindness, resume, modes, export."""
+"""The FTSPL loop end to end on tiny data: determinism, label blindness, resume, modes, export;
+the config's defaults and caches; target shapes rendered through the render worker."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +15,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from ftspl.engine.errors import UsageError
+from ftspl.engine.errors import FtsplError, UsageError
 from ftspl.train.config import PRESETS, TrainConfig, apply_preset
 
 SHAPES = {
@@ -70,6 +70,7 @@ def same(a: dict, b: dict) -> bool:
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
+    """One view/feature cache for this module's runs (``$FTSPL_CACHE`` overrides the home's cache)."""
     monkeypatch.setenv("FTSPL_CACHE", str(tmp_path_factory.getbasetemp() / "train-cache"))
 
 
@@ -174,7 +175,7 @@ def test_bad_inputs_are_clear(tiny, tmp_path):
     with pytest.raises(UsageError, match="'ghost' has no photos"):
         train(cfg_for(tiny, tmp_path / "r2", source=str(empty_cls)))
     (tmp_path / "nothing").mkdir()
-    with pytest.raises(UsageError, match="no meshes"):
+    with pytest.raises(FtsplError, match="no meshes"):  # a usage error or the scan's file error
         train(cfg_for(tiny, tmp_path / "r3", target=str(tmp_path / "nothing")))
     from ftspl.engine.errors import UnknownKeyError
 
@@ -211,11 +212,11 @@ def test_pl_space_is_validated():
 
 
 def test_feature_cache_keys_roundtrip_and_corruption(tmp_path):
-    from ftspl.engine.constants import Preprocess
     from ftspl.engine.files import sha256_file
+    from ftspl.train.backbones import get_spec
     from ftspl.train.featcache import FeatureCache, backbone_id
 
-    pre = Preprocess.for_backbone("efficientnet_lite0")
+    pre = get_spec("efficientnet_lite0").preprocess
     cache = FeatureCache(tmp_path / "f", "efficientnet_lite0", pre)
     photo = tmp_path / "p.bin"
     photo.write_bytes(b"pixels")
@@ -240,7 +241,9 @@ def test_head_features_are_cached_and_reused(tiny, tmp_path):
     from ftspl.train.loop import train
 
     train(cfg_for(tiny, tmp_path / "a"))
-    feats = sorted((Path(os.environ["FTSPL_CACHE"]) / "features").glob("*.npy"))
+    from ftspl.engine.home import Home
+
+    feats = sorted((Home.resolve().cache / "features").glob("*.npy"))
     assert feats
     stamps = {p: p.stat().st_mtime_ns for p in feats}
     res = train(cfg_for(tiny, tmp_path / "b"), return_embeddings=True)
@@ -249,3 +252,91 @@ def test_head_features_are_cached_and_reused(tiny, tmp_path):
     emb = res.embeddings
     assert emb.target.shape[0] == len(emb.target_labels) == len(emb.target_paths)
     assert emb.query is None and sorted(set(emb.source_labels)) == ["round", "tall"]
+
+
+# -- the config's defaults, the cache root, the up axis -------------------------------------------
+def test_config_imports_without_torch():
+    """The CLI reads its option defaults from TrainConfig before it knows whether torch is needed."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ftspl.train.config as c; cfg = c.TrainConfig(); c.apply_preset(cfg, 'SPL'); "
+            "print(cfg.epochs, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(TrainConfig().epochs), "False"]
+
+
+def test_up_is_validated_and_reaches_the_render_spec():
+    from ftspl.engine.constants import RenderSpec
+    from ftspl.engine.errors import UnknownKeyError
+    from ftspl.train.config import validate
+    from ftspl.train.loop import render_spec_for
+
+    assert TrainConfig().up is None and render_spec_for(TrainConfig()) == RenderSpec()
+    assert render_spec_for(replace(TrainConfig(), up="z")) == RenderSpec().with_up("z")
+    with pytest.raises(UnknownKeyError, match="valid: y, z"):
+        validate(replace(TrainConfig(), up="x"))
+
+
+def test_cache_root_is_the_homes(tmp_path, monkeypatch):
+    from ftspl.engine.home import Home
+
+    monkeypatch.delenv("FTSPL_CACHE")
+    monkeypatch.delenv("FTSPL_HOME", raising=False)
+    assert Home.resolve(cwd=tmp_path).cache == (tmp_path / ".ftspl" / "cache").resolve()
+    assert Home(tmp_path / "h").debian_cache == tmp_path / "h" / "cache" / "debian"
+    monkeypatch.setenv("FTSPL_HOME", str(tmp_path / "elsewhere"))
+    assert Home.resolve(cwd=tmp_path).cache == (tmp_path / "elsewhere" / "cache").resolve()
+    monkeypatch.setenv("FTSPL_CACHE", str(tmp_path / "shared"))
+    assert Home(tmp_path / "h").cache == (tmp_path / "shared").resolve()
+
+
+def test_view_cache_renders_through_the_worker(tmp_path, monkeypatch):
+    """Bad files get one reason each (the worker's caps apply), good ones are cached per render spec."""
+    from ftspl.engine.constants import RenderSpec
+    from ftspl.engine.loading.meshes import MeshLimits
+    from ftspl.engine.rendering import worker
+    from ftspl.train.viewcache import cache_views
+
+    good, broken, big = tmp_path / "good.ply", tmp_path / "broken.obj", tmp_path / "big.ply"
+    SHAPES["tall"](0).export(good)
+    broken.write_bytes(b"v 0 0 0\nv nan 1 0\nf 1 2 9\n\x00\xff garbage")
+    trimesh.creation.icosphere(3).export(big)  # 1280 faces
+    paths, kinds = [broken, good, big], ["mesh"] * 3
+    folder = tmp_path / "views"
+    cv = cache_views(paths, kinds, RenderSpec(), folder, limits=MeshLimits(max_faces=1000))
+    assert cv.index == [1] and [p for p, _ in cv.failed] == [str(broken), str(big)]
+    assert all(reason and "\n" not in reason for _, reason in cv.failed)
+    assert "faces" in cv.failed[1][1]
+    y_views = cv.load(0)
+    assert y_views.shape == (12, 224, 224, 3) and y_views.dtype == np.uint8
+
+    class NoWorker:
+        def __init__(self, *a, **kw):
+            raise AssertionError("a cached shape must not start the render worker")
+
+    monkeypatch.setattr(worker, "RenderWorker", NoWorker)
+    again = cache_views([good], ["mesh"], RenderSpec(), folder)
+    assert again.keys == cv.keys[:1] and np.array_equal(again.load(0), y_views)
+    monkeypatch.undo()
+    z = cache_views([good], ["mesh"], RenderSpec().with_up("z"), folder)
+    assert z.keys != cv.keys[:1] and not np.array_equal(z.load(0), y_views)  # another spec, other views
+
+
+@pytest.mark.slow
+def test_broken_target_file_is_one_line_not_a_crash(tiny, tmp_path):
+    """``ftspl train`` skips a broken mesh in the target folder and prints ``path: reason`` for it."""
+    from conftest import run_ftspl
+
+    target = tmp_path / "target"
+    shutil.copytree(tiny / "target", target)
+    broken = target / "tall" / "broken.obj"
+    broken.write_bytes(b"\x00\x01 not a mesh")
+    r = run_ftspl(tmp_path / "home", "train", "--source", str(tiny / "source"), "--target", str(target),
+                  "--out", str(tmp_path / "run"), "--rounds", "1", "--epochs", "1", "--warmup-epochs", "1",
+                  "--batch-size", "4", "--augment-copies", "1", "--device", "cpu", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith(f"{broken}: ")]
+    assert len(lines) == 1, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["skipped"] == 1
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["n_target"] == 6

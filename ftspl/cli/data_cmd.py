@@ -5,7 +5,6 @@ Registered by the main app as ``app.add_typer(data_app, name="data")``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,10 +16,6 @@ from ftspl.engine.errors import FtsplError
 data_app = typer.Typer(help="Build benchmark data sets (fetched with apt-get, cached).", no_args_is_help=True)
 
 
-def _default_cache() -> Path:
-    return Path(os.environ.get("FTSPL_CACHE", Path.cwd() / ".cache")) / "debian"
-
-
 @data_app.callback()
 def _data() -> None:
     """Build benchmark data sets (a group even with one command, so ``data sh3d`` stays the path)."""
@@ -30,7 +25,8 @@ _OUT = typer.Option(..., "--out", help="Folder for source/, val/, queries/, targ
 _SEED = typer.Option(0, "--seed", help="Split and render seed (same seed, same files).")
 _RENDERS = typer.Option(None, "--renders", min=0, help="Photo renders per photo model (default: the preset's).")
 _SMALL = typer.Option(False, "--small", help="The small preset: 8 models per class, 2 renders (about a minute).")
-_CACHE = typer.Option(None, "--cache", help="Debian package cache (default: $FTSPL_CACHE/debian or ./.cache/debian).")
+_CACHE = typer.Option(None, "--cache", help="Debian package cache (default: <home>/cache/debian).")
+_HOME = typer.Option(None, "--home", help="Home folder whose cache holds the packages (default: $FTSPL_HOME or ./.ftspl).")
 _JSON = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
@@ -41,16 +37,18 @@ def sh3d(
     renders: int | None = _RENDERS,
     small: bool = _SMALL,
     cache: Path | None = _CACHE,
+    home: Path | None = _HOME,
     as_json: bool = _JSON,
 ) -> None:
     """The SH3D benchmark: photo-domain renders + icons (source/val/queries) and a mesh gallery (target)."""
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.engine.home import Home
 
     cfg = BENCH_PRESETS["small" if small else "full"]
     cfg = replace(cfg, seed=seed, **({"renders": renders} if renders is not None else {}))
     try:
         with console.progress(not as_json) as update:
-            split = build_sh3d_benchmark(out, cache or _default_cache(), cfg, progress=update)
+            split = build_sh3d_benchmark(out, cache or Home.resolve(home).debian_cache, cfg, progress=update)
     except FtsplError as exc:
         console.error(str(exc))
         raise typer.Exit(exc.exit_code) from None

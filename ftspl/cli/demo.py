@@ -28,34 +28,30 @@ from ftspl.cli import console
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo builds and trains: small enough for ~5 minutes on 2 CPU cores."""
+    """What the demo builds and shows; it trains with :class:`TrainConfig`'s default budget (head mode, CPU)."""
 
     bench: str = "small"  #: ftspl.data.bench preset
     seed: int = 0
-    rounds: int = 5
-    epochs: int = 4  #: the budget the quality study tuned on its val split (benchmarks/quality.py)
-    warmup_epochs: int = 5
-    lam: float = 0.25
-    augment_copies: int = 4
     n_queries: int = 6  #: held-out photos shown in the table / contact sheet (one per class)
     top: int = 5
 
 
+#: the training settings the demo reports beside its own config
+_BUDGET = ("rounds", "epochs", "warmup_epochs", "lam", "augment_copies", "mode")
+
+
 def _train_config(data, run: Path, cfg: DemoConfig):
+    """FTSPL with TrainConfig's defaults, validated on ``data/val`` (never on the queries), on the CPU."""
     from ftspl.train.config import TrainConfig, apply_preset
 
-    base = TrainConfig(
-        source=str(data.source), target=str(data.target), queries=str(data.val), out=str(run), mode="head",
-        rounds=cfg.rounds, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, lam=cfg.lam,
-        augment_copies=cfg.augment_copies,
-        seed=cfg.seed, device="cpu",
-    )
+    base = TrainConfig(source=str(data.source), target=str(data.target), queries=str(data.val), out=str(run),
+                       seed=cfg.seed, device="cpu")
     return apply_preset(base, "FTSPL")
 
 
 def _finished_run(run: Path, tcfg) -> bool:
     """A complete earlier run with exactly these settings (then training is skipped)."""
-    from ftspl.train.loop import CONFIG, METRICS
+    from ftspl.train.runio import CONFIG, METRICS
 
     try:
         same = json.loads((run / CONFIG).read_text()) == json.loads(tcfg.to_json())
@@ -90,8 +86,9 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(os.environ.get("FTSPL_CACHE", Path.cwd() / ".cache"))
-    os.environ.setdefault("FTSPL_CACHE", str(cache))  # the trainer's view/feature caches
+    # The demo's own home: its model and index never replace the user's; its cache holds the
+    # Debian packages and the trainer's views and features, so a rerun reuses them.
+    home = Home(out / ".ftspl")
     timings: dict[str, float] = {}
     show = not as_json
     t_all = time.perf_counter()
@@ -99,8 +96,8 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
     # 1. data ------------------------------------------------------------------------------
     t = time.perf_counter()
     with console.progress(show) as update:
-        data = build_sh3d_benchmark(out / "data", cache / "debian", replace(BENCH_PRESETS[cfg.bench], seed=cfg.seed),
-                                    progress=update)
+        data = build_sh3d_benchmark(out / "data", home.debian_cache,
+                                    replace(BENCH_PRESETS[cfg.bench], seed=cfg.seed), progress=update)
     timings["data_s"] = time.perf_counter() - t
     console.warn(
         f"[1/6] data: {len(data.classes)} classes; models {data.counts}; photos {data.photos} "
@@ -129,15 +126,17 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
                 )
 
         with console.progress(show) as update:
-            rounds = train(tcfg, progress=update, on_round=on_round).rounds
-        console.warn(f"[2/6] train: FTSPL, head mode, {cfg.rounds} rounds ({time.perf_counter() - t:.0f} s)")
+            result = train(tcfg, progress=update, on_round=on_round, home=home)
+        rounds = result.rounds
+        for path, reason in result.skipped:
+            console.warn(f"{path}: {reason}")
+        console.warn(f"[2/6] train: FTSPL, {tcfg.mode} mode, {tcfg.rounds} rounds ({time.perf_counter() - t:.0f} s)")
     timings["train_s"] = time.perf_counter() - t
 
     # 3. export ----------------------------------------------------------------------------
     from ftspl.export.from_run import run_model
     from ftspl.export.onnx_export import ExportConfig, export_encoders
 
-    home = Home(out / ".ftspl")
     t = time.perf_counter()
     img, mv, meta = run_model(run)
     _, man = export_encoders(img, mv, meta, home, ExportConfig())
@@ -191,7 +190,7 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
         "metrics": metrics,
         "val_metrics_last_round": val,
         "pseudo_label_acc": [r.get("pseudo_acc") for r in rounds],
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), **{k: getattr(tcfg, k) for k in _BUDGET}},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "contact_sheet": str(sheet),
     }

@@ -34,13 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ftspl.data.photo_domain import (
-    PhotoConfig,
-    PhotoRenderer,
-    TextureLoadError,
-    fetch_backgrounds,
-    load_textured_mesh,
-)
+from ftspl.data.backgrounds import fetch_backgrounds
+from ftspl.data.photo_domain import PhotoConfig, PhotoRenderer
 from ftspl.data.sh3d import (
     CATALOG_PACKAGE,
     FURNITURE_PACKAGE,
@@ -53,6 +48,7 @@ from ftspl.data.sh3d import (
     notice_text,
     package_version,
 )
+from ftspl.data.textured import TextureLoadError, load_textured_mesh
 from ftspl.engine.errors import UsageError
 from ftspl.engine.files import atomic_write_bytes
 

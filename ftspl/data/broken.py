@@ -21,7 +21,6 @@ reads, per package.
 from __future__ import annotations
 
 import logging
-import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -45,8 +44,10 @@ _MAX_MEMBER_BYTES = 256 * 1024 * 1024
 
 
 def default_cache() -> Path:
-    """``$FTSPL_CACHE/debian``, else ``./.cache/debian`` (the other data fetchers' folder)."""
-    return Path(os.environ.get("FTSPL_CACHE", Path.cwd() / ".cache")) / "debian"
+    """The home's Debian package cache (:attr:`ftspl.engine.home.Home.debian_cache`), shared with the other fetchers."""
+    from ftspl.engine.home import Home
+
+    return Home.resolve().debian_cache
 
 
 def _extract_meshes(tar_path: Path, dest: Path) -> Path:

@@ -13,54 +13,27 @@ Every random choice is drawn from the ``numpy.random.Generator`` the caller
 passes, and nothing else varies (no time, no global RNG), so the same
 generator state gives the same JPEG bytes on the same driver.
 
-Backgrounds come only from Debian packages fetched with ``apt-get download``:
-the photographs among ``plasma-workspace-wallpapers`` (LGPL-3 per wallpaper,
-GPL-2+ package) and ``mate-backgrounds`` (GPL-2+ nature photos), and the
-floor/wall/sky textures in the ``sweethome3d`` jar (GPL-2+ / CC-BY 3.0).
+Textured meshes come from :mod:`ftspl.data.textured`, backgrounds (real
+images from Debian packages, or studio backdrops) from
+:mod:`ftspl.data.backgrounds`; this module holds the renderer and the camera's
+faults.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import math
-import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from ftspl.engine.errors import InputFileError, RenderError
+from ftspl.data.backgrounds import Background, draw_background
+from ftspl.data.textured import Part, TexturedMesh
+from ftspl.engine.errors import RenderError
 from ftspl.engine.rendering.renderer import look_at, perspective
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "Background",
-    "PhotoConfig",
-    "PhotoRenderer",
-    "TexturedMesh",
-    "fetch_backgrounds",
-    "load_textured_mesh",
-]
-
-BACKGROUND_PACKAGE = "mate-backgrounds"
-KDE_PACKAGE = "plasma-workspace-wallpapers"
-_PHOTO_DIR = "usr/share/backgrounds/mate/nature"
-_KDE_DIR = "usr/share/wallpapers"
-#: The photographs among the KDE wallpapers (the others are drawings and abstract art).
-KDE_PHOTOS = (
-    "BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
-    "OneStandsOut", "Path", "summer_1am",
-)
-_JAR = "usr/share/sweethome3d/sweethome3d.jar"
-_JAR_TEXTURES = "com/eteks/sweethome3d/io/resources/textures/"
-_BG_MAX_SIDE = 640  #: backgrounds are cropped at most this large, so keep them decoded at this size
-
-
-class TextureLoadError(InputFileError):
-    """A model file cannot be loaded with its materials."""
+__all__ = ["PhotoConfig", "PhotoRenderer"]
 
 
 @dataclass(frozen=True)
@@ -94,259 +67,6 @@ class PhotoConfig:
     jpeg_quality: tuple[int, int] = (50, 95)
 
 
-# --------------------------------------------------------------------- meshes
-@dataclass
-class Part:
-    """One material's triangles, ready to upload (normalised coordinates)."""
-
-    positions: np.ndarray  #: (N, 3) float32
-    normals: np.ndarray  #: (N, 3) float32; zeros where the file has none usable
-    uvs: np.ndarray  #: (N, 2) float32; zeros without texture
-    faces: np.ndarray  #: (F, 3) uint32
-    color: tuple[float, float, float]
-    alpha: float
-    texture: np.ndarray | None  #: (H, W, 4) uint8, row 0 at the top, or None
-    specular: float
-    shininess: float
-
-
-@dataclass
-class TexturedMesh:
-    parts: list[Part] = field(default_factory=list)
-
-    @property
-    def n_faces(self) -> int:
-        return sum(len(p.faces) for p in self.parts)
-
-    @property
-    def textured(self) -> bool:
-        return any(p.texture is not None for p in self.parts)
-
-
-def _mtl_extras(folder: Path) -> dict[str, dict[str, float]]:
-    """``d``/``Tr`` (transparency) and ``Ks`` per material name: trimesh keeps neither."""
-    out: dict[str, dict[str, float]] = {}
-    for mtl in folder.glob("*.mtl"):
-        current: dict[str, float] | None = None
-        for line in mtl.read_text(encoding="latin-1").splitlines():
-            parts = line.split()
-            if not parts:
-                continue
-            key = parts[0]
-            try:
-                if key == "newmtl" and len(parts) > 1:
-                    current = out.setdefault(" ".join(parts[1:]), {})
-                elif current is not None and key == "d" and len(parts) > 1:
-                    current["alpha"] = float(parts[1])
-                elif current is not None and key == "Tr" and len(parts) > 1:
-                    current.setdefault("alpha", 1.0 - float(parts[1]))
-                elif current is not None and key == "Ks" and len(parts) > 3:
-                    current["specular"] = float(np.mean([float(x) for x in parts[1:4]]))
-            except ValueError:  # a malformed number: keep the defaults for that key
-                continue
-    return out
-
-
-def load_textured_mesh(path: Path, max_texture: int = 1024) -> TexturedMesh:
-    """Load an OBJ with its MTL colours and texture maps, centred and scaled to radius 1.
-
-    Why trimesh: it already splits an OBJ by material and resolves ``map_Kd``
-    images relative to the file. Transparency and specular colour it does not
-    keep are read from the MTL files beside the OBJ.
-    """
-    import trimesh
-
-    path = Path(path)
-    try:
-        scene = trimesh.load(path, force="scene", skip_materials=False, process=False)
-    # trimesh raises whatever its parsers raise (ValueError, IndexError, KeyError, OSError...)
-    except Exception as exc:  # noqa: BLE001 - third-party parser boundary
-        raise TextureLoadError(path, f"cannot load with materials: {type(exc).__name__}: {exc}") from None
-    extras = _mtl_extras(path.parent)
-    # Normals only from the file: trimesh's computed ones average faces of mixed winding
-    # into garbage, where the shader's flat normal (screen-space derivatives) is always right.
-    file_normals = _has_normals(path)
-    mesh = TexturedMesh()
-    for node in scene.graph.nodes_geometry:
-        transform, name = scene.graph[node]
-        geom = scene.geometry[name]
-        if not isinstance(geom, trimesh.Trimesh) or len(geom.faces) == 0:
-            continue
-        pos = trimesh.transform_points(np.asarray(geom.vertices, dtype=np.float64), transform)
-        if file_normals:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                normals = np.asarray(geom.vertex_normals, dtype=np.float64) @ np.asarray(transform)[:3, :3].T
-            normals = np.nan_to_num(normals)
-        else:
-            normals = np.zeros_like(pos)
-        visual = geom.visual
-        color, texture, uvs = (0.8, 0.8, 0.8), None, None
-        material = getattr(visual, "material", None)
-        mat_name = getattr(material, "name", None) or ""
-        if material is not None:
-            diffuse = getattr(material, "diffuse", None)
-            if diffuse is None:
-                diffuse = getattr(material, "baseColorFactor", None)
-            if diffuse is not None:
-                color = tuple(float(c) / 255.0 for c in np.asarray(diffuse)[:3])
-            image = getattr(material, "image", None)
-            if image is None:
-                image = getattr(material, "baseColorTexture", None)
-            uv = getattr(visual, "uv", None)
-            if image is not None and uv is not None and len(uv) == len(pos):
-                texture = _texture_array(image, max_texture)
-                uvs = np.asarray(uv, dtype=np.float32)
-        elif hasattr(visual, "main_color"):
-            color = tuple(float(c) / 255.0 for c in np.asarray(visual.main_color)[:3])
-        extra = extras.get(mat_name, {})
-        mesh.parts.append(
-            Part(
-                positions=pos.astype(np.float32),
-                normals=normals.astype(np.float32),
-                uvs=uvs if uvs is not None else np.zeros((len(pos), 2), np.float32),
-                faces=np.asarray(geom.faces, dtype=np.uint32),
-                color=color,
-                alpha=float(np.clip(extra.get("alpha", 1.0), 0.0, 1.0)),
-                texture=texture,
-                specular=float(np.clip(extra.get("specular", 0.2), 0.0, 1.0)),
-                shininess=float(np.clip(getattr(material, "glossiness", None) or 30.0, 2.0, 200.0)),
-            )
-        )
-    if not mesh.parts:
-        raise TextureLoadError(path, "no triangles with materials found")
-    _normalise(mesh)
-    return mesh
-
-
-def _has_normals(path: Path) -> bool:
-    """Whether an OBJ has ``vn`` lines (read as bytes: no decoding of a large file)."""
-    with open(path, "rb") as fh:
-        return any(line.startswith(b"vn ") for line in fh)
-
-
-def _texture_array(image: Image.Image, max_side: int) -> np.ndarray:
-    img = image.convert("RGBA")
-    if max(img.size) > max_side:
-        img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _normalise(mesh: TexturedMesh) -> None:
-    """Centre the bounding box at the origin and scale the farthest vertex to radius 1."""
-    allv = np.concatenate([p.positions for p in mesh.parts])
-    centre = (allv.min(axis=0) + allv.max(axis=0)) / 2.0
-    scale = float(np.linalg.norm(allv - centre, axis=1).max())
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError("cannot normalise a mesh with zero extent")
-    for p in mesh.parts:
-        p.positions = ((p.positions - centre) / scale).astype(np.float32)
-
-
-# ---------------------------------------------------------------- backgrounds
-@dataclass(frozen=True)
-class Background:
-    kind: str  #: photo or texture
-    name: str  #: package:path
-    credit: str  #: author and licence, for the NOTICE
-    image: Image.Image  #: RGB, at most _BG_MAX_SIDE on its longer side (textures tiled first)
-
-
-def fetch_backgrounds(cache: Path) -> tuple[list[Background], dict[str, str]]:
-    """Real background images from Debian packages; returns them and {package: version}.
-
-    The photographs of ``plasma-workspace-wallpapers`` and ``mate-backgrounds``
-    and the floor, wall, grass and sky textures of the ``sweethome3d`` jar
-    (tiled so a crop looks like a surface, not one tile).
-    """
-    import json
-
-    from ftspl.data.sh3d import CATALOG_PACKAGE, fetch_package, package_version
-
-    root = fetch_package(cache, BACKGROUND_PACKAGE, _PHOTO_DIR)
-    fetch_package(cache, KDE_PACKAGE, f"{_KDE_DIR}/{KDE_PHOTOS[0]}")
-    fetch_package(cache, CATALOG_PACKAGE, _JAR)
-    out: list[Background] = []
-    for name in KDE_PHOTOS:
-        folder = root / _KDE_DIR / name
-        sizes = sorted(folder.glob("contents/images/*.jpg"), key=lambda p: abs(_width(p) - 1280))
-        if not sizes:
-            continue
-        try:
-            author = json.loads((folder / "metadata.json").read_text())["KPlugin"]["Authors"][0]["Name"]
-        except (OSError, ValueError, KeyError, IndexError):
-            author = "KDE"
-        out.append(Background("photo", f"{KDE_PACKAGE}:{name}", f"{author}, LGPL-3", _decoded(sizes[0])))
-    for p in sorted((root / _PHOTO_DIR).glob("*.jpg")):
-        out.append(Background("photo", f"{BACKGROUND_PACKAGE}:{p.name}", "MATE artwork, GPL-2+", _decoded(p)))
-    with zipfile.ZipFile(root / _JAR) as zf:
-        for name in sorted(n for n in zf.namelist() if n.startswith(_JAR_TEXTURES) and n.endswith(".jpg")):
-            tile = Image.open(io.BytesIO(zf.read(name))).convert("RGB")
-            out.append(
-                Background(
-                    "texture", f"{CATALOG_PACKAGE}:{name.rsplit('/', 1)[1]}", "eTeks, GPL-2+ / CC-BY 3.0", _tiled(tile)
-                )
-            )
-    if not any(b.kind == "photo" for b in out) or not any(b.kind == "texture" for b in out):
-        raise RenderError(f"{cache}: background images missing from {BACKGROUND_PACKAGE} / {CATALOG_PACKAGE}")
-    versions = {pkg: package_version(cache, pkg) for pkg in (KDE_PACKAGE, BACKGROUND_PACKAGE, CATALOG_PACKAGE)}
-    return out, versions
-
-
-def _width(p: Path) -> int:
-    try:
-        return int(p.stem.split("x")[0])
-    except ValueError:
-        return 0
-
-
-def _decoded(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        img.draft("RGB", (_BG_MAX_SIDE, _BG_MAX_SIDE))  # JPEG DCT scaling: fast decode of big photos
-        rgb = img.convert("RGB")
-    rgb.thumbnail((_BG_MAX_SIDE, _BG_MAX_SIDE), Image.Resampling.LANCZOS)
-    return rgb
-
-
-def _tiled(tile: Image.Image, side: int = 512) -> Image.Image:
-    """Repeat a texture tile so it covers ``side`` x ``side`` with 3 to 4 repeats."""
-    reps = 3
-    w, h = tile.size
-    scale = side / (reps * max(w, h))
-    tile = tile.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
-    w, h = tile.size
-    canvas = Image.new("RGB", (side, side))
-    for y in range(0, side, h):
-        for x in range(0, side, w):
-            canvas.paste(tile, (x, y))
-    return canvas
-
-
-def _background(kind: str, pool: list[Background], size: int, rng: np.random.Generator, cfg: PhotoConfig) -> np.ndarray:
-    """A (size, size, 3) float32 background in 0..1."""
-    if kind == "studio":
-        # A seamless backdrop: a light, slightly tinted vertical gradient with a vignette.
-        top = np.clip(rng.uniform(0.78, 1.0) + rng.normal(0, 0.04, 3), 0, 1)
-        bottom = np.clip(top * rng.uniform(0.75, 0.98), 0, 1)
-        t = np.linspace(0.0, 1.0, size)[:, None, None]
-        img = top * (1 - t) + bottom * t
-        yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
-        img = img * (1.0 - rng.uniform(0.0, 0.35) * (xx**2 + yy**2))[..., None]
-        return np.broadcast_to(img, (size, size, 3)).astype(np.float32)
-    choices = [b for b in pool if b.kind == kind] or pool
-    bg = choices[int(rng.integers(len(choices)))].image
-    w, h = bg.size
-    side = int(min(w, h) * rng.uniform(0.35, 1.0))
-    x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-    crop = bg.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.Resampling.BILINEAR)
-    if rng.random() < 0.5:
-        crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    sigma = rng.uniform(*cfg.background_blur)
-    if sigma > 0.3:
-        crop = crop.filter(ImageFilter.GaussianBlur(sigma))
-    return np.asarray(crop, dtype=np.float32) / 255.0
-
-
-# ------------------------------------------------------------------- renderer
 _VS = """
 #version 330
 uniform mat4 u_mvp;
@@ -566,7 +286,7 @@ class PhotoRenderer:
         alpha = fg[..., 3:4]
         kinds, probs = zip(*cfg.background_mix)
         kind = kinds[int(rng.choice(len(kinds), p=np.asarray(probs) / sum(probs)))]
-        bg = _background(kind, pool, size, rng, cfg)
+        bg = draw_background(kind, pool, size, rng, cfg.background_blur)
         if rng.random() < cfg.shadow_prob and alpha.max() > 0:
             # A soft shadow cast away from the key light, as on a floor or a backdrop.
             dx = round(-light_dir[0] * size * 0.04)

