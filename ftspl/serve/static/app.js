@@ -1,0 +1,263 @@
+// ftspl serve: the search page. Plain JavaScript, no build step, nothing from the network
+// but this server. One request per photo, so one bad file never hides the other answers.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = { token: sessionStorage.getItem("ftspl-token") || "", info: null, lastHit: null };
+const BUSY_RETRIES = 3;
+
+class ApiError extends Error {
+  constructor(status, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+function authHeaders() {
+  return state.token ? { Authorization: "Bearer " + state.token } : {};
+}
+
+async function api(path, options = {}) {
+  let res;
+  try {
+    res = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  } catch (err) {
+    throw new ApiError(0, "Cannot reach the server (" + err.message + "). Is ftspl serve still running?");
+  }
+  let body = null;
+  try {
+    body = await res.json();
+  } catch (err) {
+    body = null;
+  }
+  if (res.status === 401) {
+    showTokenForm();
+    throw new ApiError(401, "This server needs an access token: enter it above.");
+  }
+  if (!res.ok) {
+    const detail = body && body.error ? body.error : "HTTP " + res.status;
+    throw new ApiError(res.status, explain(res.status, detail), Number(res.headers.get("Retry-After") || 1));
+  }
+  return body;
+}
+
+function explain(status, detail) {
+  switch (status) {
+    case 400: return "This file cannot be used: " + detail;
+    case 413: return "Too large: " + detail;
+    case 422: return "Bad request: " + detail;
+    case 503: return "The server is busy: " + detail;
+    default: return detail;
+  }
+}
+
+function showMessage(text) {
+  const box = $("#message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function showTokenForm() {
+  const form = $("#token-form");
+  if (form.hidden) {
+    form.hidden = false;
+    $("#token").focus();
+  }
+}
+
+// ---------------------------------------------------------------- library info
+async function loadInfo() {
+  try {
+    const info = await api("api/info");
+    state.info = info;
+    const labels = info.labels.slice(0, 6).map((l) => `${l.label} ${l.count}`).join(", ");
+    $("#library").textContent =
+      `${info.shapes.toLocaleString()} shapes` + (labels ? ` (${labels}${info.labels.length > 6 ? ", …" : ""})` : "") +
+      ` · model ${info.model.id} · generation ${info.generation}`;
+    const warn = $("#warnings");
+    warn.textContent = info.warnings.join(" ");
+    warn.hidden = info.warnings.length === 0;
+    $("#top").max = info.limits.max_top;
+  } catch (err) {
+    $("#library").textContent = err.message;
+  }
+}
+
+// ---------------------------------------------------------------- queries
+function topValue() {
+  const n = Number($("#top").value);
+  const max = state.info ? state.info.limits.max_top : 100;
+  return Number.isInteger(n) && n >= 1 && n <= max ? n : 10;
+}
+
+async function queryFile(file) {
+  const node = $("#result-template").content.firstElementChild.cloneNode(true);
+  const photo = node.querySelector(".query-photo");
+  const url = URL.createObjectURL(file);
+  photo.src = url;
+  photo.alt = "Your photo " + file.name;
+  photo.addEventListener("error", () => photo.classList.add("broken"), { once: true });
+  node.querySelector(".result-title").textContent = file.name;
+  const status = node.querySelector(".result-status");
+  status.textContent = "Searching…";
+  $("#results").prepend(node);
+
+  const form = new FormData();
+  form.append("photo", file, file.name);
+  form.append("top", String(topValue()));
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const answer = await api("api/query", { method: "POST", body: form });
+      status.textContent = `${answer.hits.length} hits in ${Math.round(answer.took_ms)} ms · generation ${answer.generation}` +
+        (answer.warnings.length ? " · " + answer.warnings.join(" ") : "");
+      renderHits(node.querySelector(".hits"), answer.hits);
+      return;
+    } catch (err) {
+      if (err.status === 503 && attempt < BUSY_RETRIES) {
+        status.textContent = `${err.message} Trying again in ${err.retryAfter} s…`;
+        await new Promise((r) => setTimeout(r, 1000 * Math.max(1, err.retryAfter)));
+        continue;
+      }
+      status.textContent = "No answer.";
+      const box = node.querySelector(".message");
+      box.textContent = err.message;
+      box.hidden = false;
+      return;
+    }
+  }
+}
+
+function setImage(img, src) {
+  if (!state.token) {
+    img.src = src;
+    return;
+  }
+  // an <img> cannot send the token: fetch the bytes with it and show them from a blob
+  fetch(src, { headers: authHeaders() })
+    .then((r) => (r.ok ? r.blob() : Promise.reject(new Error("HTTP " + r.status))))
+    .then((blob) => { img.src = URL.createObjectURL(blob); })
+    .catch(() => img.dispatchEvent(new Event("error")));
+}
+
+function basename(path) {
+  return path.split(/[\\/]/).pop();
+}
+
+function renderHits(list, hits) {
+  list.replaceChildren();
+  for (const hit of hits) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "hit";
+    button.setAttribute("aria-label",
+      `Rank ${hit.rank}: ${hit.label || "unlabelled"}, distance ${hit.distance.toFixed(3)}, ${basename(hit.path)}. Open its views.`);
+    const img = document.createElement("img");
+    img.alt = "";
+    img.loading = "lazy";
+    img.width = 128;
+    img.height = 128;
+    img.addEventListener("error", () => {
+      const none = document.createElement("span");
+      none.className = "no-preview";
+      none.textContent = "no preview";
+      img.replaceWith(none);
+    }, { once: true });
+    setImage(img, hit.preview);
+    const parts = [
+      ["rank", `#${hit.rank}`],
+      ["label", hit.label || "unlabelled"],
+      ["distance", `distance ${hit.distance.toFixed(3)}`],
+      ["path", basename(hit.path)],
+    ];
+    button.append(img);
+    for (const [cls, text] of parts) {
+      const span = document.createElement("span");
+      span.className = cls;
+      span.textContent = text;
+      button.append(span);
+    }
+    button.title = hit.path;
+    button.addEventListener("click", () => openDetail(hit, button));
+    li.append(button);
+    list.append(li);
+  }
+}
+
+// ---------------------------------------------------------------- one hit's views
+async function openDetail(hit, opener) {
+  const dialog = $("#detail");
+  state.lastHit = opener;
+  $("#detail-title").textContent = `#${hit.rank} ${hit.label || "unlabelled"}`;
+  const img = $("#detail-views");
+  img.alt = `Four views of ${basename(hit.path)}, 90 degrees apart`;
+  img.removeAttribute("src");
+  setImage(img, hit.preview);
+  const meta = $("#detail-meta");
+  const rows = [["distance", hit.distance.toFixed(4)], ["path", hit.path], ["id", String(hit.id)]];
+  fillMeta(meta, rows);
+  if (typeof dialog.showModal === "function") dialog.showModal(); else dialog.setAttribute("open", "");
+  $("#detail-close").focus();
+  try {
+    const shape = await api(`api/shapes/${hit.id}`);
+    fillMeta(meta, [...rows, ["kind", shape.kind], ["faces", shape.faces == null ? "–" : String(shape.faces)],
+      ["added", shape.added], ["content hash", shape.content_hash.slice(0, 16) + "…"]]);
+  } catch (err) {
+    fillMeta(meta, [...rows, ["details", err.message]]);
+  }
+}
+
+function fillMeta(dl, rows) {
+  dl.replaceChildren();
+  for (const [k, v] of rows) {
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = v;
+    dl.append(dt, dd);
+  }
+}
+
+function closeDetail() {
+  const dialog = $("#detail");
+  if (dialog.open) dialog.close();
+}
+
+// ---------------------------------------------------------------- wiring
+function handleFiles(files) {
+  showMessage("");
+  const list = Array.from(files || []);
+  if (!list.length) return;
+  for (const file of list) queryFile(file);
+  $("#results").focus({ preventScroll: true });
+}
+
+function init() {
+  const input = $("#photos");
+  input.addEventListener("change", () => {
+    handleFiles(input.files);
+    input.value = "";
+  });
+  const drop = $("#drop");
+  for (const type of ["dragenter", "dragover"]) {
+    document.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const type of ["dragleave", "drop"]) {
+    document.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  document.addEventListener("drop", (e) => handleFiles(e.dataTransfer && e.dataTransfer.files));
+  $("#detail-close").addEventListener("click", closeDetail);
+  $("#detail").addEventListener("close", () => { if (state.lastHit) state.lastHit.focus(); });
+  $("#token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    state.token = $("#token").value.trim();
+    sessionStorage.setItem("ftspl-token", state.token);
+    $("#token-form").hidden = true;
+    loadInfo();
+  });
+  loadInfo();
+  setInterval(loadInfo, 5000); // the library grows while index add runs: keep its size current
+}
+
+init();
