@@ -151,6 +151,8 @@ def index_add(
     max_faces: int = typer.Option(MAX_FACES, "--max-faces", min=1, help="Refuse meshes with more faces."),
     max_vertices: int = typer.Option(MAX_VERTICES, "--max-vertices", min=1, help="Refuse meshes with more vertices."),
     max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger mesh files (and the assets they reference)."),
+    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="auto", metavar="[auto|ADDRESS|local]", help="Render and encode on a Ray cluster (auto: the running one; local: start one here). Needs ftspl[ray]."),
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Write Parquet shards to this folder instead of the index (ingest with 'index merge')."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -166,7 +168,27 @@ def index_add(
         commit_every=commit_every, batch_shapes=min(IndexConfig.batch_shapes, commit_every), file_timeout_s=file_timeout,
         limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
     )
+    if ray is not None or shards is not None:
+        from ftspl.cli.scale_cmd import index_add_scaled
+
+        index_add_scaled(root, cfg, _home(home), _runtime(device, threads), as_json, ray, shards)
+        return
     index_add_cmd(root, cfg, _home(home), _runtime(device, threads), as_json)
+
+
+@index_app.command("merge")
+def index_merge(
+    folders: list[Path] = typer.Argument(..., help="Folders of Parquet shards (from 'index add --shards' or any engine)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
+    commit_every: int = typer.Option(1024, "--commit-every", min=1, help="Shapes per committed batch."),
+    home: Optional[Path] = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Ingest Parquet shards into the index (refuses shards of another model or render spec)."""
+    from ftspl.cli.scale_cmd import index_merge_cmd
+    from ftspl.engine.index.library import IndexConfig
+
+    index_merge_cmd(folders, IndexConfig(wait_lock=wait, commit_every=commit_every), _home(home), as_json)
 
 
 @index_app.command("remove")

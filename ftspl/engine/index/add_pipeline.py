@@ -1,11 +1,20 @@
-"""The add pipeline: rendered shapes -> encoded batches -> committed rows, in order.
+"""The add pipeline: plan -> render -> encode -> commit, with the producer and the sink swappable.
 
-Three workers overlap so both cores stay busy: the render child (fed by a
-prefetch thread) loads and renders, a small thread pool preprocesses and encodes
-batches side by side (onnxruntime, numpy and PIL release the GIL), and the
-calling thread commits finished batches to SQLite and the ANN index in the order
-the shapes arrived. Each stage hands over a named record (:class:`PreparedShape`,
-then :class:`~ftspl.engine.index.schema.ShapeRecord`), never a positional tuple.
+``index add`` plans the work (content hashes, :func:`pending_shapes`), then a
+*producer* turns pending shapes into encoded records and hands them, in batches
+of ``commit_every``, to a *sink*:
+
+* producers: :class:`LocalProducer` (this machine: a render child plus encode
+  threads) or ``ftspl.scale.driver.RayProducer`` (actor pools on a Ray cluster);
+* sinks: :class:`IndexSink` (SQLite + HNSW, the single writer) or
+  ``ftspl.engine.index.shards.ShardWriter`` (Parquet shards to merge later).
+
+The local producer overlaps three workers so both cores stay busy: the render
+child (fed by a prefetch thread) loads and renders, a small thread pool
+preprocesses and encodes batches side by side (onnxruntime, numpy and PIL
+release the GIL), and the calling thread hands finished batches to the sink in
+the order the shapes arrived. Each stage hands over a named record
+(:class:`PreparedShape`, then :class:`~ftspl.engine.index.schema.ShapeRecord`).
 
 DEBUG lines ``phase encode|commit|committed`` mark the stages (the crash tests
 kill the process at each one).
@@ -13,6 +22,7 @@ kill the process at each one).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
@@ -20,9 +30,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from ftspl.engine.files import sha256_file
 from ftspl.engine.loading.scan import ShapeSource
 
 log = logging.getLogger(__name__)
@@ -64,6 +76,105 @@ class PreparedShape:
     error: str | None
 
 
+def content_hash(src: ShapeSource) -> str:
+    """sha256 of a mesh file, or of a view folder's sorted names and bytes."""
+    if src.kind == "views":
+        h = hashlib.sha256()
+        for p in sorted(src.path.iterdir()):
+            if p.is_file():
+                h.update(p.name.encode() + b"\0")
+                h.update(p.read_bytes())
+        return h.hexdigest()
+    return sha256_file(src.path)
+
+
+def pending_shapes(sources: list[ShapeSource], known: dict[str, tuple[int | None, str]], report: AddReport,
+                   progress: ProgressFn | None = None) -> list[PendingShape]:
+    """The sources whose content is not in ``known`` (normalised path -> (id, content hash)).
+
+    Unchanged shapes count in ``report.unchanged``; unreadable ones become failures.
+    """
+    from ftspl.engine.index.schema import normalize_path
+
+    todo: list[PendingShape] = []
+    for i, src in enumerate(sources):
+        if progress:
+            progress("hash", i, len(sources))
+        try:
+            digest = content_hash(src)
+        except OSError as exc:
+            report.failed.append((str(src.path), f"cannot read ({exc.strerror or exc})"))
+            continue
+        entry = known.get(normalize_path(src.path))
+        if entry is not None and entry[1] == digest:
+            report.unchanged += 1
+            continue
+        todo.append(PendingShape(src, digest, None if entry is None else entry[0]))
+    return todo
+
+
+def make_record(pending: PendingShape, faces: int | None, embedding: np.ndarray, preview: bytes | None):
+    """The :class:`~ftspl.engine.index.schema.ShapeRecord` of one encoded shape (every producer uses it)."""
+    from ftspl.engine.index.schema import ShapeRecord
+
+    src = pending.source
+    return ShapeRecord(path=str(src.path), content_hash=pending.digest, label=src.label, faces=faces,
+                       kind=src.kind, embedding=np.asarray(embedding, np.float32), preview=preview)
+
+
+class Sink(Protocol):
+    """Where encoded records go; ``commit`` gets at most ``commit_every`` records at a time."""
+
+    def commit(self, records: list, old_ids: list[int | None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Producer(Protocol):
+    """Turns pending shapes into records for a sink (render failures go to ``report.failed``).
+
+    ``start`` may begin slow start-ups (a child process, a session, a cluster
+    connection) that overlap with the caller opening its sink; ``close`` always runs.
+    """
+
+    def start(self, todo: list[PendingShape], spec) -> None: ...
+
+    def run(self, todo: list[PendingShape], sink: Sink, report: AddReport, progress: ProgressFn | None,
+            should_stop: Callable[[], bool] | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class IndexSink:
+    """Commits records to the store (one transaction per call) and the ANN index; counts added/updated.
+
+    ``save_ann`` refreshes the ANN file, at most every ``cfg.save_ann_every_s`` seconds.
+    """
+
+    def __init__(self, store, ann, cfg, report: AddReport, save_ann: Callable[[], None]) -> None:
+        self.store, self.ann, self.cfg, self.report, self.save_ann = store, ann, cfg, report, save_ann
+        self.last_save = time.monotonic()
+
+    def commit(self, records: list, old_ids: list[int | None]) -> None:
+        if not records:
+            return
+        log.debug("phase commit %d", len(records))
+        ids = self.store.upsert_batch(records)
+        log.debug("phase committed %d", len(ids))
+        self.ann.add(np.asarray(ids, np.int64), np.stack([r.embedding for r in records]))
+        for old in old_ids:
+            if old is None:
+                self.report.added += 1
+            else:
+                self.report.updated += 1
+        if time.monotonic() - self.last_save > self.cfg.save_ann_every_s:
+            self.save_ann()
+            self.last_save = time.monotonic()
+
+    def close(self) -> None:
+        """Nothing buffered: every ``commit`` is already durable."""
+
+
 @dataclass
 class _Batch:
     shapes: list[PreparedShape]
@@ -80,24 +191,57 @@ def render_all(todo: list[PendingShape], worker) -> Iterator[PreparedShape]:
         yield PreparedShape(by_job[r.job], r.views, r.faces, r.error)
 
 
-class AddPipeline:
-    """Encode and commit the shapes of one ``add``; ``run`` returns when all are committed.
+def render_worker(spec, cfg, depth: int = 4):
+    """The child process that loads and renders (see :mod:`ftspl.engine.rendering.worker`)."""
+    from ftspl.engine.loading.meshes import MeshLimits
+    from ftspl.engine.rendering.worker import RenderWorker
 
-    ``store`` and ``ann`` are open for writing; ``save_ann`` refreshes the ANN
-    file (called at most every ``cfg.save_ann_every_s`` seconds during the run).
-    """
+    limits = cfg.limits if cfg.limits is not None else MeshLimits()
+    return RenderWorker(spec, limits, cfg.file_timeout_s, depth=depth)
 
-    def __init__(self, encoders, store, ann, cfg, report: AddReport, save_ann: Callable[[], None]) -> None:
+
+class LocalProducer:
+    """This machine: a render child (per-file time limit, crash isolation) and encode threads."""
+
+    def __init__(self, encoders, cfg) -> None:
+        self.encoders, self.cfg = encoders, cfg
+        self.worker = None
+
+    def start(self, todo: list[PendingShape], spec) -> None:
         from ftspl.engine.model.encoders import MULTIVIEW_ENCODER
 
-        self.encoders, self.store, self.ann, self.cfg = encoders, store, ann, cfg
-        self.report, self.save_ann = report, save_ann
+        self.worker = render_worker(spec, self.cfg)
+        if todo:  # start-ups overlap: the render child, the encoder session, the caller's HNSW load
+            self.worker.start()
+            self.encoders.warm(MULTIVIEW_ENCODER)
+
+    def run(self, todo, sink: Sink, report: AddReport, progress, should_stop) -> None:
+        from ftspl.engine.index.prefetch import prefetch
+
+        worker = self.worker
+        shapes = prefetch(lambda: render_all(todo, worker), depth=2 * self.cfg.batch_shapes)
+        AddPipeline(self.encoders, sink, self.cfg, report).run(shapes, len(todo), progress, should_stop)
+
+    def close(self) -> None:
+        try:
+            if self.worker is not None:
+                self.worker.close()
+        finally:
+            self.encoders.wait_warm()  # never leave while onnxruntime builds a session
+
+
+class AddPipeline:
+    """Encode rendered shapes and hand them to the sink in order; ``run`` returns when all are committed."""
+
+    def __init__(self, encoders, sink: Sink, cfg, report: AddReport) -> None:
+        from ftspl.engine.model.encoders import MULTIVIEW_ENCODER
+
+        self.encoders, self.sink, self.cfg, self.report = encoders, sink, cfg, report
         self.runs = encoders.parallel_runs(MULTIVIEW_ENCODER)
         self.pending: list[PreparedShape] = []  # rendered, waiting for a full batch
         self.inflight: deque[_Batch] = deque()  # being encoded, oldest first
         self.records: list = []  # encoded, waiting for the next commit
         self.old_ids: list[int | None] = []
-        self.last_save = time.monotonic()
 
     def run(self, shapes: Iterator[PreparedShape], total: int, progress: ProgressFn | None,
             should_stop: Callable[[], bool] | None) -> None:
@@ -141,18 +285,10 @@ class AddPipeline:
             self._collect_oldest()
 
     def _collect_oldest(self) -> None:
-        from ftspl.engine.index.schema import ShapeRecord
-
         batch = self.inflight.popleft()
         emb, previews = batch.result.result()
         for shape, e, preview in zip(batch.shapes, emb, previews):
-            src = shape.pending.source
-            self.records.append(
-                ShapeRecord(
-                    path=str(src.path), content_hash=shape.pending.digest, label=src.label, faces=shape.faces,
-                    kind=src.kind, embedding=np.asarray(e, np.float32), preview=preview,
-                )
-            )
+            self.records.append(make_record(shape.pending, shape.faces, e, preview))
             self.old_ids.append(shape.pending.old_id)
 
     def _commit(self, pool: ThreadPoolExecutor, final: bool = False) -> None:
@@ -161,17 +297,6 @@ class AddPipeline:
             self._collect_oldest()
         if not self.records:
             return
-        log.debug("phase commit %d", len(self.records))
-        ids = self.store.upsert_batch(self.records)
-        log.debug("phase committed %d", len(ids))
-        self.ann.add(np.asarray(ids, np.int64), np.stack([r.embedding for r in self.records]))
-        for old in self.old_ids:
-            if old is None:
-                self.report.added += 1
-            else:
-                self.report.updated += 1
-        self.records.clear()
-        self.old_ids.clear()
-        if time.monotonic() - self.last_save > self.cfg.save_ann_every_s:
-            self.save_ann()
-            self.last_save = time.monotonic()
+        self.sink.commit(self.records, self.old_ids)
+        self.records = []
+        self.old_ids = []

@@ -16,13 +16,15 @@ Concurrency: one writer (``writer.lock``, flock); readers open SQLite read-only
 Pipeline of ``add`` (:mod:`ftspl.engine.index.add_pipeline`): a child process
 loads and renders (per-file time limit, survives crashing files), pool threads
 preprocess and encode batches side by side, and the calling thread commits them
-in order, so the two cores work at once. Queries go through
+in order, so the two cores work at once. A Ray cluster (``ftspl.scale``) can
+render and encode instead; this process still commits. ``write_shards`` sends
+the encoded shapes to Parquet shards instead of the index, and ``merge``
+ingests shards written by any engine (:mod:`ftspl.engine.index.shards`). Queries go through
 :class:`~ftspl.engine.index.reader.Reader`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -34,19 +36,19 @@ import numpy as np
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import IndexStateError, InputFileError
-from ftspl.engine.files import sha256_file
 from ftspl.engine.home import Home
 from ftspl.engine.index.add_pipeline import (
-    AddPipeline,
     AddReport,
-    PendingShape,
+    IndexSink,
+    LocalProducer,
+    Producer,
     ProgressFn,
-    render_all,
+    content_hash,
+    pending_shapes,
 )
-from ftspl.engine.index.prefetch import prefetch
 from ftspl.engine.index.reader import Reader
-from ftspl.engine.loading.scan import ShapeSource, scan
-from ftspl.engine.model.encoders import MULTIVIEW_ENCODER, Encoders, RuntimeConfig
+from ftspl.engine.loading.scan import scan
+from ftspl.engine.model.encoders import Encoders, RuntimeConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +75,6 @@ class IndexConfig:
     #: a query never imports the mesh loaders and trimesh)
     limits: object | None = None
     file_timeout_s: float = 60.0  #: per-file load+render limit; slower files are skipped
-
-
-def content_hash(src: ShapeSource) -> str:
-    """sha256 of a mesh file, or of a view folder's sorted names and bytes."""
-    if src.kind == "views":
-        h = hashlib.sha256()
-        for p in sorted(src.path.iterdir()):
-            if p.is_file():
-                h.update(p.name.encode() + b"\0")
-                h.update(p.read_bytes())
-        return h.hexdigest()
-    return sha256_file(src.path)
 
 
 class Library:
@@ -181,18 +171,21 @@ class Library:
         cfg: IndexConfig = IndexConfig(),
         progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        producer: Producer | None = None,
     ) -> AddReport:
-        """Index every shape under ``root`` (incremental by content hash)."""
+        """Index every shape under ``root`` (incremental by content hash).
+
+        ``producer`` renders and encodes (default: :class:`LocalProducer` on this
+        machine; ``ftspl.scale`` passes a Ray one); this process stays the only
+        writer either way.
+        """
         from ftspl.engine.index.lock import WriterLock
 
-        sources = scan(root, cfg.label_from)
-        if not sources:
-            from ftspl.engine.loading.meshes import mesh_extensions
-
-            raise InputFileError(root, f"no meshes ({' '.join(mesh_extensions())}) or view folders found")
+        sources = self._scan(root, cfg)
         self.dir.mkdir(parents=True, exist_ok=True)
         report = AddReport()
         t0 = time.perf_counter()
+        producer = producer or LocalProducer(self.encoders, cfg)
         with WriterLock(self.dir / LOCK_NAME, wait=cfg.wait_lock):
             store = self._open_store_for_write(cfg)
             try:
@@ -202,42 +195,111 @@ class Library:
                 )
                 if not store.get_info().get("render_spec"):
                     store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
-                todo: list[PendingShape] = []
-                from ftspl.engine.index.store import normalize_path
-
                 stored = store.entries(Path(root).expanduser().resolve())  # one query, not one per file
-                for i, src in enumerate(sources):
-                    if progress:
-                        progress("hash", i, len(sources))
-                    try:
-                        digest = content_hash(src)
-                    except OSError as exc:
-                        report.failed.append((str(src.path), f"cannot read ({exc.strerror or exc})"))
-                        continue
-                    known = stored.get(normalize_path(src.path))
-                    if known is not None and known[1] == digest:
-                        report.unchanged += 1
-                        continue
-                    todo.append(PendingShape(src, digest, None if known is None else known[0]))
-                worker = self._render_worker(spec, cfg)
+                todo = pending_shapes(sources, stored, report, progress)
                 try:
-                    if todo:  # start-ups overlap: the render child, the encoder session, the HNSW file
-                        worker.start()
-                        self.encoders.warm(MULTIVIEW_ENCODER)
+                    producer.start(todo, spec)  # its start-up overlaps loading the HNSW file
                     ann = self.open_ann(store, cfg=cfg)
-                    # load + render in the child (fed by a prefetch thread) while pool
-                    # threads encode and this thread commits
-                    shapes = prefetch(lambda: render_all(todo, worker), depth=2 * cfg.batch_shapes)
-                    pipeline = AddPipeline(self.encoders, store, ann, cfg, report, lambda: self._save_ann(ann, store))
-                    pipeline.run(shapes, len(todo), progress, should_stop)
+                    sink = IndexSink(store, ann, cfg, report, lambda: self._save_ann(ann, store))
+                    if todo:
+                        producer.run(todo, sink, report, progress, should_stop)
                 finally:
-                    worker.close()
-                    self.encoders.wait_warm()  # never leave while onnxruntime builds a session
+                    producer.close()
                 self._save_ann(ann, store)
             finally:
                 store.close()
         report.seconds = time.perf_counter() - t0
         return report
+
+    def write_shards(
+        self,
+        root: str | Path,
+        folder: str | Path,
+        cfg: IndexConfig = IndexConfig(),
+        progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        producer: Producer | None = None,
+    ) -> tuple[AddReport, list[Path]]:
+        """Encode the shapes under ``root`` into Parquet shards in ``folder`` instead of the index.
+
+        The index is not opened: the render spec is the model's (with ``cfg.up``).
+        Shapes already in ``folder``'s shards with the same content are skipped, so
+        a killed run resumes. Returns the report and the shard files written.
+        """
+        from ftspl.engine.index.lock import WriterLock
+        from ftspl.engine.index.shards import ShardIdentity, ShardWriter, known_shapes
+
+        sources = self._scan(root, cfg)
+        folder = Path(folder).expanduser().resolve()
+        spec = self.manifest.get_render_spec()
+        spec = spec.with_up(cfg.up) if cfg.up else spec
+        identity = ShardIdentity.of(self.manifest, spec)
+        report = AddReport()
+        t0 = time.perf_counter()
+        producer = producer or LocalProducer(self.encoders, cfg)
+        folder.mkdir(parents=True, exist_ok=True)
+        with WriterLock(folder / ".writer.lock", wait=cfg.wait_lock):
+            todo = pending_shapes(sources, known_shapes(folder, identity), report, progress)
+            writer = ShardWriter(folder, identity, report)
+            try:
+                producer.start(todo, spec)
+                if todo:
+                    producer.run(todo, writer, report, progress, should_stop)
+            finally:
+                try:
+                    producer.close()
+                finally:
+                    writer.close()  # whole records only: what was encoded before an error is kept
+        report.seconds = time.perf_counter() - t0
+        return report, writer.files
+
+    def merge(self, folders: list[str | Path], cfg: IndexConfig = IndexConfig(),
+              progress: ProgressFn | None = None) -> AddReport:
+        """Ingest Parquet shards (``index merge``): the active model's only, unchanged paths skipped."""
+        from ftspl.engine.index import shards
+        from ftspl.engine.index.lock import WriterLock
+
+        files = shards.shard_files(folders)
+        found = shards.read_identity(files)
+        shards.check_model(found, self.manifest, ", ".join(str(f) for f in folders))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        report = AddReport()
+        t0 = time.perf_counter()
+        with WriterLock(self.dir / LOCK_NAME, wait=cfg.wait_lock):
+            store = self._open_store_for_write(cfg)
+            try:
+                info = store.get_info()
+                if info.get("render_spec") and store.count():
+                    spec = RenderSpec.from_dict(json.loads(info["render_spec"]))
+                    if spec.digest() != found.render_spec_hash:
+                        raise IndexStateError(
+                            f"{self.dir}: the index holds shapes rendered with spec {spec.digest()}, the shards "
+                            f"with {found.render_spec_hash}; merge them into another --home or --rebuild"
+                        )
+                else:
+                    spec = shards.resolve_spec(found, self.manifest.get_render_spec())
+                store.ensure_compatible(
+                    self.manifest.model_id, self.manifest.model_hash, spec.digest(), self.manifest.embed_dim
+                )
+                store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
+                ann = self.open_ann(store, cfg=cfg)
+                sink = IndexSink(store, ann, cfg, report, lambda: self._save_ann(ann, store))
+                shards.merge_rows(files, store.entries(), sink, report, cfg.commit_every,
+                                  self.manifest.embed_dim, progress)
+                self._save_ann(ann, store)
+            finally:
+                store.close()
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    @staticmethod
+    def _scan(root: str | Path, cfg: IndexConfig) -> list:
+        sources = scan(root, cfg.label_from)
+        if not sources:
+            from ftspl.engine.loading.meshes import mesh_extensions
+
+            raise InputFileError(root, f"no meshes ({' '.join(mesh_extensions())}) or view folders found")
+        return sources
 
     def _open_store_for_write(self, cfg: IndexConfig):
         from ftspl.engine.index.store import ShapeStore
@@ -246,15 +308,6 @@ class Library:
             for p in [self.store_path, self.ann_path, *self.dir.glob(STORE_NAME + "-*"), *self.dir.glob(ANN_NAME + ".*")]:
                 p.unlink(missing_ok=True)  # the store, its WAL/SHM files, the HNSW cache
         return ShapeStore(self.store_path)
-
-    @staticmethod
-    def _render_worker(spec: RenderSpec, cfg: IndexConfig):
-        """The child process that loads and renders (see :mod:`ftspl.engine.rendering.worker`)."""
-        from ftspl.engine.loading.meshes import MeshLimits
-        from ftspl.engine.rendering.worker import RenderWorker
-
-        limits = cfg.limits if cfg.limits is not None else MeshLimits()
-        return RenderWorker(spec, limits, cfg.file_timeout_s, depth=4)
 
     def _save_ann(self, ann, store) -> None:
         ann.save(self.ann_path, meta={"generation": store.generation()})

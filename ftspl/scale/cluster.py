@@ -1,0 +1,122 @@
+"""Connect to Ray, and size the render and encode actor pools from the cluster's resources.
+
+``--ray auto`` joins the cluster named by ``$RAY_ADDRESS`` or the one ``ray start``
+left on this machine, ``--ray HOST:PORT`` (or ``ray://HOST:PORT``) a given one, and
+``--ray local`` starts a private Ray for this machine and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from ftspl.engine.errors import FtsplError, UsageError
+
+log = logging.getLogger(__name__)
+
+#: share of a mesh's CPU time spent loading + rendering (the rest is encoding):
+#: ``benchmarks/stages.py`` measured about 37% on SH3D meshes, llvmpipe, one thread each
+RENDER_SHARE = 0.4
+LOCAL_OBJECT_STORE_BYTES = 2 << 30  #: cap for ``--ray local`` (Ray's default is 30% of RAM)
+
+
+def import_ray():
+    """``ray`` and ``ray.data``, or a one-line error naming the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise FtsplError("--ray needs Ray: pip install 'ftspl[ray]'") from None
+    return ray
+
+
+def quiet_ray_data() -> None:
+    """No Ray Data progress bars or per-run banners: the CLI draws its own bar."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def connect(target: str, num_cpus: int | None = None, object_store_bytes: int | None = None) -> bool:
+    """Attach this process to Ray; True when this call started it (the caller then shuts it down).
+
+    A process already attached (a test's fixture, a notebook) is used as it is.
+    """
+    # Ray's own start-up notices (token set-up, constructor arguments kept in the object store,
+    # "progress bars disabled") are not the user's business; real failures surface as exceptions.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # RAY_BACKEND_LOG_LEVEL=info shows them
+    ray = import_ray()
+    quiet_ray_data()
+    if ray.is_initialized():
+        return False
+    common = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    if target == "local":
+        cores = num_cpus or len(os.sched_getaffinity(0))
+        store = object_store_bytes or LOCAL_OBJECT_STORE_BYTES
+        ray.init(address="local", num_cpus=cores, object_store_memory=store, **common)
+        return True
+    if not target:
+        raise UsageError("--ray needs auto, local or a cluster address (HOST:PORT or ray://HOST:PORT)")
+    try:
+        ray.init(address=target, **common)
+    except ConnectionError as exc:
+        if target == "auto":
+            raise FtsplError(
+                "--ray auto: no running Ray cluster found; start one with 'ray start --head', "
+                "set RAY_ADDRESS, or use --ray local"
+            ) from None
+        raise FtsplError(f"--ray {target}: cannot connect to the Ray cluster ({exc}); check the address") from None
+    return True
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many actors of each stage, and what each asks Ray for."""
+
+    render_actors: int
+    encode_actors: int
+    cpus_per_actor: float
+    encode_gpus: float  #: GPUs per encode actor (0: CPU encoding, and no GPU is requested at all)
+    encode_device: str  #: the onnxruntime device inside an encode actor (auto: CUDA when it works there)
+
+    @property
+    def llvmpipe_threads(self) -> int:
+        return max(1, round(self.cpus_per_actor))
+
+
+def plan_actors(cpus: float, gpus: float, device: str, render_actors: int | None = None,
+                encode_actors: int | None = None) -> ActorPlan:
+    """Split the cluster between the stages by their measured cost.
+
+    With GPUs (and ``device`` not ``cpu``) each GPU gets one encode actor and the
+    CPUs render. On CPUs alone, :data:`RENDER_SHARE` of them render and the rest
+    encode. Fewer CPUs than actors: each actor asks for a fraction of one.
+    """
+    if cpus < 1:
+        raise FtsplError(f"the Ray cluster offers {cpus:g} CPUs; it needs at least 1")
+    use_gpu = device != "cpu" and gpus >= 1
+    if device == "cuda" and not use_gpu:
+        raise FtsplError("--device cuda: the Ray cluster has no GPUs; use --device auto or cpu")
+    if use_gpu:
+        enc = encode_actors or int(gpus)
+        ren = render_actors or max(1, int(cpus) - enc)
+    else:
+        ren = render_actors or max(1, round(cpus * RENDER_SHARE))
+        enc = encode_actors or max(1, int(cpus) - ren)
+    per = min(1.0, cpus / (ren + enc))
+    return ActorPlan(ren, enc, per, 1.0 if use_gpu else 0.0, device if use_gpu else "cpu")
+
+
+def cluster_resources() -> tuple[float, float]:
+    """(CPUs, GPUs) of the attached cluster."""
+    import ray
+
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
