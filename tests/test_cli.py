@@ -1,8 +1,10 @@
 """The CLI end to end on tiny meshes: export, index add/remove/stats/verify, query, eval, doctor.
 
-One pretrained model is exported per module (torchscript exporter: seconds, not
-minutes); every command runs as a real subprocess so exit codes and stderr are
-exactly what a user sees.
+One pretrained model is exported per session (torchscript exporter: seconds, not
+minutes; tests that need it skip without torch); every command runs as a real
+subprocess so exit codes and stderr are exactly what a user sees. Every
+``ftspl ...`` hint in the source and the README is checked against the Typer app
+in ``tests/test_cli_hints.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import pytest
 import trimesh
 from PIL import Image
 
-pytest.importorskip("torch")
 
 
 def run(home: Path, *args: str, cwd: Path | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:
@@ -282,3 +283,116 @@ def test_bad_files_are_skipped_and_nothing_is_lost(home, tmp_path):
     stats = json.loads(run(h2, "index", "stats", "--json").stdout)
     assert stats["count"] == 6
     assert run(h2, "index", "verify").returncode == 0
+
+
+def _home_copy(home: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    h2 = tmp_path / "h"
+    shutil.copytree(home / "models", h2 / "models")
+    return h2
+
+
+def test_symlinked_gallery_is_indexed_and_verbose_after_the_command(home, tmp_path):
+    """A gallery of links to class folders indexes like the folders; labels are the link names.
+
+    Also: ``-v`` after the subcommand turns on info lines, and they are not warnings.
+    """
+    h2 = _home_copy(home, tmp_path)
+    real = tmp_path / "store"
+    make_gallery(real)
+    (tmp_path / "elsewhere").mkdir()
+    trimesh.creation.box((1, 1, 2)).export(tmp_path / "elsewhere" / "lamp.obj")
+    gal = tmp_path / "gallery"
+    (gal / "lamps").mkdir(parents=True)
+    (gal / "chairs").symlink_to(real / "boxy", target_is_directory=True)
+    (gal / "tables").symlink_to(real / "round", target_is_directory=True)
+    (gal / "tables_too").symlink_to(real / "round", target_is_directory=True)  # a second route: same shapes
+    (real / "boxy" / "loop").symlink_to(real, target_is_directory=True)  # a loop back up
+    (gal / "lamps" / "lamp.obj").symlink_to(tmp_path / "elsewhere" / "lamp.obj")  # a link to a file
+    (gal / "lamps" / "gone.obj").symlink_to(tmp_path / "missing.obj")  # a dangling link
+    r = run(h2, "index", "add", str(gal), "--json", "-v")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["added"] == 7
+    assert "INFO ftspl.engine.loading.scan" in r.stderr and "1 dangling link" in r.stderr
+    assert "WARNING" not in r.stderr, r.stderr
+    stats = json.loads(run(h2, "index", "stats", "--json").stdout)
+    assert stats["count"] == 7 and stats["labels"] == {"chairs": 3, "tables": 3, "lamps": 1}
+    r = run(h2, "index", "verify", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["shapes"] == 7, r.stdout + r.stderr
+
+    # without -v: no info lines; nothing found says what was skipped
+    only_links = tmp_path / "only-links"
+    only_links.mkdir()
+    (only_links / "a.obj").symlink_to(tmp_path / "nope.obj")
+    (only_links / "notes.txt").write_text("x")
+    r = run(h2, "index", "add", str(only_links))
+    assert r.returncode == 1 and "INFO" not in r.stderr
+    assert "no meshes" in r.stderr and "skipped 2 entries: 1 dangling link, 1 other file (.txt)" in r.stderr, r.stderr
+
+
+def test_hnsw_flags_one_scheme(home, tmp_path, photo):
+    """index add and query name the HNSW knobs --hnsw-m, --hnsw-ef-construction, --hnsw-ef; the old names are gone."""
+    h2 = _home_copy(home, tmp_path)
+    make_gallery(tmp_path / "g")
+    r = run(h2, "index", "add", str(tmp_path / "g"), "--hnsw-m", "8", "--hnsw-ef-construction", "50", "--hnsw-ef", "40")
+    assert r.returncode == 0, r.stderr
+    params = json.loads((h2 / "index" / "shapes.hnsw").read_text())["params"]
+    assert (params["M"], params["ef_construction"], params["ef_search"]) == (8, 50, 40)
+    a = json.loads(run(h2, "query", str(photo), "--json").stdout)["results"][0]["hits"]
+    r = run(h2, "query", str(photo), "--json", "--hnsw-ef", "300")
+    assert r.returncode == 0, r.stderr
+    assert [h["path"] for h in json.loads(r.stdout)["results"][0]["hits"]] == [h["path"] for h in a]
+    for old in ("--ef", "--ef-construction"):
+        r = run(h2, "index", "add", str(tmp_path / "g"), old, "64")
+        assert r.returncode == 2 and "No such option" in r.stderr
+    assert run(h2, "query", str(photo), "--hnsw-ef", "0").returncode == 2
+
+
+def test_query_json_times_startup_apart_and_photo_limits_name_real_flags(home, tmp_path, photo):
+    h2 = _home_copy(home, tmp_path)
+    make_gallery(tmp_path / "g")
+    assert run(h2, "index", "add", str(tmp_path / "g")).returncode == 0
+    r = run(h2, "query", str(photo), "--json", "-v")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["startup_s"] > 0 and out["query_s"] > 0 and out["results"][0]["decode_ms"] > 0
+    assert out["query_s"] < out["startup_s"] + 5  # two separate spans, neither is the sum of both
+    # query has both limit flags, and its refusals name them
+    r = run(h2, "query", str(photo), "--max-file-bytes", "10")
+    assert r.returncode == 1 and "raise --max-file-bytes" in r.stderr, r.stderr
+    r = run(h2, "query", str(photo), "--max-pixels", "100")
+    assert r.returncode == 1 and "raise --max-pixels" in r.stderr, r.stderr
+    # eval has neither: its refusal names no flag
+    q = tmp_path / "q" / "boxy"
+    q.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 50, 50)).save(q / "a.png")
+    _png_header_only(q / "huge.png", 8500, 8500)  # over the 64 M default, under PIL's own 89 M guard
+    r = run(h2, "eval", str(tmp_path / "q"))
+    assert r.returncode == 1, r.stderr
+    assert "huge.png: image is 8500x8500 pixels, over the 64000000-pixel limit; downscale it" in r.stderr, r.stderr
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (no pixel data is needed to be refused)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_doctor_json(home, tmp_path):
+    r = run(home, "doctor", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] is True
+    assert [c["name"] for c in out["checks"]] == ["render", "onnxruntime", "model", "index"]
+    assert all(c["ok"] and c["detail"] for c in out["checks"])
+    r = run(tmp_path / "nothing-here", "doctor", "--json", "-v")
+    assert r.returncode == 1
+    out = json.loads(r.stdout)
+    assert out["ok"] is False and {c["name"]: c["ok"] for c in out["checks"]}["model"] is False

@@ -1,8 +1,17 @@
-"""The CLI's output channels: rich tables and progress on stdout/stderr, JSON on stdout."""
+"""The CLI's output channels: rich tables and progress on stdout/stderr, JSON on stdout.
+
+Results go to stdout (a table, a summary line, or JSON). Everything else goes
+to stderr in three kinds: :func:`error` (the command failed), :func:`warn` (a
+problem: ``path: reason`` for a skipped file) and :func:`info` (progress and
+status). Library modules log instead of printing; :func:`setup_logging` shows
+their warnings, and with ``-v`` their info lines, each tagged with its level so
+progress never reads as a warning.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -18,7 +27,31 @@ def error(message: str) -> None:
 
 
 def warn(message: str) -> None:
+    """A problem that did not stop the command, e.g. ``path: reason`` for a file that was skipped."""
     sys.stderr.write(f"{message}\n")
+
+
+def info(message: str) -> None:
+    """A progress or status line (stderr, so stdout stays the result)."""
+    sys.stderr.write(f"{message}\n")
+
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(verbose: bool) -> None:
+    """Library logs on stderr: warnings always, info lines with ``-v``; each line names its level.
+
+    Only the level is set when a handler already exists (a second ``-v`` after
+    the subcommand, or a test harness that installed its own handler).
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT, stream=sys.stderr)
+    if verbose:
+        root.setLevel(logging.INFO)
+    elif root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
 
 
 def print_json(obj: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ftspl.engine.errors import FtsplError
@@ -51,7 +53,17 @@ def run_checks(home: Home, device: str = "auto") -> list[tuple[str, bool, str]]:
 
 
 #: The command that leaves exactly one onnxruntime: the GPU build (it runs on CPU too).
+#: Both packages are uninstalled first: they share files, so removing only the CPU one
+#: would delete part of the GPU one.
 GPU_RUNTIME_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
+
+#: Distributions that each install the ``onnxruntime`` module; two of them clash.
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
+
+
+def _normalise(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``onnxruntime_gpu`` == ``onnxruntime-gpu``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def onnxruntime_check(installed: set[str] | None = None) -> tuple[str, bool, str]:
@@ -59,17 +71,26 @@ def onnxruntime_check(installed: set[str] | None = None) -> tuple[str, bool, str
 
     ``onnxruntime`` and ``onnxruntime-gpu`` install the same ``onnxruntime``
     module; with both present whichever was installed last wins, and CUDA
-    silently falls back to the CPU. ``installed`` (distribution names) is for tests.
+    silently falls back to the CPU. ``pip install 'ftspl[gpu]'`` leaves both
+    (the CPU one is a core dependency), so this line names the command that
+    keeps only the GPU build. ``installed`` (distribution names) is for tests.
     """
     if installed is None:
         from importlib.metadata import distributions
 
-        installed = {(d.metadata["Name"] or "").lower() for d in distributions()}
-    if {"onnxruntime", "onnxruntime-gpu"} <= installed:
+        installed = {d.metadata["Name"] or "" for d in distributions()}
+    runtimes = sorted({_normalise(n) for n in installed} & set(RUNTIME_DISTRIBUTIONS))
+    if len(runtimes) > 1:
+        fix = GPU_RUNTIME_FIX if "onnxruntime-gpu" in runtimes else f"pip uninstall -y {' '.join(runtimes)}, then install one"
         return ("onnxruntime", False,
-                "both onnxruntime and onnxruntime-gpu are installed; they share one module, so CUDA may "
-                f"silently run on the CPU. Keep one: {GPU_RUNTIME_FIX}")
-    import onnxruntime as ort
+                f"{' and '.join(runtimes)} are {'both' if len(runtimes) == 2 else 'all'} installed; they share one module (the last installed "
+                f"wins), so {'CUDA' if 'onnxruntime-gpu' in runtimes else 'the accelerated build'} may silently "
+                f"run on the CPU. Keep one: {fix}")
+    try:
+        import onnxruntime as ort
+    except (ImportError, OSError) as exc:  # e.g. half of a package removed by hand
+        return ("onnxruntime", False, f"cannot import onnxruntime ({exc}); reinstall it: pip install onnxruntime, "
+                                      f"or for CUDA: {GPU_RUNTIME_FIX}")
 
     prov = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
     return ("onnxruntime", True, f"version {ort.__version__}, providers {', '.join(prov)}")

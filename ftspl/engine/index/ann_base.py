@@ -45,7 +45,7 @@ from ftspl.engine.files import atomic_write_bytes, fsync_file
 
 log = logging.getLogger(__name__)
 
-REBUILD = "rebuild with `ftspl index add --rebuild`"
+REBUILD = "rebuild with `ftspl index add FOLDER --rebuild`"
 
 MANIFEST_FORMAT = "ftspl-ann"
 MANIFEST_VERSION = 1
@@ -107,7 +107,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise IndexStateError(f"{path}: no vector index here; build it with `ftspl index add`") from None
+        raise IndexStateError(f"{path}: no vector index here; build it with `ftspl index add FOLDER`") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexStateError(
             f"{path}: unreadable vector index manifest ({exc}); " + REBUILD
@@ -115,7 +115,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise IndexStateError(f"{path}: not an ftspl vector index; " + REBUILD)
     if manifest.get("version", 0) > MANIFEST_VERSION:
-        raise IndexStateError(f"{path}: vector index written by a newer ftspl; upgrade ftspl or rebuild")
+        raise IndexStateError(f"{path}: vector index written by a newer ftspl; upgrade ftspl or " + REBUILD)
     return manifest
 
 
@@ -230,8 +230,7 @@ class AnnIndex(ABC):
         manifest = read_manifest(path)
         if cls is not AnnIndex and manifest.get("backend") != cls.backend:
             raise IndexStateError(
-                f"{path}: vector index backend is {manifest.get('backend')!r}, not {cls.backend!r}; "
-                "rebuild with `ftspl index add --rebuild`"
+                f"{path}: vector index backend is {manifest.get('backend')!r}, not {cls.backend!r}; " + REBUILD
             )
         from ftspl.engine.index.ann import ANN_BACKENDS
 

@@ -22,7 +22,7 @@ KINDS = ("mesh", "views")  #: a shape indexed from a mesh file, or from pre-rend
 #: keys of ``info`` that decide whether embeddings are comparable
 COMPAT_KEYS = ("model_id", "model_hash", "render_spec_hash", "embed_dim")
 
-REBUILD_HINT = "rebuild with `ftspl index add --rebuild` or delete the index folder"
+REBUILD_HINT = "rebuild with `ftspl index add FOLDER --rebuild` or delete the index folder"
 
 SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -105,7 +105,7 @@ def connect(path: Path, readonly: bool, busy_timeout_s: float, check_same_thread
     """
     if readonly:
         if not path.is_file():
-            raise IndexStateError(f"{path}: no shape index here; build one with `ftspl index add`")
+            raise IndexStateError(f"{path}: no shape index here; build one with `ftspl index add FOLDER`")
         uri = path.resolve().as_uri() + "?mode=ro"
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout_s,
                                check_same_thread=check_same_thread)
@@ -126,7 +126,7 @@ def prepare(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
         if readonly:
-            raise IndexStateError(f"{path}: shape index is empty; build it with `ftspl index add`")
+            raise IndexStateError(f"{path}: shape index is empty; build it with `ftspl index add FOLDER`")
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Re-check under the write lock: another writer may have just created it.

@@ -212,7 +212,7 @@ class ShapeStore:
                 self.set_info(**wanted)
             return self.get_info()
         if info.get("model_hash") is None:
-            raise IndexStateError(f"{self.path}: shape index is empty; build it with `ftspl index add`")
+            raise IndexStateError(f"{self.path}: shape index is empty; build it with `ftspl index add FOLDER`")
         diffs = [f"{k} {info.get(k)!r} (now {v!r})" for k, v in wanted.items() if info.get(k) != v]
         if diffs:
             raise IndexStateError(

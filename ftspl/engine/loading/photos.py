@@ -48,14 +48,17 @@ def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = default
 
 
-def _too_many_pixels(p: Path, size: str, max_pixels: int) -> ImageLoadError:
-    return ImageLoadError(p, f"image is {size} pixels, over the {max_pixels}-pixel limit; raise --max-pixels")
+def _too_many_pixels(p: Path, size: str, max_pixels: int, flag: str) -> ImageLoadError:
+    fix = f"raise {flag}" if flag else "downscale it"
+    return ImageLoadError(p, f"image is {size} pixels, over the {max_pixels}-pixel limit; {fix}")
 
 
 def load_photo(
     path: str | Path,
     max_pixels: int = MAX_IMAGE_PIXELS,
     max_bytes: int = MAX_FILE_BYTES,
+    pixels_flag: str = "",
+    bytes_flag: str = "",
 ) -> Image.Image:
     """Decode a photo into an RGB PIL image.
 
@@ -64,9 +67,14 @@ def load_photo(
     greyscale/palette/CMYK images are promoted to RGB. Pixel count is checked
     from the header before decoding, so a decompression bomb never allocates.
     The file is closed on every path (``with``), errors included.
+
+    ``pixels_flag`` and ``bytes_flag`` name the options of the calling command
+    that raise the two limits (``--max-pixels``, ``--max-file-bytes``); a
+    refusal names them as the fix. Callers without such options leave them
+    empty, and the message then names no option.
     """
     p = Path(path)
-    check_input_file(p, max_bytes, ImageLoadError)
+    check_input_file(p, max_bytes, ImageLoadError, bytes_flag)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,7 +90,7 @@ def load_photo(
                     )
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise _too_many_pixels(p, f"{w}x{h}", max_pixels)
+                    raise _too_many_pixels(p, f"{w}x{h}", max_pixels, pixels_flag)
                 if w < 1 or h < 1:
                     raise ImageLoadError(p, "image has no pixels")
                 img.load()
@@ -93,7 +101,7 @@ def load_photo(
         raise ImageLoadError(p, "not a readable image (JPEG, PNG, WebP or BMP expected)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         found = _PIL_PIXELS.search(str(exc))
-        raise _too_many_pixels(p, found.group(1) if found else "too many", max_pixels) from None
+        raise _too_many_pixels(p, found.group(1) if found else "too many", max_pixels, pixels_flag) from None
     except MemoryError:
         raise ImageLoadError(p, "not enough memory to decode the image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
