@@ -151,8 +151,8 @@ def _lifespan(server: Server):
         try:
             yield
         finally:
-            if server.owns_live:
-                await anyio.to_thread.run_sync(server.live.close)
+            # stop following here: after a SIGTERM uvicorn re-raises the signal and the process ends
+            await anyio.to_thread.run_sync(server.live.close if server.owns_live else server.live.stop)
 
     return lifespan
 

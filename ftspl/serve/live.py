@@ -64,14 +64,19 @@ class LiveIndex:
     def start(self) -> None:
         """Start following the store in a daemon thread."""
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._follow, name="ftspl-follow", daemon=True)
             self._thread.start()
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Stop following (idempotent); queries still answer from the last state."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def close(self) -> None:
+        self.stop()
         self.reader.close()
 
     def _follow(self) -> None:
