@@ -179,8 +179,8 @@ def _options(cmd) -> dict:
     return {o: p for p in cmd.params if p.param_type_name == "option" for o in (*p.opts, *p.secondary_opts)}
 
 
-def test_verbose_is_accepted_after_every_command() -> None:
-    """Every leaf command of the real app takes -v/--verbose, as the root does."""
+def test_verbose_and_json_on_every_command() -> None:
+    """Every leaf command of the real app takes -v/--verbose, as the root does, and every one that reports takes --json."""
     from ftspl.cli.main import cli
 
     def leaves(cmd, path=()):
@@ -193,6 +193,8 @@ def test_verbose_is_accepted_after_every_command() -> None:
     for path, cmd in found:
         opts = {o for p in cmd.params for o in p.opts}
         assert {"-v", "--verbose"} <= opts, " ".join(path)
+        if path != ("serve",):  # the one verb that reports nothing: it serves until stopped
+            assert "--json" in opts, f"ftspl {' '.join(path)} reports but has no --json"
 
 
 def test_train_defaults_come_from_train_config() -> None:
