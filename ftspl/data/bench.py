@@ -254,8 +254,8 @@ def build_sh3d_benchmark(
         "backgrounds": [b.name for b in backgrounds],
     }
     notice = out / "NOTICE.txt"
-    notice.write_text(bench_notice(used, backgrounds, versions))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    atomic_write_bytes(notice, bench_notice(used, backgrounds, versions).encode())
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     return Split(
         root=out, source=out / "source", val=out / "val", queries=out / "queries", target=out / "target",
         classes=classes, groups=keys, counts=counts, photos={g: n_photos[g] for g in PHOTO_GROUPS},

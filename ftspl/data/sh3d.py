@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from ftspl.engine.errors import FtsplError
+from ftspl.engine.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +262,7 @@ def extract_icon(libdir: Path, model: Sh3dModel, dest_file: Path) -> Path:
         raise DataFetchError(f"{zpath}: icon {model.icon_path} not found") from None
     except (OSError, zipfile.BadZipFile) as exc:
         raise DataFetchError(f"{zpath}: cannot read the library ({exc})") from None
-    dest_file.parent.mkdir(parents=True, exist_ok=True)
-    dest_file.write_bytes(data)
+    atomic_write_bytes(dest_file, data)  # a killed build never leaves a truncated icon to be reused
     return dest_file
 
 
