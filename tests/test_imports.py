@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -25,6 +26,8 @@ def _walk(package: str) -> list[str]:
 
 
 ENGINE_MODULES = _walk("ftspl.engine")
+#: the server's modules (the [serve] extra); absent when starlette is not installed
+SERVE_MODULES = _walk("ftspl.serve") if importlib.util.find_spec("starlette") else []
 SUBPACKAGES = ("loading", "rendering", "model", "index", "scoring")
 
 
@@ -39,7 +42,12 @@ def _imports(module: str) -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("module", ENGINE_MODULES)
+def test_walk_reaches_the_server() -> None:
+    if SERVE_MODULES:
+        assert {"ftspl.serve.app", "ftspl.serve.routes", "ftspl.serve.live"} <= set(SERVE_MODULES)
+
+
+@pytest.mark.parametrize("module", ENGINE_MODULES + SERVE_MODULES)
 def test_torch_free_module_never_imports_torch(module: str) -> None:
     assert "torch" not in _imports(module)
 
