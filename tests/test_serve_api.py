@@ -351,3 +351,13 @@ def test_delta_and_swap_paths_give_the_same_answers(served_home, tmp_path, monke
         finally:
             lv.close()
     assert answers[0] == answers[1]
+
+
+def test_serving_path_imports_neither_torch_nor_pydantic():
+    import subprocess
+    import sys
+
+    code = ("import sys, uvicorn, ftspl.serve.app, ftspl.serve.routes, ftspl.cli.serve_cmd; "
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "starlette" in mods and not mods & {"torch", "pydantic", "fastapi"}
