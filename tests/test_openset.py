@@ -61,3 +61,47 @@ def test_score_and_distance_are_one_cut_in_two_units() -> None:
         assert score_of(distance_of(s)) == pytest.approx(s)
     with pytest.raises(UsageError, match="--min-score"):
         distance_of(1.5)
+
+
+@pytest.mark.slow
+def test_calibrate_then_query_marks_no_match(model_home, tmp_path) -> None:
+    """``eval --calibrate`` stores a threshold that ``query`` applies; the flags override it."""
+    import json
+
+    import trimesh
+    from conftest import run_ftspl
+    from PIL import Image
+
+    gallery = tmp_path / "gallery" / "boxy"
+    gallery.mkdir(parents=True)
+    for i, size in enumerate([(1, 2, 1), (2, 1, 1), (1, 1, 3)]):
+        trimesh.creation.box(size).export(gallery / f"b{i}.stl")
+    assert run_ftspl(model_home, "index", "add", str(tmp_path / "gallery")).returncode == 0
+    photos = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for label, colour in (("boxy", (120, 80, 40)), ("zebra", (20, 20, 20))):
+        (photos / label).mkdir(parents=True)
+        for i in range(3):
+            img = np.full((96, 96, 3), 255, np.uint8)
+            img[20:76, 30:66] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+            Image.fromarray(img).save(photos / label / f"{i}.png")
+    r = run_ftspl(model_home, "eval", str(photos), "--calibrate", "--precision", "0.01", "--json")
+    assert r.returncode == 0, r.stderr
+    cal = json.loads(r.stdout)
+    assert cal["known"] == 3 and cal["unknown"] == 3 and 0 <= cal["auroc"] <= 1
+    assert (model_home / "index" / "calibration.json").exists()
+
+    q = run_ftspl(model_home, "query", str(photos / "zebra" / "0.png"), "--top", "3", "--json")
+    assert q.returncode == 0, q.stderr
+    out = json.loads(q.stdout)
+    assert out["max_distance"] == pytest.approx(cal["max_distance"], abs=1e-6)
+    hits = out["results"][0]["hits"]
+    assert [h["match"] for h in hits] == [h["distance"] <= out["max_distance"] for h in hits]
+    assert out["results"][0]["match"] == hits[0]["match"]
+
+    none = json.loads(run_ftspl(model_home, "query", str(photos / "boxy" / "0.png"), "--max-distance", "0", "--json").stdout)
+    assert none["max_distance_from"] == "--max-distance" and not none["results"][0]["match"]
+    every = json.loads(run_ftspl(model_home, "query", str(photos / "boxy" / "0.png"), "--min-score", "-1", "--json").stdout)
+    assert every["results"][0]["match"] and all(h["match"] for h in every["results"][0]["hits"])
+    both = run_ftspl(model_home, "query", str(photos / "boxy" / "0.png"), "--min-score", "0.5", "--max-distance", "1")
+    assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr

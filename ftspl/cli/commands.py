@@ -190,7 +190,8 @@ def index_verify_cmd(home, as_json: bool) -> None:
 
 
 def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels: int = MAX_IMAGE_PIXELS,
-              max_file_bytes: int = MAX_FILE_BYTES, hnsw_ef: int | None = None, started: float | None = None) -> None:
+              max_file_bytes: int = MAX_FILE_BYTES, hnsw_ef: int | None = None, started: float | None = None,
+              max_distance: float | None = None, min_score: float | None = None) -> None:
     """Decode, embed and search; JSON keeps start-up (model, index) apart from the query itself."""
     from ftspl.engine.errors import ImageLoadError
     from ftspl.engine.index.library import Library
@@ -225,6 +226,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
             names_only = [Path(res.photo).name for res in results]
             rows = rows_for(reader.store, images, names_only, [None] * len(results), results)
             save_sheet(rows, sheet)
+    cut, cut_from = _open_set_cut(lib, max_distance, min_score)
     startup_s = (t_model - t_start) + (t_open - t_decoded)  # the model, then the index and encoder session
     query_s = (t_decoded - t_model) + (t_done - t_open)  # decoding, embedding, searching
     for path, reason in failed:
@@ -236,11 +238,15 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
                 "startup_s": round(startup_s, 4),
                 "query_s": round(query_s, 4),
                 "ms": round((t_done - t_decoded) * 1000, 2),  # opening the index + the search (kept for scripts)
+                "max_distance": None if cut is None else round(cut, 6),
+                "max_distance_from": cut_from,
                 "results": [
                     {
                         "photo": r.photo,
                         "decode_ms": round(decode_ms[r.photo], 2),
-                        "hits": [{"rank": h.rank, "path": h.path, "distance": round(h.distance, 6), "label": h.label} for h in r.hits],
+                        "match": cut is None or bool(r.hits and r.hits[0].distance <= cut),
+                        "hits": [{"rank": h.rank, "path": h.path, "distance": round(h.distance, 6), "label": h.label,
+                                  "match": cut is None or h.distance <= cut} for h in r.hits],
                     }
                     for r in results
                 ],
@@ -249,14 +255,51 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
         )
     else:
         for r in results:
+            title = f"{r.photo}"
+            if cut is not None and not (r.hits and r.hits[0].distance <= cut):
+                title += f": no match (every shape is farther than {cut:.4f}, {cut_from})"
             console.print_table(
-                f"{r.photo}", ["rank", "distance", "label", "path"],
-                [[h.rank, f"{h.distance:.4f}", h.label or "-", h.path] for h in r.hits],
+                title, ["rank", "distance", "label", "path"],
+                [[h.rank, f"{h.distance:.4f}" + ("" if cut is None or h.distance <= cut else " (no match)"),
+                  h.label or "-", h.path] for h in r.hits],
             )
         if sheet is not None and results:
             console.out(f"contact sheet: {sheet}")
     if failed:
         raise typer.Exit(1)
+
+
+def _open_set_cut(lib, max_distance: float | None, min_score: float | None) -> tuple[float | None, str | None]:
+    """The distance beyond which a hit is no match, and where it comes from (flag, calibration, none)."""
+    from ftspl.engine.scoring.openset import distance_of, load_calibration
+
+    if max_distance is not None and min_score is not None:
+        raise UsageError("give --max-distance or --min-score, not both (they are one cut in two units)")
+    if max_distance is not None:
+        return max_distance, "--max-distance"
+    if min_score is not None:
+        return distance_of(min_score), "--min-score"
+    cal = load_calibration(lib.dir, lib.manifest.model_hash)
+    if cal is None:
+        return None, None
+    return cal.max_distance, f"calibrated on {cal.photos} at {cal.precision:.0%} precision"
+
+
+def calibrate_cmd(queries: Path, home, runtime, precision: float, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from ftspl.engine.scoring.openset import calibrate_folder
+
+    cal = calibrate_folder(queries, home, runtime, precision)
+    if as_json:
+        console.print_json(asdict(cal) | {"min_score": round(cal.min_score, 6)})
+        return
+    console.out(
+        f"open-set threshold: distance {cal.max_distance:.4f} (score {cal.min_score:.4f}) keeps {cal.precision:.0%} "
+        f"precision on {cal.known} known photos; accepts {cal.known_accepted:.0%} of them"
+        + ("" if cal.unknown_rejected is None else
+           f", rejects {cal.unknown_rejected:.0%} of {cal.unknown} unknown ones (AUROC {cal.auroc:.3f})")
+    )
 
 
 def eval_cmd(queries: Path, home, runtime, as_json: bool) -> None:

@@ -151,7 +151,7 @@ def index_add(
     max_faces: int = typer.Option(MAX_FACES, "--max-faces", min=1, help="Refuse meshes with more faces."),
     max_vertices: int = typer.Option(MAX_VERTICES, "--max-vertices", min=1, help="Refuse meshes with more vertices."),
     max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger mesh files (and the assets they reference)."),
-    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="auto", metavar="[auto|ADDRESS|local]", help="Render and encode on a Ray cluster (auto: the running one; local: start one here). Needs ftspl[ray]."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="auto|ADDRESS|local", help="Render and encode on a Ray cluster: auto (the running one), HOST:PORT, or local (start one here). Needs ftspl[ray]."),
     shards: Optional[Path] = typer.Option(None, "--shards", help="Write Parquet shards to this folder instead of the index (ingest with 'index merge')."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
@@ -229,33 +229,41 @@ def query(
     max_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-pixels", min=1, help="Refuse larger photos (decompression-bomb guard)."),
     max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger photo files."),
     hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth for this query (default: the one stored by index add)."),
+    max_distance: Optional[float] = typer.Option(None, "--max-distance", min=0.0, help="Mark hits farther than this as no match (default: the threshold of 'ftspl eval PHOTOS --calibrate', if any)."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="The same cut as a cosine similarity in [-1, 1]."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """The nearest shapes for each photo."""
+    """The nearest shapes for each photo; hits beyond the open-set threshold are marked "no match"."""
     import time
 
     t0 = time.perf_counter()  # JSON startup_s: from here to an open model and index; query_s apart
     from ftspl.cli.commands import query_cmd
 
     query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels=max_pixels,
-              max_file_bytes=max_file_bytes, hnsw_ef=hnsw_ef, started=t0)
+              max_file_bytes=max_file_bytes, hnsw_ef=hnsw_ef, started=t0, max_distance=max_distance,
+              min_score=min_score)
 
 
 @app.command("eval")
 def evaluate(
     queries: Path = typer.Argument(..., help="Labelled photos: QUERIES/<label>/*.jpg"),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Set the index's open-set threshold from these photos (classes absent from the index count as unknown)."),
+    precision: float = typer.Option(0.95, "--precision", min=0.01, max=1.0, help="With --calibrate: the precision on known photos the threshold keeps."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Retrieval metrics (NN, FT, ST, F, DCG, ANMRR, AUC) of labelled photos against the labelled index."""
-    from ftspl.cli.commands import eval_cmd
+    """Retrieval metrics (NN, FT, ST, F, DCG, ANMRR, AUC) of labelled photos against the labelled index, or --calibrate the "no match" threshold."""
+    from ftspl.cli.commands import calibrate_cmd, eval_cmd
 
-    eval_cmd(queries, _home(home), _runtime(device, threads), as_json)
+    if calibrate:
+        calibrate_cmd(queries, _home(home), _runtime(device, threads), precision, as_json)
+    else:
+        eval_cmd(queries, _home(home), _runtime(device, threads), as_json)
 
 
 @app.command()
