@@ -105,3 +105,60 @@ def test_calibrate_then_query_marks_no_match(model_home, tmp_path) -> None:
     assert every["results"][0]["match"] and all(h["match"] for h in every["results"][0]["hits"])
     both = run_ftspl(model_home, "query", str(photos / "boxy" / "0.png"), "--min-score", "0.5", "--max-distance", "1")
     assert both.returncode == 2 and "not both" in both.stderr and "Traceback" not in both.stderr
+
+
+def test_fusion_rules_on_a_known_matrix() -> None:
+    from ftspl.engine.errors import UnknownKeyError
+    from ftspl.engine.scoring.fusion import fuse, fuse_embeddings
+
+    d = np.array([[0.2, 0.9, 1.0], [1.2, 0.3, 1.1], [0.4, np.inf, 1.3]])
+    assert np.argsort(fuse(d, "max")).tolist() == [0, 1, 2]
+    # rank: -sum 1/(60 + rank) over the photos that reached the shape (ranks per row: 1 2 3 / 3 1 2 / 1 - 2)
+    expected = -np.array([1 / 61 + 1 / 63 + 1 / 61, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62 + 1 / 62])
+    np.testing.assert_allclose(fuse(d, "rank"), expected)
+    with pytest.raises(UnknownKeyError, match="mean"):
+        fuse(d, "median")
+    # mean ranks exactly as a search with the normalised mean embedding
+    rng = np.random.default_rng(3)
+    photos = rng.normal(size=(3, 16))
+    photos /= np.linalg.norm(photos, axis=1, keepdims=True)
+    gallery = rng.normal(size=(40, 16))
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    dist = np.linalg.norm(photos[:, None] - gallery[None], axis=2)
+    via_mean = np.linalg.norm(fuse_embeddings(photos) - gallery, axis=1)
+    assert np.argsort(fuse(dist, "mean")).tolist() == np.argsort(via_mean).tolist()
+
+
+@pytest.mark.slow
+def test_query_fuse_gives_one_list_for_several_photos(model_home, tmp_path) -> None:
+    import json
+
+    import trimesh
+    from conftest import run_ftspl
+    from PIL import Image
+
+    for i, size in enumerate([(1, 2, 1), (2, 1, 1), (1, 1, 3), (3, 1, 1)]):
+        p = tmp_path / "gallery" / "boxy" / f"b{i}.stl"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        trimesh.creation.box(size).export(p)
+    assert run_ftspl(model_home, "index", "add", str(tmp_path / "gallery")).returncode == 0
+    photos = []
+    for i, colour in enumerate([(120, 80, 40), (90, 90, 90)]):
+        img = np.full((96, 96, 3), 255, np.uint8)
+        img[20:76, 30 + 5 * i : 66] = colour
+        photos.append(tmp_path / f"p{i}.png")
+        Image.fromarray(img).save(photos[-1])
+    single = json.loads(run_ftspl(model_home, "query", *map(str, photos), "--top", "4", "--json").stdout)
+    assert len(single["results"]) == 2
+    for how in ("mean", "max", "rank"):
+        r = run_ftspl(model_home, "query", *map(str, photos), "--top", "4", "--fuse", "--fusion", how, "--json")
+        assert r.returncode == 0, r.stderr
+        (res,) = json.loads(r.stdout)["results"]
+        assert res["photo"] == f"{photos[0]} + {photos[1]}" and [h["rank"] for h in res["hits"]] == [1, 2, 3, 4]
+        assert sorted(h["path"] for h in res["hits"]) == sorted(h["path"] for h in single["results"][0]["hits"])
+        if how == "max":  # the best photo's distance to each shape
+            best = {h["path"]: min(x["distance"] for s in single["results"] for x in s["hits"] if x["path"] == h["path"])
+                    for h in res["hits"]}
+            assert all(h["distance"] == pytest.approx(best[h["path"]], abs=1e-5) for h in res["hits"])
+    bad = run_ftspl(model_home, "query", str(photos[0]), "--fuse", "--fusion", "median")
+    assert bad.returncode == 2 and "--fusion must be one of mean, max, rank" in bad.stderr

@@ -191,7 +191,7 @@ def index_verify_cmd(home, as_json: bool) -> None:
 
 def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels: int = MAX_IMAGE_PIXELS,
               max_file_bytes: int = MAX_FILE_BYTES, hnsw_ef: int | None = None, started: float | None = None,
-              max_distance: float | None = None, min_score: float | None = None) -> None:
+              max_distance: float | None = None, min_score: float | None = None, fusion: str | None = None) -> None:
     """Decode, embed and search; JSON keeps start-up (model, index) apart from the query itself."""
     from ftspl.engine.errors import ImageLoadError
     from ftspl.engine.index.library import Library
@@ -218,13 +218,17 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
             reader.ann.ef_search = hnsw_ef
         lib.encoders.wait_warm()  # the photo encoder's session is built in the background: start-up too
         t_open = time.perf_counter()
-        results = reader.query_images(images, names, top)
+        if fusion is None:
+            results = reader.query_images(images, names, top)
+        else:
+            results = _fused_query(lib, reader, images, names, top, fusion)
         t_done = time.perf_counter()
         if sheet is not None and results:
             from ftspl.engine.rendering.sheet import rows_for, save_sheet
 
-            names_only = [Path(res.photo).name for res in results]
-            rows = rows_for(reader.store, images, names_only, [None] * len(results), results)
+            names_only = [Path(res.photo).name if fusion is None else res.photo for res in results]
+            # a fused answer is drawn beside its first photo
+            rows = rows_for(reader.store, images[: len(results)], names_only, [None] * len(results), results)
             save_sheet(rows, sheet)
     cut, cut_from = _open_set_cut(lib, max_distance, min_score)
     startup_s = (t_model - t_start) + (t_open - t_decoded)  # the model, then the index and encoder session
@@ -243,7 +247,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
                 "results": [
                     {
                         "photo": r.photo,
-                        "decode_ms": round(decode_ms[r.photo], 2),
+                        "decode_ms": round(sum(decode_ms[n] for n in names) if fusion else decode_ms[r.photo], 2),
                         "match": cut is None or bool(r.hits and r.hits[0].distance <= cut),
                         "hits": [{"rank": h.rank, "path": h.path, "distance": round(h.distance, 6), "label": h.label,
                                   "match": cut is None or h.distance <= cut} for h in r.hits],
@@ -267,6 +271,23 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
             console.out(f"contact sheet: {sheet}")
     if failed:
         raise typer.Exit(1)
+
+
+def _fused_query(lib, reader, images: list, names: list[str], top: int, fusion: str) -> list:
+    """One result for all the photos (``--fuse``), named after them."""
+    import numpy as np
+
+    from ftspl.engine.index.reader import QueryResult
+    from ftspl.engine.model.preprocess import to_tensor
+    from ftspl.engine.scoring.fusion import FUSIONS, fused_search
+
+    if fusion not in FUSIONS:
+        raise UsageError(f"--fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    if not images:
+        return []
+    emb = lib.encoders.embed_photos(np.stack([to_tensor(im, lib.encoders.preprocess) for im in images]))
+    hits, gen = fused_search(reader, emb, top, fusion)
+    return [QueryResult(" + ".join(names), hits, gen)]
 
 
 def _open_set_cut(lib, max_distance: float | None, min_score: float | None) -> tuple[float | None, str | None]:

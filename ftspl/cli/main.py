@@ -231,6 +231,8 @@ def query(
     hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth for this query (default: the one stored by index add)."),
     max_distance: Optional[float] = typer.Option(None, "--max-distance", min=0.0, help="Mark hits farther than this as no match (default: the threshold of 'ftspl eval PHOTOS --calibrate', if any)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="The same cut as a cosine similarity in [-1, 1]."),
+    fuse: bool = typer.Option(False, "--fuse", help="The photos show one object: answer one ranked list for all of them."),
+    fusion: str = typer.Option("mean", "--fusion", help="With --fuse: mean (of the photos' embeddings), max (best photo per shape) or rank (reciprocal rank fusion)."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -244,7 +246,7 @@ def query(
 
     query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels=max_pixels,
               max_file_bytes=max_file_bytes, hnsw_ef=hnsw_ef, started=t0, max_distance=max_distance,
-              min_score=min_score)
+              min_score=min_score, fusion=fusion if fuse else None)
 
 
 @app.command("eval")
