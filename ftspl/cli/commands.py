@@ -55,7 +55,7 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
         )
 
 
-def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool) -> None:
+def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool, home=None) -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -83,7 +83,7 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         console.info(" | ".join(parts))
 
     with console.progress(not as_json) as update:
-        result = train(cfg, resume=resume, progress=update, on_round=on_round)
+        result = train(cfg, resume=resume, progress=update, on_round=on_round, home=home)
     for path, reason in result.skipped:
         console.warn(f"{path}: {reason}")
     summary = {"run": str(result.run_dir), "device": result.device, "seconds": round(result.seconds, 1),

@@ -118,6 +118,7 @@ def train(
     seed: int = typer.Option(_TRAIN["seed"], "--seed", help="Random seed (same seed, same result)."),
     device: str = typer.Option(_TRAIN["device"], "--device", help="auto (CUDA when present), cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+    home: Optional[Path] = HomeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Train the shared photo/shape encoder with FTSPL (labelled photos + unlabelled shapes)."""
@@ -132,7 +133,7 @@ def train(
     )
     if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
         settings["up"] = up
-    train_cmd(preset, settings, overrides, resume, as_json)
+    train_cmd(preset, settings, overrides, resume, as_json, _home(home))
 
 
 # ---------------------------------------------------------------------- index
