@@ -44,11 +44,21 @@ def quiet_ray_data() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def check_target(target: str) -> None:
+    """Refuse, in seconds and before any work, a ``--ray`` value that is no target or an address nobody answers at."""
+    if not target or target.startswith("-"):
+        raise UsageError(f"--ray {target!r}: give auto, local or a cluster address (HOST:PORT or ray://HOST:PORT)")
+    address = os.environ.get("RAY_ADDRESS", "") if target == "auto" else target
+    if address and address not in ("auto", "local"):
+        _check_reachable(target, address)  # ray.init would retry an address nobody answers at forever
+
+
 def connect(target: str, num_cpus: int | None = None, object_store_bytes: int | None = None) -> bool:
     """Attach this process to Ray; True when this call started it (the caller then shuts it down).
 
     A process already attached (a test's fixture, a notebook) is used as it is.
     """
+    check_target(target)
     # Ray's own start-up notices (token set-up, constructor arguments kept in the object store,
     # "progress bars disabled") are not the user's business; real failures surface as exceptions.
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # RAY_BACKEND_LOG_LEVEL=info shows them
@@ -62,8 +72,6 @@ def connect(target: str, num_cpus: int | None = None, object_store_bytes: int | 
         store = object_store_bytes or LOCAL_OBJECT_STORE_BYTES
         ray.init(address="local", num_cpus=cores, object_store_memory=store, **common)
         return True
-    if not target:
-        raise UsageError("--ray needs auto, local or a cluster address (HOST:PORT or ray://HOST:PORT)")
     try:
         ray.init(address=target, **common)
     except ConnectionError as exc:
@@ -74,6 +82,23 @@ def connect(target: str, num_cpus: int | None = None, object_store_bytes: int | 
             ) from None
         raise FtsplError(f"--ray {target}: cannot connect to the Ray cluster ({exc}); check the address") from None
     return True
+
+
+def _check_reachable(target: str, address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at the address (``ray.init`` would retry forever)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {target}: {address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise FtsplError(
+            f"--ray {target}: nothing answers at {hostport} ({exc.strerror or exc}); start the head node "
+            "with 'ray start --head' or check the address"
+        ) from None
 
 
 @dataclass(frozen=True)

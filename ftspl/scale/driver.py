@@ -21,7 +21,7 @@ import numpy as np
 from ftspl.engine.errors import FtsplError
 from ftspl.engine.index.add_pipeline import AddReport, PendingShape, ProgressFn, Sink, make_record
 from ftspl.engine.model.encoders import RuntimeConfig
-from ftspl.scale.cluster import ActorPlan, cluster_resources, connect, import_ray, plan_actors
+from ftspl.scale.cluster import ActorPlan, check_target, cluster_resources, connect, import_ray, plan_actors
 from ftspl.scale.stages import FAILED_FACES, EncodeStage, RenderStage, model_files
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,11 @@ class RayProducer:
     def __init__(self, target: str, model_dir: Path, runtime: RuntimeConfig, cfg, *,
                  render_actors: int | None = None, encode_actors: int | None = None,
                  local_cpus: int | None = None) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            import_ray()  # raises the one-line "pip install 'ftspl[ray]'" error
+        check_target(target)
         self.target, self.model_dir, self.runtime, self.cfg = target, Path(model_dir), runtime, cfg
         self.render_actors, self.encode_actors, self.local_cpus = render_actors, encode_actors, local_cpus
         self.started_ray = False
