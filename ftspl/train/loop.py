@@ -20,6 +20,9 @@ something to pseudo-label with. Every round writes a checkpoint (state dicts,
 to ``metrics.json``, so ``--resume`` continues a killed run at the next round
 with the same result as an uninterrupted one (all randomness is derived from
 ``(seed, round, epoch)``).
+
+This module sequences a run; :mod:`ftspl.train.trainer` holds the per-epoch and
+per-round steps, :mod:`ftspl.train.runio` the run folder's files.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class RunResult:
     rounds: list[dict]
     device: str
     seconds: float
-    skipped: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]  #: (path, reason) of target shapes and photos that could not be used
     #: with ``train(..., return_embeddings=True)``: the final network's embeddings (not L2-normalised)
     embeddings: Embeddings | None = None
 
