@@ -25,15 +25,15 @@ pytest.importorskip("torch")  # the exported_models fixture exports with torch
 
 with warnings.catch_warnings():  # starlette 1.x suggests httpx2 for its test client; httpx still works
     warnings.simplefilter("ignore")
-    from starlette.testclient import TestClient  # noqa: E402
+    from starlette.testclient import TestClient
 
-from ftspl.engine.errors import UsageError  # noqa: E402
-from ftspl.engine.home import Home  # noqa: E402
-from ftspl.serve.app import create_app  # noqa: E402
-from ftspl.serve.config import ServeConfig  # noqa: E402
-from ftspl.serve.live import LiveIndex  # noqa: E402
+from conftest import run_ftspl
 
-from conftest import run_ftspl  # noqa: E402
+from ftspl.engine.errors import UsageError
+from ftspl.engine.home import Home
+from ftspl.serve.app import create_app
+from ftspl.serve.config import ServeConfig
+from ftspl.serve.live import LiveIndex
 
 TOKEN = "test-token-0123456789"
 

@@ -20,8 +20,8 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 pytest.importorskip("torch")  # the exported_models fixture exports with torch
 
-from conftest import run_ftspl  # noqa: E402
-from test_serve_live import photo_bytes, running_server, write_meshes  # noqa: E402
+from conftest import run_ftspl
+from test_serve_live import photo_bytes, running_server, write_meshes
 
 pytestmark = pytest.mark.slow
 

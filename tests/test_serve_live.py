@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +29,7 @@ pytest.importorskip("starlette")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("torch")  # the exported_models fixture exports with torch
 
-from conftest import run_ftspl  # noqa: E402
+from conftest import run_ftspl
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_queries_stay_correct_while_index_add_and_remove_run(home, tmp_path):
         while add.poll() is None:  # query for as long as the writer runs
             gens.append(check_answer(client.post(f"{base}/api/query", files=files, data={"top": "50"}), first | new, gens[-1]))
             answers += 1
-        out, err = add.communicate()
+        _, err = add.communicate()
         assert add.returncode == 0, err
         final = store_generation(home)
         info = wait_generation(client, base, final)
@@ -176,7 +176,7 @@ def test_rebuild_is_followed_and_bearer_token_enforced(home, tmp_path):
     """``index add --rebuild`` replaces the store file: the server swaps to it; a token guards the API."""
     token = "live-test-token-0123456789"
     auth = {"Authorization": f"Bearer {token}"}
-    with running_server(home, "--token", token) as (base, server), httpx.Client(timeout=30) as client:
+    with running_server(home, "--token", token) as (base, _), httpx.Client(timeout=30) as client:
         assert client.get(f"{base}/api/info").status_code == 401
         assert client.get(f"{base}/", headers={}).status_code == 200
         wait_generation(client, base, store_generation(home), auth)

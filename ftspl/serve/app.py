@@ -217,4 +217,4 @@ def create_app(cfg: ServeConfig, live: LiveIndex | None = None) -> Starlette:
     return app
 
 
-__all__ = ["create_app", "ApiError", "Guard", "Server"]
+__all__ = ["ApiError", "Guard", "Server", "create_app"]

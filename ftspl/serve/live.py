@@ -84,7 +84,7 @@ class LiveIndex:
             try:
                 done = self.reader.refresh()
                 self.last_error = None
-            except Exception as exc:  # noqa: BLE001 - keep serving what we have; say why
+            except Exception as exc:  # keep serving what we have; say why
                 log.exception("following the index failed")
                 self.last_error = f"following the index failed ({type(exc).__name__}: {exc})"
                 continue

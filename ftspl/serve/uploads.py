@@ -1,16 +1,18 @@
 """An uploaded photo through the same checks and limits as ``ftspl query``.
 
-The bytes are checked against the byte cap, then the header against the pixel
-cap (both :class:`ImageTooLargeError`, answered 413), then decoded by
+The bytes are checked against the byte cap, then decoded by
 :func:`ftspl.engine.loading.photos.load_photo` itself, from a private temporary
-file, so EXIF rotation, alpha, colour modes and every corrupt-file rule are the
-CLI's (:class:`ImageLoadError`, answered 400). The client's file name is only
+file, so EXIF rotation, alpha, colour modes, the pixel cap and every
+corrupt-file rule are the CLI's. A refused photo is over a cap
+(:class:`ImageTooLargeError`, answered 413) or unreadable
+(:class:`ImageLoadError`, answered 400). The client's file name is only
 ever a label in messages: it never becomes a path.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import tempfile
 import warnings
@@ -20,6 +22,8 @@ from PIL import Image
 from ftspl.engine.errors import ImageLoadError, ImageTooLargeError
 
 _UNSAFE = re.compile(r"[^\w .,()+=@-]")
+#: uploads are written to memory-backed storage when the system has it
+_TMP = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
 def display_name(filename: str | None, index: int) -> str:
@@ -54,15 +58,15 @@ def decode_upload(data: bytes, name: str, max_bytes: int, max_pixels: int):
         raise ImageLoadError(name, "file is empty")
     if len(data) > max_bytes:
         raise ImageTooLargeError(name, f"file is {len(data)} bytes, over the limit of {max_bytes}")
-    _check_pixels(data, name, max_pixels)
-    with tempfile.NamedTemporaryFile(prefix="ftspl-upload-", suffix=".img") as tmp:
+    with tempfile.NamedTemporaryFile(prefix="ftspl-upload-", suffix=".img", dir=_TMP) as tmp:
         tmp.write(data)
         tmp.flush()
         try:
             return load_photo(tmp.name, max_pixels=max_pixels, max_bytes=max_bytes)
-        except ImageTooLargeError:
-            raise
-        except ImageLoadError as exc:  # the message names our temporary file: name the upload
+        except ImageLoadError as exc:
+            # refused: over the pixel cap (413) or unreadable (400)? The header says, and the
+            # happy path never pays for reading it twice. Messages name the upload, not our file.
+            _check_pixels(data, name, max_pixels)
             raise ImageLoadError(name, exc.reason) from None
 
 
