@@ -27,7 +27,7 @@ What it measures (all on this machine, same inputs, same run):
 * ``cuda``: the same figures with onnxruntime's CUDA provider and the full-mode
   training round time when a GPU is present; ``null`` otherwise (never faked).
 
-Data and models are cached under ``.cache/perf`` (git-ignored). Needs the
+Data and models are cached under ``<home>/cache/perf`` (``./.ftspl``, git-ignored). Needs the
 ``bench`` extra for the peer: ``pip install -e '.[train,bench]'`` and
 ``pip install --no-deps pyrender==0.1.45`` (pyrender pins PyOpenGL 3.1.0 but
 runs on the current one; it is the peer only, never a dependency of ftspl).
@@ -108,8 +108,9 @@ def perf_meshes(work: Path, n: int) -> list[Path]:
     """The first ``n`` models of the class map (by key), extracted once: the same files every run."""
     from ftspl.data.sh3d import extract_model, fetch_furniture, furniture_models
 
-    cache = Path(os.environ.get("FTSPL_CACHE", ROOT / ".cache")) / "debian"
-    libdir = fetch_furniture(cache)
+    from ftspl.engine.home import Home
+
+    libdir = fetch_furniture(Home.resolve(cwd=ROOT).debian_cache)
     models = sorted(furniture_models(), key=lambda m: m.key)[:n]
     files = []
     for m in models:
@@ -323,20 +324,21 @@ def cold_query(home: Path, photo: Path) -> dict:
 
 
 def hnsw_vs_exact(real: np.ndarray, n: int, n_queries: int = 300, sweep_ef: tuple[int, ...] = ()) -> dict:
-    """Recall@10 of the default HNSW against the exact twin, one query at a time, on ``n`` vectors."""
-    from ftspl.engine.index.ann import HNSW_EF_SEARCH, ExactIndex, HnswIndex
+    """Recall@10 of the library's default ANN backend (its default M/ef) against the exact twin, one query at a time."""
+    from ftspl.engine.index.ann import DEFAULT_BACKEND, ExactIndex, make_index
 
     base = synthetic_like(real, n, seed=1)
     queries = synthetic_like(real, n_queries, seed=2)
     ids = np.arange(n, dtype=np.int64)
     t = time.perf_counter()
-    hnsw = HnswIndex(real.shape[1])
+    hnsw = make_index(DEFAULT_BACKEND, real.shape[1])
     hnsw.add(ids, base)
     build = time.perf_counter() - t
     exact = ExactIndex(real.shape[1])
     exact.add(ids, base)
     del base
-    hnsw.num_threads = 1
+    if hasattr(hnsw, "num_threads"):
+        hnsw.num_threads = 1
 
     def timed(index) -> tuple[np.ndarray, float]:
         out, t0 = [], time.perf_counter()
@@ -353,8 +355,8 @@ def hnsw_vs_exact(real: np.ndarray, n: int, n_queries: int = 300, sweep_ef: tupl
         g, ms = timed(hnsw)
         sweep.append({"ef": ef, "recall_at_10": round(float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(g, truth)])), 4),
                       "ms_per_query": round(ms, 3), "speedup_vs_exact": round(exact_ms / ms, 1)})
-    hnsw.ef_search = HNSW_EF_SEARCH
-    return {"ef_sweep": sweep, "vectors": n, "dim": int(real.shape[1]), "queries": n_queries, "hnsw_recall_at_10": round(recall, 4),
+    hnsw.ef_search = None  # back to the size-aware default for the figures below
+    return {"backend": DEFAULT_BACKEND, "ef_sweep": sweep, "vectors": n, "dim": int(real.shape[1]), "queries": n_queries, "hnsw_recall_at_10": round(recall, 4),
             "hnsw_ms_per_query": round(hnsw_ms, 3), "exact_ms_per_query": round(exact_ms, 3),
             "hnsw_speedup_vs_exact": round(exact_ms / hnsw_ms, 1), "hnsw_build_s": round(build, 1),
             "M": hnsw.M, "ef_construction": hnsw.ef_construction, "ef": hnsw.ef_search}
@@ -371,15 +373,23 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     ap.add_argument("--meshes", type=int, default=60, help="real meshes to index (ours and the peer)")
     ap.add_argument("--index-size", type=int, default=100_000, help="shapes in the query-latency index")
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "perf")
+    ap.add_argument("--work", type=Path, default=None, help="default: <home>/cache/perf")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "perf.json")
     ap.add_argument("--query-worker", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--ann-only", type=int, metavar="N",
-                    help="only the HNSW-vs-exact part on N vectors (with an ef sweep), written to results/ann_N.json; "
-                         "uses the embeddings of an earlier run's index")
+                    help="only the ANN backends vs the exact twin on N vectors (build, bytes, RSS, ef sweep), written "
+                         "to results/ann_N.json; uses the embeddings of an earlier run's index (made first if absent)")
+    ap.add_argument("--ann-config", action="append", metavar="SPEC",
+                    help="with --ann-only: a backend and parameters, e.g. faiss-hnsw or hnsw:M=48,ef_construction=200 "
+                         "(repeat; default: every graph backend with its defaults)")
+    ap.add_argument("--ann-queries", type=int, default=200, help="with --ann-only: queries per ef")
     args = ap.parse_args()
+    if args.work is None:
+        from ftspl.engine.home import Home
+
+        args.work = Home.resolve(cwd=ROOT).cache / "perf"
     if args.ann_only:
-        ann_only(args.work, args.ann_only, args.out.parent)
+        ann_only(args.work, args.ann_only, args.out.parent, args.ann_config, args.ann_queries)
         return
     if args.query_worker:
         query_worker(args.query_worker[0], args.query_worker[1:], repeats=5)
@@ -453,25 +463,31 @@ def main() -> None:
         print(json.dumps({**summary, "total_s": res["total_s"], "results": str(args.out)}))
 
 
-def ann_only(work: Path, n: int, out_dir: Path) -> None:
-    """The HNSW part alone (the 1M build takes most of an hour on 2 cores), with an ef sweep."""
+def ann_only(work: Path, n: int, out_dir: Path, configs: list[str] | None, n_queries: int) -> None:
+    """The ANN backends alone, side by side (a 1M build takes 10-25 min per backend on 2 cores)."""
+    from ann_compare import DEFAULT_CONFIGS, compare
+
     from ftspl.engine.home import Home
     from ftspl.engine.index.library import STORE_NAME
     from ftspl.engine.index.store import ShapeStore
 
     store = Home(work / "home").index_dir / STORE_NAME
-    if not store.exists():
-        sys.exit(f"{store}: no index; run benchmarks/run.py --quick first")
+    if not store.exists():  # the real embeddings the synthetic ones are drawn around
+        log(f"{store}: no index yet; training the quick model and indexing the benchmark meshes first")
+        perf_meshes(work, 60)
+        home, _, _ = train_model(work, quick=True)
+        index_ours(home, work / "meshes")
     st = ShapeStore(store, readonly=True)
     _, real = st.all_embeddings()
     st.close()
     t = time.perf_counter()
-    res = hnsw_vs_exact(real, n, n_queries=200, sweep_ef=(64, 256, 512))
-    res.update(total_s=round(time.perf_counter() - t, 1), date=time.strftime("%Y-%m-%d %H:%M"), machine=machine(),
-               command=f"python benchmarks/run.py --ann-only {n}")
+    res = compare(real, n, work, list(configs or DEFAULT_CONFIGS), n_queries=n_queries)
+    cmd = " ".join(["python benchmarks/run.py --ann-only", str(n), *(f"--ann-config {c}" for c in configs or [])])
+    res.update(real_embeddings=int(len(real)), total_s=round(time.perf_counter() - t, 1),
+               date=time.strftime("%Y-%m-%d %H:%M"), machine=machine(), command=cmd)
     out = out_dir / f"ann_{n}.json"
     out.write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res))
+    print(json.dumps({"results": str(out), "met_by": res["met_by"], "total_s": res["total_s"]}))
 
 
 def cuda_figures(home: Path, work: Path, photos: list[Path]) -> dict:

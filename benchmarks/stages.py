@@ -57,7 +57,7 @@ def main() -> None:
     from ftspl.engine.model.preprocess import views_to_tensor
     from ftspl.engine.rendering.renderer import Renderer
 
-    work = ROOT / ".cache" / "perf"
+    work = Home.resolve(cwd=ROOT).cache / "perf"  # where benchmarks/run.py keeps its meshes and model
     files = perf_meshes(work, args.meshes)
     model = args.model or Home(work / "home").active_model_dir()
     spec = RenderSpec()
