@@ -1,0 +1,219 @@
+"""``index add --ray``: a local Ray (2 CPUs, no dashboard, a small object store) gives the same index as one machine.
+
+One Ray instance serves the module (it takes seconds to start). The CLI tests
+join it by address, as ``--ray HOST:PORT`` would join a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftspl.engine.errors import FtsplError, UsageError
+from ftspl.scale.cluster import plan_actors
+
+GALLERY_SHAPES = 7
+
+
+# ---------------------------------------------------------------- planning (no Ray needed)
+
+
+def test_plan_splits_cpus_by_stage_cost_and_gives_each_gpu_an_encoder() -> None:
+    p = plan_actors(16, 0, "auto")
+    assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.encode_gpus, p.encode_device) == (6, 10, 1.0, 0.0, "cpu")
+    p = plan_actors(16, 2, "auto")
+    assert (p.render_actors, p.encode_actors, p.encode_gpus, p.encode_device) == (14, 2, 1.0, "auto")
+    assert plan_actors(16, 2, "cpu").encode_gpus == 0.0  # --device cpu never asks Ray for a GPU
+    p = plan_actors(1, 0, "auto")  # one CPU, two actors: half a CPU each
+    assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.llvmpipe_threads) == (1, 1, 0.5, 1)
+    assert plan_actors(8, 0, "auto", render_actors=2, encode_actors=3).cpus_per_actor == 1.0
+    with pytest.raises(FtsplError, match="no GPUs"):
+        plan_actors(8, 0, "cuda")
+
+
+def test_bad_ray_targets_fail_in_seconds_with_one_line(model_home: Path, tmp_path: Path) -> None:
+    from conftest import run_ftspl
+
+    from ftspl.scale.cluster import check_target
+
+    with pytest.raises(UsageError, match="give auto, local or a cluster address"):
+        check_target("--rebuild")
+    with pytest.raises(UsageError, match="not HOST:PORT"):
+        check_target("somehost")
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "a.stl").write_text("solid a\nendsolid a\n")
+    t0 = time.monotonic()
+    r = run_ftspl(model_home, "index", "add", str(tmp_path / "g"), "--ray", "127.0.0.1:1", timeout=60)
+    assert r.returncode == 1 and time.monotonic() - t0 < 30
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "nothing answers at 127.0.0.1:1" in r.stderr
+
+
+# ---------------------------------------------------------------- with a local Ray
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A private local Ray for this module: 2 CPUs, no dashboard, a 256 MB object store."""
+    ray = pytest.importorskip("ray")
+    from ftspl.scale.cluster import quiet_ray_data
+
+    if ray.is_initialized():
+        pytest.skip("another test left Ray attached to this process")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=256 << 20,
+             log_to_driver=False)
+    quiet_ray_data()
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _gallery(root: Path, n: int = GALLERY_SHAPES, broken: bool = True) -> Path:
+    import trimesh
+
+    rng = np.random.default_rng(11)
+    exts = ("ply", "stl", "obj", "glb", "off")
+    for i in range(n):
+        mesh = trimesh.creation.box(1 + 3 * rng.random(3)) if i % 2 else trimesh.creation.icosphere(1, 1 + rng.random())
+        path = root / ("box" if i % 2 else "ball") / f"s{i:02d}.{exts[i % len(exts)]}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mesh.export(path)
+    if broken:
+        (root / "box" / "broken.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 99\nend_header\n1 2\n")
+    return root
+
+
+def _index(home: Path) -> dict[str, tuple]:
+    from ftspl.engine.index.store import ShapeStore
+
+    with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
+        ids, emb = store.all_embeddings()
+        rows = {r.id: r for r in store.get([int(i) for i in ids], previews=True)}
+    return {rows[int(i)].path: (e, rows[int(i)].content_hash, rows[int(i)].label, rows[int(i)].faces,
+                                rows[int(i)].kind, rows[int(i)].preview) for i, e in zip(ids, emb)}
+
+
+def _assert_same_index(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for path in a:
+        assert np.abs(a[path][0] - b[path][0]).max() <= 1e-6, path
+        assert a[path][1:] == b[path][1:], path
+
+
+@pytest.fixture(scope="module")
+def plain_index(tmp_path_factory, exported_models: Path):
+    """The gallery indexed on this machine without Ray: (gallery, home, report)."""
+    from ftspl.engine.home import Home
+    from ftspl.engine.index.library import IndexConfig, Library
+    from ftspl.engine.model.encoders import RuntimeConfig
+
+    base = tmp_path_factory.mktemp("ray-plain")
+    gallery = _gallery(base / "gallery")
+    home = base / "home"
+    shutil.copytree(exported_models, home / "models")
+    report = Library(Home(home), RuntimeConfig(device="cpu")).add(gallery, IndexConfig(batch_shapes=2, commit_every=3))
+    return gallery, home, report
+
+
+def _fresh_home(exported_models: Path, tmp_path: Path, name: str) -> Path:
+    home = tmp_path / name
+    shutil.copytree(exported_models, home / "models")
+    return home
+
+
+@pytest.mark.slow
+def test_ray_add_gives_the_same_index_as_one_machine(ray_address, plain_index, exported_models, tmp_path,
+                                                     gl_available) -> None:
+    from ftspl.engine.home import Home
+    from ftspl.engine.index.library import IndexConfig, Library
+    from ftspl.engine.index.verify import verify_index
+    from ftspl.engine.model.encoders import RuntimeConfig
+    from ftspl.scale.driver import RayProducer
+
+    gallery, plain_home, plain = plain_index
+    assert plain.added == GALLERY_SHAPES and len(plain.failed) == 1
+    home = _fresh_home(exported_models, tmp_path, "ray")
+    lib = Library(Home(home), RuntimeConfig(device="cpu"))
+    cfg = IndexConfig(batch_shapes=2, commit_every=3)
+    producer = RayProducer("auto", lib.model_dir, lib.encoders.runtime, cfg)
+    report = lib.add(gallery, cfg, producer=producer)
+    assert producer.plan is not None and producer.plan.render_actors == producer.plan.encode_actors == 1
+    assert not producer.started_ray  # it joined the fixture's Ray and leaves it running
+    assert (report.added, report.updated) == (GALLERY_SHAPES, 0)
+    assert report.failed == plain.failed  # the same one-line reason for the broken file
+    _assert_same_index(_index(plain_home), _index(home))
+    problems, facts = verify_index(Home(home))
+    assert not problems and facts["shapes"] == GALLERY_SHAPES
+
+    again = RayProducer("auto", lib.model_dir, lib.encoders.runtime, cfg)
+    report = lib.add(gallery, cfg, producer=again)
+    assert (report.added, report.unchanged) == (0, GALLERY_SHAPES)  # only the broken file goes to Ray again
+    assert report.failed == plain.failed
+
+
+@pytest.mark.slow
+def test_ray_shards_merge_into_the_same_index(ray_address, plain_index, exported_models, tmp_path,
+                                              gl_available) -> None:
+    from conftest import run_ftspl
+
+    gallery, plain_home, _ = plain_index
+    home = _fresh_home(exported_models, tmp_path, "shards")
+    r = run_ftspl(home, "index", "add", str(gallery), "--ray", ray_address, "--shards", str(tmp_path / "shards"), "--json")
+    assert r.returncode == 1, r.stderr  # the broken file
+    out = json.loads(r.stdout)
+    assert out["added"] == GALLERY_SHAPES and out["failed"] == 1 and len(out["shards"]) == 1
+    assert out["ray"]["render_actors"] == 1 and out["ray"]["encode_device"] == "cpu"
+    ours = [ln for ln in r.stderr.splitlines() if ln and not ln.startswith("[")]  # "[date ...]": Ray's C++ log
+    assert len(ours) == 1 and ours[0].startswith(str(gallery / "box" / "broken.ply") + ": "), r.stderr
+    r = run_ftspl(home, "index", "merge", str(tmp_path / "shards"), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["added"] == GALLERY_SHAPES, r.stderr
+    _assert_same_index(_index(plain_home), _index(home))
+    assert run_ftspl(home, "index", "verify").returncode == 0
+
+
+@pytest.mark.slow
+def test_killed_ray_add_resumes_to_the_same_index(ray_address, exported_models, tmp_path, gl_available) -> None:
+    """SIGKILL the driver after its first commit; the next run (with or without Ray) completes the index."""
+    from conftest import run_ftspl
+
+    from ftspl.engine.index.store import ShapeStore
+
+    gallery = _gallery(tmp_path / "gallery", n=24, broken=False)
+    home, plain_home = _fresh_home(exported_models, tmp_path, "killed"), _fresh_home(exported_models, tmp_path, "plain")
+    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "ftspl", "index", "add", str(gallery), "--ray", ray_address,
+                             "--commit-every", "2", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store_path = home / "index" / "shapes.sqlite"
+    deadline = time.monotonic() + 240
+    committed = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store_path.exists():
+            try:
+                with ShapeStore(store_path, readonly=True) as store:
+                    committed = store.count()
+            except FtsplError:
+                committed = 0
+            if committed:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before the kill: {proc.communicate()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    with ShapeStore(store_path, readonly=True) as store:
+        after_kill = store.count()
+    assert 0 < after_kill < 24
+
+    r = run_ftspl(home, "index", "add", str(gallery), "--ray", ray_address, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["unchanged"] == after_kill and out["added"] == 24 - after_kill
+    assert run_ftspl(home, "index", "verify").returncode == 0
+    assert run_ftspl(plain_home, "index", "add", str(gallery)).returncode == 0
+    _assert_same_index(_index(plain_home), _index(home))
