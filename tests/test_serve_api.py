@@ -312,6 +312,11 @@ def test_model_and_spec_changes_are_reported_not_mixed(served_home, tmp_path):
         with client(lv) as c:
             before = c.post("/api/query", files={"photo": ("p.jpg", jpeg(), "image/jpeg")}).json()
             with ShapeStore(Home(home).index_dir / STORE_NAME) as store:
+                store.set_info(render_spec_hash="f" * 16)
+            assert lv.reader.refresh() is None
+            info = c.get("/api/info").json()
+            assert info["stale"] is True and "render" in info["warnings"][0] and "f" * 16 in info["warnings"][0]
+            with ShapeStore(Home(home).index_dir / STORE_NAME) as store:
                 store.set_info(model_hash="0" * 64, model_id="another-model")
             assert lv.reader.refresh() is None
             info = c.get("/api/info").json()

@@ -84,12 +84,12 @@ def test_upload_photos_see_hits_views_and_errors(browser, home, tmp_path):
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(base + "/")
-        page.wait_for_function("document.querySelector('#library').textContent.includes('5 shapes')")
+        page.wait_for_function("() => document.querySelector('#library').textContent.includes('5 shapes')")
         assert "efficientnet_lite0" in page.inner_text("#library")
 
         page.set_input_files("#photos", [str(photo)])
         page.wait_for_selector(".hit img, .hit .no-preview")
-        page.wait_for_function("[...document.querySelectorAll('.hit img')].every(i => i.complete)")
+        page.wait_for_function("() => [...document.querySelectorAll('.hit img')].every(i => i.complete)")
         cards = page.locator(".hit")
         assert cards.count() == 5 and page.locator(".hit .no-preview").count() == 0
         assert all_thumbnails_loaded(page)
@@ -101,8 +101,8 @@ def test_upload_photos_see_hits_views_and_errors(browser, home, tmp_path):
         cards.nth(0).focus()
         page.keyboard.press("Enter")
         page.wait_for_selector("#detail[open]")
-        page.wait_for_function("document.querySelector('#detail-views').naturalWidth > 0")
-        page.wait_for_function("document.querySelector('#detail-meta').textContent.includes('faces')")
+        page.wait_for_function("() => document.querySelector('#detail-views').naturalWidth > 0")
+        page.wait_for_function("() => document.querySelector('#detail-meta').textContent.includes('faces')")
         assert "/gallery/" in page.inner_text("#detail-meta")
         save(page, tmp_path, "serve-detail.png")
         page.keyboard.press("Escape")
@@ -127,6 +127,39 @@ def test_upload_photos_see_hits_views_and_errors(browser, home, tmp_path):
         page.close()
 
 
+def test_dropped_photo_and_busy_server(browser, home, tmp_path):
+    """A photo dropped on the page is asked; a server that stays busy gets a clear message after the retries."""
+    import base64
+    import json
+
+    with running_server(home) as (base, _):
+        page = browser.new_page(viewport={"width": 1024, "height": 768})
+        page.goto(base + "/")
+        page.wait_for_function("() => document.querySelector('#library').textContent.includes('5 shapes')")
+        page.evaluate(
+            """b64 => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const dt = new DataTransfer();
+                dt.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));
+                document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+            }""",
+            base64.b64encode(photo_bytes()).decode(),
+        )
+        page.wait_for_function("() => [...document.querySelectorAll('.hit img')].length === 5 && "
+                               "[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)")
+        assert page.locator(".result-title").first.inner_text() == "dropped.jpg"
+
+        busy = {"error": "server busy: 18 queries running or waiting (limit 18); retry in a second", "status": 503}
+        page.route("**/api/query", lambda route: route.fulfill(status=503, headers={"Retry-After": "1"},
+                                                               content_type="application/json", body=json.dumps(busy)))
+        page.set_input_files("#photos", [{"name": "later.jpg", "mimeType": "image/jpeg", "buffer": photo_bytes()}])
+        alert = page.locator(".result .message.error:not([hidden])")
+        alert.wait_for(timeout=20_000)  # four tries, one second apart
+        assert alert.inner_text().startswith("The server is busy: 18 queries") and "tried 4 times" in alert.inner_text()
+        save(page, tmp_path, "serve-busy.png", full_page=True)
+        page.close()
+
+
 def test_keyboard_reaches_the_picker_and_the_token_flow_loads_thumbnails(browser, home, tmp_path):
     token = "browser-token-0123456789"
     photo = tmp_path / "p.jpg"
@@ -137,7 +170,7 @@ def test_keyboard_reaches_the_picker_and_the_token_flow_loads_thumbnails(browser
         page.wait_for_selector("#token-form:not([hidden])")  # the API said 401: the page asks
         page.fill("#token", token)
         page.keyboard.press("Enter")
-        page.wait_for_function("document.querySelector('#library').textContent.includes('5 shapes')")
+        page.wait_for_function("() => document.querySelector('#library').textContent.includes('5 shapes')")
         for _ in range(10):  # Tab from the top of the page reaches the file picker
             page.keyboard.press("Tab")
             if page.evaluate("document.activeElement.id") == "photos":
@@ -145,7 +178,7 @@ def test_keyboard_reaches_the_picker_and_the_token_flow_loads_thumbnails(browser
         assert page.evaluate("document.activeElement.id") == "photos"
         page.set_input_files("#photos", [str(photo)])
         page.wait_for_selector(".hit img")
-        page.wait_for_function("[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.wait_for_function("() => [...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)")
         assert page.locator(".hit").count() == 5
         # thumbnails came with the token (blob URLs), not as plain <img> requests that would get 401
         assert page.evaluate("[...document.querySelectorAll('.hit img')].every(i => i.src.startsWith('blob:'))")

@@ -47,7 +47,7 @@ function explain(status, detail) {
     case 400: return "This file cannot be used: " + detail;
     case 413: return "Too large: " + detail;
     case 422: return "Bad request: " + detail;
-    case 503: return "The server is busy: " + detail;
+    case 503: return "The server is busy: " + detail.replace(/^server busy: /, "");
     default: return detail;
   }
 }
@@ -121,7 +121,7 @@ async function queryFile(file) {
       }
       status.textContent = "No answer.";
       const box = node.querySelector(".message");
-      box.textContent = err.message;
+      box.textContent = err.status === 503 ? `${err.message} (tried ${attempt + 1} times; pick the photo again later)` : err.message;
       box.hidden = false;
       return;
     }
