@@ -47,6 +47,7 @@ class LiveIndex:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
+        self._model: tuple[dict, ModelInfo] | None = None
         try:
             self.reader.refresh()  # labels and warnings for /api/info
             self.warm()
@@ -95,13 +96,19 @@ class LiveIndex:
     # -- what the API serves -------------------------------------------------------
     @property
     def model(self) -> ModelInfo:
+        """The model and the index's render spec (recomputed only when a refresh replaced the store info)."""
         import json
 
+        info = self.reader.info
+        cached = self._model
+        if cached is not None and cached[0] is info:
+            return cached[1]
         man = self.lib.manifest
-        stored = self.reader.info.get("render_spec")
+        stored = info.get("render_spec")
         spec = json.loads(stored) if stored else dict(man.render_spec)
-        return ModelInfo(man.model_id, man.backbone, man.embed_dim, spec,
-                         self.reader.info.get("render_spec_hash") or man.render_spec_hash)
+        model = ModelInfo(man.model_id, man.backbone, man.embed_dim, spec, info.get("render_spec_hash") or man.render_spec_hash)
+        self._model = (info, model)
+        return model
 
     def state(self) -> ReaderState:
         st = self.reader.state()
