@@ -17,10 +17,10 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from ftspl.engine.errors import IndexStateError, InputFileError  # noqa: E402
-from ftspl.engine.index.add_pipeline import AddReport  # noqa: E402
-from ftspl.engine.index.schema import ShapeRecord  # noqa: E402
-from ftspl.engine.index.shards import (  # noqa: E402
+from ftspl.engine.errors import IndexStateError, InputFileError
+from ftspl.engine.index.add_pipeline import AddReport
+from ftspl.engine.index.schema import ShapeRecord
+from ftspl.engine.index.shards import (
     ShardIdentity,
     ShardWriter,
     iter_rows,
@@ -70,7 +70,7 @@ def test_writer_round_trips_every_field_bit_for_bit(tmp_path: Path) -> None:
         assert back.embedding.dtype == np.float32 and np.array_equal(back.embedding, rec.embedding)
 
 
-def _foreign_shard(path: Path, rows: list[dict], dim_type=pa.float64()) -> Path:
+def _foreign_shard(path: Path, rows: list[dict]) -> Path:
     """A shard as a Spark job would write it: list<double> embeddings, no optional columns, no metadata."""
     table = pa.table({
         "path": pa.array([r["path"] for r in rows], pa.string()),
@@ -78,7 +78,7 @@ def _foreign_shard(path: Path, rows: list[dict], dim_type=pa.float64()) -> Path:
         "label": pa.array([r.get("label") for r in rows], pa.string()),
         "render_spec_hash": pa.array([r.get("spec", IDENT.render_spec_hash) for r in rows], pa.string()),
         "model_id": pa.array([r.get("model", IDENT.model_id) for r in rows], pa.string()),
-        "embedding": pa.array([r["emb"] for r in rows], pa.list_(dim_type)),
+        "embedding": pa.array([r["emb"] for r in rows], pa.list_(pa.float64())),
     })
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)

@@ -25,7 +25,7 @@ def import_ray():
     """``ray`` and ``ray.data``, or a one-line error naming the extra."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise FtsplError("--ray needs Ray: pip install 'ftspl[ray]'") from None
     return ray
@@ -66,7 +66,7 @@ def connect(target: str, num_cpus: int | None = None, object_store_bytes: int | 
     quiet_ray_data()
     if ray.is_initialized():
         return False
-    common = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    common = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
     if target == "local":
         cores = num_cpus or len(os.sched_getaffinity(0))
         store = object_store_bytes or LOCAL_OBJECT_STORE_BYTES

@@ -19,9 +19,22 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.engine.errors import FtsplError
-from ftspl.engine.index.add_pipeline import AddReport, PendingShape, ProgressFn, Sink, make_record
+from ftspl.engine.index.add_pipeline import (
+    AddReport,
+    PendingShape,
+    ProgressFn,
+    Sink,
+    make_record,
+)
 from ftspl.engine.model.encoders import RuntimeConfig
-from ftspl.scale.cluster import ActorPlan, check_target, cluster_resources, connect, import_ray, plan_actors
+from ftspl.scale.cluster import (
+    ActorPlan,
+    check_target,
+    cluster_resources,
+    connect,
+    import_ray,
+    plan_actors,
+)
 from ftspl.scale.stages import FAILED_FACES, EncodeStage, RenderStage, model_files
 
 log = logging.getLogger(__name__)
@@ -75,16 +88,16 @@ class RayProducer:
         ds = ray.data.from_arrow(blocks)
         ds = ds.map_batches(
             RenderStage, batch_size=BLOCK_SHAPES, batch_format="numpy",
-            fn_constructor_kwargs=dict(spec=self.spec.to_dict(), limits=limits, timeout_s=cfg.file_timeout_s,
-                                       llvmpipe_threads=plan.llvmpipe_threads),
+            fn_constructor_kwargs={"spec": self.spec.to_dict(), "limits": limits, "timeout_s": cfg.file_timeout_s,
+                                   "llvmpipe_threads": plan.llvmpipe_threads},
             compute=ray.data.ActorPoolStrategy(size=plan.render_actors), num_cpus=plan.cpus_per_actor,
         )
         gpu = {"num_gpus": plan.encode_gpus} if plan.encode_gpus else {}  # never num_gpus=0 (ray #45201)
         threads = self.runtime.intra_op_threads or (0 if gpu else plan.llvmpipe_threads)
         ds = ds.map_batches(
             EncodeStage, batch_size=GPU_BATCH if gpu else cfg.batch_shapes, batch_format="numpy",
-            fn_constructor_kwargs=dict(model_files=model_files(self.model_dir), device=plan.encode_device,
-                                       threads=threads),
+            fn_constructor_kwargs={"model_files": model_files(self.model_dir), "device": plan.encode_device,
+                                   "threads": threads},
             compute=ray.data.ActorPoolStrategy(size=plan.encode_actors), num_cpus=plan.cpus_per_actor, **gpu,
         )
         return ds
@@ -97,8 +110,11 @@ class RayProducer:
         done = 0
         t0 = time.perf_counter()
         rows = self._dataset(todo).iter_batches(batch_size=None, batch_format="numpy")
+        first = None  # (time, shapes) of the first results: start-up ends there
         try:
             for batch in rows:
+                if first is None:
+                    first = (time.perf_counter(), len(batch["path"]))
                 for i, path in enumerate(batch["path"]):
                     done += 1
                     pending = by_path[str(path)]
@@ -123,7 +139,12 @@ class RayProducer:
             if close is not None:
                 close()  # stops the pipeline when the loop left early
         sink.commit(records, old_ids)
-        self.timings["pipeline_s"] = time.perf_counter() - t0
+        end = time.perf_counter()
+        self.timings["pipeline_s"] = end - t0
+        if first is not None:
+            self.timings["first_result_s"] = first[0] - t0  # actor start-up (interpreters, GL, sessions)
+            if done > first[1] and end > first[0]:
+                self.timings["steady_shapes_per_s"] = (done - first[1]) / (end - first[0])
 
     def close(self) -> None:
         if self.started_ray:

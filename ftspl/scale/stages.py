@@ -78,7 +78,11 @@ class EncodeStage:
     """
 
     def __init__(self, model_files: dict[str, bytes], device: str, threads: int) -> None:
-        from ftspl.engine.model.encoders import MULTIVIEW_ENCODER, Encoders, RuntimeConfig
+        from ftspl.engine.model.encoders import (
+            MULTIVIEW_ENCODER,
+            Encoders,
+            RuntimeConfig,
+        )
 
         self.dir = Path(tempfile.mkdtemp(prefix="ftspl-model-"))
         for name, data in model_files.items():
@@ -105,7 +109,11 @@ class EncodeStage:
 
 def model_files(model_dir: Path) -> dict[str, bytes]:
     """The bytes an encode actor needs: the manifest and the multi-view encoder (checked here first)."""
-    from ftspl.engine.model.manifest import MANIFEST_NAME, MULTIVIEW_ENCODER, ModelManifest
+    from ftspl.engine.model.manifest import (
+        MANIFEST_NAME,
+        MULTIVIEW_ENCODER,
+        ModelManifest,
+    )
 
     manifest = ModelManifest.load(model_dir)
     path = manifest.verify_file(model_dir, MULTIVIEW_ENCODER)

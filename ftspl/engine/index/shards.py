@@ -341,5 +341,14 @@ def merge_rows(files: list[Path], stored: dict[str, tuple[int, str]], sink, repo
     sink.commit(records, old_ids)
 
 
-__all__ = ["ShardIdentity", "ShardWriter", "shard_files", "read_identity", "check_model", "resolve_spec",
-           "known_shapes", "iter_rows", "merge_rows"]
+__all__ = [
+    "ShardIdentity",
+    "ShardWriter",
+    "check_model",
+    "iter_rows",
+    "known_shapes",
+    "merge_rows",
+    "read_identity",
+    "resolve_spec",
+    "shard_files",
+]

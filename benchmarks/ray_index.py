@@ -1,0 +1,252 @@
+"""``ftspl index add`` with and without ``--ray`` on the same real meshes: throughput, scaling, equality.
+
+    python benchmarks/ray_index.py [--meshes 40] [--baseline-meshes 8] [--cores 1 2] [--repeat 1] [--merge-rows 0] [--json]
+
+Indexes the first N Sweet Home 3D models of the curated class map (the files
+``benchmarks/run.py`` uses, extracted once under ``.cache/perf``) with the real CLI,
+each run in a fresh home and pinned with ``taskset`` to the cores it is given:
+
+* ``plain``: ``ftspl index add MESHES`` on every core of ``--cores``' largest entry;
+* ``cpu_ms_per_mesh``: CPU time of the command and all its descendants (Ray's
+  workers included: this script adopts orphans) for one more mesh, from a run on
+  N and one on ``--baseline-meshes`` B: ``(CPU(N) - CPU(B)) / (N - B)``, so start-up
+  cancels out and the figure holds on a busy machine;
+* ``ray_K``: ``ftspl index add MESHES --ray local`` pinned to K cores (Ray sees K
+  CPUs and sizes its actor pools from them). ``startup_s`` is Ray's start plus the
+  actors' (interpreters, GL context, onnxruntime session) until the first results;
+  ``steady_shapes_per_s`` is the rate after that. ``scaling_efficiency`` is
+  ``steady(K) / (K * steady(1))``.
+
+Each Ray index is compared with the plain one: the same paths, and the largest
+difference of any embedding value (``max_abs_diff``). ``--merge-rows R`` also
+times ``ftspl index merge`` (the single writer: SQLite + HNSW inserts) on R rows:
+the benchmark's real rows repeated under new paths with their embeddings
+perturbed and re-normalised, so only the commit cost is measured.
+Needs a model: the perf home's (``benchmarks/run.py``) or ``--model DIR``; else it
+exports the pretrained one (needs the ``[train]`` extra). Runs are bounded by
+``--meshes``; the machine's other load shows in the figures, so compare runs of
+one invocation (``--repeat`` alternates the configurations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+WORK = ROOT / ".cache" / "bench-ray"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (Ray's workers outlive the raylet that forked them), so their CPU time counts."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def reap_all(timeout_s: float = 30.0) -> None:
+    """Wait for every descendant to exit (their CPU time then shows in RUSAGE_CHILDREN)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.1)
+    log("some descendants still run after the command ended; their CPU time is not counted")
+
+
+def ftspl(home: Path, args: list[str], cores: list[int] | None = None, timeout: float = 1800) -> tuple[dict, float, float]:
+    """Run the real CLI (pinned to ``cores``); (its --json output, wall seconds, CPU seconds of it and every descendant)."""
+    import resource
+
+    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "ftspl", *args, "--json"]
+    if cores:
+        cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    wall = time.perf_counter() - t
+    reap_all()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode not in (0, 1) or not lines:
+        sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(lines[-1]), wall, cpu
+
+
+def meshes_folder(n: int) -> Path:
+    """A folder of links to the first ``n`` models (label/key/model.obj), so exactly those are indexed."""
+    from benchmarks.run import perf_meshes
+
+    files = perf_meshes(ROOT / ".cache" / "perf", n)
+    folder = WORK / f"meshes-{n}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    for f in files:
+        link = folder / f.parent.parent.name / f.parent.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(f.parent, target_is_directory=True)
+    return folder
+
+
+def model_home(explicit: Path | None) -> Path:
+    """A home whose models/ holds the model to use (copied into each run's fresh home)."""
+    from ftspl.engine.home import Home
+
+    home = WORK / "model-home"
+    if explicit is not None:
+        shutil.rmtree(home, ignore_errors=True)
+        (home / "models").mkdir(parents=True)
+        shutil.copytree(explicit, home / "models" / explicit.name)
+        (home / "models" / "ACTIVE").write_text(explicit.name)
+        return home
+    perf = ROOT / ".cache" / "perf" / "home"
+    if (perf / "models" / "ACTIVE").exists():
+        return perf
+    if not (home / "models" / "ACTIVE").exists():
+        log("no model in the perf home: exporting the pretrained encoders")
+        ftspl(home, ["export", "--pretrained"])
+    Home(home).active_model_dir()
+    return home
+
+
+def fresh_home(src: Path, name: str) -> Path:
+    home = WORK / "runs" / name
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(src / "models", home / "models")
+    return home
+
+
+def embeddings(home: Path) -> dict[str, np.ndarray]:
+    from ftspl.engine.index.store import ShapeStore
+
+    with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
+        ids, emb = store.all_embeddings()
+        paths = {r.id: r.path for r in store.get([int(i) for i in ids])}
+    return {paths[int(i)]: e for i, e in zip(ids, emb)}
+
+
+def merge_bench(home: Path, rows: int, src: dict[str, np.ndarray]) -> dict:
+    """Time ``index merge`` of ``rows`` rows built from the real ones (commit cost only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ftspl.engine.index.store import ShapeStore
+
+    with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
+        info = store.get_info()
+    real = np.stack(list(src.values()))
+    rng = np.random.default_rng(0)
+    out = WORK / "merge-shards"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    per = 10_000
+    for start in range(0, rows, per):
+        n = min(per, rows - start)
+        emb = real[rng.integers(0, len(real), n)] + rng.normal(0, real.std(0) / 2, (n, real.shape[1]))
+        emb = (emb / np.linalg.norm(emb, axis=1, keepdims=True)).astype(np.float32)
+        pq.write_table(pa.table({
+            "path": [f"/bench/merge/{start + i:08d}.obj" for i in range(n)],
+            "content_hash": [f"{start + i:064x}" for i in range(n)],
+            "label": ["bench"] * n,
+            "render_spec_hash": [info["render_spec_hash"]] * n,
+            "model_id": [info["model_id"]] * n,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+        }), out / f"part-{start // per:05d}.parquet")
+    target = fresh_home(home, "merge")
+    res, wall, cpu = ftspl(target, ["index", "merge", str(out)])
+    return {"rows": rows, "dim": int(real.shape[1]), "seconds": res["seconds"], "rows_per_s": round(rows / res["seconds"], 1),
+            "process_wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "command": f"python benchmarks/ray_index.py --merge-rows {rows}"}
+
+
+def run_config(src: Path, name: str, meshes: Path, cores: list[int], extra: list[str]) -> dict:
+    home = fresh_home(src, name)
+    res, wall, cpu = ftspl(home, ["index", "add", str(meshes), *extra], cores=cores)
+    ray = res.get("ray", {})
+    return {"seconds": res["seconds"], "shapes_per_s": res["shapes_per_s"], "added": res["added"], "failed": res["failed"],
+            "process_wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            **{k: ray[k] for k in ("connect_s", "first_result_s", "steady_shapes_per_s", "render_actors",
+                                   "encode_actors", "cpus_per_actor") if k in ray}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--meshes", type=int, default=40)
+    ap.add_argument("--baseline-meshes", type=int, default=8,
+                    help="also index this many, so that (CPU(N) - CPU(B)) / (N - B) is the CPU cost of one more mesh")
+    ap.add_argument("--cores", type=int, nargs="+", default=[1, 2], help="Ray runs pinned to this many cores each")
+    ap.add_argument("--repeat", type=int, default=1, help="alternate every configuration this many times")
+    ap.add_argument("--merge-rows", type=int, default=0, help="also time index merge of this many rows")
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: the perf home's, else pretrained)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    available = sorted(os.sched_getaffinity(0))
+    if max(args.cores) > len(available):
+        sys.exit(f"--cores {max(args.cores)}: this machine offers {len(available)}")
+    if not 0 < args.baseline_meshes < args.meshes:
+        sys.exit("--baseline-meshes must be between 0 and --meshes")
+    become_subreaper()
+    big, small = meshes_folder(args.meshes), meshes_folder(args.baseline_meshes)
+    src = model_home(args.model)
+    configs = [("plain", available[: max(args.cores)], [])]
+    configs += [(f"ray_{k}", available[:k], ["--ray", "local"]) for k in args.cores]
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+    for rep in range(args.repeat):
+        for name, cores, extra in configs:
+            log(f"{name} (run {rep + 1}/{args.repeat}) on cores {cores}: {args.meshes} and {args.baseline_meshes} meshes")
+            row = run_config(src, name, big, cores, extra)
+            base = run_config(src, name + "-base", small, cores, extra)
+            row["cpu_ms_per_mesh"] = round(1000 * (row["cpu_s"] - base["cpu_s"]) / (args.meshes - args.baseline_meshes), 1)
+            row["baseline"] = base
+            if name != "plain":
+                a, b = embeddings(WORK / "runs" / "plain"), embeddings(WORK / "runs" / name)
+                row["same_paths"] = sorted(a) == sorted(b)
+                row["max_abs_diff"] = float(max((np.abs(a[p] - b[p]).max() for p in a if p in b), default=0.0))
+            runs[name].append(row)
+            log(json.dumps({k: v for k, v in row.items() if k != "baseline"}))
+    summary: dict = {"meshes": args.meshes, "baseline_meshes": args.baseline_meshes, "runs": runs}
+    for name, rows in runs.items():
+        def med(key: str, rows=rows):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            return round(statistics.median(vals), 3) if vals else None
+
+        summary[name] = {k: med(k) for k in ("shapes_per_s", "steady_shapes_per_s", "first_result_s", "connect_s",
+                                             "cpu_ms_per_mesh", "max_abs_diff")}
+    one = summary.get("ray_1", {}).get("steady_shapes_per_s")
+    for k in args.cores:
+        rate = summary[f"ray_{k}"]["steady_shapes_per_s"]
+        if one and rate:
+            summary[f"ray_{k}"]["scaling_efficiency"] = round(rate / (k * one), 3)
+    if args.merge_rows:
+        log(f"index merge of {args.merge_rows} rows")
+        summary["merge"] = merge_bench(WORK / "runs" / "plain", args.merge_rows, embeddings(WORK / "runs" / "plain"))
+    from benchmarks.run import machine
+
+    summary["machine"] = machine()
+    summary["load_average"] = os.getloadavg()
+    summary["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    summary["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
