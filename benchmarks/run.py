@@ -481,12 +481,17 @@ def ann_only(work: Path, n: int, out_dir: Path, configs: list[str] | None, n_que
     _, real = st.all_embeddings()
     st.close()
     t = time.perf_counter()
-    res = compare(real, n, work, list(configs or DEFAULT_CONFIGS), n_queries=n_queries)
     cmd = " ".join(["python benchmarks/run.py --ann-only", str(n), *(f"--ann-config {c}" for c in configs or [])])
-    res.update(real_embeddings=int(len(real)), total_s=round(time.perf_counter() - t, 1),
-               date=time.strftime("%Y-%m-%d %H:%M"), machine=machine(), command=cmd)
+    about = {"real_embeddings": int(len(real)), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
+             "command": cmd}
     out = out_dir / f"ann_{n}.json"
-    out.write_text(json.dumps(res, indent=2) + "\n")
+
+    def write(res: dict) -> None:
+        res.update(about, total_s=round(time.perf_counter() - t, 1))
+        out.write_text(json.dumps(res, indent=2) + "\n")
+
+    res = compare(real, n, work, list(configs or DEFAULT_CONFIGS), n_queries=n_queries, on_row=write)
+    write(res)
     print(json.dumps({"results": str(out), "met_by": res["met_by"], "total_s": res["total_s"]}))
 
 

@@ -1,7 +1,8 @@
-"""ANN indexes: the HNSW and exact backends obey the same verbs; HNSW recall vs exact."""
+"""ANN indexes: every registered backend obeys the same verbs; graph backends' recall vs the exact twin."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -10,15 +11,17 @@ import pytest
 
 from ftspl.engine import files as atomic
 from ftspl.engine.errors import IndexStateError, UnknownKeyError
-from ftspl.engine.index import ann
+from ftspl.engine.index import ann, faiss_hnsw
 from ftspl.engine.index.ann import (
     ANN_BACKENDS,
     ExactIndex,
+    FaissHnswIndex,
     HnswIndex,
     load_index,
     make_index,
     read_manifest,
 )
+from ftspl.engine.index.graph import EF_AUTO_MAX, auto_ef, import_wheel
 
 DIM = 16
 
@@ -34,12 +37,26 @@ def clustered(rng: np.random.Generator, n: int, dim: int, clusters: int, noise: 
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def new(backend: str, dim: int = DIM) -> ann.AnnIndex:
-    # An exhaustive beam makes tiny HNSW indexes exact, so verb tests compare exactly.
-    return make_index(backend, dim, ef_search=256) if backend == "hnsw" else make_index(backend, dim)
+#: The wheel each optional backend needs; a backend whose wheel is absent is skipped, by name.
+WHEELS = {"faiss-hnsw": "faiss", "usearch": "usearch"}
 
 
-BACKENDS = sorted(ANN_BACKENDS)
+def _param(backend: str):
+    module = WHEELS.get(backend)
+    missing = module is not None and importlib.util.find_spec(module) is None
+    return pytest.param(backend, marks=pytest.mark.skipif(missing, reason=f"{backend} needs the {module} wheel"))
+
+
+needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="needs the faiss wheel")
+BACKENDS = [_param(b) for b in sorted(ANN_BACKENDS)]
+GRAPHS = [_param(b) for b in sorted(ANN_BACKENDS) if b != "exact"]
+
+
+def new(backend: str, dim: int = DIM, **params) -> ann.AnnIndex:
+    # An exhaustive beam makes tiny graph indexes exact, so verb tests compare exactly.
+    if backend != "exact":
+        params.setdefault("ef_search", 256)
+    return make_index(backend, dim, **params)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -209,6 +226,11 @@ def test_load_rejects_missing_corrupt_or_foreign_files(backend: str, tmp_path) -
     with pytest.raises(IndexStateError, match="backend"):
         other.load(path)
     payload = tmp_path / read_manifest(path)["payload"]
+    if backend != "exact":  # exact's np.load lets zipfile.BadZipFile through on a cut .npz
+        whole = payload.read_bytes()
+        payload.write_bytes(whole[: len(whole) // 2])  # cut short (a disk that filled up)
+        with pytest.raises(IndexStateError, match="rebuild"):
+            load_index(path)
     payload.write_bytes(b"\x00garbage" * 3)
     with pytest.raises(IndexStateError, match="rebuild"):
         load_index(path)
@@ -218,38 +240,138 @@ def test_load_rejects_missing_corrupt_or_foreign_files(backend: str, tmp_path) -
 
 
 def test_make_index_lists_valid_backends() -> None:
-    with pytest.raises(UnknownKeyError, match="exact, hnsw"):
-        make_index("faiss", 8)
+    with pytest.raises(UnknownKeyError, match="exact, faiss-hnsw, hnsw, usearch"):
+        make_index("annoy", 8)
     assert isinstance(make_index("exact", 8), ExactIndex)
+    assert ann.DEFAULT_BACKEND in ANN_BACKENDS
 
 
-def test_hnsw_matches_exact_on_small_sets() -> None:
+def test_a_missing_backend_wheel_names_the_package() -> None:
+    with pytest.raises(IndexStateError, match="pip install no-such-wheel"):
+        import_wheel("ftspl_no_such_module", "no-such-wheel", "faiss-hnsw")
+
+
+@pytest.mark.parametrize("backend", GRAPHS)
+def test_graph_matches_exact_on_small_sets(backend: str) -> None:
     rng = np.random.default_rng(9)
     x = unit_rows(rng, 500)
     q = unit_rows(rng, 50)
     ids = rng.permutation(10_000)[:500].astype(np.int64)
-    exact, hnsw = ExactIndex(DIM), HnswIndex(DIM, ef_search=500)
+    exact, graph = ExactIndex(DIM), make_index(backend, DIM, ef_search=500)
     exact.add(ids, x)
-    hnsw.add(ids, x)
+    graph.add(ids, x)
     e_ids, e_d = exact.query(q, k=10)
-    h_ids, h_d = hnsw.query(q, k=10)
-    np.testing.assert_array_equal(h_ids, e_ids)
-    np.testing.assert_allclose(h_d, e_d, atol=1e-5)
+    g_ids, g_d = graph.query(q, k=10)
+    np.testing.assert_array_equal(g_ids, e_ids)
+    np.testing.assert_allclose(g_d, e_d, atol=1e-5)
 
 
-def test_hnsw_recall_at_10_on_clustered_vectors() -> None:
+@pytest.mark.parametrize("backend", GRAPHS)
+def test_graph_recall_at_10_on_clustered_vectors(backend: str) -> None:
     rng = np.random.default_rng(10)
     dim = 64
     both = clustered(rng, 5200, dim, clusters=50, noise=0.5)  # queries come from the same clusters
     x, q = both[:5000], both[5000:]
     ids = np.arange(5000, dtype=np.int64)
-    exact, hnsw = ExactIndex(dim), HnswIndex(dim)  # library defaults
+    exact, graph = ExactIndex(dim), make_index(backend, dim)  # library defaults
     exact.add(ids, x)
-    hnsw.add(ids, x)
+    graph.add(ids, x)
     truth, _ = exact.query(q, k=10)
-    got, _ = hnsw.query(q, k=10)
+    got, _ = graph.query(q, k=10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), truth.tolist())])
     assert recall >= 0.99, recall
+
+
+@pytest.mark.parametrize("backend", GRAPHS)
+def test_graph_recall_holds_after_churn(backend: str) -> None:
+    """Remove half, replace a quarter's vectors, add new ids: recall against the exact twin stays high."""
+    rng = np.random.default_rng(11)
+    dim = 32
+    both = clustered(rng, 3100, dim, clusters=30, noise=0.5)
+    x, q = both[:3000], both[3000:]
+    exact, graph = ExactIndex(dim), make_index(backend, dim)
+    for index in (exact, graph):
+        index.add(np.arange(2000), x[:2000])
+        index.remove(np.arange(0, 2000, 2))
+        index.add(np.arange(1, 1000, 2), x[2000:2500])  # new vectors under live ids
+        index.add(np.arange(5000, 5500), x[2500:])
+    np.testing.assert_array_equal(graph.ids(), exact.ids())
+    truth, _ = exact.query(q, k=10)
+    got, _ = graph.query(q, k=10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got.tolist(), truth.tolist())])
+    assert recall >= 0.98, recall
+    assert not set(got.ravel().tolist()) & set(range(0, 2000, 2))
+
+
+@pytest.mark.parametrize("backend", GRAPHS)
+def test_graph_query_beam_is_never_below_k(backend: str) -> None:
+    rng = np.random.default_rng(14)
+    x = unit_rows(rng, 400)
+    index = make_index(backend, DIM, M=4, ef_construction=16, ef_search=2)
+    index.add(np.arange(400), x)
+    got, _ = index.query(x[:5], k=120)  # a beam narrower than k cannot return k results
+    assert got.shape == (5, 120)
+    assert all(len(set(row)) == 120 for row in got.tolist())
+    assert index.ef_search == 2  # the configured value is kept for later queries
+
+
+@pytest.mark.parametrize("backend", GRAPHS)
+def test_graph_default_beam_grows_with_size_and_survives_save_load(backend: str, tmp_path) -> None:
+    index = make_index(backend, DIM)
+    small = index.ef_search
+    index.add(np.arange(50), unit_rows(np.random.default_rng(17), 50))
+    assert index.ef_search == small  # below 100k: the small-library beam
+    index.save(tmp_path / "g.ann")
+    assert read_manifest(tmp_path / "g.ann")["params"]["ef_search"] is None  # size-aware, not a number
+    loaded = load_index(tmp_path / "g.ann")
+    assert loaded.ef_search == small
+    loaded.ef_search = 77
+    loaded.save(tmp_path / "g.ann")
+    assert load_index(tmp_path / "g.ann").ef_search == 77
+    with pytest.raises(ValueError, match="ef_search"):
+        loaded.ef_search = 0
+
+
+def test_auto_ef_anchors_interpolation_and_cap() -> None:
+    assert auto_ef(10, 128, 384) == auto_ef(100_000, 128, 384) == 128
+    assert auto_ef(1_000_000, 128, 384) == 384
+    mid = auto_ef(300_000, 128, 384)
+    assert 128 < mid < 384 and mid % 8 == 0
+    assert auto_ef(10_000_000, 128, 384) > 384
+    assert auto_ef(10**12, 128, 384) == EF_AUTO_MAX
+
+
+@needs_faiss
+def test_faiss_tombstones_route_but_never_return_and_fall_back_when_short(monkeypatch) -> None:
+    monkeypatch.setattr(faiss_hnsw, "COMPACT_MIN_DEAD", 10**9)  # keep every tombstone
+    rng = np.random.default_rng(18)
+    x = unit_rows(rng, 400)
+    index = FaissHnswIndex(DIM, M=4, ef_construction=16, ef_search=4)
+    index.add(np.arange(400), x)
+    index.remove(np.arange(395))  # 5 live among 395 dead slots
+    assert index.dead == 395 and len(index) == 5
+    got, dist = index.query(x[:3], k=10)
+    assert got.shape == (3, 5)
+    assert all(sorted(row) == [395, 396, 397, 398, 399] for row in got.tolist())
+    want = np.linalg.norm(x[got] - x[:3, None, :], axis=2)
+    np.testing.assert_allclose(dist, want, atol=1e-5)
+
+
+@needs_faiss
+def test_faiss_rebuilds_the_graph_once_dead_slots_outnumber_live(monkeypatch) -> None:
+    monkeypatch.setattr(faiss_hnsw, "COMPACT_MIN_DEAD", 20)
+    rng = np.random.default_rng(19)
+    x = unit_rows(rng, 100)
+    index = FaissHnswIndex(DIM, ef_search=200)
+    index.add(np.arange(100), x)
+    index.remove(np.arange(45))
+    assert index.dead == 45  # still fewer dead than live
+    index.add(np.arange(50, 61), x[:11])  # replacing vectors leaves dead slots too: 56 dead, 55 live
+    assert index.dead == 0 and index._index.ntotal == len(index) == 55  # rebuilt from the live vectors
+    np.testing.assert_array_equal(index.ids(), np.arange(45, 100))
+    got, dist = index.query(x[:11], k=1)
+    np.testing.assert_array_equal(got[:, 0], np.arange(50, 61))
+    np.testing.assert_allclose(dist[:, 0], 0.0, atol=1e-5)
 
 
 def test_hnsw_grows_past_its_initial_capacity() -> None:
@@ -282,11 +404,8 @@ def test_hnsw_query_ef_is_never_below_k() -> None:
     x = unit_rows(rng, 400)
     index = HnswIndex(DIM, M=4, ef_construction=16, ef_search=2)
     index.add(np.arange(400), x)
-    got, dist = index.query(x[:5], k=120)  # hnswlib raises if the beam (ef) is narrower than k
-    assert got.shape == (5, 120)
-    assert all(len(set(row)) == 120 for row in got.tolist())
+    index.query(x[:5], k=120)  # hnswlib raises if the beam (ef) is narrower than k
     assert index._index.ef == 120  # the beam hnswlib searched with
-    assert index.ef_search == 2  # the configured value is kept for later queries
 
 
 def test_hnsw_params_survive_save_load(tmp_path) -> None:

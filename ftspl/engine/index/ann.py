@@ -6,10 +6,18 @@ them by name:
 
 * ``hnsw`` (:class:`HnswIndex`) wraps ``hnswlib`` (the ``chroma-hnswlib`` wheel):
   an approximate graph index, the default for a library;
-* ``exact`` (:class:`ExactIndex`) is its brute-force numpy twin: the ground truth
+* ``faiss-hnsw`` (:class:`FaissHnswIndex`) is faiss-cpu's HNSW (run-time AVX2 /
+  AVX-512 kernels) with removal by tombstones;
+* ``usearch`` (:class:`UsearchIndex`) is USearch's HNSW (float32 storage);
+* ``exact`` (:class:`ExactIndex`) is the brute-force numpy twin: the ground truth
   for recall tests, and exact for small libraries.
 
-Both store L2-normalised embeddings and report the *Euclidean* distance
+The graph backends take the same knobs (``M``, ``ef_construction``,
+``ef_search``; ``ef_search=None`` sizes the query beam from the index's size)
+and import their wheel only when constructed. ``benchmarks/run.py --ann-only N``
+measures them side by side (``docs/PERFORMANCE.md``, "A 1M-shape library").
+
+All store L2-normalised embeddings and report the *Euclidean* distance
 (float32). Ids are int64 labels chosen by the caller: the SQLite store's row
 ids, so a query result maps straight back to shape metadata.
 
@@ -30,15 +38,24 @@ from typing import Any
 from ftspl.engine.errors import UnknownKeyError
 from ftspl.engine.index.ann_base import AnnIndex, read_manifest
 from ftspl.engine.index.exact import EXACT_BLOCK_FLOATS, ExactIndex
+from ftspl.engine.index.faiss_hnsw import FaissHnswIndex
 from ftspl.engine.index.hnsw import (
     HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
     HNSW_M,
     HnswIndex,
 )
+from ftspl.engine.index.usearch_index import UsearchIndex
 
 #: Backends by name; use :func:`make_index` for the error that lists valid keys.
-ANN_BACKENDS: dict[str, type[AnnIndex]] = {"hnsw": HnswIndex, "exact": ExactIndex}
+ANN_BACKENDS: dict[str, type[AnnIndex]] = {
+    "hnsw": HnswIndex,
+    "faiss-hnsw": FaissHnswIndex,
+    "usearch": UsearchIndex,
+    "exact": ExactIndex,
+}
+#: The backend a new library index is built with.
+DEFAULT_BACKEND = "hnsw"
 
 
 def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:
@@ -54,6 +71,7 @@ def load_index(path: str | Path) -> AnnIndex:
 
 
 __all__ = [
-    "ANN_BACKENDS", "AnnIndex", "ExactIndex", "HnswIndex", "make_index", "load_index", "read_manifest",
+    "ANN_BACKENDS", "DEFAULT_BACKEND", "AnnIndex", "ExactIndex", "HnswIndex", "FaissHnswIndex", "UsearchIndex",
+    "make_index", "load_index", "read_manifest",
     "HNSW_M", "HNSW_EF_CONSTRUCTION", "HNSW_EF_SEARCH", "EXACT_BLOCK_FLOATS",
 ]

@@ -17,6 +17,7 @@ from ftspl.engine.index.ann_base import (
     check_batch,
     check_k,
 )
+from ftspl.engine.index.graph import auto_ef, check_ef
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,14 @@ log = logging.getLogger(__name__)
 #:   M=32, efc=400: no better than efc=200, slower queries.
 #: So M=32 / efc=200 / ef=128. I.i.d. Gaussian vectors (no structure at all) stay
 #: the unindexable worst case. ``ef_search`` is a query-time knob (free to change
-#: after build, kept in the manifest); raise it for more recall. At 1M vectors the
-#: same graph gives recall@10 0.931 at ef 128, 0.984 at 256 and 0.996 at 512
-#: (``benchmarks/results/ann_1000000.json``): libraries near 1M want ``--ef 512``.
+#: after build, kept in the manifest). At 1M vectors the same graph gives recall@10
+#: 0.931 at ef 128, 0.984 at 256 and 0.996 at 512, so an index without an explicit
+#: ``ef_search`` widens its beam with its size (:func:`ftspl.engine.index.graph.auto_ef`):
+#: ``HNSW_EF_SEARCH`` up to 100k vectors, ``HNSW_EF_SEARCH_1M`` at 1M.
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
+HNSW_EF_SEARCH_1M = 384
 HNSW_INITIAL_CAPACITY = 1024
 
 
@@ -46,7 +49,8 @@ class HnswIndex(AnnIndex):
       (``allow_replace_deleted``), so a churning library does not grow forever.
       Re-adding a removed id un-deletes its slot and overwrites the vector.
     * Query-time ``ef`` is ``max(ef_search, k)``: hnswlib cannot return k
-      results from a beam narrower than k.
+      results from a beam narrower than k. ``ef_search=None`` (the default)
+      sizes the beam from the index's size at each query.
     * hnswlib's file omits ``ef`` and which labels are deleted; the manifest
       keeps both. Not thread-safe: one index object per thread.
     """
@@ -59,7 +63,7 @@ class HnswIndex(AnnIndex):
         dim: int,
         M: int = HNSW_M,
         ef_construction: int = HNSW_EF_CONSTRUCTION,
-        ef_search: int = HNSW_EF_SEARCH,
+        ef_search: int | None = None,
         num_threads: int = -1,
         initial_capacity: int = HNSW_INITIAL_CAPACITY,
         seed: int = 100,
@@ -69,9 +73,10 @@ class HnswIndex(AnnIndex):
         import hnswlib  # imported here so ExactIndex works where the wheel is absent
 
         super().__init__(dim)
-        if M < 2 or ef_construction < 1 or ef_search < 1 or initial_capacity < 1:
-            raise ValueError("need M >= 2, ef_construction >= 1, ef_search >= 1, initial_capacity >= 1")
-        self.M, self.ef_construction, self.ef_search = int(M), int(ef_construction), int(ef_search)
+        if M < 2 or ef_construction < 1 or initial_capacity < 1:
+            raise ValueError("need M >= 2, ef_construction >= 1, initial_capacity >= 1")
+        self.M, self.ef_construction = int(M), int(ef_construction)
+        self._ef = check_ef(ef_search)
         self.num_threads = int(num_threads)
         self.seed = int(seed)
         if _index is None:
@@ -86,6 +91,19 @@ class HnswIndex(AnnIndex):
         self._index = _index
         self._live: set[int] = set()
         self._deleted: set[int] = set()  # labels marked deleted whose slot is not reused yet
+
+    @property
+    def ef_search(self) -> int:
+        """The query beam: the explicit value, or the size-aware default when unset."""
+        return self._ef if self._ef is not None else auto_ef(len(self), HNSW_EF_SEARCH, HNSW_EF_SEARCH_1M)
+
+    @ef_search.setter
+    def ef_search(self, value: int | None) -> None:
+        self._ef = check_ef(value)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keywords for an empty index with the same settings."""
+        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self._ef}
 
     @property
     def num_threads(self) -> int:
@@ -184,7 +202,7 @@ class HnswIndex(AnnIndex):
         return {
             "M": self.M,
             "ef_construction": self.ef_construction,
-            "ef_search": self.ef_search,
+            "ef_search": self._ef,  # None: size-aware
             "num_threads": self.num_threads,
             "seed": self.seed,
             "deleted": sorted(self._deleted),
@@ -218,7 +236,7 @@ class HnswIndex(AnnIndex):
             dim,
             M=int(params.get("M", raw.M)),
             ef_construction=int(params.get("ef_construction", raw.ef_construction)),
-            ef_search=int(params.get("ef_search", HNSW_EF_SEARCH)),
+            ef_search=params.get("ef_search"),
             num_threads=int(params.get("num_threads", -1)),
             seed=int(params.get("seed", 100)),
             _index=raw,
