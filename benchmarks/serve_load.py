@@ -1,29 +1,27 @@
 """``ftspl serve`` under load: a bounded closed loop over loopback against a 100k-shape index.
 
-    python benchmarks/serve_load.py [--json] [--requests 150] [--size 100000]
+    python benchmarks/serve_load.py [--json] [--requests 150] [--rounds 5] [--size 100000]
 
-What it measures, in one run on this machine:
+In one run on this machine (results in ``benchmarks/results/serve.json``):
 
-* ``inprocess``: warm photo queries through :class:`Reader` in separate processes,
-  the same photos, the same 100k index: with the server's engine settings (one
-  onnxruntime thread) and with ``benchmarks/run.py``'s (all cores). The target
-  compares with the faster of the two.
-* ``quiet``: a real ``ftspl serve`` subprocess; httpx/asyncio clients in a closed
-  loop at concurrency 1, 2, 4 and 8, a fixed number of requests each (multipart
-  photo, ``top=10``): p50/p95/p99 latency, requests per second, errors. The
-  machine is shared, so each level's requests are split into rounds that
-  interleave with the other levels and the in-process blocks.
-* ``during_add``: the same sweep while ``ftspl index add`` adds real meshes to
-  the served index in another process, batch after batch until the sweep ends
-  (``add_fraction``: the share of requests answered while a writer ran). Every
-  answer is checked: 200, ten hits, and a generation that never goes back.
-  Afterwards the server must reach the store's final generation and count.
+* ``quiet``: a real ``ftspl serve``; httpx/asyncio clients in a closed loop at
+  concurrency 1, 2, 4 and 8, a fixed number of requests each (a multipart photo,
+  ``top=10``): p50/p95/p99 latency, requests per second, errors. The machine is
+  shared, so each level's requests are split into rounds interleaved with the
+  other levels and with the in-process blocks: background load falls on all alike.
+* ``inprocess``: warm :class:`Reader` queries in separate processes, same photos,
+  same index, with the server's engine settings (one onnxruntime thread) and
+  ``run.py``'s (all cores); the target compares with the faster. ``machine_scaling``:
+  two such processes side by side against one, i.e. how far the cores let two
+  queries scale at that moment (the ceiling for ``rps_c2_over_c1``).
+* ``during_add``: the same sweep while ``ftspl index add`` adds real meshes to the
+  served index, batch after batch (``add_fraction``: the share of answers given
+  while a writer ran). Every answer must be 200 with ten hits and a generation
+  that never goes back; afterwards the server must reach the store's generation.
 
-The 100k index is ``benchmarks/run.py``'s: the real shapes' real embeddings plus
-synthetic ones drawn around them (``build_big_index``). The source is the index
-of a ``run.py`` run (``--source-home``, default ``.cache/perf/home``); without
-one this script builds it with ``run.py``'s helpers (SH3D data, head-mode
-training, export, index add). Results go to ``benchmarks/results/serve.json``.
+The index is ``run.py``'s (``build_big_index``: the real shapes' embeddings plus
+synthetic ones around them) from a ``run.py`` home (``--source-home``, default
+``.cache/perf/home``), else one built with ``run.py``'s helpers.
 """
 
 from __future__ import annotations
@@ -50,16 +48,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import run as perf
 
 CONCURRENCY = (1, 2, 4, 8)
-TARGETS = {
-    "http_c1_p50_over_inprocess_p50": ("<=", 1.5),
-    "rps_c2_over_c1": (">=", 1.6),
-    "p99_c8_over_c1_p50": ("<", 10.0),
-    "errors": ("==", 0),
-}
+TARGETS = {"http_c1_p50_over_inprocess_p50": ("<=", 1.5), "rps_c2_over_c1": (">=", 1.6),
+           "p99_c8_over_c1_p50": ("<", 10.0), "errors": ("==", 0)}
+OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 
 
-def log(msg: str) -> None:
-    perf.log(msg)
+log = perf.log
 
 
 # --------------------------------------------------------------------------- inputs
@@ -149,17 +143,52 @@ class InProcess:
         if self.proc.stdout.readline().strip() != "ready":
             raise SystemExit("the in-process query worker did not start")
 
-    def block(self, n: int) -> None:
+    def send(self, n: int) -> None:
         self.proc.stdin.write(f"{n}\n")
         self.proc.stdin.flush()
-        self.times += json.loads(self.proc.stdout.readline())
+
+    def recv(self, keep: bool = True) -> None:
+        times = json.loads(self.proc.stdout.readline())
+        if keep:
+            self.times += times
 
     def close(self) -> dict:
         self.proc.stdin.close()
         self.proc.wait(60)
-        t = np.asarray(self.times)
-        return {"threads": self.threads, "queries": len(t), "p50_ms": round(float(np.percentile(t, 50)), 2),
+        t = np.asarray(self.times or [np.nan])
+        return {"threads": self.threads, "queries": len(self.times), "p50_ms": round(float(np.percentile(t, 50)), 2),
                 "p95_ms": round(float(np.percentile(t, 95)), 2)}
+
+
+class Baseline:
+    """In-process figures taken between the HTTP blocks: latency (one thread, all cores), and how far
+    this machine lets two query processes scale right now (no HTTP, no shared interpreter)."""
+
+    def __init__(self, home: Path, photos: list[Path]) -> None:
+        self.one, self.all, self.other = (InProcess(home, photos, t) for t in (1, 0, 1))
+        self.alone_s = self.pair_s = 0.0
+        self.n = 0
+
+    def round(self, n: int) -> None:
+        t = time.perf_counter()
+        self.one.send(n)
+        self.one.recv()
+        self.alone_s += time.perf_counter() - t
+        self.all.send(n)
+        self.all.recv()
+        t = time.perf_counter()
+        for w in (self.one, self.other):  # side by side; their latencies are not kept
+            w.send(n)
+        for w in (self.one, self.other):
+            w.recv(keep=False)
+        self.pair_s += time.perf_counter() - t
+        self.n += n
+
+    def close(self) -> dict:
+        one, all_, _ = self.one.close(), self.all.close(), self.other.close()
+        alone, pair = self.n / self.alone_s, 2 * self.n / self.pair_s
+        return {"one_thread": one, "all_cores": all_, "machine_scaling": {
+            "one_process_qps": round(alone, 2), "two_processes_qps": round(pair, 2), "ratio": round(pair / alone, 2)}}
 
 
 # --------------------------------------------------------------------------- the server and the load
@@ -190,7 +219,6 @@ class Served:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait(10)
 
 
 def multipart_bodies(photos: list[bytes]) -> tuple[list[bytes], dict[str, str]]:
@@ -299,13 +327,13 @@ class Writer:
 
 
 def sweep(base: str, photos: list[bytes], total: int, rounds: int, writer: Writer | None = None,
-          inproc: list[InProcess] = ()) -> list[dict]:
-    """Every level ``rounds`` times, interleaved (with in-process blocks when given), so a change in the
-    machine's background load falls on all of them alike rather than on one level."""
+          baseline: Baseline | None = None) -> list[dict]:
+    """Every level ``rounds`` times, interleaved (with the in-process blocks when given), so a change in
+    the machine's background load falls on all of them alike rather than on one level."""
     parts: dict[int, list[dict]] = {c: [] for c in CONCURRENCY}
-    for r in range(rounds):
-        for worker in inproc:
-            worker.block(total // rounds)
+    for _ in range(rounds):
+        if baseline is not None:
+            baseline.round(total // rounds)
         for c in CONCURRENCY:
             parts[c].append(asyncio.run(closed_loop(base, photos, c, total // rounds, writer)))
     rows = [pooled(c, parts[c], writer is not None) for c in CONCURRENCY]
@@ -365,14 +393,15 @@ def main() -> None:
 
     log("starting ftspl serve and the in-process query workers (Reader: one thread, and all cores)")
     server = Served(home)
-    inproc = [InProcess(home, photo_paths, 1), InProcess(home, photo_paths, 0)]
+    baseline = Baseline(home, photo_paths)
     try:
         res["server"] = server.ready_line
         log(f"quiet sweep, {args.rounds} interleaved rounds")
-        res["quiet"] = sweep(server.base, photos, args.requests, args.rounds, inproc=inproc)
-        res["inprocess"] = {"one_thread": inproc[0].close(), "all_cores": inproc[1].close()}
+        res["quiet"] = sweep(server.base, photos, args.requests, args.rounds, baseline=baseline)
+        res["inprocess"] = baseline.close()
         log(f"  in-process p50 {res['inprocess']['one_thread']['p50_ms']} ms (1 thread), "
-            f"{res['inprocess']['all_cores']['p50_ms']} ms (all cores)")
+            f"{res['inprocess']['all_cores']['p50_ms']} ms (all cores); two query processes side by side: "
+            f"{res['inprocess']['machine_scaling']['ratio']}x one")
         log("sweep while index add runs")
         writer = Writer(home, batches)
         writer.start()
@@ -394,22 +423,18 @@ def main() -> None:
         "http_c1_p50_over_inprocess_p50": round(q[1]["p50_ms"] / base_p50, 2),
         "rps_c1": q[1]["rps"], "rps_c2": q[2]["rps"], "rps_c2_over_c1": round(q[2]["rps"] / q[1]["rps"], 2),
         "p99_c8_ms": q[8]["p99_ms"], "p99_c8_over_c1_p50": round(q[8]["p99_ms"] / q[1]["p50_ms"], 2),
+        "machine_two_process_scaling": res["inprocess"]["machine_scaling"]["ratio"],
         "errors": errors, "during_add_p50_c1_ms": res["during_add"][0]["p50_ms"],
         "during_add_fraction": round(float(np.mean([r["add_fraction"] for r in res["during_add"]])), 3),
         "new_shapes_served": res["after_add"]["caught_up"] and res["after_add"]["served_shapes"] > args.size,
     }
-    ops = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b}
-    summary["targets_met"] = {k: ops[op](summary[k], v) for k, (op, v) in TARGETS.items()}
+    summary["targets_met"] = {k: OPS[op](summary[k], v) for k, (op, v) in TARGETS.items()}
     res["summary"] = summary
     res["total_s"] = round(time.perf_counter() - t_all, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
-    if args.json:
-        print(json.dumps({**summary, "total_s": res["total_s"], "results": str(args.out)}))
-    else:
-        for k, v in summary.items():
-            print(f"{k:<34} {v}")
-        print(f"results: {args.out} ({res['total_s']} s)")
+    out = {**summary, "total_s": res["total_s"], "results": str(args.out)}
+    print(json.dumps(out) if args.json else "\n".join(f"{k:<34} {v}" for k, v in out.items()))
 
 
 if __name__ == "__main__":
