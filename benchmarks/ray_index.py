@@ -3,7 +3,7 @@
     python benchmarks/ray_index.py [--meshes 40] [--baseline-meshes 8] [--cores 1 2] [--repeat 1] [--merge-rows 0] [--json]
 
 Indexes the first N Sweet Home 3D models of the curated class map (the files
-``benchmarks/run.py`` uses, extracted once under ``.cache/perf``) with the real CLI,
+``benchmarks/run.py`` uses, extracted once under ``<home>/cache/perf``) with the real CLI,
 each run in a fresh home and pinned with ``taskset`` to the cores it is given:
 
 * ``plain``: ``ftspl index add MESHES`` on every core of ``--cores``' largest entry;
@@ -20,8 +20,9 @@ each run in a fresh home and pinned with ``taskset`` to the cores it is given:
 Each Ray index is compared with the plain one: the same paths, and the largest
 difference of any embedding value (``max_abs_diff``). ``--merge-rows R`` also
 times ``ftspl index merge`` (the single writer: SQLite + HNSW inserts) on R rows:
-the benchmark's real rows repeated under new paths with their embeddings
-perturbed and re-normalised, so only the commit cost is measured.
+the benchmark's real rows (embeddings perturbed and re-normalised, real previews)
+under new paths, so only the commit cost is measured, and reports the index's
+bytes per shape on disk (SQLite, HNSW).
 Needs a model: the perf home's (``benchmarks/run.py``) or ``--model DIR``; else it
 exports the pretrained one (needs the ``[train]`` extra). Runs are bounded by
 ``--meshes``; the machine's other load shows in the figures, so compare runs of
@@ -44,7 +45,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-WORK = ROOT / ".cache" / "bench-ray"
+
+from ftspl.engine.home import Home
+
+CACHE = Home.resolve(cwd=ROOT).cache  #: <home>/cache, where benchmarks/run.py keeps its meshes and model too
+WORK = CACHE / "bench-ray"
 
 
 def log(msg: str) -> None:
@@ -96,7 +101,7 @@ def meshes_folder(n: int) -> Path:
     """A folder of links to the first ``n`` models (label/key/model.obj), so exactly those are indexed."""
     from benchmarks.run import perf_meshes
 
-    files = perf_meshes(ROOT / ".cache" / "perf", n)
+    files = perf_meshes(CACHE / "perf", n)
     folder = WORK / f"meshes-{n}"
     if folder.exists():
         shutil.rmtree(folder)
@@ -109,8 +114,6 @@ def meshes_folder(n: int) -> Path:
 
 def model_home(explicit: Path | None) -> Path:
     """A home whose models/ holds the model to use (copied into each run's fresh home)."""
-    from ftspl.engine.home import Home
-
     home = WORK / "model-home"
     if explicit is not None:
         shutil.rmtree(home, ignore_errors=True)
@@ -118,7 +121,7 @@ def model_home(explicit: Path | None) -> Path:
         shutil.copytree(explicit, home / "models" / explicit.name)
         (home / "models" / "ACTIVE").write_text(explicit.name)
         return home
-    perf = ROOT / ".cache" / "perf" / "home"
+    perf = CACHE / "perf" / "home"
     if (perf / "models" / "ACTIVE").exists():
         return perf
     if not (home / "models" / "ACTIVE").exists():
@@ -153,6 +156,8 @@ def merge_bench(home: Path, rows: int, src: dict[str, np.ndarray]) -> dict:
 
     with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
         info = store.get_info()
+        ids, _ = store.all_embeddings()
+        previews = [r.preview for r in store.get([int(i) for i in ids], previews=True)]
     real = np.stack(list(src.values()))
     rng = np.random.default_rng(0)
     out = WORK / "merge-shards"
@@ -170,10 +175,16 @@ def merge_bench(home: Path, rows: int, src: dict[str, np.ndarray]) -> dict:
             "render_spec_hash": [info["render_spec_hash"]] * n,
             "model_id": [info["model_id"]] * n,
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), emb.shape[1]),
+            "preview": pa.array([previews[(start + i) % len(previews)] for i in range(n)], pa.binary()),
         }), out / f"part-{start // per:05d}.parquet")
     target = fresh_home(home, "merge")
     res, wall, cpu = ftspl(target, ["index", "merge", str(out)])
+    sizes = {p.name: p.stat().st_size for p in (target / "index").iterdir() if p.is_file()}
+    sqlite = sum(v for k, v in sizes.items() if k.startswith("shapes.sqlite"))
+    hnsw = sum(v for k, v in sizes.items() if k.startswith("shapes.hnsw"))
     return {"rows": rows, "dim": int(real.shape[1]), "seconds": res["seconds"], "rows_per_s": round(rows / res["seconds"], 1),
+            "sqlite_bytes_per_shape": round(sqlite / rows), "hnsw_bytes_per_shape": round(hnsw / rows),
+            "preview_bytes_mean": round(float(np.mean([len(p) for p in previews if p]))),
             "process_wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "command": f"python benchmarks/ray_index.py --merge-rows {rows}"}
 
 

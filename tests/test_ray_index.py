@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ftspl.engine.errors import FtsplError, UsageError
 from ftspl.scale.cluster import plan_actors
 
-GALLERY_SHAPES = 7
+GALLERY_MESHES = 7  #: meshes in the test gallery; it also holds one view folder and one broken file
 
 
 # ---------------------------------------------------------------- planning (no Ray needed)
@@ -75,7 +76,7 @@ def ray_address():
     ray.shutdown()
 
 
-def _gallery(root: Path, n: int = GALLERY_SHAPES, broken: bool = True) -> Path:
+def _gallery(root: Path, n: int = GALLERY_MESHES, broken: bool = True) -> Path:
     import trimesh
 
     rng = np.random.default_rng(11)
@@ -87,6 +88,11 @@ def _gallery(root: Path, n: int = GALLERY_SHAPES, broken: bool = True) -> Path:
         mesh.export(path)
     if broken:
         (root / "box" / "broken.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 99\nend_header\n1 2\n")
+        views = root / "views" / "v0"  # a pre-rendered shape: 12 images, no mesh (faces stays empty)
+        views.mkdir(parents=True)
+        for v in range(12):
+            pixels = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(views / f"{v}.png")
     return root
 
 
@@ -138,7 +144,7 @@ def test_ray_add_gives_the_same_index_as_one_machine(ray_address, plain_index, e
     from ftspl.scale.driver import RayProducer
 
     gallery, plain_home, plain = plain_index
-    assert plain.added == GALLERY_SHAPES and len(plain.failed) == 1
+    assert plain.added == GALLERY_MESHES + 1 and len(plain.failed) == 1  # + the view folder
     home = _fresh_home(exported_models, tmp_path, "ray")
     lib = Library(Home(home), RuntimeConfig(device="cpu"))
     cfg = IndexConfig(batch_shapes=2, commit_every=3)
@@ -146,15 +152,17 @@ def test_ray_add_gives_the_same_index_as_one_machine(ray_address, plain_index, e
     report = lib.add(gallery, cfg, producer=producer)
     assert producer.plan is not None and producer.plan.render_actors == producer.plan.encode_actors == 1
     assert not producer.started_ray  # it joined the fixture's Ray and leaves it running
-    assert (report.added, report.updated) == (GALLERY_SHAPES, 0)
+    assert (report.added, report.updated) == (GALLERY_MESHES + 1, 0)
     assert report.failed == plain.failed  # the same one-line reason for the broken file
-    _assert_same_index(_index(plain_home), _index(home))
+    ray_index = _index(home)
+    _assert_same_index(_index(plain_home), ray_index)
+    assert ray_index[str(gallery / "views" / "v0")][3:5] == (None, "views")
     problems, facts = verify_index(Home(home))
-    assert not problems and facts["shapes"] == GALLERY_SHAPES
+    assert not problems and facts["shapes"] == GALLERY_MESHES + 1
 
     again = RayProducer("auto", lib.model_dir, lib.encoders.runtime, cfg)
     report = lib.add(gallery, cfg, producer=again)
-    assert (report.added, report.unchanged) == (0, GALLERY_SHAPES)  # only the broken file goes to Ray again
+    assert (report.added, report.unchanged) == (0, GALLERY_MESHES + 1)  # only the broken file goes to Ray again
     assert report.failed == plain.failed
 
 
@@ -168,12 +176,12 @@ def test_ray_shards_merge_into_the_same_index(ray_address, plain_index, exported
     r = run_ftspl(home, "index", "add", str(gallery), "--ray", ray_address, "--shards", str(tmp_path / "shards"), "--json")
     assert r.returncode == 1, r.stderr  # the broken file
     out = json.loads(r.stdout)
-    assert out["added"] == GALLERY_SHAPES and out["failed"] == 1 and len(out["shards"]) == 1
+    assert out["added"] == GALLERY_MESHES + 1 and out["failed"] == 1 and len(out["shards"]) == 1
     assert out["ray"]["render_actors"] == 1 and out["ray"]["encode_device"] == "cpu"
     ours = [ln for ln in r.stderr.splitlines() if ln and not ln.startswith("[")]  # "[date ...]": Ray's C++ log
     assert len(ours) == 1 and ours[0].startswith(str(gallery / "box" / "broken.ply") + ": "), r.stderr
     r = run_ftspl(home, "index", "merge", str(tmp_path / "shards"), "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["added"] == GALLERY_SHAPES, r.stderr
+    assert r.returncode == 0 and json.loads(r.stdout)["added"] == GALLERY_MESHES + 1, r.stderr
     _assert_same_index(_index(plain_home), _index(home))
     assert run_ftspl(home, "index", "verify").returncode == 0
 
