@@ -198,7 +198,7 @@ def test_train_help_lists_presets():
     flat = " ".join(r.stdout.split())
     for name in ("source_only", "IDCA", "ICAV", "FT_centroid_pl", "SPL", "FTSPL"):
         assert name in flat
-    for flag in ("--no-idca", "--no-icav", "--pseudo", "--selection", "--no-target-ce", "--resume"):
+    for flag in ("--no-idca", "--no-icav", "--pseudo", "--selection", "--no-target-ce", "--resume", "--nproc"):
         assert flag in flat
 
 

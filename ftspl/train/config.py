@@ -79,6 +79,9 @@ class TrainConfig:
     augment_copies: int = 4  #: head mode: augmented copies of each photo whose features are cached
     seed: int = 0
     device: str = "auto"
+    #: processes the run started with (recorded in config.json; set by the trainer, not an option:
+    #: the number of processes is torchrun's / ``--nproc``'s, and a resume may use another)
+    world_size: int = 1
     num_workers: int = 0
     label_from: str = "top"
     #: where the centroid / cluster pseudo-labels measure distance: "embedding" (the bottleneck

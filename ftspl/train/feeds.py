@@ -8,7 +8,11 @@ loop trains the bottleneck and classifier on those tensors (minutes on a CPU).
 Full mode (``FullFeed``): pixels every step; photos are decoded and augmented
 on the fly, target views come from the on-disk view cache.
 
-Both expose the same verbs so the loop has one code path.
+Both expose the same verbs so the loop has one code path. With N processes
+(:mod:`ftspl.train.distributed`) ``source_epoch`` yields this rank's share of
+each global batch, the ``*_eval`` iterators cover a range of items (the trainer
+embeds one block per rank and gathers the rest), and the head feed's first run
+splits the backbone passes over the ranks (through the shared feature cache).
 """
 
 from __future__ import annotations
@@ -32,9 +36,20 @@ from ftspl.train.viewcache import CachedViews
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _batches(n: int, size: int) -> Iterator[np.ndarray]:
-    for i in range(0, n, size):
-        yield np.arange(i, min(n, i + size))
+Shard = Callable[[np.ndarray], np.ndarray]
+
+
+def _whole(idx: np.ndarray) -> np.ndarray:
+    return idx
+
+
+def _batches(start: int, stop: int, size: int) -> Iterator[np.ndarray]:
+    for i in range(start, stop, size):
+        yield np.arange(i, min(stop, i + size))
+
+
+def _stop(stop: int | None, n: int) -> int:
+    return n if stop is None else min(stop, n)
 
 
 class PhotoList:
@@ -63,8 +78,11 @@ class HeadFeed:
     def __init__(
         self, net: FTSPLNet, pre: Preprocess, photos: PhotoList, views: CachedViews, copies: int, seed: int,
         device: torch.device, queries: PhotoList | None = None, batch: int = 32, progress: ProgressFn | None = None,
-        cache: FeatureCache | None = None,
+        cache: FeatureCache | None = None, dist=None,
     ) -> None:
+        from ftspl.train.distributed import Dist
+
+        self.dist = dist if dist is not None else Dist()
         self.device = device
         self.net, self.pre, self.batch, self.progress = net, pre, batch, progress
         self.cache = cache if cache is not None else FeatureCache(None, net.backbone.name, pre)
@@ -82,11 +100,45 @@ class HeadFeed:
             self.query = self._photos(queries.paths, q_dig, None, seed, "features: query photos")
             self.query_y = list(queries.labels)
         self.net = None  # the feed must not keep the network alive
+        self.dist = None
+
+    @classmethod
+    def from_tensors(
+        cls, src_clean: torch.Tensor, src_y: torch.Tensor, tgt: torch.Tensor, device: torch.device,
+        src_aug: torch.Tensor | None = None, src_aug_y: torch.Tensor | None = None,
+        query: torch.Tensor | None = None, query_y: list[int] | None = None,
+    ) -> HeadFeed:
+        """A feed over backbone features computed elsewhere (studies, tests); no cache, no files.
+
+        ``src_aug``/``src_aug_y`` default to the clean features: one "copy" per photo.
+        """
+        feed = cls.__new__(cls)
+        feed.device, feed.net, feed.dist, feed.pre, feed.batch, feed.progress, feed.cache = (
+            device, None, None, None, 32, None, None)
+        feed.src_clean, feed.src_y, feed.tgt = src_clean.float(), src_y.long(), tgt.float()
+        feed.src_aug = feed.src_clean if src_aug is None else src_aug.float()
+        feed.src_aug_y = feed.src_y if src_aug_y is None else src_aug_y.long()
+        feed.query, feed.query_y = query, query_y
+        return feed
 
     def _cached(self, keys: list[str], compute, what: str) -> list[np.ndarray]:
         """Cached arrays for ``keys``; the missing ones come from ``compute(indices)`` in batches."""
         out: list[np.ndarray | None] = [self.cache.get(k) for k in keys]
         missing = [i for i, a in enumerate(out) if a is None]
+        dist = self.dist
+        if dist.world > 1 and self.cache.folder is not None:
+            # Each rank computes its share of what is missing into the shared cache, then reads the
+            # others' shares from it; anything still missing (a cache folder not shared between
+            # machines) is computed below like in one process.
+            self._compute_into(out, keys, missing[dist.rank :: dist.world], compute, what)
+            dist.barrier()
+            for i in missing:
+                out[i] = self.cache.get(keys[i])
+            missing = [i for i, a in enumerate(out) if a is None]
+        self._compute_into(out, keys, missing, compute, what)
+        return out  # type: ignore[return-value]
+
+    def _compute_into(self, out: list, keys: list[str], missing: list[int], compute, what: str) -> None:
         for start in range(0, len(missing), self.batch):
             idx = missing[start : start + self.batch]
             for i, arr in zip(idx, compute(idx)):
@@ -94,7 +146,6 @@ class HeadFeed:
                 out[i] = arr
             if self.progress:
                 self.progress(what, min(start + self.batch, len(missing)), len(missing))
-        return out  # type: ignore[return-value]
 
     @torch.no_grad()
     def _trunk(self, x: np.ndarray) -> np.ndarray:
@@ -146,29 +197,40 @@ class HeadFeed:
         return torch.from_numpy(np.concatenate(arrs)).float()
 
     # -- the verbs the loop uses ---------------------------------------------
-    def source_epoch(self, rng: np.random.Generator, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def source_epoch(self, rng: np.random.Generator, batch: int,
+                     shard: Shard = _whole) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Global batches of a seeded permutation; ``shard`` picks this rank's equal share of each."""
         order = rng.permutation(len(self.src_aug))
         for i in range(0, len(order), batch):
-            idx = torch.as_tensor(order[i : i + batch])
+            idx = torch.as_tensor(shard(order[i : i + batch]))
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             yield self.src_aug[idx].to(self.device), self.src_aug_y[idx].to(self.device)
 
-    def source_eval(self, batch: int) -> Iterator[torch.Tensor]:
-        for idx in _batches(len(self.src_clean), batch):
+    def eval_step(self, which: str, batch: int) -> int:
+        """Items per batch of ``*_eval(batch)``."""
+        return batch
+
+    def source_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        for idx in _batches(start, _stop(stop, len(self.src_clean)), batch):
             yield self.src_clean[torch.as_tensor(idx)].to(self.device)
 
-    def target_eval(self, batch: int) -> Iterator[torch.Tensor]:
-        for idx in _batches(len(self.tgt), batch):
+    def target_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        for idx in _batches(start, _stop(stop, len(self.tgt)), batch):
             yield self.tgt[torch.as_tensor(idx)].to(self.device)
 
     def target_batch(self, idx: np.ndarray) -> torch.Tensor:
         return self.tgt[torch.as_tensor(idx)].to(self.device)
 
-    def query_eval(self, batch: int) -> Iterator[torch.Tensor]:
+    def query_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
         if self.query is None:
             return iter(())
-        return (self.query[torch.as_tensor(idx)].to(self.device) for idx in _batches(len(self.query), batch))
+        q = self.query
+        return (q[torch.as_tensor(idx)].to(self.device) for idx in _batches(start, _stop(stop, len(q)), batch))
+
+    @property
+    def n_query(self) -> int:
+        return 0 if self.query is None else len(self.query)
 
     def photo_trunk(self, net: FTSPLNet, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -199,33 +261,50 @@ class FullFeed:
         self.query_y = list(queries.labels) if self.queries else None
         self.src_y = torch.as_tensor(photos.labels, dtype=torch.long)
 
-    def source_epoch(self, rng: np.random.Generator, batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def source_epoch(self, rng: np.random.Generator, batch: int,
+                     shard: Shard = _whole) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Global batches of a seeded permutation; ``shard`` picks this rank's equal share of each.
+
+        Each photo's crop and jitter come from its own generator, seeded by the
+        epoch's draw and the photo's index, so a crop does not depend on which
+        rank decodes it or on how many processes train.
+        """
         order = rng.permutation(len(self.photos))
+        base = int(rng.integers(2**63))
         for i in range(0, len(order), batch):
-            idx = order[i : i + batch]
+            idx = shard(order[i : i + batch])
             if len(idx) < 2:
                 continue
-            x = np.stack([augment(load_photo(self.photos.paths[j]), self.pre, rng) for j in idx])
+            x = np.stack([augment(load_photo(self.photos.paths[j]), self.pre, np.random.default_rng([base, int(j)]))
+                          for j in idx])
             yield torch.from_numpy(x).to(self.device), self.src_y[torch.as_tensor(idx)].to(self.device)
 
-    def _clean_photos(self, plist: PhotoList, batch: int) -> Iterator[torch.Tensor]:
-        for idx in _batches(len(plist), batch):
+    def _clean_photos(self, plist: PhotoList, batch: int, start: int, stop: int | None) -> Iterator[torch.Tensor]:
+        for idx in _batches(start, _stop(stop, len(plist)), batch):
             x = np.stack([clean(load_photo(plist.paths[j]), self.pre) for j in idx])
             yield torch.from_numpy(x).to(self.device)
 
-    def source_eval(self, batch: int) -> Iterator[torch.Tensor]:
-        return self._clean_photos(self.photos, batch)
+    def eval_step(self, which: str, batch: int) -> int:
+        """Items per batch of ``*_eval(batch)``: fewer shapes than photos (12 views each)."""
+        return max(1, batch // 4) if which == "target" else batch
 
-    def query_eval(self, batch: int) -> Iterator[torch.Tensor]:
-        return self._clean_photos(self.queries, batch) if self.queries else iter(())
+    def source_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        return self._clean_photos(self.photos, batch, start, stop)
+
+    def query_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        return self._clean_photos(self.queries, batch, start, stop) if self.queries else iter(())
+
+    @property
+    def n_query(self) -> int:
+        return len(self.queries) if self.queries else 0
 
     def target_batch(self, idx: np.ndarray) -> torch.Tensor:
         x = np.stack([views_to_tensor(self.views.load(int(i)), self.pre) for i in idx])
         return torch.from_numpy(x).to(self.device)
 
-    def target_eval(self, batch: int) -> Iterator[torch.Tensor]:
-        step = max(1, batch // 4)  # 12 views per shape: fewer shapes per batch
-        for idx in _batches(len(self.views.keys), step):
+    def target_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        step = self.eval_step("target", batch)
+        for idx in _batches(start, _stop(stop, len(self.views.keys)), step):
             yield self.target_batch(idx)
 
     def photo_trunk(self, net: FTSPLNet, x: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,21 @@ to ``metrics.json``, so ``--resume`` continues a killed run at the next round
 with the same result as an uninterrupted one (all randomness is derived from
 ``(seed, round, epoch)``).
 
+With N processes (``torchrun --nproc-per-node N -m ftspl train`` or ``ftspl
+train --nproc N``; :mod:`ftspl.train.distributed`) every rank runs this same
+sequence: the shapes are rendered and the frozen backbone's features computed
+one share per rank through the shared caches, the steps split each global
+batch over the ranks, every embedding pass is gathered, and rank 0 alone writes
+the run folder (its ``config.json`` records ``world_size``; ``--resume`` works
+with any N).
+
 This module sequences a run; :mod:`ftspl.train.trainer` holds the per-epoch and
 per-round steps, :mod:`ftspl.train.runio` the run folder's files.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -41,6 +50,7 @@ from ftspl.engine.constants import Preprocess, RenderSpec
 from ftspl.engine.errors import FtsplError, UsageError
 from ftspl.engine.home import Home
 from ftspl.train.config import TrainConfig, validate
+from ftspl.train.distributed import Dist, session
 from ftspl.train.runio import CHECKPOINT, CONFIG, METRICS, RUN_INFO, load_checkpoint
 from ftspl.train.trainer import Trainer, embed_all, pick_device
 
@@ -97,13 +107,18 @@ def render_spec_for(cfg: TrainConfig) -> RenderSpec:
     return spec.with_up(cfg.up) if cfg.up is not None else spec
 
 
-def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None) -> _Inputs:
-    """Photos, shapes (rendered once into the view cache under ``cache``) and optional queries of ``cfg``."""
+def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None, dist: Dist | None = None) -> _Inputs:
+    """Photos, shapes (rendered once into the view cache under ``cache``) and optional queries of ``cfg``.
+
+    With N processes each renders a share of the shapes, and all of them must
+    end up with the same inputs (checked).
+    """
     from ftspl.train.backbones import get_spec
     from ftspl.train.data import load_source, load_target
     from ftspl.train.feeds import PhotoList
-    from ftspl.train.viewcache import cache_views
+    from ftspl.train.viewcache import cache_views_split
 
+    dist = dist if dist is not None else Dist()
     pre = get_spec(cfg.backbone).preprocess  # an unknown backbone fails before any rendering
     src = load_source(cfg.source)
     tgt = load_target(cfg.target, cfg.label_from)
@@ -111,7 +126,7 @@ def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None) -> 
     if tgt.has_labels and unknown:
         log.warning("target classes without source photos (reported, not trained): %s", ", ".join(unknown))
     spec = render_spec_for(cfg)
-    views = cache_views(tgt.paths, tgt.kinds, spec, cache / "views", progress)
+    views = cache_views_split(tgt.paths, tgt.kinds, spec, cache / "views", progress, dist)
     if len(views.keys) < 2:
         raise UsageError(f"{cfg.target}: fewer than 2 usable shapes ({len(views.failed)} failed)")
     photos = PhotoList(src.paths, src.labels)
@@ -121,16 +136,21 @@ def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None) -> 
     if cfg.queries:
         qs = load_source(cfg.queries, class_names=src.class_names)
         queries = PhotoList(qs.paths, qs.labels)
+    if dist.world > 1:
+        seen = [views.keys, [str(p) for p in photos.paths], photos.labels,
+                [str(p) for p in queries.paths] if queries else []]
+        dist.check_same("inputs (photos, usable shapes, queries)", json.dumps(seen))
     return _Inputs(src, tgt, views, photos, queries, pre, spec)
 
 
-def _head_feed(cfg: TrainConfig, net, inp: _Inputs, cache: Path, device: torch.device, progress: ProgressFn | None):
+def _head_feed(cfg: TrainConfig, net, inp: _Inputs, cache: Path, device: torch.device, progress: ProgressFn | None,
+               dist: Dist | None = None):
     from ftspl.train.featcache import FeatureCache, backbone_id
     from ftspl.train.feeds import HeadFeed
 
     features = FeatureCache(cache / "features", backbone_id(cfg.backbone, cfg.weights), inp.pre)
     return HeadFeed(net, inp.pre, inp.photos, inp.views, cfg.augment_copies, cfg.seed, device, inp.queries,
-                    cfg.batch_size, progress, features)
+                    cfg.batch_size, progress, features, dist)
 
 
 def _build_net(cfg: TrainConfig, n_classes: int, device: torch.device):
@@ -179,7 +199,7 @@ def _run_rounds(cfg: TrainConfig, trainer: Trainer, start_round: int, rounds: li
     """Warm-up (round 0) and rounds ``start_round..L``; each finished round is saved before the next."""
     from ftspl.train.runio import save_round
 
-    net, feed = trainer.net, trainer.feed
+    net, feed, dist = trainer.net, trainer.feed, trainer.dist
     for r in range(start_round, cfg.rounds + 1):
         t0 = time.perf_counter()
         if r == 0:  # warm-up on source photos only
@@ -196,15 +216,18 @@ def _run_rounds(cfg: TrainConfig, trainer: Trainer, start_round: int, rounds: li
             for ep in range(cfg.epochs):
                 if ep > 0 and cfg.mode == "head":  # refresh the statistics from the current network
                     net.eval()
-                    src_emb = embed_all(net, feed, "source", cfg.batch_size)
-                    tgt_emb = embed_all(net, feed, "target", cfg.batch_size)
+                    src_emb = embed_all(net, feed, "source", cfg.batch_size, dist)
+                    tgt_emb = embed_all(net, feed, "target", cfg.batch_size, dist)
                 stats = trainer.stats(src_emb, tgt_emb, selected, labels)
                 losses = trainer.epoch(r, ep, stats, selected, labels)
                 if progress:
                     progress(f"round {r}/{cfg.rounds} epochs", ep + 1, cfg.epochs)
             rec = trainer.report(r, labels, selected, losses, time.perf_counter() - t0)
+        rec["world_size"] = dist.world
         rounds.append(rec)
-        save_round(run_dir, trainer, r, rounds)
+        if dist.is_main:
+            save_round(run_dir, trainer, r, rounds)
+        dist.barrier()  # on every rank, on_round runs once the round is on disk
         if on_round:
             on_round(rec)
 
@@ -218,11 +241,24 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
     Rendered views and backbone features are cached under ``home``'s cache
     folder (default: :meth:`Home.resolve`, i.e. ``--home``/``$FTSPL_HOME``/``./.ftspl``).
     Target files that cannot be used are skipped and listed in ``RunResult.skipped``.
+
+    Under ``torchrun`` (or in a process group the caller formed) every process
+    calls this with the same ``cfg``; see :mod:`ftspl.train.distributed`.
+    ``progress`` is called on rank 0 only, ``on_round`` on every rank once the
+    round's checkpoint is written.
     """
+    validate(cfg)
+    with session(cfg.device) as dist:
+        return _train(cfg, dist, resume, progress if dist.is_main else None, on_round, return_embeddings, home)
+
+
+def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | None, on_round: RoundFn | None,
+           return_embeddings: bool, home: Home | None) -> RunResult:
+    from dataclasses import replace
+
     from ftspl.train.feeds import FullFeed
     from ftspl.train.runio import resume_into, saved_config, write_start
 
-    validate(cfg)
     t_start = time.perf_counter()
     cache = (home or Home.resolve()).cache
     run_dir = Path(cfg.out)
@@ -231,19 +267,21 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         cfg = saved_config(run_dir) or cfg  # the run continues with the settings it started with
+    fresh = not (resume and (run_dir / CHECKPOINT).exists())
+    dist.barrier()  # every rank has looked at the run folder before rank 0 writes to it
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    inp = _load_inputs(cfg, cache, progress)
+    device = dist.device
+    inp = _load_inputs(cfg, cache, progress, dist)
     src, tgt, views, photos, queries = inp.src, inp.tgt, inp.views, inp.photos, inp.queries
 
-    with _torch_threads():
+    with _torch_threads(dist.threads()):
         net = _build_net(cfg, len(src.class_names), device)
         if cfg.mode == "head":
-            feed = _head_feed(cfg, net, inp, cache, device, progress)
+            feed = _head_feed(cfg, net, inp, cache, device, progress, dist)
         else:
             feed = FullFeed(inp.pre, photos, views, device, queries)
         target_labels = [tgt.labels[i] if tgt.labels else None for i in views.index]
-        trainer = Trainer(cfg, net, feed, src.class_names, target_labels, device, run_dir)
+        trainer = Trainer(cfg, net, feed, src.class_names, target_labels, device, run_dir, dist)
         if cfg.mode == "head" and device.type == "cpu":
             # The head is a (B x 1280) @ (1280 x 256) matmul: far too small to split over
             # threads. On a busy CPU the OpenMP workers spin-wait for each other: a step takes
@@ -253,10 +291,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
 
         rounds: list[dict] = []
         start_round = 0
-        if resume and (run_dir / CHECKPOINT).exists():
+        if not fresh:
             start_round, rounds = resume_into(run_dir, trainer, device)
-        else:
-            write_start(run_dir, cfg, {
+        elif dist.is_main:
+            write_start(run_dir, replace(cfg, world_size=dist.world), {
                 "class_names": src.class_names, "backbone": cfg.backbone, "embed_dim": cfg.embed_dim,
                 "preprocess": inp.pre.to_dict(), "render_spec": inp.spec.to_dict(), "weights": cfg.weights,
                 "n_source": feed.n_source, "n_target": feed.n_target,
@@ -268,8 +306,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
                 net.eval()
                 bs = cfg.batch_size
                 emb = _embeddings_of(
-                    inp, embed_all(net, feed, "source", bs), embed_all(net, feed, "target", bs),
-                    embed_all(net, feed, "query", bs) if queries is not None and len(queries) else None,
+                    inp, embed_all(net, feed, "source", bs, dist), embed_all(net, feed, "target", bs, dist),
+                    embed_all(net, feed, "query", bs, dist) if queries is not None and len(queries) else None,
                 )
         except torch.cuda.OutOfMemoryError:
             raise FtsplError(
@@ -280,11 +318,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
 
 
 class _torch_threads:
-    """Use every core for torch's intra-op work during training (the thread count is restored afterwards)."""
+    """Use ``n`` threads (default: every core) for torch's intra-op work; the count is restored afterwards."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n if n is not None else max(1, os.cpu_count() or 1)
 
     def __enter__(self):
         self.prev = torch.get_num_threads()
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(self.n)
 
     def __exit__(self, *exc):
         torch.set_num_threads(self.prev)

@@ -33,6 +33,24 @@ class FTSPLNet(nn.Module):
         f = self.backbone.features(views.flatten(0, 1))
         return f.reshape(views.shape[0], -1, f.shape[-1]).amax(dim=1)
 
+    # -- the training step's one forward ------------------------------------------
+    def forward(self, photos: torch.Tensor, shapes: torch.Tensor | None = None, pixels: bool = True) -> torch.Tensor:
+        """Logits of a training step: photos, then (optionally) shapes, in one bottleneck pass.
+
+        ``pixels`` says whether the inputs are images (full mode: through the
+        backbone) or pooled backbone features (head mode). Photos and shapes go
+        through the bottleneck together, so its BatchNorm normalises both
+        domains with the mixed batch statistics its running averages (used at
+        query time) accumulate. Training calls this method on the
+        (DistributedDataParallel-wrapped) module, never the parts below: with N
+        processes, only outputs of the wrapper's ``forward`` synchronise gradients.
+        """
+        feats = self.photo_trunk(photos) if pixels else photos
+        if shapes is not None:
+            t_feats = self.shape_trunk(shapes) if pixels else shapes
+            feats = torch.cat([feats, t_feats.to(feats.dtype)])
+        return self.logits(self.embed(feats))
+
     # -- head: pooled features -> embedding -> logits ---------------------------
     def embed(self, trunk_feats: torch.Tensor) -> torch.Tensor:
         return self.bottleneck(trunk_feats)

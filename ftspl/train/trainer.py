@@ -7,39 +7,46 @@ Eq. 5 and of the selected shapes), ``epoch`` (the transferable loss of Eq. 4
 plus cross-entropy on selected shapes) and ``report`` (pseudo-label accuracy
 and retrieval metrics). All randomness of an epoch derives from
 ``(seed, round, epoch)``, so a resumed run matches an uninterrupted one.
+
+With N processes (:class:`~ftspl.train.distributed.Dist`) the step runs
+through the DistributedDataParallel wrapper's ``forward`` on this rank's share
+of each global batch, and every embedding pass is gathered from all ranks, so
+pseudo-labels, selection and statistics are the same numbers on every rank.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ftspl.engine.errors import FtsplError, UsageError
+from ftspl.engine.errors import FtsplError
 from ftspl.train.config import TrainConfig
+from ftspl.train.distributed import Dist, pick_device
+
+__all__ = ["Trainer", "embed_all", "pick_device"]
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FtsplError("--device cuda: no CUDA GPU is visible to torch; use --device cpu")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"unknown --device {name!r}; valid: auto, cpu, cuda")
-    return torch.device(name)
+def embed_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> torch.Tensor:
+    """Bottleneck embeddings of all sources / targets / queries (eval mode, no grad).
 
-
-def embed_all(net, feed, which: str, batch: int) -> torch.Tensor:
-    """Bottleneck embeddings of all sources / targets / queries (eval mode, no grad)."""
-    it = {"source": feed.source_eval, "target": feed.target_eval, "query": feed.query_eval}[which](batch)
+    With N processes each rank embeds a block of whole batches and the blocks
+    are gathered, so every rank returns all embeddings, in item order.
+    """
+    dist = dist if dist is not None else Dist()
+    n = {"source": feed.n_source, "target": feed.n_target, "query": feed.n_query}[which]
+    start, stop = dist.block(n, feed.eval_step(which, batch))
+    it = {"source": feed.source_eval, "target": feed.target_eval, "query": feed.query_eval}[which](batch, start, stop)
     trunk = feed.photo_trunk if which in ("source", "query") else feed.shape_trunk
     out = []
     with torch.no_grad():
         for x in it:
             out.append(net.embed(trunk(net, x)).float())
-    return torch.cat(out) if out else torch.zeros(0, net.bottleneck.out_dim, device=feed.device)
+    mine = torch.cat(out) if out else torch.zeros(0, net.bottleneck.out_dim, device=feed.device)
+    return dist.gather_rows(mine)
 
 
 def _retrieval(q_emb: torch.Tensor, q_labels: list[str], t_emb: torch.Tensor, t_labels: list[str]) -> dict:
@@ -57,11 +64,16 @@ class Trainer:
     """Holds the network, the feed and the optimiser of one run."""
 
     def __init__(self, cfg: TrainConfig, net, feed, class_names: list[str], target_labels: list[str | None],
-                 device: torch.device, run_dir: Path) -> None:
+                 device: torch.device, run_dir: Path, dist: Dist | None = None) -> None:
         self.cfg, self.net, self.feed, self.device, self.run_dir = cfg, net, feed, device, run_dir
+        self.dist = dist if dist is not None else Dist()
         self.class_names = class_names
         self.K = len(class_names)
         self.target_labels = target_labels
+        if feed.trainable_backbone:
+            for p in net.backbone.classifier_parameters():  # ImageNet classifier: never in features()
+                p.requires_grad_(False)
+        self.dist.prepare(self._trained_modules())
         params = [
             {"params": list(net.bottleneck.parameters()) + list(net.classifier.parameters()), "lr": cfg.lr},
         ]
@@ -75,6 +87,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.total_epochs = cfg.warmup_epochs + cfg.rounds * cfg.epochs
         self.epochs_done = 0
+        #: what the training step calls: ``net``, or its DistributedDataParallel wrapper
+        self.model = self.dist.wrap(net)
+
+    def _trained_modules(self) -> list:
+        net = self.net
+        return [net.bottleneck, net.classifier] + ([net.backbone] if self.feed.trainable_backbone else [])
 
     # -- one epoch --------------------------------------------------------------
     def _train_mode(self) -> None:
@@ -85,7 +103,7 @@ class Trainer:
     def epoch(self, round_: int, ep: int, stats, selected: np.ndarray, pseudo: np.ndarray) -> dict:
         from ftspl.train.loss import ramp, transferable_loss
 
-        cfg = self.cfg
+        cfg, d = self.cfg, self.dist
         rng = np.random.default_rng([cfg.seed, round_, ep])
         self._train_mode()
         lam = ramp(self.epochs_done, self.total_epochs, cfg.lam) if cfg.lam_ramp else cfg.lam
@@ -95,45 +113,54 @@ class Trainer:
         sums = {"loss_source": 0.0, "loss_target": 0.0, "steps": 0}
         tgt_order = rng.permutation(selected) if len(selected) else selected
         t_pos = 0
-        batches = list(self.feed.source_epoch(rng, cfg.batch_size))
-        use_tgt = cfg.target_ce and len(tgt_order) >= 2 and round_ > 0
-        for x, y in batches:
+        # every rank's share of a global target batch must hold at least one shape
+        use_tgt = (cfg.target_ce and len(tgt_order) >= 2 and round_ > 0
+                   and min(cfg.batch_size, len(tgt_order)) // d.world >= 1)
+        for x, y in self.feed.source_epoch(rng, cfg.batch_size, d.shard):
+            shapes = None
+            if use_tgt:
+                n = min(cfg.batch_size, len(tgt_order))
+                idx = d.shard(np.take(tgt_order, np.arange(t_pos, t_pos + n), mode="wrap"))
+                t_pos = (t_pos + n) % len(tgt_order)
+                shapes = self.feed.target_batch(idx)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-                feats = self.feed.photo_trunk(self.net, x)
-                if use_tgt:
-                    n = min(cfg.batch_size, len(tgt_order))
-                    idx = np.take(tgt_order, np.arange(t_pos, t_pos + n), mode="wrap")
-                    t_pos = (t_pos + n) % len(tgt_order)
-                    t_feats = self.feed.shape_trunk(self.net, self.feed.target_batch(idx))
-                    # One bottleneck pass over photos and shapes together: its BatchNorm then
-                    # normalises both domains with the same (mixed) batch statistics that its
-                    # running averages - used at query time - accumulate. Separate passes would
-                    # normalise each domain by its own batch in training but by the mix at query
-                    # time (SH3D val, seed 0, FTSPL: FT after round 1 is 0.582 joint vs 0.515
-                    # separate, at the end 0.573 vs 0.563).
-                    all_logits = self.net.logits(self.net.embed(torch.cat([feats, t_feats.to(feats.dtype)])))
-                    logits, t_logits = all_logits[: len(feats)], all_logits[len(feats):]
-                else:
-                    logits = self.net.logits(self.net.embed(feats))
+                # One bottleneck pass over photos and shapes together (FTSPLNet.forward): its
+                # BatchNorm then normalises both domains with the same (mixed) batch statistics
+                # that its running averages - used at query time - accumulate. Separate passes
+                # would normalise each domain by its own batch in training but by the mix at
+                # query time (SH3D val, seed 0, FTSPL: FT after round 1 is 0.582 joint vs 0.515
+                # separate, at the end 0.573 vs 0.563). Through self.model: with N processes
+                # only the wrapper's forward synchronises the gradients.
+                all_logits = self.model(x, shapes, pixels=self.feed.trainable_backbone)
+            if shapes is not None:
+                logits, t_logits = all_logits[: len(x)], all_logits[len(x):]
+            else:
+                logits = all_logits
             logits = logits.float()
             if use_ft:
                 loss_s = transferable_loss(logits, y, self.net.classifier_weight.float(), dmu, cov, lam)
             else:
                 loss_s = F.cross_entropy(logits, y)
             loss = loss_s
+            loss_t = None
             if use_tgt:
                 loss_t = F.cross_entropy(t_logits.float(), torch.as_tensor(pseudo[idx], device=self.device))
                 loss = loss + cfg.target_ce_weight * loss_t
-                sums["loss_target"] += float(loss_t.detach())
-            if not torch.isfinite(loss):
-                raise FtsplError(f"training diverged (loss {float(loss)}); lower --lr or --lam")
+            # The global batch's losses, the same number on every rank (so all ranks stop together)
+            values = d.sum_floats([float(loss_s.detach()), float(loss_t.detach()) if loss_t is not None else 0.0,
+                                   float(loss.detach())])
+            l_src, l_tgt, l_all = (v / d.world for v in values) if d.world > 1 else values
+            sums["loss_target"] += l_tgt
+            if not math.isfinite(l_all):
+                raise FtsplError(f"training diverged (loss {l_all}); lower --lr or --lam")
             self.opt.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
-            sums["loss_source"] += float(loss_s.detach())
+            sums["loss_source"] += l_src
             sums["steps"] += 1
         self.epochs_done += 1
+        self.dist.average_buffers(self._trained_modules())
         steps = max(1, sums["steps"])
         return {"loss_source": sums["loss_source"] / steps, "loss_target": sums["loss_target"] / steps, "lambda": lam}
 
@@ -153,8 +180,8 @@ class Trainer:
 
         self.net.eval()
         bs = self.cfg.batch_size
-        src = embed_all(self.net, self.feed, "source", bs)
-        tgt = embed_all(self.net, self.feed, "target", bs)
+        src = embed_all(self.net, self.feed, "source", bs, self.dist)
+        tgt = embed_all(self.net, self.feed, "target", bs, self.dist)
         with torch.no_grad():
             t_logits = self.net.logits(tgt).float().cpu().numpy()
         src_pl, tgt_pl = src, tgt
@@ -185,14 +212,14 @@ class Trainer:
                                   == np.asarray([names[k] for k in labels[sel_known]], dtype=object))), 4)
         if known:
             self.net.eval()
-            tgt = embed_all(self.net, self.feed, "target", self.cfg.batch_size)[torch.as_tensor(known)]
+            tgt = embed_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)[torch.as_tensor(known)]
             t_lab = [tl[i] for i in known]
             if getattr(self.feed, "query_y", None):
-                q = embed_all(self.net, self.feed, "query", self.cfg.batch_size)
+                q = embed_all(self.net, self.feed, "query", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.query_y]
                 rec["metrics_on"] = "queries"
             else:
-                q = embed_all(self.net, self.feed, "source", self.cfg.batch_size)
+                q = embed_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.src_y.tolist()]
                 rec["metrics_on"] = "source photos"
             if any(lab in set(t_lab) for lab in q_lab):

@@ -101,3 +101,33 @@ def cache_views(
     index = [i for i, k in enumerate(keys) if k is not None]
     return CachedViews([keys[i] for i in index], index, [(str(paths[i]), failed[i]) for i in sorted(failed)],
                        folder)
+
+
+def cache_views_split(
+    paths: list[Path],
+    kinds: list[str],
+    spec: RenderSpec,
+    folder: Path,
+    progress: Callable[[str, int, int], None] | None = None,
+    dist=None,
+) -> CachedViews:
+    """:func:`cache_views` with N training processes: each renders every N-th shape, then all read them all.
+
+    The shares meet in the view cache (a folder every process sees); a file
+    that failed on the rank that rendered it is skipped by every rank with that
+    rank's reason, so all ranks end up with the same usable shapes. Shapes
+    missing from this process's cache (a folder not shared between machines)
+    are rendered again here. With one process this is :func:`cache_views`.
+    """
+    if dist is None or dist.world == 1:
+        return cache_views(paths, kinds, spec, folder, progress)
+    mine = list(range(dist.rank, len(paths), dist.world))
+    part = cache_views([paths[i] for i in mine], [kinds[i] for i in mine], spec, folder, progress)
+    failed = {p: reason for share in dist.all_gather_object(part.failed) for p, reason in share}
+    usable = [i for i, p in enumerate(paths) if str(p) not in failed]
+    every = cache_views([paths[i] for i in usable], [kinds[i] for i in usable], spec, folder)
+    keys = dict(zip((usable[j] for j in every.index), every.keys))
+    failed.update({p: reason for p, reason in every.failed})
+    index = sorted(keys)
+    return CachedViews([keys[i] for i in index], index,
+                       [(str(paths[i]), failed[str(paths[i])]) for i in range(len(paths)) if i not in keys], folder)
