@@ -327,6 +327,23 @@ def test_two_processes_end_to_end_kill_and_resume(tiny, tmp_path):  # noqa: F811
 
 
 @pytest.mark.slow
+def test_full_mode_two_processes(tiny, tmp_path):  # noqa: F811
+    """Fine-tuning the backbone too: the ranks end with the same network, and the backbone moved."""
+    from ftspl.train.backbones import build_backbone
+
+    cfg = cfg_for(tiny, tmp_path / "run", mode="full", rounds=1, epochs=1, warmup_epochs=1, device="cpu")
+    (tmp_path / "out").mkdir()
+    spawn(tmp_path, _train_worker, cfg, False, None, str(tmp_path / "out"))
+    r0, r1 = (torch.load(tmp_path / "out" / f"result{r}.pt", weights_only=False) for r in range(WORLD))
+    assert np.array_equal(r0["target"], r1["target"]) and np.array_equal(r0["source"], r1["source"])
+    assert [r["world_size"] for r in r0["rounds"]] == [2, 2]
+    before = build_backbone("efficientnet_lite0").state_dict()
+    after = weights(tmp_path / "run")
+    assert [k for k in before if not torch.equal(before[k], after["backbone." + k])], "the backbone must move"
+    assert all(torch.equal(before[k], after["backbone." + k]) for k in ("_fc.weight", "_fc.bias"))  # never trained
+
+
+@pytest.mark.slow
 def test_torchrun_cli_and_the_nproc_launcher(tiny, tmp_path):  # noqa: F811
     args = ["--source", str(tiny / "source"), "--target", str(tiny / "target"), "--rounds", "1", "--epochs", "1",
             "--warmup-epochs", "1", "--batch-size", "4", "--augment-copies", "1", "--device", "cpu", "--json"]
