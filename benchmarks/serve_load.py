@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -193,24 +192,22 @@ class Baseline:
 
 # --------------------------------------------------------------------------- the server and the load
 class Served:
-    """``python -m ftspl serve`` on a free loopback port (stopped with SIGINT)."""
+    """``python -m ftspl serve --port 0`` (a free loopback port, read from its ready line); stopped with SIGINT."""
 
     def __init__(self, home: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ftspl", "serve", "--home", str(home), "--port", str(port),
-                                      "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        import re
         import select
 
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ftspl", "serve", "--home", str(home), "--port", "0",
+                                      "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("serving "):
+        found = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+        if not found:
             self.stop()
             raise SystemExit(f"ftspl serve did not start: {line!r}")
-        self.ready_line = line.strip()
+        self.base, self.ready_line = found.group(1), line.strip()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -299,6 +299,13 @@ def test_bind_policy(served_home):
         ServeConfig(token="short").check()
     r = run_ftspl(served_home, "serve", "--host", "0.0.0.0", timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--token" in r.stderr and "Traceback" not in r.stderr
+    import socket
+
+    with socket.socket() as taken:  # a port in use fails at once, in one line, before the index loads
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        r = run_ftspl(served_home, "serve", "--port", str(taken.getsockname()[1]), timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "pick another --port" in r.stderr, r.stderr
 
 
 def test_model_and_spec_changes_are_reported_not_mixed(served_home, tmp_path):

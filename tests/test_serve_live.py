@@ -1,4 +1,4 @@
-"""A real ``ftspl serve`` on a free loopback port, queried while ``ftspl index add`` and
+"""A real ``ftspl serve`` on a free loopback port (``--port 0``), queried while ``ftspl index add`` and
 ``index remove`` run in other processes: every answer 200 and consistent, the
 generation only moves forward, new shapes appear and removed ones go.
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,12 +32,6 @@ pytest.importorskip("torch")  # the exported_models fixture exports with torch
 from conftest import run_ftspl
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def photo_bytes() -> bytes:
@@ -67,17 +61,16 @@ def store_generation(home: Path) -> int:
 
 @contextmanager
 def running_server(home: Path, *extra: str, deadline_s: float = 120):
-    """``python -m ftspl serve`` on a free port; yields (base URL, process); stops it with SIGINT."""
-    port = free_port()
+    """``python -m ftspl serve --port 0`` (the system picks a free port); yields (base URL, process); stops it with SIGINT."""
     env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "ftspl", "serve", "--port", str(port), "--poll", "0.2", *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "ftspl", "serve", "--port", "0", "--poll", "0.2", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    base = f"http://127.0.0.1:{port}"
     try:
-        # the server prints its ready line once the socket is bound (or exits with an error)
+        # the server prints its ready line, with the port it got, once it takes connections
         ready, _, _ = select.select([proc.stdout], [], [], deadline_s)
         line = proc.stdout.readline() if ready else ""
         assert line.startswith("serving "), f"no ready line: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        base = re.search(r"at (http://127\.0\.0\.1:\d+)/", line).group(1)
         yield base, proc
     finally:
         if proc.poll() is None:

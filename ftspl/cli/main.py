@@ -319,7 +319,7 @@ def cli():
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; any non-loopback one needs --token or --insecure."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0: any free one, printed when ready)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="FTSPL_SERVE_TOKEN", help="Bearer token every /api call must carry (or $FTSPL_SERVE_TOKEN)."),
     insecure: bool = typer.Option(False, "--insecure", help="Allow a non-loopback --host without a token."),
     cors_origin: list[str] = typer.Option([], "--cors-origin", help="Allow this origin to call the API from its pages (repeatable; none by default)."),
