@@ -136,18 +136,21 @@ def test_query_multipart_and_cacheable_previews(api):
 
 def test_several_photos_and_json_base64_agree(api):
     photo = jpeg()
-    multi = api.post("/api/query", files=[("photo", ("a.jpg", photo, "image/jpeg")), ("photo", ("b.jpg", jpeg(120, 200), "image/jpeg"))],
-                     data={"top": "4"})
+    two = [("photo", ("a.jpg", photo, "image/jpeg")), ("photo", ("b.jpg", jpeg(120, 200), "image/jpeg"))]
+    multi = api.post("/api/query", files=two, data={"top": "4"})
     assert multi.status_code == 200, multi.text
     res = multi.json()["results"]
     assert [r["photo"] for r in res] == ["a.jpg", "b.jpg"] and all(len(r["hits"]) == 4 for r in res)
-    fused = multi.json()["hits"]  # each shape once, at its best distance to either photo
-    assert len({h["id"] for h in fused}) == len(fused) == 4
+    fused = multi.json()["hits"]  # one list for the object, by `ftspl query --fuse`'s default rule
+    assert multi.json()["fusion"] == "mean" and len({h["id"] for h in fused}) == len(fused) == 4
+    assert [h["rank"] for h in fused] == [1, 2, 3, 4] and [h["distance"] for h in fused] == sorted(h["distance"] for h in fused)
     best = {}
     for r in res:
         for h in r["hits"]:
             best[h["id"]] = min(best.get(h["id"], 9.0), h["distance"])
-    assert [h["distance"] for h in fused] == sorted(best.values())[:4]
+    by_max = api.post("/api/query", files=two, data={"top": "4", "fusion": "max"}).json()
+    assert by_max["fusion"] == "max"  # "max": each shape at its best distance to either photo
+    assert [h["distance"] for h in by_max["hits"]] == pytest.approx(sorted(best.values())[:4])
     b64 = base64.b64encode(photo).decode()
     for payload in ({"image": b64, "top": 4}, {"images": ["data:image/jpeg;base64," + b64], "top": 4}):
         js = api.post("/api/query", json=payload)
@@ -181,6 +184,7 @@ def test_shape_metadata_and_not_found(api):
         ({"photo": ("p.jpg", jpeg(), "image/jpeg")}, {"top": "101"}, 422, ["top", "100"]),
         ({"photo": ("p.jpg", jpeg(), "image/jpeg")}, {"top": "2.5"}, 422, ["top"]),
         ({"other": ("p.jpg", jpeg(), "image/jpeg")}, {}, 400, ["no photo"]),
+        ({"photo": ("p.jpg", jpeg(), "image/jpeg")}, {"fusion": "median"}, 422, ["fusion", "mean"]),
     ],
 )
 def test_bad_multipart_input(api, files, data, status, words):
@@ -199,6 +203,7 @@ def test_bad_json_and_content_types(api):
         (dict(json={"image": base64.b64encode(jpeg()).decode(), "top": "x"}), 422, "top"),
         (dict(json={"image": base64.b64encode(jpeg()).decode(), "top": True}), 422, "top"),
         (dict(json={"images": []}), 400, "no photo"),
+        (dict(json={"image": base64.b64encode(jpeg()).decode(), "fusion": ["mean"]}), 422, "fusion"),
         (dict(json={"images": ["a"] * 9}), 400, "limit is 8"),
         (dict(content=b"photo=1", headers={"content-type": "application/x-www-form-urlencoded"}), 415, "Content-Type"),
     ]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from ftspl.engine.home import Home
 from ftspl.engine.index.reader import QueryResult, Reader, ReaderState
+from ftspl.engine.scoring.fusion import DEFAULT_FUSION
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,22 @@ class LiveIndex:
             st.warnings.append(self.last_error)
         return st
 
-    def query(self, images: list, names: list[str], top: int) -> tuple[list[QueryResult], float]:
-        """Embed and search (blocking: call it from a worker thread); the results and the ms it took."""
-        t0 = time.perf_counter()
-        results = self.reader.query_images(images, names, top)
-        return results, (time.perf_counter() - t0) * 1000
+    def query(self, images: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION) -> tuple[list[QueryResult], list | None]:
+        """Embed the photos as one batch and search (blocking: call it from a worker thread).
+
+        Returns each photo's hits and, for several photos, one fused list
+        (:mod:`ftspl.engine.scoring.fusion`, as ``ftspl query --fuse``).
+        """
+        import numpy as np
+
+        from ftspl.engine.model.preprocess import to_tensor
+        from ftspl.engine.scoring.fusion import fused_search
+
+        enc = self.lib.encoders
+        emb = enc.embed_photos(np.stack([to_tensor(im, enc.preprocess) for im in images]))
+        hits, gen = self.reader.search_at(emb, top)
+        fused = fused_search(self.reader, emb, top, fusion)[0] if len(images) > 1 else None
+        return [QueryResult(n, h, gen) for n, h in zip(names, hits)], fused
 
     def shape(self, shape_id: int, preview: bool = False) -> Any:
         rows = self.reader.shapes([shape_id], previews=preview)

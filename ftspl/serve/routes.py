@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from ftspl.engine.errors import ImageLoadError, ImageTooLargeError
+from ftspl.engine.scoring.fusion import DEFAULT_FUSION, FUSIONS
 from ftspl.serve.app import STATIC, ApiError, Server
 from ftspl.serve.uploads import decode_upload, display_name
 
@@ -65,8 +66,8 @@ async def query(request: Request) -> Response:
     srv = _server(request)
     t0 = time.perf_counter()
     async with srv.admission():
-        top, uploads = await _read_query(request, srv)
-        results = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top), limiter=srv.limiter)
+        top, fusion, uploads = await _read_query(request, srv)
+        results, fused = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion), limiter=srv.limiter)
     st = srv.live.state()
     base = str(request.base_url)
     spec = srv.live.model.render_spec_hash or ""
@@ -76,14 +77,15 @@ async def query(request: Request) -> Response:
         "model": srv.live.model.model_id,
         "generation": gen,
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
-        "hits": per_photo[0]["hits"] if len(per_photo) == 1 else _fuse(per_photo, top),
+        "hits": per_photo[0]["hits"] if fused is None else [_hit(h, base, spec) for h in fused],
+        **({} if fused is None else {"fusion": fusion}),
         "results": per_photo,
         "warnings": st.warnings,
     })
 
 
-async def _read_query(request: Request, srv: Server) -> tuple[int, list[tuple[str, bytes]]]:
-    """``top`` and the uploaded ``(name, bytes)`` from a multipart or JSON body."""
+async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]]]:
+    """``top``, ``fusion`` and the uploaded ``(name, bytes)`` from a multipart or JSON body."""
     cfg = srv.cfg
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     uploads: list[tuple[str, bytes]] = []
@@ -95,6 +97,7 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, list[tuple[st
                     raise ApiError(400, "'photo' must be a file part (a form upload), not a text field")
                 uploads.append((display_name(part.filename, i), await part.read()))
             top_raw = form.get("top", request.query_params.get("top"))
+            fusion = form.get("fusion", request.query_params.get("fusion"))
     elif ctype == "application/json":
         try:
             doc = json.loads(await request.body())
@@ -110,11 +113,16 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, list[tuple[st
         for i, text in enumerate(images):
             uploads.append((f"image-{i + 1}", _b64(text, i)))
         top_raw = doc.get("top", request.query_params.get("top"))
+        fusion = doc.get("fusion", request.query_params.get("fusion"))
     else:
         raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
     if not uploads:
         raise ApiError(400, NO_PHOTO)
-    return _parse_top(top_raw, cfg.max_top), uploads
+    if fusion in (None, ""):
+        fusion = DEFAULT_FUSION
+    if not isinstance(fusion, str) or fusion not in FUSIONS:
+        raise ApiError(422, f"fusion must be one of {', '.join(FUSIONS)}, got {str(fusion)[:40]!r}")
+    return _parse_top(top_raw, cfg.max_top), fusion, uploads
 
 
 def _b64(text: str, i: int) -> bytes:
@@ -140,7 +148,7 @@ def _parse_top(raw: object, max_top: int) -> int:
     return top
 
 
-def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int):
+def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: str):
     """(Worker thread) decode every photo with the CLI's checks, then embed and search them as one batch."""
     cfg = srv.cfg
     images, names, bad, too_large = [], [], [], []
@@ -154,8 +162,7 @@ def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int):
             bad.append(str(exc))
     if bad or too_large:
         raise ApiError(400 if bad else 413, "; ".join(bad + too_large))
-    results, _ = srv.live.query(images, names, top)
-    return results
+    return srv.live.query(images, names, top, fusion)
 
 
 def _etag(content_hash: str | None, spec_hash: str) -> str:
@@ -165,17 +172,6 @@ def _etag(content_hash: str | None, spec_hash: str) -> str:
 def _hit(h, base: str, spec_hash: str) -> dict:
     return {"rank": h.rank, "id": h.id, "path": h.path, "label": h.label, "distance": round(h.distance, 6),
             "kind": h.kind, "preview": f"{base}api/shapes/{h.id}/preview.png?v={_etag(h.content_hash, spec_hash)}"}
-
-
-def _fuse(per_photo: list[dict], top: int) -> list[dict]:
-    """Several photos of one object: every shape once, at its smallest distance to any photo."""
-    best: dict[int, dict] = {}
-    for res in per_photo:
-        for h in res["hits"]:
-            if h["id"] not in best or h["distance"] < best[h["id"]]["distance"]:
-                best[h["id"]] = h
-    fused = sorted(best.values(), key=lambda h: (h["distance"], h["id"]))[:top]
-    return [{**h, "rank": i + 1} for i, h in enumerate(fused)]
 
 
 # ------------------------------------------------------------------------ shapes
