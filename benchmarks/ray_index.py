@@ -7,15 +7,20 @@ Indexes the first N Sweet Home 3D models of the curated class map (the files
 each run in a fresh home and pinned with ``taskset`` to the cores it is given:
 
 * ``plain``: ``ftspl index add MESHES`` on every core of ``--cores``' largest entry;
-* ``cpu_ms_per_mesh``: CPU time of the command and all its descendants (Ray's
-  workers included: this script adopts orphans) for one more mesh, from a run on
-  N and one on ``--baseline-meshes`` B: ``(CPU(N) - CPU(B)) / (N - B)``, so start-up
-  cancels out and the figure holds on a busy machine;
 * ``ray_K``: ``ftspl index add MESHES --ray local`` pinned to K cores (Ray sees K
-  CPUs and sizes its actor pools from them). ``startup_s`` is Ray's start plus the
-  actors' (interpreters, GL context, onnxruntime session) until the first results;
-  ``steady_shapes_per_s`` is the rate after that. ``scaling_efficiency`` is
-  ``steady(K) / (K * steady(1))``.
+  CPUs and sizes its actor pools from them); ``first_result_s`` is Ray's start plus
+  the actors' (interpreters, GL context, onnxruntime session) until the first results.
+
+Each configuration indexes N meshes and, in another fresh home, ``--baseline-meshes``
+B of them, so that start-up cancels out of the per-mesh figures:
+
+* ``marginal_shapes_per_s``: ``(N - B) / (seconds(N) - seconds(B))``, by the
+  command's own clock; ``scaling_efficiency`` is ``marginal(K) / (K * marginal(1))``.
+  Wall figures need a quiet machine: under load a run's share of the cores
+  depends on how many threads it has, so ``load_average`` is reported;
+* ``cpu_ms_per_mesh``: ``(CPU(N) - CPU(B)) / (N - B)``, the user + system time of
+  the command and every process under it (Ray's workers included, sampled from
+  /proc), which holds on a busy machine too.
 
 Each Ray index is compared with the plain one: the same paths, and the largest
 difference of any embedding value (``max_abs_diff``). ``--merge-rows R`` also
@@ -57,10 +62,66 @@ def log(msg: str) -> None:
 
 
 def become_subreaper() -> None:
-    """Adopt orphaned descendants (Ray's workers outlive the raylet that forked them), so their CPU time counts."""
+    """Adopt orphaned descendants (Ray's workers can outlive the raylet that forked them): they stay in the sampled tree and are waited for."""
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+class TreeCpu:
+    """CPU seconds of every descendant of this process, sampled from /proc every ``every_s`` seconds.
+
+    ``getrusage(RUSAGE_CHILDREN)`` misses Ray's workers (they are reaped by Ray's
+    own processes or outlive the command), so each descendant's own user + system
+    time is read while it lives; a process loses at most its last ``every_s``.
+    """
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        import threading
+
+        self.every_s, self.seen = every_s, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        parent: dict[int, int] = {}
+        cpu: dict[int, tuple[str, float]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    text = fh.read()
+            except OSError:
+                continue
+            fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) "
+            pid = int(entry.name)
+            parent[pid] = int(fields[1])
+            cpu[pid] = (fields[19], (int(fields[11]) + int(fields[12])) / self._tick)  # starttime, utime+stime
+        me = os.getpid()
+        for pid in cpu:
+            p, hops = pid, 0
+            while p in parent and p != me and hops < 64:
+                p, hops = parent[p], hops + 1
+            if p == me and pid != me:
+                self.seen[(pid, cpu[pid][0])] = cpu[pid][1]
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def __enter__(self) -> TreeCpu:  # noqa: PYI034
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seen.values())
 
 
 def reap_all(timeout_s: float = 30.0) -> None:
@@ -78,19 +139,16 @@ def reap_all(timeout_s: float = 30.0) -> None:
 
 def ftspl(home: Path, args: list[str], cores: list[int] | None = None, timeout: float = 1800) -> tuple[dict, float, float]:
     """Run the real CLI (pinned to ``cores``); (its --json output, wall seconds, CPU seconds of it and every descendant)."""
-    import resource
-
     env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "ftspl", *args, "--json"]
     if cores:
         cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    wall = time.perf_counter() - t
-    reap_all()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with TreeCpu() as tree:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+        wall = time.perf_counter() - t
+        reap_all()
+    cpu = tree.seconds
     lines = r.stdout.strip().splitlines()
     if r.returncode not in (0, 1) or not lines:
         sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -190,10 +248,11 @@ def merge_bench(home: Path, rows: int, src: dict[str, np.ndarray]) -> dict:
 
 def run_config(src: Path, name: str, meshes: Path, cores: list[int], extra: list[str]) -> dict:
     home = fresh_home(src, name)
+    load = os.getloadavg()[0]
     res, wall, cpu = ftspl(home, ["index", "add", str(meshes), *extra], cores=cores)
     ray = res.get("ray", {})
     return {"seconds": res["seconds"], "shapes_per_s": res["shapes_per_s"], "added": res["added"], "failed": res["failed"],
-            "process_wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "process_wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "load_1min_before": round(load, 2),
             **{k: ray[k] for k in ("connect_s", "first_result_s", "steady_shapes_per_s", "render_actors",
                                    "encode_actors", "cpus_per_actor") if k in ray}}
 
@@ -226,7 +285,9 @@ def main() -> None:
             log(f"{name} (run {rep + 1}/{args.repeat}) on cores {cores}: {args.meshes} and {args.baseline_meshes} meshes")
             row = run_config(src, name, big, cores, extra)
             base = run_config(src, name + "-base", small, cores, extra)
-            row["cpu_ms_per_mesh"] = round(1000 * (row["cpu_s"] - base["cpu_s"]) / (args.meshes - args.baseline_meshes), 1)
+            extra_meshes = args.meshes - args.baseline_meshes
+            row["cpu_ms_per_mesh"] = round(1000 * (row["cpu_s"] - base["cpu_s"]) / extra_meshes, 1)
+            row["marginal_shapes_per_s"] = round(extra_meshes / max(1e-9, row["seconds"] - base["seconds"]), 3)
             row["baseline"] = base
             if name != "plain":
                 a, b = embeddings(WORK / "runs" / "plain"), embeddings(WORK / "runs" / name)
@@ -240,11 +301,11 @@ def main() -> None:
             vals = [r[key] for r in rows if r.get(key) is not None]
             return round(statistics.median(vals), 3) if vals else None
 
-        summary[name] = {k: med(k) for k in ("shapes_per_s", "steady_shapes_per_s", "first_result_s", "connect_s",
+        summary[name] = {k: med(k) for k in ("shapes_per_s", "marginal_shapes_per_s", "first_result_s", "connect_s",
                                              "cpu_ms_per_mesh", "max_abs_diff")}
-    one = summary.get("ray_1", {}).get("steady_shapes_per_s")
+    one = summary.get("ray_1", {}).get("marginal_shapes_per_s")
     for k in args.cores:
-        rate = summary[f"ray_{k}"]["steady_shapes_per_s"]
+        rate = summary[f"ray_{k}"]["marginal_shapes_per_s"]
         if one and rate:
             summary[f"ray_{k}"]["scaling_efficiency"] = round(rate / (k * one), 3)
     if args.merge_rows:
