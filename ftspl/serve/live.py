@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ftspl.engine.home import Home
@@ -111,10 +111,9 @@ class LiveIndex:
         return model
 
     def state(self) -> ReaderState:
+        """What is served now (no lock: safe on the event loop), with the follower's last error if any."""
         st = self.reader.state()
-        if self.last_error:
-            st.warnings.append(self.last_error)
-        return st
+        return replace(st, warnings=(*st.warnings, self.last_error)) if self.last_error else st
 
     def query(self, images: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION) -> tuple[list[QueryResult], list | None]:
         """Embed the photos as one batch and search (blocking: call it from a worker thread).

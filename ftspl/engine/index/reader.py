@@ -71,14 +71,18 @@ class RefreshReport:
     rebuilt: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReaderState:
-    """A consistent picture of what the reader serves (taken under its lock)."""
+    """A consistent picture of what the reader serves, replaced whole on every change.
+
+    Reading it takes no lock (one attribute read), so an event loop may ask for
+    it while a delta is being applied. Treat ``labels`` as read-only.
+    """
 
     generation: int
     count: int
     labels: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
 
 
 class RWLock:
@@ -155,6 +159,7 @@ class Reader:
             # applied is harmless (add replaces, remove ignores), missing one is not
             self.generation = self.store.generation()
             self.ann = lib.open_ann(self.store)
+            self._publish()
         except BaseException:
             # never exit while onnxruntime is still building a session in the warm thread:
             # tearing down its thread pool mid-build aborts the process (SIGABRT)
@@ -171,7 +176,7 @@ class Reader:
         with self._store_lock:
             self.store.close()
 
-    def __enter__(self) -> "Reader":
+    def __enter__(self) -> Reader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -241,9 +246,12 @@ class Reader:
         return [QueryResult(n, h, gen) for n, h in zip(names, hits)]
 
     def state(self) -> ReaderState:
-        """Generation, shape count, labels and warnings, taken together."""
-        with self._ann_lock.read():
-            return ReaderState(self.generation, len(self.ann), dict(self.labels or {}), list(self.warnings))
+        """Generation, shape count, labels and warnings, taken together (no lock, never blocks)."""
+        return self._state
+
+    def _publish(self) -> None:
+        """Replace :meth:`state`'s snapshot (by the thread that changes the reader, after the change)."""
+        self._state = ReaderState(self.generation, len(self.ann), dict(self.labels or {}), tuple(self.warnings))
 
     # -- following the writer ---------------------------------------------------
     def refresh(self) -> RefreshReport | None:
@@ -257,8 +265,8 @@ class Reader:
             try:
                 return self._refresh()
             except IndexStateError as exc:  # e.g. a --rebuild that has not created its tables yet
-                self._set_warnings([f"the index cannot be followed right now ({exc}); answers stay at "
-                                    f"generation {self.generation}"])
+                self._set_warnings([f"the index cannot be followed right now ({exc}); answers stay at generation "
+                                    + str(self.generation)])
                 return None
 
     def _refresh(self) -> RefreshReport | None:
@@ -268,8 +276,8 @@ class Reader:
         try:
             fid = _file_id(self.lib.store_path)
         except FileNotFoundError:
-            self._set_warnings([f"{self.lib.store_path} is missing (being rebuilt?); answers stay at "
-                                f"generation {self.generation}", *notes])
+            stay = f"answers stay at generation {self.generation}"
+            self._set_warnings([f"{self.lib.store_path} is missing (being rebuilt?); {stay}", *notes])
             return None
         replaced = fid != self._file_id
         if self._follow is None or replaced:
@@ -303,6 +311,7 @@ class Reader:
                 if len(ids):
                     self.ann.add(ids, vecs)
                 self.generation, self.labels, self.info = gen, labels, info
+                self._publish()
         self._set_warnings(notes)
         return RefreshReport(gen, added=len(ids), removed=len(removed), rebuilt=rebuild)
 
@@ -318,6 +327,7 @@ class Reader:
         store = ShapeStore(self.lib.store_path, readonly=True, check_same_thread=False) if new_file else None
         with self._ann_lock.write():
             self.ann, self.generation, self.labels, self.info = fresh, gen, labels, info
+            self._publish()
             if store is not None:
                 with self._store_lock:
                     self.store, store = store, self.store
@@ -353,7 +363,9 @@ class Reader:
         return []
 
     def _set_warnings(self, warnings: list[str]) -> None:
-        self.warnings = warnings  # one reference swap: readers see the old list or the new one
+        if warnings != self.warnings:
+            self.warnings = warnings
+            self._publish()
 
 
-__all__ = ["Reader", "Hit", "QueryResult", "ReaderState", "RefreshReport", "RWLock", "SWAP_OVER"]
+__all__ = ["SWAP_OVER", "Hit", "QueryResult", "RWLock", "Reader", "ReaderState", "RefreshReport"]
