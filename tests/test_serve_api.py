@@ -378,3 +378,50 @@ def test_serving_path_imports_neither_torch_nor_pydantic():
             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
     mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert "starlette" in mods and not mods & {"torch", "pydantic", "fastapi"}
+
+
+def test_rwlock_writer_waits_for_readers_and_holds_back_new_ones():
+    """hnswlib's safety rests on this lock: a delta never overlaps a query, and queries cannot starve it."""
+    from ftspl.engine.index.reader import RWLock
+
+    lock, order = RWLock(), []
+    first_in, release_first, writer_in, release_writer = (threading.Event() for _ in range(4))
+
+    def first_reader():
+        with lock.read():
+            first_in.set()
+            assert release_first.wait(30)
+            order.append("reader 1 out")
+
+    def writer():
+        with lock.write():
+            order.append("writer in")
+            writer_in.set()
+            assert release_writer.wait(30)
+            order.append("writer out")
+
+    def late_reader():
+        with lock.read():
+            order.append("reader 2 in")
+
+    threads = [threading.Thread(target=first_reader)]
+    threads[0].start()
+    assert first_in.wait(30)
+    threads.append(threading.Thread(target=writer))
+    threads[1].start()
+    import time
+
+    deadline = time.monotonic() + 30
+    while not lock._writers_waiting:  # until the writer is queued behind reader 1
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.001)
+    threads.append(threading.Thread(target=late_reader))
+    threads[2].start()
+    assert not writer_in.wait(0.2)  # reader 1 still holds it
+    release_first.set()
+    assert writer_in.wait(30)
+    assert "reader 2 in" not in order  # held back while the writer works
+    release_writer.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["reader 1 out", "writer in", "writer out", "reader 2 in"]
