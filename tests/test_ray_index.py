@@ -30,7 +30,7 @@ GALLERY_MESHES = 7  #: meshes in the test gallery; it also holds one view folder
 
 def test_plan_splits_cpus_by_stage_cost_and_gives_each_gpu_an_encoder() -> None:
     p = plan_actors(16, 0, "auto")
-    assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.encode_gpus, p.encode_device) == (6, 10, 1.0, 0.0, "cpu")
+    assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.encode_gpus, p.encode_device) == (5, 11, 1.0, 0.0, "cpu")
     p = plan_actors(16, 2, "auto")
     assert (p.render_actors, p.encode_actors, p.encode_gpus, p.encode_device) == (14, 2, 1.0, "auto")
     assert plan_actors(16, 2, "cpu").encode_gpus == 0.0  # --device cpu never asks Ray for a GPU

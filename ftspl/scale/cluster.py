@@ -15,9 +15,10 @@ from ftspl.engine.errors import FtsplError, UsageError
 
 log = logging.getLogger(__name__)
 
-#: share of a mesh's CPU time spent loading + rendering (the rest is encoding):
-#: ``benchmarks/stages.py`` measured about 37% on SH3D meshes, llvmpipe, one thread each
-RENDER_SHARE = 0.4
+#: share of a mesh's CPU time in the render actors (load + render + preview); the encode actors
+#: preprocess and encode. ``benchmarks/stages.py --json``: load 7.8 + render 45.2 of 170.4 CPU ms
+#: per SH3D mesh (preprocess 15.4, encode 102.0), one thread each: 31%, plus the preview PNG.
+RENDER_SHARE = 0.33
 LOCAL_OBJECT_STORE_BYTES = 2 << 30  #: cap for ``--ray local`` (Ray's default is 30% of RAM)
 
 
