@@ -40,8 +40,11 @@ def _finish(report, summary: dict, as_json: bool, line: str) -> None:
 
 def index_add_scaled(root: Path, cfg, home, runtime, as_json: bool, ray: str | None, shards: Path | None) -> None:
     """``index add`` with Ray rendering and encoding, and/or Parquet shards instead of the index."""
+    from ftspl.engine.errors import UsageError
     from ftspl.engine.index.library import Library
 
+    if shards is not None and cfg.rebuild:
+        raise UsageError("--rebuild does not apply to --shards: shards mode never opens the index")
     lib = Library(home, runtime)
     producer = None
     if ray is not None:

@@ -281,7 +281,9 @@ class Library:
                 store.ensure_compatible(
                     self.manifest.model_id, self.manifest.model_hash, spec.digest(), self.manifest.embed_dim
                 )
-                store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
+                spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+                if store.get_info().get("render_spec") != spec_json:
+                    store.set_info("render_spec", spec_json)
                 ann = self.open_ann(store, cfg=cfg)
                 sink = IndexSink(store, ann, cfg, report, lambda: self._save_ann(ann, store))
                 shards.merge_rows(files, store.entries(), sink, report, cfg.commit_every,
