@@ -31,8 +31,10 @@ GALLERY_MESHES = 7  #: meshes in the test gallery; it also holds one view folder
 def test_plan_splits_cpus_by_stage_cost_and_gives_each_gpu_an_encoder() -> None:
     p = plan_actors(16, 0, "auto")
     assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.encode_gpus, p.encode_device) == (5, 11, 1.0, 0.0, "cpu")
-    p = plan_actors(16, 2, "auto")
-    assert (p.render_actors, p.encode_actors, p.encode_gpus, p.encode_device) == (14, 2, 1.0, "auto")
+    p = plan_actors(16, 2, "auto")  # each GPU actor preprocesses on 4 CPUs; the other 8 render
+    assert (p.render_actors, p.encode_actors, p.encode_gpus, p.encode_device, p.encode_cpus) == (8, 2, 1.0, "auto", 4.0)
+    p = plan_actors(4, 2, "cuda")  # too few CPUs for that: one each
+    assert (p.render_actors, p.encode_actors, p.encode_cpus, p.cpus_per_actor) == (2, 2, 1.0, 1.0)
     assert plan_actors(16, 2, "cpu").encode_gpus == 0.0  # --device cpu never asks Ray for a GPU
     p = plan_actors(1, 0, "auto")  # one CPU, two actors: half a CPU each
     assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.llvmpipe_threads) == (1, 1, 0.5, 1)
@@ -56,6 +58,28 @@ def test_bad_ray_targets_fail_in_seconds_with_one_line(model_home: Path, tmp_pat
     r = run_ftspl(model_home, "index", "add", str(tmp_path / "g"), "--ray", "127.0.0.1:1", timeout=60)
     assert r.returncode == 1 and time.monotonic() - t0 < 30
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "nothing answers at 127.0.0.1:1" in r.stderr
+
+
+def test_encode_stage_matches_the_local_encoder_with_several_preprocessing_threads(exported_models: Path) -> None:
+    """The actor class alone (no Ray): failed rows pass through, embeddings equal the engine's."""
+    from ftspl.engine.home import Home
+    from ftspl.engine.model.encoders import Encoders, RuntimeConfig
+    from ftspl.engine.model.preprocess import views_to_tensor
+    from ftspl.scale.stages import EncodeStage, model_files
+
+    model_dir = Home(exported_models.parent).active_model_dir()
+    rng = np.random.default_rng(2)
+    views = rng.integers(0, 256, (3, 12, 224, 224, 3), dtype=np.uint8)
+    batch = {"path": np.array(["/a", "/b", "/c"], dtype=object), "faces": np.array([5, -1, 7]),
+             "preview": np.array([b"p", b"", b"q"], dtype=object), "error": np.array(["", "bad file", ""], dtype=object),
+             "views": views}
+    local = Encoders(model_dir, RuntimeConfig(device="cpu", intra_op_threads=1))
+    want = local.embed_views(np.stack([views_to_tensor(views[i], local.preprocess) for i in (0, 2)]))
+    for prep_threads in (1, 3):
+        out = EncodeStage(model_files(model_dir), "cpu", threads=1, prep_threads=prep_threads)(batch)
+        assert list(out["error"]) == ["", "bad file", ""] and list(out["faces"]) == [5, -1, 7]
+        assert np.abs(out["embedding"][[0, 2]] - want).max() <= 1e-6
+        assert not out["embedding"][1].any()  # a failed row carries no embedding
 
 
 # ---------------------------------------------------------------- with a local Ray

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 #: preprocess and encode. ``benchmarks/stages.py --json``: load 7.8 + render 45.2 of 170.4 CPU ms
 #: per SH3D mesh (preprocess 15.4, encode 102.0), one thread each: 31%, plus the preview PNG.
 RENDER_SHARE = 0.33
+GPU_ENCODE_CPUS = 4  #: CPUs a GPU encode actor preprocesses on (15 ms a mesh each: about 260 meshes/s)
 LOCAL_OBJECT_STORE_BYTES = 2 << 30  #: cap for ``--ray local`` (Ray's default is 30% of RAM)
 
 
@@ -108,9 +109,10 @@ class ActorPlan:
 
     render_actors: int
     encode_actors: int
-    cpus_per_actor: float
+    cpus_per_actor: float  #: CPUs of a render actor (and of a CPU encode actor)
     encode_gpus: float  #: GPUs per encode actor (0: CPU encoding, and no GPU is requested at all)
     encode_device: str  #: the onnxruntime device inside an encode actor (auto: CUDA when it works there)
+    encode_cpus: float = 1.0  #: CPUs of an encode actor; a GPU one preprocesses on several threads
 
     @property
     def llvmpipe_threads(self) -> int:
@@ -122,8 +124,11 @@ def plan_actors(cpus: float, gpus: float, device: str, render_actors: int | None
     """Split the cluster between the stages by their measured cost.
 
     With GPUs (and ``device`` not ``cpu``) each GPU gets one encode actor and the
-    CPUs render. On CPUs alone, :data:`RENDER_SHARE` of them render and the rest
-    encode. Fewer CPUs than actors: each actor asks for a fraction of one.
+    other CPUs render. Preprocessing stays on the CPU (views travel as uint8), at
+    15 ms a mesh on one thread (``benchmarks/stages.py``), so a GPU encode actor
+    takes up to :data:`GPU_ENCODE_CPUS` CPUs for it when the cluster has them.
+    On CPUs alone, :data:`RENDER_SHARE` of them render and the rest preprocess
+    and encode. Fewer CPUs than actors: each actor asks for a fraction of one.
     """
     if cpus < 1:
         raise FtsplError(f"the Ray cluster offers {cpus:g} CPUs; it needs at least 1")
@@ -132,12 +137,14 @@ def plan_actors(cpus: float, gpus: float, device: str, render_actors: int | None
         raise FtsplError("--device cuda: the Ray cluster has no GPUs; use --device auto or cpu")
     if use_gpu:
         enc = encode_actors or int(gpus)
-        ren = render_actors or max(1, int(cpus) - enc)
-    else:
-        ren = render_actors or max(1, round(cpus * RENDER_SHARE))
-        enc = encode_actors or max(1, int(cpus) - ren)
+        enc_cpus = float(GPU_ENCODE_CPUS) if cpus >= enc * GPU_ENCODE_CPUS + 1 else 1.0
+        ren = render_actors or max(1, int(cpus - enc * enc_cpus))
+        per = min(1.0, max(cpus - enc * enc_cpus, 1.0) / ren)
+        return ActorPlan(ren, enc, per, 1.0, device, enc_cpus)
+    ren = render_actors or max(1, round(cpus * RENDER_SHARE))
+    enc = encode_actors or max(1, int(cpus) - ren)
     per = min(1.0, cpus / (ren + enc))
-    return ActorPlan(ren, enc, per, 1.0 if use_gpu else 0.0, device if use_gpu else "cpu")
+    return ActorPlan(ren, enc, per, 0.0, "cpu", per)
 
 
 def cluster_resources() -> tuple[float, float]:

@@ -97,8 +97,8 @@ class RayProducer:
         ds = ds.map_batches(
             EncodeStage, batch_size=GPU_BATCH if gpu else cfg.batch_shapes, batch_format="numpy",
             fn_constructor_kwargs={"model_files": model_files(self.model_dir), "device": plan.encode_device,
-                                   "threads": threads},
-            compute=ray.data.ActorPoolStrategy(size=plan.encode_actors), num_cpus=plan.cpus_per_actor, **gpu,
+                                   "threads": threads, "prep_threads": max(1, int(plan.encode_cpus))},
+            compute=ray.data.ActorPoolStrategy(size=plan.encode_actors), num_cpus=plan.encode_cpus, **gpu,
         )
         return ds
 

@@ -77,7 +77,7 @@ class EncodeStage:
     manifest's sha256 on load.
     """
 
-    def __init__(self, model_files: dict[str, bytes], device: str, threads: int) -> None:
+    def __init__(self, model_files: dict[str, bytes], device: str, threads: int, prep_threads: int = 1) -> None:
         from ftspl.engine.model.encoders import (
             MULTIVIEW_ENCODER,
             Encoders,
@@ -90,6 +90,11 @@ class EncodeStage:
         self.encoders = Encoders(self.dir, RuntimeConfig(device=device, intra_op_threads=threads))
         self.encoders.session(MULTIVIEW_ENCODER)  # fail in the constructor, not on the first batch
         self.dim = self.encoders.manifest.embed_dim
+        self.prep = None  # preprocessing threads (numpy's take releases the GIL): a GPU actor has several CPUs
+        if prep_threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="ftspl-prep")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ftspl.engine.model.preprocess import views_to_tensor
@@ -99,11 +104,16 @@ class EncodeStage:
         emb = np.zeros((len(errors), self.dim), np.float32)
         if len(ok):
             pre = self.encoders.preprocess
-            emb[ok] = self.encoders.embed_views(np.stack([views_to_tensor(batch["views"][i], pre) for i in ok]))
+            views = [batch["views"][i] for i in ok]
+            tensors = list(self.prep.map(lambda v: views_to_tensor(v, pre), views)) if self.prep else [
+                views_to_tensor(v, pre) for v in views]
+            emb[ok] = self.encoders.embed_views(np.stack(tensors))
         return {"path": batch["path"], "faces": batch["faces"], "preview": batch["preview"], "error": errors,
                 "embedding": emb}
 
     def __del__(self) -> None:
+        if getattr(self, "prep", None) is not None:
+            self.prep.shutdown(wait=False)
         shutil.rmtree(getattr(self, "dir", ""), ignore_errors=True)
 
 
