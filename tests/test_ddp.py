@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -95,7 +96,7 @@ def test_a_group_that_cannot_form_is_an_error_not_one_process(monkeypatch):
     monkeypatch.setenv("RANK", "1")  # a worker whose master never answers
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))
-    monkeypatch.setenv("FTSPL_DIST_INIT_TIMEOUT_S", "2")
+    monkeypatch.setenv("FTSPL_DIST_INIT_TIMEOUT_S", "1")
     with pytest.raises(FtsplError, match="rank 1 of 2 could not form the gloo process group at 127.0.0.1"), \
             session("cpu"):
         pass
@@ -361,5 +362,5 @@ def test_torchrun_cli_and_the_nproc_launcher(tiny, tmp_path):  # noqa: F811
                        check=False, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 2, r.stderr[-3000:]
     assert "already holds a run; pass --resume" in r.stderr
-    assert "training process rank 0 of 2 exited with code 2" in r.stderr
+    assert re.search(r"training process rank [01] of 2 exited with code 2", r.stderr), r.stderr[-3000:]
     assert "Traceback" not in r.stderr, r.stderr[-3000:]

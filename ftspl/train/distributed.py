@@ -329,8 +329,8 @@ def worker_world() -> int:
 def launch(nproc: int, argv: list[str]) -> None:
     """Run ``python -m ftspl ARGV`` as ``nproc`` processes on this machine (what ``torchrun --standalone`` does).
 
-    Returns when every process has finished; a failed process is an
-    :class:`FtsplError` carrying its exit code (its own message is printed by it).
+    Returns when every process has finished; a failure is an :class:`FtsplError`
+    carrying the exit code of the process that failed first (which printed its own message).
     """
     import sys
     import uuid
@@ -348,7 +348,7 @@ def launch(nproc: int, argv: list[str]) -> None:
     try:
         elastic_launch(config, sys.executable)("-m", "ftspl", *argv)
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        rank, failure = exc.get_first_failure()
         err = FtsplError(
             f"training process rank {rank} of {nproc} exited with code {failure.exitcode} "
             "(its message is above); the run folder keeps the last finished round: add --resume to continue"
