@@ -21,7 +21,12 @@ from ftspl.engine.index.ann import (
     make_index,
     read_manifest,
 )
-from ftspl.engine.index.graph import EF_AUTO_MAX, auto_ef, import_wheel
+from ftspl.engine.index.graph import (
+    EF_AUTO_MAX,
+    auto_ef,
+    huge_pages_for_new_memory,
+    import_wheel,
+)
 
 DIM = 16
 
@@ -457,3 +462,29 @@ def test_save_is_fsynced_through_os_replace(tmp_path, monkeypatch) -> None:
     assert len(calls) == 1
     src, dst = calls[0]
     assert dst == str(tmp_path / "e.ann") and os.path.dirname(src) == str(tmp_path)
+
+
+def _anon_huge_kb(addr: int) -> int:
+    """AnonHugePages of the mapping of this process that holds ``addr``."""
+    inside = False
+    with open("/proc/self/smaps", encoding="ascii") as fh:
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= addr < end
+            elif inside and head == "AnonHugePages:":
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux only")
+def test_memory_allocated_in_the_block_moves_to_huge_pages_intact() -> None:
+    with huge_pages_for_new_memory() as report:
+        big = np.arange(12 << 20, dtype=np.int64)  # 96 MiB, touched
+    np.testing.assert_array_equal(big[[0, 12345, -1]], [0, 12345, (12 << 20) - 1])
+    if report.collapsed == 0:
+        pytest.skip(f"this kernel gave no huge pages ({report.refused} bytes refused)")
+    assert report.collapsed >= 64 << 20
+    assert _anon_huge_kb(big.ctypes.data + (32 << 20)) > 0
+    assert int(big.sum()) == (12 << 20) * ((12 << 20) - 1) // 2  # every value survived the move

@@ -41,6 +41,7 @@ from ftspl.engine.index.graph import (
     auto_ef,
     check_ef,
     drop_stale_payloads,
+    huge_pages_for_new_memory,
     import_wheel,
 )
 
@@ -247,7 +248,7 @@ class FaissHnswIndex(AnnIndex):
         params = manifest.get("params") or {}
         dim = int(manifest["dim"])
         try:
-            with open(payload, "rb") as fh:
+            with open(payload, "rb") as fh, huge_pages_for_new_memory():
                 labels = np.load(fh, allow_pickle=False)
                 live = np.load(fh, allow_pickle=False)
                 raw = faiss.read_index(faiss.PyCallbackIOReader(fh.read))

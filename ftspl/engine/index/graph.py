@@ -1,4 +1,4 @@
-"""What the HNSW-graph backends share: the size-aware default beam and payload clean-up.
+"""What the HNSW-graph backends share: the size-aware default beam, huge pages, payload clean-up.
 
 All three graph backends (``hnsw``, ``faiss-hnsw``, ``usearch``) search a
 beam of ``ef`` candidates. A fixed ``ef`` that is plenty at 100k shapes loses
@@ -6,14 +6,25 @@ recall as the graph grows (hnswlib M 32: recall@10 0.9995 at 100k but 0.931 at
 1M with ef 128), so an index built without an explicit ``ef_search`` picks its
 beam from its current size (:func:`auto_ef`), anchored on each backend's
 measured figures (``benchmarks/run.py --ann-only N``, ``docs/PERFORMANCE.md``).
+
+A graph search reads ~1 KB vectors at random all over an index of ~1.3 KB per
+shape, so at 1M shapes nearly every hop misses the TLB when the index sits in
+4 KiB pages. :func:`huge_pages_for_new_memory` moves what a load allocated into
+2 MiB pages (Linux ``MADV_COLLAPSE``): queries got 22% faster at 300k vectors
+here (faiss, ef 256: p50 0.82 -> 0.64 ms), for about 0.5 s per GB at load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
+import logging
 import math
 import re
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -24,6 +35,13 @@ EF_ANCHOR_SMALL = 100_000
 EF_ANCHOR_LARGE = 1_000_000
 #: Beam never wider than this, however large the index.
 EF_AUTO_MAX = 4096
+
+log = logging.getLogger(__name__)
+
+HUGE_PAGE = 2 << 20
+MADV_COLLAPSE = 25  # Linux >= 6.1
+#: Regions below this are left alone (small allocations are not worth a collapse).
+HUGE_PAGE_MIN_REGION = 16 << 20
 
 
 def auto_ef(n: int, ef_small: int, ef_large: int) -> int:
@@ -73,3 +91,62 @@ def import_wheel(module: str, pip_name: str, backend: str) -> ModuleType:
             f"the {backend!r} vector index needs {pip_name} ({exc}); `pip install {pip_name}`, "
             "or rebuild with another backend"
         ) from None
+
+
+def _anonymous_regions() -> set[tuple[int, int]]:
+    """(start, end) of this process's writable anonymous mappings."""
+    regions = set()
+    with open("/proc/self/maps", encoding="ascii") as fh:
+        for line in fh:
+            parts = line.split()
+            if len(parts) == 5 and parts[1].startswith("rw"):
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                regions.add((start, end))
+    return regions
+
+
+@dataclass
+class HugePageReport:
+    """What :func:`huge_pages_for_new_memory` did: bytes moved to huge pages, bytes refused."""
+
+    collapsed: int = 0
+    refused: int = 0
+
+
+@contextlib.contextmanager
+def huge_pages_for_new_memory() -> Iterator[HugePageReport]:
+    """Collapse the large anonymous mappings created inside the block into 2 MiB pages.
+
+    Linux only, best effort: an older kernel, THP set to ``never`` or no free huge
+    pages leave the memory as it is (counted in ``refused``, logged at debug level).
+    The collapse works whatever ``/sys/kernel/mm/transparent_hugepage/enabled``
+    says short of ``never``.
+    """
+    report = HugePageReport()
+    try:
+        before = _anonymous_regions() if sys.platform.startswith("linux") else None
+    except OSError:
+        before = None
+    yield report
+    if before is None:
+        return
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        for start, end in sorted(_anonymous_regions() - before):
+            lo, hi = -(-start // HUGE_PAGE) * HUGE_PAGE, end // HUGE_PAGE * HUGE_PAGE
+            if hi - lo < HUGE_PAGE_MIN_REGION:
+                continue
+            if madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
+                report.collapsed += hi - lo
+                continue
+            # One refused piece (e.g. reserved but never written) fails the whole call: go 2 MiB at a time.
+            for at in range(lo, hi, HUGE_PAGE):
+                if madvise(at, HUGE_PAGE, MADV_COLLAPSE) == 0:
+                    report.collapsed += HUGE_PAGE
+                else:
+                    report.refused += HUGE_PAGE
+            if report.refused:
+                log.debug("huge pages: %d MiB refused (errno %d)", report.refused >> 20, ctypes.get_errno())
+    except (OSError, AttributeError) as exc:
+        log.debug("huge pages unavailable: %s", exc)

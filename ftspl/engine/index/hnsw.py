@@ -17,7 +17,7 @@ from ftspl.engine.index.ann_base import (
     check_batch,
     check_k,
 )
-from ftspl.engine.index.graph import auto_ef, check_ef
+from ftspl.engine.index.graph import auto_ef, check_ef, huge_pages_for_new_memory
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,8 @@ class HnswIndex(AnnIndex):
         dim = int(manifest["dim"])
         raw = hnswlib.Index(space="l2", dim=dim)
         try:
-            raw.load_index(str(payload), allow_replace_deleted=True)
+            with huge_pages_for_new_memory():
+                raw.load_index(str(payload), allow_replace_deleted=True)
         except RuntimeError as exc:
             raise IndexStateError(f"{payload}: corrupt HNSW index ({exc}); " + REBUILD) from None
         if raw.dim != dim:

@@ -34,6 +34,7 @@ from ftspl.engine.index.graph import (
     auto_ef,
     check_ef,
     drop_stale_payloads,
+    huge_pages_for_new_memory,
     import_wheel,
 )
 
@@ -200,7 +201,8 @@ class UsearchIndex(AnnIndex):
         params = manifest.get("params") or {}
         dim = int(manifest["dim"])
         try:
-            raw = Index.restore(os.fspath(payload))
+            with huge_pages_for_new_memory():
+                raw = Index.restore(os.fspath(payload))
         except (OSError, ValueError, RuntimeError) as exc:
             raise IndexStateError(f"{payload}: corrupt USearch index ({exc}); " + REBUILD) from None
         if (
