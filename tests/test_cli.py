@@ -320,6 +320,14 @@ def test_symlinked_gallery_is_indexed_and_verbose_after_the_command(home, tmp_pa
     assert stats["count"] == 7 and stats["labels"] == {"chairs": 3, "tables": 3, "lamps": 1}
     r = run(h2, "index", "verify", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["shapes"] == 7, r.stdout + r.stderr
+    # again: the linked shapes are known (stored under their resolved paths), nothing is re-embedded
+    again = json.loads(run(h2, "index", "add", str(gal), "--json").stdout.strip().splitlines()[-1])
+    assert again["added"] == 0 and again["updated"] == 0 and again["unchanged"] == 7, again
+    # removing a folder of links removes what it reaches, and only that
+    r = run(h2, "index", "remove", str(gal / "lamps"), "--json")
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(run(h2, "index", "stats", "--json").stdout)
+    assert stats["count"] == 6 and stats["labels"] == {"chairs": 3, "tables": 3}, stats
 
     # without -v: no info lines; nothing found says what was skipped
     only_links = tmp_path / "only-links"
@@ -396,3 +404,30 @@ def test_doctor_json(home, tmp_path):
     assert r.returncode == 1
     out = json.loads(r.stdout)
     assert out["ok"] is False and {c["name"]: c["ok"] for c in out["checks"]}["model"] is False
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss-hnsw"])
+def test_library_builds_its_index_through_the_backend_registry(home, tmp_path, photo, backend):
+    """--ann-backend picks the registry entry a new index is built with; later opens keep it."""
+    from ftspl.engine.index.ann import read_manifest
+
+    h2 = _home_copy(home, tmp_path)
+    make_gallery(tmp_path / "gallery")
+    r = run(h2, "index", "add", str(tmp_path / "gallery"), "--ann-backend", backend, "--json")
+    assert r.returncode == 0, r.stderr
+    assert read_manifest(h2 / "index" / "shapes.hnsw")["backend"] == backend
+    q = run(h2, "query", str(photo), "--top", "3", "--json")
+    assert q.returncode == 0 and len(json.loads(q.stdout)["results"][0]["hits"]) == 3, q.stderr
+    assert run(h2, "index", "verify").returncode == 0
+    (tmp_path / "more" / "boxy").mkdir(parents=True)
+    trimesh.creation.box((3, 1, 2)).export(tmp_path / "more" / "boxy" / "b.stl")
+    assert run(h2, "index", "add", str(tmp_path / "more")).returncode == 0  # the default flag does not switch it
+    assert read_manifest(h2 / "index" / "shapes.hnsw")["backend"] == backend
+
+
+def test_unknown_ann_backend_lists_the_valid_ones(home, tmp_path):
+    h2 = _home_copy(home, tmp_path)
+    make_gallery(tmp_path / "gallery")
+    r = run(h2, "index", "add", str(tmp_path / "gallery"), "--ann-backend", "annoy")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "annoy" in r.stderr and "hnsw" in r.stderr and "exact" in r.stderr, r.stderr

@@ -83,8 +83,8 @@ def export(
 
 # ---------------------------------------------------------------------- train
 _PRESET_HELP = (
-    "Ablation preset: source_only, IDCA, ICAV, FT, FT_centroid_pl, SPL, FTSPL (default), FTSPL_global. "
-    "Explicit switches below override it."
+    "Ablation preset: source_only, IDCA, ICAV, FT, FT_centroid_pl, SPL, FTSPL (default), FTSPL_global; "
+    "the paper's Table I deep baselines: CORAL, DANN, MMD. Explicit switches below override it."
 )
 
 
@@ -98,6 +98,8 @@ def train(
     target: Path = typer.Option(..., "--target", help="Unlabelled shapes: a folder of meshes / 12-view folders or a list file."),
     out: Path = typer.Option(Path(_TRAIN["out"]), "--out", help="Run folder (checkpoint, config, metrics)."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="Held-out labelled photos for per-round retrieval metrics."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation photos (never trained on) that choose the best round; default: carve --val-frac of --source."),
+    val_frac: float = typer.Option(_TRAIN["val_frac"], "--val-frac", help="Share of each class's --source photos held out for validation when --val is not given (0: none; export then uses the last round)."),
     preset: str = typer.Option(_TRAIN["preset"], "--preset", help=_PRESET_HELP),
     mode: str = typer.Option(_TRAIN["mode"], "--mode", help="head (frozen backbone, cached features; minutes on CPU) or full."),
     backbone: str = typer.Option(_TRAIN["backbone"], "--backbone", help="efficientnet_lite0 or alexnet."),
@@ -108,6 +110,7 @@ def train(
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
     target_ce: Optional[bool] = typer.Option(None, "--target-ce/--no-target-ce", help="Cross-entropy on selected shapes."),
+    align_weight: Optional[float] = typer.Option(None, "--align-weight", help="Weight of the CORAL/DANN/MMD alignment loss beside the source cross-entropy (default 1)."),
     rounds: int = typer.Option(_TRAIN["rounds"], "--rounds", help="SPL rounds L."),
     epochs: int = typer.Option(_TRAIN["epochs"], "--epochs", help="Epochs per round."),
     warmup_epochs: int = typer.Option(_TRAIN["warmup_epochs"], "--warmup-epochs", help="Source-only epochs before round 1."),
@@ -125,12 +128,12 @@ def train(
     """Train the shared photo/shape encoder with FTSPL (labelled photos + unlabelled shapes)."""
     from ftspl.cli.commands import train_cmd
 
-    overrides = {k: v for k, v in dict(idca=idca, icav=icav, pseudo=pseudo, selection=selection, target_ce=target_ce).items() if v is not None}
+    overrides = {k: v for k, v in dict(idca=idca, icav=icav, pseudo=pseudo, selection=selection, target_ce=target_ce, align_weight=align_weight).items() if v is not None}
     settings = dict(
         source=str(source), target=str(target), out=str(out), queries=str(queries) if queries else None,
         backbone=backbone, weights=str(weights) if weights else None, mode=mode, rounds=rounds, epochs=epochs,
         warmup_epochs=warmup_epochs, lr=lr, lam=lam, batch_size=batch_size, augment_copies=augment_copies,
-        seed=seed, device=device,
+        seed=seed, device=device, val=str(val) if val else None, val_frac=val_frac,
     )
     if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
         settings["up"] = up
@@ -148,6 +151,7 @@ def index_add(
     hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth, stored in the index (default 128; 512 near 1M shapes)."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", min=2, help="HNSW graph degree M for a new index (default 32)."),
     hnsw_ef_construction: Optional[int] = typer.Option(None, "--hnsw-ef-construction", min=1, help="HNSW build breadth for a new index (default 200)."),
+    ann_backend: str = typer.Option("hnsw", "--ann-backend", help="Nearest-neighbour engine of a new index: hnsw, faiss-hnsw, usearch or exact (an existing index keeps its own)."),
     commit_every: int = typer.Option(32, "--commit-every", min=1, help="Shapes per committed batch."),
     file_timeout: float = typer.Option(60.0, "--file-timeout", min=0.1, help="Seconds one file may take to load and render before it is skipped."),
     max_faces: int = typer.Option(MAX_FACES, "--max-faces", min=1, help="Refuse meshes with more faces."),
@@ -166,7 +170,7 @@ def index_add(
     from ftspl.engine.loading.meshes import MeshLimits
 
     cfg = IndexConfig(
-        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=hnsw_ef, ann_m=hnsw_m, ann_ef_construction=hnsw_ef_construction,
+        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=hnsw_ef, ann_m=hnsw_m, ann_ef_construction=hnsw_ef_construction, ann_backend=ann_backend,
         commit_every=commit_every, batch_shapes=min(IndexConfig.batch_shapes, commit_every), file_timeout_s=file_timeout,
         limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
     )

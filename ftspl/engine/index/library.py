@@ -47,6 +47,7 @@ from ftspl.engine.index.add_pipeline import (
     pending_shapes,
 )
 from ftspl.engine.index.reader import Reader
+from ftspl.engine.index.schema import normalize_path
 from ftspl.engine.loading.scan import scan
 from ftspl.engine.model.encoders import Encoders, RuntimeConfig
 
@@ -67,6 +68,7 @@ class IndexConfig:
     commit_every: int = 32  #: shapes per SQLite transaction
     save_ann_every_s: float = 30.0  #: how often a long add refreshes the HNSW file
     wait_lock: bool = False
+    ann_backend: str = "hnsw"  #: a key of ftspl.engine.index.ann.ANN_BACKENDS, for a new index
     ann_m: int | None = None  #: HNSW M (None: the ann module's default)
     ann_ef_construction: int | None = None
     ann_ef_search: int | None = None
@@ -75,6 +77,44 @@ class IndexConfig:
     #: a query never imports the mesh loaders and trimesh)
     limits: object | None = None
     file_timeout_s: float = 60.0  #: per-file load+render limit; slower files are skipped
+
+
+def known_under(store, root: str | Path, sources: list) -> dict[str, tuple[int, str]]:
+    """Stored ``path -> (id, content hash)`` for the shapes a scan of ``root`` can reach.
+
+    One query for the folder's own prefix; a scan that followed symbolic links out
+    of the folder reads the whole table instead (still one query), since the store
+    keys shapes by their resolved paths.
+    """
+    base = Path(root).expanduser().resolve()
+    if all(Path(normalize_path(s.path)).is_relative_to(base) for s in sources):
+        return store.entries(base)
+    return store.entries()
+
+
+DEFAULT_ANN_BACKEND = IndexConfig.ann_backend
+
+
+def graph_params(backend: str, cfg: IndexConfig | None) -> dict:
+    """The ``--hnsw-*`` settings a backend's constructor takes (graph backends; none for ``exact``)."""
+    import inspect
+
+    from ftspl.engine.index.ann import ANN_BACKENDS, make_index
+
+    if backend not in ANN_BACKENDS:
+        make_index(backend, 1)  # raises the error that lists the valid backends
+    if cfg is None:
+        return {}
+    wanted = {"M": cfg.ann_m, "ef_construction": cfg.ann_ef_construction, "ef_search": cfg.ann_ef_search}
+    accepted = inspect.signature(ANN_BACKENDS[backend]).parameters
+    return {k: v for k, v in wanted.items() if v and k in accepted}
+
+
+def rebuilt_like(ann):
+    """A new empty index of ``ann``'s backend with its settings (graph backends' ``config()``), to refill."""
+    from ftspl.engine.index.ann import make_index
+
+    return make_index(ann.backend, ann.dim, **(ann.config() if hasattr(ann, "config") else {}))
 
 
 class Library:
@@ -121,15 +161,15 @@ class Library:
         cache left behind by a killed add (or saved mid-add) catches up cheaply.
         A missing or unreadable cache is rebuilt from the embeddings in SQLite.
         """
-        from ftspl.engine.index.ann import HnswIndex
+        from ftspl.engine.index.ann import load_index, make_index
 
         dim = self.manifest.embed_dim
         ann = None
         if self.ann_path.exists():
             try:
-                ann = HnswIndex.load(self.ann_path)
+                ann = load_index(self.ann_path)  # whatever backend built it
             except IndexStateError as exc:
-                log.warning("%s; rebuilding the HNSW cache from SQLite", exc)
+                log.warning("%s; rebuilding the ANN cache from SQLite", exc)
             if ann is not None and ann.dim != dim:
                 ann = None
         since = 0
@@ -138,23 +178,16 @@ class Library:
             if since < 0:
                 ann = None
         if ann is None:
-            kw = {}
-            if cfg is not None:
-                if cfg.ann_m:
-                    kw["M"] = cfg.ann_m
-                if cfg.ann_ef_construction:
-                    kw["ef_construction"] = cfg.ann_ef_construction
-                if cfg.ann_ef_search:
-                    kw["ef_search"] = cfg.ann_ef_search
-            ann, since = HnswIndex(dim, **kw), 0
+            backend = cfg.ann_backend if cfg is not None else DEFAULT_ANN_BACKEND
+            ann, since = make_index(backend, dim, **graph_params(backend, cfg)), 0
         if cfg is not None and cfg.ann_ef_search:
             ann.ef_search = cfg.ann_ef_search
         if since != store.generation():
             try:
                 ids, vecs, removed = store.changes_since(since)
             except IndexStateError as exc:  # cache newer than the store: rebuild it
-                log.warning("%s; rebuilding the HNSW cache from SQLite", exc)
-                ann = HnswIndex(dim, M=ann.M, ef_construction=ann.ef_construction, ef_search=ann.ef_search)
+                log.warning("%s; rebuilding the ANN cache from SQLite", exc)
+                ann = rebuilt_like(ann)
                 ids, vecs = store.all_embeddings()
                 removed = np.zeros(0, np.int64)
             if len(removed):
@@ -195,7 +228,7 @@ class Library:
                 )
                 if not store.get_info().get("render_spec"):
                     store.set_info("render_spec", json.dumps(spec.to_dict(), sort_keys=True))
-                stored = store.entries(Path(root).expanduser().resolve())  # one query, not one per file
+                stored = known_under(store, root, sources)
                 todo = pending_shapes(sources, stored, report, progress)
                 try:
                     producer.start(todo, spec)  # its start-up overlaps loading the HNSW file
@@ -331,6 +364,10 @@ class Library:
                 with store.batch():
                     for p in paths:
                         under = store.entries(Path(p).expanduser().resolve())
+                        if Path(p).is_dir():  # and what the folder reaches through symbolic links
+                            reached = scan(p, cfg.label_from)
+                            keys = {normalize_path(src.path) for src in reached}
+                            under.update({k: v for k, v in known_under(store, p, reached).items() if k in keys})
                         if under:
                             removed_paths += sorted(under)
                             removed_ids += store.remove_paths(list(under))

@@ -317,12 +317,10 @@ class Reader:
 
     def _swap_in(self, ids, vecs, gen: int, labels: dict[str, int], info: dict, new_file) -> None:
         """Build a fresh ANN (and open the replaced store) outside the locks, then swap."""
-        from ftspl.engine.index.ann import HnswIndex
+        from ftspl.engine.index.library import rebuilt_like
         from ftspl.engine.index.store import ShapeStore
 
-        old = self.ann
-        params = {k: getattr(old, k) for k in ("M", "ef_construction", "ef_search") if hasattr(old, k)}
-        fresh = HnswIndex(self.lib.manifest.embed_dim, **params)
+        fresh = rebuilt_like(self.ann)
         fresh.add(ids, vecs)
         store = ShapeStore(self.lib.store_path, readonly=True, check_same_thread=False) if new_file else None
         with self._ann_lock.write():
