@@ -8,7 +8,14 @@ Per seed: build the split (``ftspl.data`` builder, seeded), then every row:
 * ``CNN`` - the ImageNet-pretrained encoders, no training (pooled backbone
   features, what ``ftspl export --pretrained`` serves);
 * every other row - ``ftspl.train.train`` in head mode with that preset
-  (``ftspl.train.config.PRESETS``), same split, same seed, same budget.
+  (``ftspl.train.config.PRESETS``), same split, same seed, same budget; the
+  paper's Table I deep baselines are the ``CORAL``, ``DANN`` and ``MMD`` rows.
+  Each trained row is scored with the round the run chose on its validation
+  photos (carved from the source; what ``ftspl export`` would serve).
+
+The aggregation adds, per metric, the paired per-seed differences of every row
+to ``source_only`` and to ``CNN`` (mean and sample std of the differences;
+ANMRR as ``ref - row`` so a positive number is always a gain).
 
 Each row's query photos are ranked against the whole unlabelled target gallery
 (L2-normalised embeddings, Euclidean distance) and scored by
@@ -49,7 +56,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
-ROWS = ("CNN", "source_only", "IDCA", "ICAV", "FT", "FT_centroid_pl", "SPL", "FTSPL", "FTSPL_global")
+ROWS = ("CNN", "source_only", "CORAL", "DANN", "MMD", "IDCA", "ICAV", "FT", "FT_centroid_pl", "SPL", "FTSPL",
+        "FTSPL_global")
 METRICS = ("NN", "FT", "ST", "F", "DCG", "ANMRR", "AUC")
 
 #: The paper's MI3DOR numbers (NN, FT, ST, F, DCG, ANMRR) for the same rows:
@@ -103,6 +111,9 @@ class StudyConfig:
     batch_size: int = _default("batch_size")
     target_ce_weight: float = _default("target_ce_weight")
     pl_space: str = _default("pl_space")
+    #: validation photos carved from the source (the run keeps its best round on them); in the
+    #: run key, so results trained before the carve are not reused
+    val_frac: float = _default("val_frac")
     mode: str = "head"
     device: str = "cpu"
 
@@ -207,7 +218,13 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
         "pseudo_acc_selected_per_round": [r.get("pseudo_acc_selected") for r in rounds],
         "selected_per_round": [r.get("selected") for r in rounds],
         "n_query": len(emb.query_labels), "n_target": len(emb.target_labels), "run_key": key,
+        "val_per_round": [r.get("val") for r in rounds],
+        "val_baseline": rounds[0].get("val_baseline") if rounds else None,
     }
+    if rounds:
+        from ftspl.train.validation import verdict
+
+        out["selection"] = verdict(rounds)
     done.write_text(json.dumps(out))
     return out
 
@@ -256,6 +273,31 @@ def aggregate(per_seed: dict[int, dict[str, dict]], rows: list[str]) -> dict:
         for m in METRICS:
             a = np.asarray([v[m] for v in vals])
             out[row][m] = [round(float(a.mean()), 4), round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)]
+    return out
+
+
+def paired_differences(per_seed: dict[int, dict[str, dict]], rows: list[str],
+                       refs: tuple[str, ...] = ("source_only", "CNN")) -> dict:
+    """{row: {"vs_<ref>": {metric: [mean, std, n]}}}: per-seed differences row - ref (ANMRR: ref - row).
+
+    Paired on the seed: only seeds where both the row and the reference ran count;
+    std is the sample std of the differences (0 with one seed).
+    """
+    out: dict = {}
+    for row in rows:
+        for ref in refs:
+            if row == ref:
+                continue
+            seeds = [s for s in per_seed if row in per_seed[s] and ref in per_seed[s]]
+            if not seeds:
+                continue
+            d = out.setdefault(row, {}).setdefault(f"vs_{ref}", {})
+            for m in METRICS:
+                diffs = np.asarray([per_seed[s][row]["metrics"][m] - per_seed[s][ref]["metrics"][m] for s in seeds])
+                if m == "ANMRR":
+                    diffs = -diffs
+                d[m] = [round(float(diffs.mean()), 4), round(float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0, 4),
+                        len(seeds)]
     return out
 
 
@@ -404,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             "served_check": checks,
         },
         "ftspl_vs_source_only": beats(agg),
+        "paired_differences": paired_differences(per_seed, rows),
         "per_seed": {str(s): {r: v["metrics"] for r, v in d.items()} for s, d in per_seed.items()},
         "pseudo_acc": {str(s): {r: v["pseudo_acc_per_round"] for r, v in d.items() if v["pseudo_acc_per_round"]}
                        for s, d in per_seed.items()},

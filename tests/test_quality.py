@@ -211,3 +211,34 @@ def test_finished_row_is_reused_only_for_the_same_config(tmp_path, monkeypatch):
     assert len(calls) == 2  # other lambda: trained again
     quality.run_row("FTSPL", 0, replace(split, queries=tmp_path / "val"), replace(study, lam=study.lam / 2), tmp_path)
     assert len(calls) == 3  # other query set (--eval-on val): scored again
+
+
+def test_paired_differences_are_per_seed_and_read_anmrr_as_a_gain():
+    per_seed = {s: {"CNN": {"metrics": _metrics(0.4)}, "source_only": {"metrics": _metrics(0.5 + 0.1 * s)},
+                    "FTSPL": {"metrics": _metrics(0.6 + 0.2 * s)}} for s in (0, 1, 2)}
+    del per_seed[2]["CNN"]  # a seed without the reference is left out of that pairing
+    d = quality.paired_differences(per_seed, ["CNN", "source_only", "FTSPL", "DANN"])
+    mean, std, n = d["FTSPL"]["vs_source_only"]["NN"]
+    assert (mean, n) == (pytest.approx(0.2), 3) and std == pytest.approx(0.1)  # diffs 0.1, 0.2, 0.3
+    assert d["FTSPL"]["vs_source_only"]["ANMRR"][0] == pytest.approx(0.2)  # lower ANMRR is a positive gain
+    assert d["FTSPL"]["vs_CNN"]["NN"][2] == 2 and d["FTSPL"]["vs_CNN"]["NN"][0] == pytest.approx(0.3)
+    assert "DANN" not in d and "vs_CNN" not in d["CNN"] and "vs_source_only" not in d["source_only"]
+
+
+def test_paired_differences_on_the_synthetic_work_folder(fake_work):
+    per_seed = {s: {r: json.loads((fake_work / f"seed{s}" / f"{r}.json").read_text())
+                    for r in ("CNN", "source_only", "FTSPL")} for s in (0, 1)}
+    d = quality.paired_differences(per_seed, ["CNN", "source_only", "FTSPL"])
+    for m in quality.METRICS:
+        diffs = [per_seed[s]["FTSPL"]["metrics"][m] - per_seed[s]["CNN"]["metrics"][m] for s in (0, 1)]
+        if m == "ANMRR":
+            diffs = [-x for x in diffs]
+        assert d["FTSPL"]["vs_CNN"][m][0] == pytest.approx(np.mean(diffs), abs=1e-4)
+        assert d["FTSPL"]["vs_CNN"][m][1] == pytest.approx(np.std(diffs, ddof=1), abs=1e-4)
+
+
+def test_table_i_baselines_are_rows():
+    from ftspl.train.config import PRESETS
+
+    for row in ("CORAL", "DANN", "MMD"):
+        assert row in quality.ROWS and row in PRESETS

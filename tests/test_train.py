@@ -153,6 +153,8 @@ def test_export_run_then_query(tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["embed_dim"] == 256 and info["model_id"].startswith("efficientnet_lite0-ftspl-")
+    sel = json.loads((tmp_path / "run" / "run.json").read_text())["selection"]
+    assert info["round"] == sel["best_round"] and info["adapted_better"] == sel["adapted_better"]
     man = json.loads((Path(info["model_dir"]) / "manifest.json").read_text())
     assert man["class_names"] == ["round", "tall"] and man["training"]["preset"] == "FTSPL"
     assert run_ftspl(home, "index", "add", str(tiny / "target")).returncode == 0
@@ -196,7 +198,7 @@ def test_train_help_lists_presets():
     r = subprocess.run([sys.executable, "-m", "ftspl", "train", "--help"], check=False, capture_output=True, text=True)
     assert r.returncode == 0
     flat = " ".join(r.stdout.split())
-    for name in ("source_only", "IDCA", "ICAV", "FT_centroid_pl", "SPL", "FTSPL"):
+    for name in ("source_only", "IDCA", "ICAV", "FT_centroid_pl", "SPL", "FTSPL", "CORAL", "DANN", "MMD", "--val", "--val-frac", "--val-shapes", "--align-weight"):
         assert name in flat
     for flag in ("--no-idca", "--no-icav", "--pseudo", "--selection", "--no-target-ce", "--resume", "--nproc"):
         assert flag in flat

@@ -46,6 +46,13 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
         "parity_max_abs_diff": man.parity_max_abs_diff,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    sel = None if pretrained else (meta.training or {}).get("selection")
+    if sel:  # which round was exported, and whether it beats the pretrained CNN on validation
+        from ftspl.train.validation import verdict_line
+
+        info.update(round=sel.get("best_round"), adapted_better=sel.get("adapted_better"))
+        if not as_json and verdict_line(sel):
+            console.warn(verdict_line(sel))
     if as_json:
         console.print_json(info)
     else:
@@ -102,8 +109,16 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         return
     for path, reason in result.skipped:
         console.warn(f"{path}: {reason}")
+    from ftspl.train.validation import verdict, verdict_line
+
+    sel = verdict(result.rounds)
     summary = {"run": str(result.run_dir), "device": result.device, "seconds": round(result.seconds, 1),
-               "rounds": result.rounds, "skipped": len(result.skipped)}
+               "rounds": result.rounds, "skipped": len(result.skipped), "selection": sel,
+               "adapted_better": sel["adapted_better"] if sel else None}
+    if sel and not as_json:
+        console.info(f"best round on validation: {sel['best_round']} ({sel['why']}); export uses it")
+        if verdict_line(sel):
+            console.warn(verdict_line(sel))
     if as_json:
         console.print_json(summary)
     else:

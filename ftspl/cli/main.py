@@ -100,6 +100,7 @@ def train(
     queries: Optional[Path] = typer.Option(None, "--queries", help="Held-out labelled photos for per-round retrieval metrics."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation photos (never trained on) that choose the best round; default: carve --val-frac of --source."),
     val_frac: float = typer.Option(_TRAIN["val_frac"], "--val-frac", help="Share of each class's --source photos held out for validation when --val is not given (0: none; export then uses the last round)."),
+    val_shapes: Optional[Path] = typer.Option(None, "--val-shapes", help="Labelled validation meshes (VAL_SHAPES/<class>/<mesh>): validation then ranks the val photos against them."),
     preset: str = typer.Option(_TRAIN["preset"], "--preset", help=_PRESET_HELP),
     mode: str = typer.Option(_TRAIN["mode"], "--mode", help="head (frozen backbone, cached features; minutes on CPU) or full."),
     backbone: str = typer.Option(_TRAIN["backbone"], "--backbone", help="efficientnet_lite0 or alexnet."),
@@ -134,6 +135,7 @@ def train(
         backbone=backbone, weights=str(weights) if weights else None, mode=mode, rounds=rounds, epochs=epochs,
         warmup_epochs=warmup_epochs, lr=lr, lam=lam, batch_size=batch_size, augment_copies=augment_copies,
         seed=seed, device=device, val=str(val) if val else None, val_frac=val_frac,
+        val_shapes=str(val_shapes) if val_shapes else None,
     )
     if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
         settings["up"] = up

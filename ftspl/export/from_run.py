@@ -14,7 +14,7 @@ def run_model(run_dir: Path):
     """(image encoder, multi-view encoder, meta) of the trained FTSPLNet in ``run_dir``."""
     from ftspl.train.backbones import build_backbone
     from ftspl.train.net import FTSPLNet
-    from ftspl.train.runio import CONFIG, METRICS, RUN_INFO, load_checkpoint
+    from ftspl.train.runio import CONFIG, METRICS, RUN_INFO, load_best
 
     run_dir = Path(run_dir)
     try:
@@ -22,7 +22,7 @@ def run_model(run_dir: Path):
         config = json.loads((run_dir / CONFIG).read_text())
     except FileNotFoundError:
         raise UsageError(f"{run_dir}: not a training run folder (no {RUN_INFO}/{CONFIG}); run 'ftspl train' first") from None
-    ck = load_checkpoint(run_dir)
+    ck = load_best(run_dir)  # the round chosen on validation (run.json's selection says which and why)
     backbone = build_backbone(info["backbone"], pretrained=False)
     net = FTSPLNet(backbone, len(info["class_names"]), int(info["embed_dim"]))
     net.load_state_dict(ck["net"])
@@ -31,7 +31,8 @@ def run_model(run_dir: Path):
     metrics = {}
     if (run_dir / METRICS).exists():
         rounds = json.loads((run_dir / METRICS).read_text()).get("rounds", [])
-        metrics = rounds[-1] if rounds else {}
+        chosen = [r for r in rounds if r.get("round") == int(ck["round"])]
+        metrics = chosen[-1] if chosen else (rounds[-1] if rounds else {})
     meta = ModelMeta(
         backbone=info["backbone"],
         embed_dim=img.embed_dim,
@@ -39,7 +40,7 @@ def run_model(run_dir: Path):
         render_spec=RenderSpec.from_dict(info["render_spec"]),
         source=str(run_dir.resolve()),
         class_names=list(info["class_names"]),
-        training={**config, "round": int(ck["round"])},
+        training={**config, "round": int(ck["round"]), "selection": info.get("selection")},
         metrics=metrics,
     )
     return img, mv, meta

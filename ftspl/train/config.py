@@ -15,6 +15,12 @@ FTSPL          yes    yes    spl         classwise  yes
 FTSPL_global   yes    yes    spl         global     yes
 ============== ====== ====== =========== ========== =========
 
+The paper's Table I deep baselines train on the same data and backbone with
+source cross-entropy plus a domain-alignment loss (``align``,
+:mod:`ftspl.train.align`) between source photos and unlabelled shapes, no
+pseudo-labels: ``CORAL`` (Deep CORAL), ``DANN`` (RevGrad: gradient-reversal
+domain classifier) and ``MMD`` (DAN's multi-kernel MMD).
+
 Every row but ``source_only`` trains with cross-entropy on its pseudo-labelled
 shapes, so a row differs from its neighbour only in the named component.
 
@@ -39,6 +45,7 @@ from ftspl.engine.errors import UnknownKeyError
 
 MODES = ("head", "full")
 PL_SPACES = ("embedding", "unit")
+ALIGNS = ("none", "coral", "dann", "mmd")  #: domain-alignment losses (``ftspl.train.align``)
 DEFAULT_BACKBONE = "efficientnet_lite0"  #: a key of ``ftspl.train.backbones.BACKBONES``
 
 
@@ -50,6 +57,12 @@ class TrainConfig:
     target: str = ""
     out: str = "runs/ftspl"
     queries: str | None = None  #: optional held-out labelled photos for per-round retrieval metrics
+    #: labelled validation photos (never trained on); None: carve ``val_frac`` of ``source`` per class
+    val: str | None = None
+    #: share of each class's source photos held out for validation when ``val`` is None (0: no validation)
+    val_frac: float = 0.15
+    #: labelled validation shapes (label folders of meshes): validation then ranks the val photos against them
+    val_shapes: str | None = None
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     mode: str = "head"
@@ -87,6 +100,9 @@ class TrainConfig:
     #: where the centroid / cluster pseudo-labels measure distance: "embedding" (the bottleneck
     #: output, as the paper) or "unit" (L2-normalised: the geometry retrieval ranks in)
     pl_space: str = "embedding"
+    #: domain-alignment loss on the bottleneck embeddings: none, coral, dann or mmd (Table I baselines)
+    align: str = "none"
+    align_weight: float = 1.0  #: its weight beside the source cross-entropy
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -109,6 +125,12 @@ PRESETS: dict[str, dict] = {
     "FTSPL": {"idca": True, "icav": True, "pseudo": "spl", "selection": "classwise", "target_ce": True},
     "FTSPL_global": {"idca": True, "icav": True, "pseudo": "spl", "selection": "global", "target_ce": True},
 }
+_NO_PL = {"idca": False, "icav": False, "pseudo": "classifier", "selection": "all", "target_ce": False}
+PRESETS.update({
+    "CORAL": {**_NO_PL, "align": "coral"},
+    "DANN": {**_NO_PL, "align": "dann"},
+    "MMD": {**_NO_PL, "align": "mmd"},
+})
 
 
 def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
@@ -128,6 +150,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UnknownKeyError("--selection", cfg.selection, SELECTIONS)
     if cfg.pl_space not in PL_SPACES:
         raise UnknownKeyError("pl_space", cfg.pl_space, PL_SPACES)
+    if cfg.align not in ALIGNS:
+        raise UnknownKeyError("align", cfg.align, ALIGNS)
     if cfg.up is not None and cfg.up not in UP_AXES:
         raise UnknownKeyError("--up", cfg.up, UP_AXES)
     from ftspl.engine.errors import UsageError
@@ -135,5 +159,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("rounds", "batch_size", "augment_copies"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 <= cfg.val_frac < 1.0:
+        raise UsageError(f"--val-frac must be in [0, 1), got {cfg.val_frac}")
     if cfg.epochs < 0 or cfg.warmup_epochs < 0:
         raise UsageError("--epochs and --warmup-epochs must be >= 0")

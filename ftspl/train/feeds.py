@@ -78,7 +78,7 @@ class HeadFeed:
     def __init__(
         self, net: FTSPLNet, pre: Preprocess, photos: PhotoList, views: CachedViews, copies: int, seed: int,
         device: torch.device, queries: PhotoList | None = None, batch: int = 32, progress: ProgressFn | None = None,
-        cache: FeatureCache | None = None, dist=None,
+        cache: FeatureCache | None = None, dist=None, val: PhotoList | None = None, val_shapes=None,
     ) -> None:
         from ftspl.train.distributed import Dist
 
@@ -99,6 +99,16 @@ class HeadFeed:
             q_dig = [sha256_file(p) for p in queries.paths]
             self.query = self._photos(queries.paths, q_dig, None, seed, "features: query photos")
             self.query_y = list(queries.labels)
+        self.val = None
+        self.val_y = None
+        if val is not None and len(val):
+            v_dig = [sha256_file(p) for p in val.paths]
+            self.val = self._photos(val.paths, v_dig, None, seed, "features: validation photos")
+            self.val_y = torch.as_tensor(val.labels, dtype=torch.long)
+        self.val_shapes, self.val_shapes_y = None, None
+        if val_shapes is not None:
+            self.val_shapes = self._shapes(val_shapes[0])
+            self.val_shapes_y = torch.as_tensor(val_shapes[1], dtype=torch.long)
         self.net = None  # the feed must not keep the network alive
         self.dist = None
 
@@ -107,6 +117,7 @@ class HeadFeed:
         cls, src_clean: torch.Tensor, src_y: torch.Tensor, tgt: torch.Tensor, device: torch.device,
         src_aug: torch.Tensor | None = None, src_aug_y: torch.Tensor | None = None,
         query: torch.Tensor | None = None, query_y: list[int] | None = None,
+        val: torch.Tensor | None = None, val_y: torch.Tensor | None = None,
     ) -> HeadFeed:
         """A feed over backbone features computed elsewhere (studies, tests); no cache, no files.
 
@@ -119,6 +130,9 @@ class HeadFeed:
         feed.src_aug = feed.src_clean if src_aug is None else src_aug.float()
         feed.src_aug_y = feed.src_y if src_aug_y is None else src_aug_y.long()
         feed.query, feed.query_y = query, query_y
+        feed.val = None if val is None else val.float()
+        feed.val_y = None if val_y is None else torch.as_tensor(val_y).long()
+        feed.val_shapes, feed.val_shapes_y = None, None
         return feed
 
     def _cached(self, keys: list[str], compute, what: str) -> list[np.ndarray]:
@@ -232,6 +246,26 @@ class HeadFeed:
     def n_query(self) -> int:
         return 0 if self.query is None else len(self.query)
 
+    def val_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        if self.val is None:
+            return iter(())
+        v = self.val
+        return (v[torch.as_tensor(idx)].to(self.device) for idx in _batches(start, _stop(stop, len(v)), batch))
+
+    @property
+    def n_val(self) -> int:
+        return 0 if self.val is None else len(self.val)
+
+    def val_shapes_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        if self.val_shapes is None:
+            return iter(())
+        v = self.val_shapes
+        return (v[torch.as_tensor(idx)].to(self.device) for idx in _batches(start, _stop(stop, len(v)), batch))
+
+    @property
+    def n_val_shapes(self) -> int:
+        return 0 if self.val_shapes is None else len(self.val_shapes)
+
     def photo_trunk(self, net: FTSPLNet, x: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -254,9 +288,13 @@ class FullFeed:
 
     def __init__(
         self, pre: Preprocess, photos: PhotoList, views: CachedViews, device: torch.device,
-        queries: PhotoList | None = None,
+        queries: PhotoList | None = None, val: PhotoList | None = None, val_shapes=None,
     ) -> None:
         self.pre, self.photos, self.views, self.device = pre, photos, views, device
+        self.val_photos = val if val is not None and len(val) else None
+        self.val_y = torch.as_tensor(val.labels, dtype=torch.long) if self.val_photos else None
+        self.val_views = val_shapes[0] if val_shapes is not None else None
+        self.val_shapes_y = torch.as_tensor(val_shapes[1], dtype=torch.long) if val_shapes is not None else None
         self.queries = queries if queries is not None and len(queries) else None
         self.query_y = list(queries.labels) if self.queries else None
         self.src_y = torch.as_tensor(photos.labels, dtype=torch.long)
@@ -286,7 +324,7 @@ class FullFeed:
 
     def eval_step(self, which: str, batch: int) -> int:
         """Items per batch of ``*_eval(batch)``: fewer shapes than photos (12 views each)."""
-        return max(1, batch // 4) if which == "target" else batch
+        return max(1, batch // 4) if which in ("target", "val_shapes") else batch
 
     def source_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
         return self._clean_photos(self.photos, batch, start, stop)
@@ -297,6 +335,25 @@ class FullFeed:
     @property
     def n_query(self) -> int:
         return len(self.queries) if self.queries else 0
+
+    def val_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        return self._clean_photos(self.val_photos, batch, start, stop) if self.val_photos else iter(())
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val_photos) if self.val_photos else 0
+
+    def val_shapes_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        if self.val_views is None:
+            return iter(())
+        step = self.eval_step("val_shapes", batch)
+        v = self.val_views
+        return (torch.from_numpy(np.stack([views_to_tensor(v.load(int(i)), self.pre) for i in idx])).to(self.device)
+                for idx in _batches(start, _stop(stop, len(v.keys)), step))
+
+    @property
+    def n_val_shapes(self) -> int:
+        return len(self.val_views.keys) if self.val_views is not None else 0
 
     def target_batch(self, idx: np.ndarray) -> torch.Tensor:
         x = np.stack([views_to_tensor(self.views.load(int(i)), self.pre) for i in idx])

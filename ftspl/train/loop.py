@@ -15,7 +15,11 @@ Per round l of L:
    pseudo-labelled shapes (unless ``--no-target-ce``).
 
 Before round 1, ``warmup_epochs`` of source-only training give the classifier
-something to pseudo-label with. Every round writes a checkpoint (state dicts,
+something to pseudo-label with. Every round (the warm-up included) is scored
+on validation photos that are never trained on (``--val``, or ``val_frac`` of
+each class's source photos), beside the pretrained backbone's score on the same
+photos; the best round so far is kept as ``best.pt``, which export uses
+(:mod:`ftspl.train.validation`). Every round writes a checkpoint (state dicts,
 ``torch.save``; loaded back with ``weights_only=True``) and appends its metrics
 to ``metrics.json``, so ``--resume`` continues a killed run at the next round
 with the same result as an uninterrupted one (all randomness is derived from
@@ -99,6 +103,8 @@ class _Inputs:
     queries: object
     pre: Preprocess
     spec: RenderSpec
+    val: object = None  #: validation PhotoList (``--val`` or carved from the source), or None
+    val_shapes: object = None  #: (CachedViews, class ids) of ``--val-shapes``, or None
 
 
 def render_spec_for(cfg: TrainConfig) -> RenderSpec:
@@ -129,18 +135,51 @@ def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None, dis
     views = cache_views_split(tgt.paths, tgt.kinds, spec, cache / "views", progress, dist)
     if len(views.keys) < 2:
         raise UsageError(f"{cfg.target}: fewer than 2 usable shapes ({len(views.failed)} failed)")
-    photos = PhotoList(src.paths, src.labels)
+    val = None
+    if cfg.val:
+        vs = load_source(cfg.val, class_names=src.class_names)
+        val = PhotoList(vs.paths, vs.labels)
+        train_idx = list(range(len(src.paths)))
+    else:
+        from ftspl.train.validation import carve
+
+        train_idx, val_idx = carve(src.labels, src.paths, cfg.val_frac, cfg.seed)
+        if val_idx:
+            val = PhotoList([src.paths[i] for i in val_idx], [src.labels[i] for i in val_idx])
+    photos = PhotoList([src.paths[i] for i in train_idx], [src.labels[i] for i in train_idx])
     if len(set(photos.labels)) < len(src.class_names):
         raise UsageError(f"{cfg.source}: a class has no readable photos")
+    if val is not None and not len(val):
+        val = None
+    val_shapes = _load_val_shapes(cfg, src.class_names, spec, cache, progress, dist) if cfg.val_shapes else None
+    if val_shapes is not None and val is None:
+        raise UsageError(f"{cfg.val_shapes}: --val-shapes needs validation photos (--val, or --val-frac > 0)")
     queries = None
     if cfg.queries:
         qs = load_source(cfg.queries, class_names=src.class_names)
         queries = PhotoList(qs.paths, qs.labels)
     if dist.world > 1:
         seen = [views.keys, [str(p) for p in photos.paths], photos.labels,
-                [str(p) for p in queries.paths] if queries else []]
+                [str(p) for p in queries.paths] if queries else [], [str(p) for p in val.paths] if val else []]
         dist.check_same("inputs (photos, usable shapes, queries)", json.dumps(seen))
-    return _Inputs(src, tgt, views, photos, queries, pre, spec)
+    return _Inputs(src, tgt, views, photos, queries, pre, spec, val, val_shapes)
+
+
+def _load_val_shapes(cfg: TrainConfig, class_names: list[str], spec: RenderSpec, cache: Path,
+                     progress: ProgressFn | None, dist: Dist):
+    """``--val-shapes``: labelled meshes of the source classes, rendered through the view cache."""
+    from ftspl.train.data import load_target
+    from ftspl.train.viewcache import cache_views_split
+
+    vt = load_target(cfg.val_shapes, cfg.label_from)
+    if not vt.has_labels:
+        raise UsageError(f"{cfg.val_shapes}: --val-shapes needs label folders (VAL_SHAPES/<class>/<mesh>)")
+    views = cache_views_split(vt.paths, vt.kinds, spec, cache / "views", progress, dist)
+    index = {n: k for k, n in enumerate(class_names)}
+    labels = [index.get(vt.labels[i], -1) for i in views.index]
+    if not any(k >= 0 for k in labels):
+        raise UsageError(f"{cfg.val_shapes}: no validation shape belongs to a --source class ({', '.join(class_names)})")
+    return views, labels
 
 
 def _head_feed(cfg: TrainConfig, net, inp: _Inputs, cache: Path, device: torch.device, progress: ProgressFn | None,
@@ -150,7 +189,7 @@ def _head_feed(cfg: TrainConfig, net, inp: _Inputs, cache: Path, device: torch.d
 
     features = FeatureCache(cache / "features", backbone_id(cfg.backbone, cfg.weights), inp.pre)
     return HeadFeed(net, inp.pre, inp.photos, inp.views, cfg.augment_copies, cfg.seed, device, inp.queries,
-                    cfg.batch_size, progress, features, dist)
+                    cfg.batch_size, progress, features, dist, val=inp.val, val_shapes=inp.val_shapes)
 
 
 def _build_net(cfg: TrainConfig, n_classes: int, device: torch.device):
@@ -200,6 +239,12 @@ def _run_rounds(cfg: TrainConfig, trainer: Trainer, start_round: int, rounds: li
     from ftspl.train.runio import save_round
 
     net, feed, dist = trainer.net, trainer.feed, trainer.dist
+    # The pretrained baseline on validation: measured on the untouched backbone before round 0,
+    # or read back from the finished rounds when resuming (the backbone may have moved since).
+    if rounds and "val_baseline" in rounds[0]:
+        trainer.val_baseline = rounds[0]["val_baseline"]
+    elif start_round == 0:
+        trainer.val_baseline = trainer.validate(pretrained=True)
     for r in range(start_round, cfg.rounds + 1):
         t0 = time.perf_counter()
         if r == 0:  # warm-up on source photos only
@@ -236,8 +281,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: ProgressFn | None = 
           on_round: RoundFn | None = None, return_embeddings: bool = False, home: Home | None = None) -> RunResult:
     """Run FTSPL as ``cfg`` says; returns the per-round records (also in the run folder).
 
-    ``return_embeddings`` adds the final network's source/target/query
-    embeddings to the result (one extra no-grad pass), for in-process studies.
+    ``return_embeddings`` adds the exported network's (the round chosen on
+    validation, else the last) source/target/query embeddings to the result
+    (one extra no-grad pass), for in-process studies.
     Rendered views and backbone features are cached under ``home``'s cache
     folder (default: :meth:`Home.resolve`, i.e. ``--home``/``$FTSPL_HOME``/``./.ftspl``).
     Target files that cannot be used are skipped and listed in ``RunResult.skipped``.
@@ -279,7 +325,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
         if cfg.mode == "head":
             feed = _head_feed(cfg, net, inp, cache, device, progress, dist)
         else:
-            feed = FullFeed(inp.pre, photos, views, device, queries)
+            feed = FullFeed(inp.pre, photos, views, device, queries, val=inp.val, val_shapes=inp.val_shapes)
         target_labels = [tgt.labels[i] if tgt.labels else None for i in views.index]
         trainer = Trainer(cfg, net, feed, src.class_names, target_labels, device, run_dir, dist)
         if cfg.mode == "head" and device.type == "cpu":
@@ -303,6 +349,10 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
             _run_rounds(cfg, trainer, start_round, rounds, run_dir, progress, on_round)
             emb = None
             if return_embeddings:
+                from ftspl.train.runio import BEST, load_best
+
+                if (run_dir / BEST).exists():  # the round chosen on validation: what export serves
+                    net.load_state_dict(load_best(run_dir, map_location=device)["net"])
                 net.eval()
                 bs = cfg.batch_size
                 emb = _embeddings_of(

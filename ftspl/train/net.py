@@ -34,7 +34,8 @@ class FTSPLNet(nn.Module):
         return f.reshape(views.shape[0], -1, f.shape[-1]).amax(dim=1)
 
     # -- the training step's one forward ------------------------------------------
-    def forward(self, photos: torch.Tensor, shapes: torch.Tensor | None = None, pixels: bool = True) -> torch.Tensor:
+    def forward(self, photos: torch.Tensor, shapes: torch.Tensor | None = None, pixels: bool = True,
+                with_embed: bool = False):
         """Logits of a training step: photos, then (optionally) shapes, in one bottleneck pass.
 
         ``pixels`` says whether the inputs are images (full mode: through the
@@ -44,12 +45,14 @@ class FTSPLNet(nn.Module):
         query time) accumulate. Training calls this method on the
         (DistributedDataParallel-wrapped) module, never the parts below: with N
         processes, only outputs of the wrapper's ``forward`` synchronise gradients.
+        ``with_embed`` returns ``(logits, embeddings)``: the alignment losses need both.
         """
         feats = self.photo_trunk(photos) if pixels else photos
         if shapes is not None:
             t_feats = self.shape_trunk(shapes) if pixels else shapes
             feats = torch.cat([feats, t_feats.to(feats.dtype)])
-        return self.logits(self.embed(feats))
+        emb = self.embed(feats)
+        return (self.logits(emb), emb) if with_embed else self.logits(emb)
 
     # -- head: pooled features -> embedding -> logits ---------------------------
     def embed(self, trunk_feats: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.json"
 RUN_INFO = "run.json"
+BEST = "best.pt"  #: the network of the round chosen on validation (what export uses)
 
 
 def write_start(run_dir: Path, cfg: TrainConfig, info: dict) -> None:
@@ -47,11 +48,45 @@ def save_round(run_dir: Path, trainer, round_: int, rounds: list[dict]) -> None:
     buf = io.BytesIO()
     torch.save(
         {"net": trainer.net.state_dict(), "optimizer": trainer.opt.state_dict(), "round": round_,
-         "epochs_done": trainer.epochs_done, "scaler": trainer.scaler.state_dict()},
+         "epochs_done": trainer.epochs_done, "scaler": trainer.scaler.state_dict(),
+         **({"disc": trainer.disc.state_dict()} if getattr(trainer, "disc", None) is not None else {})},
         buf,
     )
     atomic_write_bytes(run_dir / CHECKPOINT, buf.getvalue())
+    _save_selection(run_dir, trainer, round_, rounds)
     atomic_write_bytes(run_dir / METRICS, json.dumps({"rounds": rounds}, indent=2).encode())
+
+
+def _save_selection(run_dir: Path, trainer, round_: int, rounds: list[dict]) -> None:
+    """When ``round_`` is the best on validation so far, its network becomes ``best.pt``; run.json says why.
+
+    Without validation photos there is no choice to make: export uses the last round (run.json says so).
+    """
+    from ftspl.train.validation import best_round, verdict
+
+    best = best_round(rounds)
+    if best is not None and best["round"] == round_:
+        buf = io.BytesIO()
+        torch.save({"net": trainer.net.state_dict(), "round": round_}, buf)
+        atomic_write_bytes(run_dir / BEST, buf.getvalue())
+    info_path = run_dir / RUN_INFO
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info["selection"] = verdict(rounds) or {
+        "criterion": None, "best_round": round_, "why": "no validation photos (--val-frac 0): the last round",
+        "adapted_better": None,
+    }
+    atomic_write_bytes(info_path, json.dumps(info, indent=2).encode())
+
+
+def load_best(run_dir: Path, map_location="cpu") -> dict:
+    """The checkpoint export uses: ``best.pt`` (the round chosen on validation), else the last round's."""
+    path = Path(run_dir) / BEST
+    if not path.exists():
+        return load_checkpoint(run_dir, map_location)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        raise FtsplError(f"{path}: unreadable checkpoint ({type(exc).__name__}); train again") from None
 
 
 def load_checkpoint(run_dir: Path, map_location="cpu") -> dict:
@@ -70,6 +105,8 @@ def resume_into(run_dir: Path, trainer, device) -> tuple[int, list[dict]]:
     trainer.net.load_state_dict(ck["net"])
     trainer.opt.load_state_dict(ck["optimizer"])
     trainer.scaler.load_state_dict(ck.get("scaler", {}))
+    if getattr(trainer, "disc", None) is not None and "disc" in ck:
+        trainer.disc.load_state_dict(ck["disc"])
     trainer.epochs_done = int(ck["epochs_done"])
     start = int(ck["round"]) + 1
     rounds: list[dict] = []

@@ -27,7 +27,7 @@ from ftspl.engine.errors import FtsplError
 from ftspl.train.config import TrainConfig
 from ftspl.train.distributed import Dist, pick_device
 
-__all__ = ["Trainer", "embed_all", "pick_device"]
+__all__ = ["Trainer", "embed_all", "pick_device", "trunk_all"]
 
 
 def embed_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> torch.Tensor:
@@ -36,16 +36,29 @@ def embed_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> to
     With N processes each rank embeds a block of whole batches and the blocks
     are gathered, so every rank returns all embeddings, in item order.
     """
+    return _pass_all(net, feed, which, batch, dist, head=True)
+
+
+def trunk_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> torch.Tensor:
+    """Pooled backbone features (no bottleneck) of all items of ``which``: the pretrained baseline's embedding."""
+    return _pass_all(net, feed, which, batch, dist, head=False)
+
+
+def _pass_all(net, feed, which: str, batch: int, dist: Dist | None, head: bool) -> torch.Tensor:
     dist = dist if dist is not None else Dist()
-    n = {"source": feed.n_source, "target": feed.n_target, "query": feed.n_query}[which]
+    n = {"source": feed.n_source, "target": feed.n_target, "query": feed.n_query, "val": feed.n_val,
+         "val_shapes": feed.n_val_shapes}[which]
     start, stop = dist.block(n, feed.eval_step(which, batch))
-    it = {"source": feed.source_eval, "target": feed.target_eval, "query": feed.query_eval}[which](batch, start, stop)
-    trunk = feed.photo_trunk if which in ("source", "query") else feed.shape_trunk
+    it = {"source": feed.source_eval, "target": feed.target_eval, "query": feed.query_eval,
+          "val": feed.val_eval, "val_shapes": feed.val_shapes_eval}[which](batch, start, stop)
+    trunk = feed.shape_trunk if which in ("target", "val_shapes") else feed.photo_trunk
     out = []
     with torch.no_grad():
         for x in it:
-            out.append(net.embed(trunk(net, x)).float())
-    mine = torch.cat(out) if out else torch.zeros(0, net.bottleneck.out_dim, device=feed.device)
+            f = trunk(net, x)
+            out.append((net.embed(f) if head else f).float())
+    width = net.bottleneck.out_dim if head else net.backbone.feat_dim
+    mine = torch.cat(out) if out else torch.zeros(0, width, device=feed.device)
     return dist.gather_rows(mine)
 
 
@@ -82,6 +95,17 @@ class Trainer:
         else:
             for p in net.backbone.parameters():
                 p.requires_grad_(False)
+        #: DANN's domain classifier (trained beside the network, never exported)
+        self.disc = None
+        if cfg.align == "dann":
+            from ftspl.engine.errors import UsageError
+            from ftspl.train.align import DomainDiscriminator
+
+            if self.dist.world > 1:
+                raise UsageError("the DANN preset trains with one process (its domain classifier is not "
+                                 "synchronised); drop --nproc")
+            self.disc = DomainDiscriminator(net.bottleneck.out_dim).to(device)
+            params.append({"params": list(self.disc.parameters()), "lr": cfg.lr})
         self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.use_amp = device.type == "cuda" and feed.trainable_backbone
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
@@ -89,6 +113,8 @@ class Trainer:
         self.epochs_done = 0
         #: what the training step calls: ``net``, or its DistributedDataParallel wrapper
         self.model = self.dist.wrap(net)
+        #: the criterion on the pretrained backbone's features (set by the loop before training)
+        self.val_baseline: dict | None = None
 
     def _trained_modules(self) -> list:
         net = self.net
@@ -97,6 +123,8 @@ class Trainer:
     # -- one epoch --------------------------------------------------------------
     def _train_mode(self) -> None:
         self.net.train()
+        if self.disc is not None:
+            self.disc.train()
         if not self.feed.trainable_backbone:
             self.net.backbone.eval()  # frozen: keep its BatchNorm statistics
 
@@ -116,6 +144,12 @@ class Trainer:
         # every rank's share of a global target batch must hold at least one shape
         use_tgt = (cfg.target_ce and len(tgt_order) >= 2 and round_ > 0
                    and min(cfg.batch_size, len(tgt_order)) // d.world >= 1)
+        align = cfg.align != "none"
+        # unlabelled shapes for the alignment loss: their own generator, so presets without it are unchanged
+        arng = np.random.default_rng([cfg.seed, round_, ep, 7919]) if align else None
+        progress = self.epochs_done / max(1, self.total_epochs)
+        if align:
+            sums["loss_align"] = 0.0
         for x, y in self.feed.source_epoch(rng, cfg.batch_size, d.shard):
             shapes = None
             if use_tgt:
@@ -123,6 +157,12 @@ class Trainer:
                 idx = d.shard(np.take(tgt_order, np.arange(t_pos, t_pos + n), mode="wrap"))
                 t_pos = (t_pos + n) % len(tgt_order)
                 shapes = self.feed.target_batch(idx)
+            a_n = 0
+            if align:
+                a_idx = d.shard(arng.choice(self.feed.n_target, min(cfg.batch_size, self.feed.n_target), replace=False))
+                a_shapes = self.feed.target_batch(a_idx)
+                shapes = a_shapes if shapes is None else torch.cat([shapes, a_shapes])
+                a_n = len(a_idx)
             with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
                 # One bottleneck pass over photos and shapes together (FTSPLNet.forward): its
                 # BatchNorm then normalises both domains with the same (mixed) batch statistics
@@ -131,9 +171,12 @@ class Trainer:
                 # query time (SH3D val, seed 0, FTSPL: FT after round 1 is 0.582 joint vs 0.515
                 # separate, at the end 0.573 vs 0.563). Through self.model: with N processes
                 # only the wrapper's forward synchronises the gradients.
-                all_logits = self.model(x, shapes, pixels=self.feed.trainable_backbone)
+                if align:
+                    all_logits, all_emb = self.model(x, shapes, pixels=self.feed.trainable_backbone, with_embed=True)
+                else:
+                    all_logits = self.model(x, shapes, pixels=self.feed.trainable_backbone)
             if shapes is not None:
-                logits, t_logits = all_logits[: len(x)], all_logits[len(x):]
+                logits, t_logits = all_logits[: len(x)], all_logits[len(x): len(all_logits) - a_n]
             else:
                 logits = all_logits
             logits = logits.float()
@@ -146,10 +189,18 @@ class Trainer:
             if use_tgt:
                 loss_t = F.cross_entropy(t_logits.float(), torch.as_tensor(pseudo[idx], device=self.device))
                 loss = loss + cfg.target_ce_weight * loss_t
+            loss_a = None
+            if align and a_n >= 2:  # a covariance / kernel mean needs two shapes on this rank
+                loss_a = self._align_loss(all_emb[: len(x)].float(), all_emb[len(all_emb) - a_n:].float(), progress)
+                loss = loss + cfg.align_weight * loss_a
             # The global batch's losses, the same number on every rank (so all ranks stop together)
             values = d.sum_floats([float(loss_s.detach()), float(loss_t.detach()) if loss_t is not None else 0.0,
-                                   float(loss.detach())])
-            l_src, l_tgt, l_all = (v / d.world for v in values) if d.world > 1 else values
+                                   float(loss.detach())] + ([float(loss_a.detach()) if loss_a is not None else 0.0] if align else []))
+            if d.world > 1:
+                values = [v / d.world for v in values]
+            l_src, l_tgt, l_all = values[:3]
+            if align:
+                sums["loss_align"] += values[3]
             sums["loss_target"] += l_tgt
             if not math.isfinite(l_all):
                 raise FtsplError(f"training diverged (loss {l_all}); lower --lr or --lam")
@@ -162,7 +213,20 @@ class Trainer:
         self.epochs_done += 1
         self.dist.average_buffers(self._trained_modules())
         steps = max(1, sums["steps"])
-        return {"loss_source": sums["loss_source"] / steps, "loss_target": sums["loss_target"] / steps, "lambda": lam}
+        out = {"loss_source": sums["loss_source"] / steps, "loss_target": sums["loss_target"] / steps, "lambda": lam}
+        if align:
+            out["loss_align"] = sums["loss_align"] / steps
+        return out
+
+    def _align_loss(self, src: torch.Tensor, tgt: torch.Tensor, progress: float) -> torch.Tensor:
+        """The preset's domain-alignment loss between this step's photo and shape embeddings."""
+        from ftspl.train.align import coral_loss, dann_loss, grl_coeff, mk_mmd
+
+        if self.cfg.align == "coral":
+            return coral_loss(src, tgt)
+        if self.cfg.align == "mmd":
+            return mk_mmd(src, tgt)
+        return dann_loss(self.disc, src, tgt, grl_coeff(progress))
 
     # -- statistics and pseudo-labels -----------------------------------------
     def stats(self, src_emb, tgt_emb, selected, pseudo):
@@ -195,9 +259,31 @@ class Trainer:
         selected = select(labels, probs, round_ / self.cfg.rounds, method=self.cfg.selection)
         return np.asarray(labels, np.int64), np.asarray(probs), np.asarray(selected, np.int64), src, tgt
 
+    # -- validation -----------------------------------------------------------
+    def validate(self, pretrained: bool = False) -> dict | None:
+        """The criterion of :mod:`ftspl.train.validation` on this network (or on the backbone's features)."""
+        from ftspl.train.validation import score, score_shapes
+
+        if not getattr(self.feed, "n_val", 0):
+            return None
+        self.net.eval()
+        run = trunk_all if pretrained else embed_all
+        bs = self.cfg.batch_size
+        val = run(self.net, self.feed, "val", bs, self.dist)
+        if getattr(self.feed, "n_val_shapes", 0):  # labelled shapes: photo-to-shape retrieval
+            shapes = run(self.net, self.feed, "val_shapes", bs, self.dist)
+            return score_shapes(val, self.feed.val_y, shapes, self.feed.val_shapes_y).to_dict()
+        src = run(self.net, self.feed, "source", bs, self.dist)
+        return score(src, self.feed.src_y, val, self.feed.val_y, self.K).to_dict()
+
     # -- reporting ------------------------------------------------------------
     def report(self, round_: int, labels: np.ndarray, selected: np.ndarray, losses: dict, seconds: float) -> dict:
         rec: dict = {"round": round_, "selected": len(selected), "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in losses.items()}}
+        val = self.validate()
+        if val is not None:  # the model-selection criterion: labelled photos the run never trains on
+            rec["val"] = val
+            if self.val_baseline is not None:
+                rec["val_baseline"] = self.val_baseline
         names = self.class_names
         tl = self.target_labels
         known = [i for i, lab in enumerate(tl) if lab is not None]
@@ -218,6 +304,10 @@ class Trainer:
                 q = embed_all(self.net, self.feed, "query", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.query_y]
                 rec["metrics_on"] = "queries"
+            elif getattr(self.feed, "n_val", 0):  # held-out photos; the source photos were trained on
+                q = embed_all(self.net, self.feed, "val", self.cfg.batch_size, self.dist)
+                q_lab = [names[k] for k in self.feed.val_y.tolist()]
+                rec["metrics_on"] = "validation photos"
             else:
                 q = embed_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.src_y.tolist()]
