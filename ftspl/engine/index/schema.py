@@ -1,4 +1,5 @@
-"""What the shape store holds: its SQL schema, how a database file is opened and created, the record types.
+"""What the shape store holds: its SQL schema, how a database file is opened and created, the record
+types, and how SQLite's errors map to ours.
 
 Kept apart from :mod:`ftspl.engine.index.store` (which runs the transactions) so
 the data model reads on one page and callers that only build records (the add
@@ -7,15 +8,17 @@ pipeline, shard writers) need not know about connections.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ftspl.engine.errors import IndexStateError
+from ftspl.engine.errors import IndexStateError, WriteError
 
 SCHEMA_VERSION = 1
 KINDS = ("mesh", "views")  #: a shape indexed from a mesh file, or from pre-rendered views
@@ -153,3 +156,46 @@ def prepare(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
             f"{path}: index schema version {version} is not supported (this ftspl reads "
             f"{SCHEMA_VERSION}); upgrade ftspl or {REBUILD_HINT}"
         )
+
+
+# -- how SQLite's errors and queries map to ours --------------------------------------------
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+#: SQLite messages for a write the file system refused (ENOSPC is "full", EFBIG/EIO "disk I/O error").
+_WRITE_FAILURES = ("database or disk is full", "disk i/o error", "attempt to write a readonly database")
+
+
+def _guarded(method: _F) -> _F:
+    """Turn SQLite's 'not a (valid) database' into IndexStateError and a refused write into WriteError.
+
+    A refused write (disk full, file-size limit, I/O error) rolls the open
+    transaction back, so the message can promise that every batch committed
+    before is intact.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and any(m in str(exc).lower() for m in _WRITE_FAILURES):
+                raise WriteError(self.path, f"SQLite: {exc}") from exc
+            if isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
+                raise
+            raise IndexStateError(f"{self.path}: corrupt index database ({exc}); {REBUILD_HINT}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def under_clause(prefix: str | Path) -> tuple[str, tuple[str, ...]]:
+    """SQL for 'path is prefix or below it', as a range scan on the path index (no LIKE escaping)."""
+    base = normalize_path(prefix)
+    folder = base if base.endswith("/") else base + "/"
+    # Every path below ``folder`` sorts in [folder, folder[:-1] + '0'): '0' follows '/' in ASCII.
+    return "(path = ? OR (path >= ? AND path < ?))", (base, folder, folder[:-1] + "0")
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

@@ -19,23 +19,25 @@ blocked by a running ``index add``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ftspl.engine.errors import IndexStateError, WriteError
+from ftspl.engine.errors import IndexStateError
 from ftspl.engine.index.schema import (
     REBUILD_HINT,
     ShapeRecord,
     ShapeRow,
+    _guarded,
+    chunks,
     connect,
     normalize_path,
+    under_clause,
     prepare,
     validate_record,
 )
@@ -46,35 +48,6 @@ if TYPE_CHECKING:  # typing.Self needs Python 3.11; annotations are not evaluate
 log = logging.getLogger(__name__)
 
 _SQL_CHUNK = 500  # stay well below SQLite's bound-variable limit
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-#: SQLite messages for a write the file system refused (ENOSPC is "full", EFBIG/EIO "disk I/O error").
-_WRITE_FAILURES = ("database or disk is full", "disk i/o error", "attempt to write a readonly database")
-
-
-def _guarded(method: _F) -> _F:
-    """Turn SQLite's 'not a (valid) database' into IndexStateError and a refused write into WriteError.
-
-    A refused write (disk full, file-size limit, I/O error) rolls the open
-    transaction back, so the message can promise that every batch committed
-    before is intact.
-    """
-
-    @functools.wraps(method)
-    def wrapper(self: ShapeStore, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and any(m in str(exc).lower() for m in _WRITE_FAILURES):
-                raise WriteError(self.path, f"SQLite: {exc}") from exc
-            if isinstance(exc, (sqlite3.OperationalError, sqlite3.IntegrityError)):
-                raise
-            raise IndexStateError(f"{self.path}: corrupt index database ({exc}); {REBUILD_HINT}") from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 class ShapeStore:
     """Shapes, their embeddings and the index's model identity, in one SQLite file.
@@ -247,7 +220,7 @@ class ShapeStore:
         """
         sql, args = "SELECT path, id, content_hash FROM shapes", ()
         if prefix is not None:
-            where, args = _under_clause(prefix)
+            where, args = under_clause(prefix)
             sql += " WHERE " + where
         return {p: (int(i), str(h)) for p, i, h in self._conn.execute(sql, args)}
 
@@ -258,7 +231,7 @@ class ShapeStore:
         cols = "id, path, content_hash, label, faces, kind, added" + (", preview" if previews else "")
         found: dict[int, ShapeRow] = {}
         with self.snapshot():
-            for chunk in _chunks(sorted(set(wanted)), _SQL_CHUNK):
+            for chunk in chunks(sorted(set(wanted)), _SQL_CHUNK):
                 marks = ",".join("?" * len(chunk))
                 for r in self._conn.execute(f"SELECT {cols} FROM shapes WHERE id IN ({marks})", chunk):
                     found[int(r[0])] = ShapeRow(
@@ -393,7 +366,7 @@ class ShapeStore:
         if not keys:
             return removed
         with self.batch():
-            for chunk in _chunks(keys, _SQL_CHUNK):
+            for chunk in chunks(keys, _SQL_CHUNK):
                 marks = ",".join("?" * len(chunk))
                 removed += [int(r[0]) for r in self._conn.execute(
                     f"DELETE FROM shapes WHERE path IN ({marks}) RETURNING id", chunk
@@ -404,7 +377,7 @@ class ShapeStore:
     @_guarded
     def remove_under(self, prefix: str | Path) -> list[int]:
         """Delete every shape whose path is ``prefix`` or lies below that folder; the ids removed."""
-        where, args = _under_clause(prefix)
+        where, args = under_clause(prefix)
         with self.batch():
             removed = [int(r[0]) for r in self._conn.execute(
                 f"DELETE FROM shapes WHERE {where} RETURNING id", args
@@ -427,16 +400,3 @@ class ShapeStore:
         except sqlite3.DatabaseError as exc:
             return [str(exc)]
         return [] if rows == ["ok"] else rows
-
-
-def _under_clause(prefix: str | Path) -> tuple[str, tuple[str, ...]]:
-    """SQL for 'path is prefix or below it', as a range scan on the path index (no LIKE escaping)."""
-    base = normalize_path(prefix)
-    folder = base if base.endswith("/") else base + "/"
-    # Every path below ``folder`` sorts in [folder, folder[:-1] + '0'): '0' follows '/' in ASCII.
-    return "(path = ? OR (path >= ? AND path < ?))", (base, folder, folder[:-1] + "0")
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
