@@ -16,7 +16,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,serve,ray,dev]'
+	$(PY) -m pip install -q -e '.[train,serve,ray,ann,dev]'
 	touch $@
 
 setup: system-deps $(VENV)/.installed
