@@ -9,7 +9,7 @@ Per seed: build the split (``ftspl.data`` builder, seeded), then every row:
   features, what ``ftspl export --pretrained`` serves);
 * every other row - ``ftspl.train.train`` in head mode with that preset
   (``ftspl.train.config.PRESETS``), same split, same seed, same budget; the
-  paper's Table I deep baselines are the ``CORAL``, ``DANN`` and ``MMD`` rows.
+  paper's Table I deep baselines are the ``CORAL``, ``DANN``, ``MMD`` and ``JAN`` rows.
   Each trained row is scored with the round the run chose on its validation
   photos (carved from the source; what ``ftspl export`` would serve).
 
@@ -56,7 +56,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
-ROWS = ("CNN", "source_only", "CORAL", "DANN", "MMD", "IDCA", "ICAV", "FT", "FT_centroid_pl", "SPL", "FTSPL",
+ROWS = ("CNN", "source_only", "CORAL", "DANN", "MMD", "JAN", "IDCA", "ICAV", "FT", "FT_centroid_pl", "SPL", "FTSPL",
         "FTSPL_global")
 METRICS = ("NN", "FT", "ST", "F", "DCG", "ANMRR", "AUC")
 

@@ -18,6 +18,7 @@ from ftspl.train.align import (
     dann_loss,
     grad_reverse,
     grl_coeff,
+    jmmd,
     mk_mmd,
 )
 from ftspl.train.config import PRESETS, TrainConfig, apply_preset
@@ -66,8 +67,19 @@ def test_mmd_is_zero_for_identical_samples_and_grows_with_a_shift():
     assert vals == sorted(vals) and vals[0] < 0.2 and vals[-1] > 10 * vals[0]  # finite-sample bias at 0 shift
 
 
+def test_jmmd_is_zero_for_identical_pairs_and_sees_a_shift_in_either_part():
+    g = torch.Generator().manual_seed(2)
+    f = torch.randn(30, 4, generator=g)
+    logit = torch.randn(30, 3, generator=g)
+    assert float(jmmd(f, f, logit, logit)) == pytest.approx(0.0, abs=1e-6)
+    f2, l2 = torch.randn(30, 4, generator=g), torch.randn(30, 3, generator=g)
+    base = float(jmmd(f, f2, logit, l2))
+    assert float(jmmd(f, f2 + 2.0, logit, l2)) > 3 * base  # features apart
+    assert float(jmmd(f, f2, logit, l2 + torch.tensor([8.0, 0.0, 0.0]))) > base  # predictions apart
+
+
 def test_baseline_presets_are_registered_and_unknown_names_list_them():
-    for name, align in (("CORAL", "coral"), ("DANN", "dann"), ("MMD", "mmd")):
+    for name, align in (("CORAL", "coral"), ("DANN", "dann"), ("MMD", "mmd"), ("JAN", "jan")):
         cfg = apply_preset(TrainConfig(), name)
         assert cfg.align == align and not cfg.target_ce and not cfg.idca and not cfg.icav
     with pytest.raises(UnknownKeyError, match="CORAL.*DANN.*MMD"):
@@ -76,7 +88,7 @@ def test_baseline_presets_are_registered_and_unknown_names_list_them():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["CORAL", "DANN", "MMD"])
+@pytest.mark.parametrize("name", ["CORAL", "DANN", "MMD", "JAN"])
 def test_each_baseline_trains_a_tiny_run(tiny, tmp_path, name):  # noqa: F811
     from ftspl.train.loop import train
 

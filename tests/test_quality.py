@@ -240,5 +240,5 @@ def test_paired_differences_on_the_synthetic_work_folder(fake_work):
 def test_table_i_baselines_are_rows():
     from ftspl.train.config import PRESETS
 
-    for row in ("CORAL", "DANN", "MMD"):
+    for row in ("CORAL", "DANN", "MMD", "JAN"):
         assert row in quality.ROWS and row in PRESETS

@@ -84,7 +84,7 @@ def export(
 # ---------------------------------------------------------------------- train
 _PRESET_HELP = (
     "Ablation preset: source_only, IDCA, ICAV, FT, FT_centroid_pl, SPL, FTSPL (default), FTSPL_global; "
-    "the paper's Table I deep baselines: CORAL, DANN, MMD. Explicit switches below override it."
+    "the paper's Table I deep baselines: CORAL, DANN, MMD, JAN. Explicit switches below override it."
 )
 
 
@@ -111,7 +111,7 @@ def train(
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
     target_ce: Optional[bool] = typer.Option(None, "--target-ce/--no-target-ce", help="Cross-entropy on selected shapes."),
-    align_weight: Optional[float] = typer.Option(None, "--align-weight", help="Weight of the CORAL/DANN/MMD alignment loss beside the source cross-entropy (default 1)."),
+    align_weight: Optional[float] = typer.Option(None, "--align-weight", help="Weight of the CORAL/DANN/MMD/JAN alignment loss beside the source cross-entropy (default 1)."),
     rounds: int = typer.Option(_TRAIN["rounds"], "--rounds", help="SPL rounds L."),
     epochs: int = typer.Option(_TRAIN["epochs"], "--epochs", help="Epochs per round."),
     warmup_epochs: int = typer.Option(_TRAIN["warmup_epochs"], "--warmup-epochs", help="Source-only epochs before round 1."),

@@ -8,6 +8,9 @@
 * DAN's multi-kernel MMD (Long et al. 2015): the biased estimate of squared MMD
   with a sum of Gaussian kernels whose bandwidths are ``alpha * mean squared
   distance`` of the batch, alpha = 2^k for k in -3..1 (as tllib).
+* JAN's joint MMD (Long et al. 2017): the same estimate over the product of
+  the multi-kernel on features and a Gaussian kernel (sigma 0.92, as tllib) on
+  the softmax predictions.
 
 The trainer adds ``align_weight * loss`` to the source classification loss;
 target shapes are unlabelled here (no pseudo-labels), as in those baselines.
@@ -78,11 +81,28 @@ def dann_loss(disc: nn.Module, source: torch.Tensor, target: torch.Tensor, coeff
     return F.binary_cross_entropy_with_logits(logits, truth)
 
 
-def mk_mmd(source: torch.Tensor, target: torch.Tensor, alphas: tuple[float, ...] = MMD_ALPHAS) -> torch.Tensor:
-    """Biased squared MMD with a sum of Gaussian kernels (0 for identical samples, grows with a shift)."""
-    x = torch.cat([source, target]).float()
+def _mk_kernel(x: torch.Tensor, alphas: tuple[float, ...]) -> torch.Tensor:
     d2 = torch.cdist(x, x).pow(2)
     scale = d2.detach().mean().clamp_min(1e-12)
-    k = sum(torch.exp(-d2 / (2.0 * a * scale)) for a in alphas)
-    n = len(source)
+    return sum(torch.exp(-d2 / (2.0 * a * scale)) for a in alphas)
+
+
+def _mmd_from(k: torch.Tensor, n: int) -> torch.Tensor:
     return k[:n, :n].mean() + k[n:, n:].mean() - 2.0 * k[:n, n:].mean()
+
+
+def mk_mmd(source: torch.Tensor, target: torch.Tensor, alphas: tuple[float, ...] = MMD_ALPHAS) -> torch.Tensor:
+    """Biased squared MMD with a sum of Gaussian kernels (0 for identical samples, grows with a shift)."""
+    return _mmd_from(_mk_kernel(torch.cat([source, target]).float(), alphas), len(source))
+
+
+JAN_SIGMA = 0.92
+
+
+def jmmd(source: torch.Tensor, target: torch.Tensor, source_logits: torch.Tensor, target_logits: torch.Tensor,
+         alphas: tuple[float, ...] = MMD_ALPHAS) -> torch.Tensor:
+    """JAN's joint MMD: features' multi-kernel times a Gaussian kernel on softmax predictions."""
+    kf = _mk_kernel(torch.cat([source, target]).float(), alphas)
+    p = torch.softmax(torch.cat([source_logits, target_logits]).float(), dim=1)
+    kp = torch.exp(-torch.cdist(p, p).pow(2) / (2.0 * JAN_SIGMA**2))
+    return _mmd_from(kf * kp, len(source))

@@ -19,7 +19,8 @@ The paper's Table I deep baselines train on the same data and backbone with
 source cross-entropy plus a domain-alignment loss (``align``,
 :mod:`ftspl.train.align`) between source photos and unlabelled shapes, no
 pseudo-labels: ``CORAL`` (Deep CORAL), ``DANN`` (RevGrad: gradient-reversal
-domain classifier) and ``MMD`` (DAN's multi-kernel MMD).
+domain classifier), ``MMD`` (DAN's multi-kernel MMD) and ``JAN`` (joint MMD over
+features and predictions).
 
 Every row but ``source_only`` trains with cross-entropy on its pseudo-labelled
 shapes, so a row differs from its neighbour only in the named component.
@@ -45,7 +46,7 @@ from ftspl.engine.errors import UnknownKeyError
 
 MODES = ("head", "full")
 PL_SPACES = ("embedding", "unit")
-ALIGNS = ("none", "coral", "dann", "mmd")  #: domain-alignment losses (``ftspl.train.align``)
+ALIGNS = ("none", "coral", "dann", "mmd", "jan")  #: domain-alignment losses (``ftspl.train.align``)
 DEFAULT_BACKBONE = "efficientnet_lite0"  #: a key of ``ftspl.train.backbones.BACKBONES``
 
 
@@ -100,7 +101,7 @@ class TrainConfig:
     #: where the centroid / cluster pseudo-labels measure distance: "embedding" (the bottleneck
     #: output, as the paper) or "unit" (L2-normalised: the geometry retrieval ranks in)
     pl_space: str = "embedding"
-    #: domain-alignment loss on the bottleneck embeddings: none, coral, dann or mmd (Table I baselines)
+    #: domain-alignment loss on the bottleneck embeddings: none, coral, dann, mmd or jan (Table I baselines)
     align: str = "none"
     align_weight: float = 1.0  #: its weight beside the source cross-entropy
     extra: dict = field(default_factory=dict)
@@ -130,6 +131,7 @@ PRESETS.update({
     "CORAL": {**_NO_PL, "align": "coral"},
     "DANN": {**_NO_PL, "align": "dann"},
     "MMD": {**_NO_PL, "align": "mmd"},
+    "JAN": {**_NO_PL, "align": "jan"},
 })
 
 

@@ -191,7 +191,8 @@ class Trainer:
                 loss = loss + cfg.target_ce_weight * loss_t
             loss_a = None
             if align and a_n >= 2:  # a covariance / kernel mean needs two shapes on this rank
-                loss_a = self._align_loss(all_emb[: len(x)].float(), all_emb[len(all_emb) - a_n:].float(), progress)
+                loss_a = self._align_loss(all_emb[: len(x)].float(), all_emb[len(all_emb) - a_n:].float(), progress,
+                                          logits, all_logits[len(all_logits) - a_n:].float())
                 loss = loss + cfg.align_weight * loss_a
             # The global batch's losses, the same number on every rank (so all ranks stop together)
             values = d.sum_floats([float(loss_s.detach()), float(loss_t.detach()) if loss_t is not None else 0.0,
@@ -218,14 +219,17 @@ class Trainer:
             out["loss_align"] = sums["loss_align"] / steps
         return out
 
-    def _align_loss(self, src: torch.Tensor, tgt: torch.Tensor, progress: float) -> torch.Tensor:
-        """The preset's domain-alignment loss between this step's photo and shape embeddings."""
-        from ftspl.train.align import coral_loss, dann_loss, grl_coeff, mk_mmd
+    def _align_loss(self, src: torch.Tensor, tgt: torch.Tensor, progress: float, src_logits: torch.Tensor,
+                    tgt_logits: torch.Tensor) -> torch.Tensor:
+        """The preset's domain-alignment loss between this step's photo and shape embeddings (and logits: JAN)."""
+        from ftspl.train.align import coral_loss, dann_loss, grl_coeff, jmmd, mk_mmd
 
         if self.cfg.align == "coral":
             return coral_loss(src, tgt)
         if self.cfg.align == "mmd":
             return mk_mmd(src, tgt)
+        if self.cfg.align == "jan":
+            return jmmd(src, tgt, src_logits, tgt_logits)
         return dann_loss(self.disc, src, tgt, grl_coeff(progress))
 
     # -- statistics and pseudo-labels -----------------------------------------
