@@ -105,3 +105,22 @@ def test_val_shapes_switch_the_criterion_to_photo_to_shape_retrieval(tiny, tmp_p
     assert json.loads((tmp_path / "run" / "run.json").read_text())["selection"]["criterion"] == CRITERION_SHAPES
     with pytest.raises(UsageError, match="needs validation photos"):
         train(replace(cfg, out=str(tmp_path / "r2"), val_frac=0.0))
+
+
+@pytest.mark.slow
+def test_cli_train_says_which_round_and_whether_it_beat_the_pretrained_cnn(tiny, tmp_path):  # noqa: F811
+    from conftest import run_ftspl
+
+    args = ["train", "--source", str(tiny / "source"), "--target", str(tiny / "target"), "--rounds", "1",
+            "--epochs", "1", "--warmup-epochs", "1", "--batch-size", "4", "--augment-copies", "1"]
+    r = run_ftspl(tmp_path / "home", *args, "--out", str(tmp_path / "a"), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    sel = json.loads((tmp_path / "a" / "run.json").read_text())["selection"]
+    assert out["adapted_better"] == sel["adapted_better"] and out["selection"]["best_round"] == sel["best_round"]
+    r = run_ftspl(tmp_path / "home", *args, "--out", str(tmp_path / "b"), "--preset", "MMD", "--val-frac", "0.3")
+    assert r.returncode == 0, r.stderr
+    text = r.stdout + r.stderr
+    assert "best round on validation" in text and "(CNN " in text
+    assert ("NOT better than the pretrained CNN" in text) == (not verdict(
+        json.loads((tmp_path / "b" / "metrics.json").read_text())["rounds"])["adapted_better"])

@@ -100,6 +100,9 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
             parts.append(f"pseudo-acc {rec['pseudo_acc']:.3f} (selected {rec['selected']}: {rec.get('pseudo_acc_selected', float('nan')):.3f})")
         if m:
             parts.append("NN {NN:.3f} FT {FT:.3f} ST {ST:.3f} DCG {DCG:.3f} ANMRR {ANMRR:.3f}".format(**m))
+        if rec.get("val"):  # the selection criterion, beside the pretrained CNN's on the same photos
+            v, b = rec["val"], rec.get("val_baseline") or {}
+            parts.append(f"val {v['acc']:.3f}/{v['FT']:.3f}" + (f" (CNN {b['acc']:.3f}/{b['FT']:.3f})" if b else ""))
         parts.append(f"{rec['seconds']:.1f} s")
         console.info(" | ".join(parts))
 
