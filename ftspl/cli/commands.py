@@ -134,10 +134,16 @@ def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:
     lib = Library(home, runtime)
     with console.progress(not as_json) as update:
         report = lib.add(root, cfg, progress=update)
-    for path, reason in report.failed:
-        console.warn(f"{path}: {reason}")
+    summary = add_summary(report)
+    finish_add(report, summary, as_json,
+               f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
+               f"failed {len(report.failed)} in {report.seconds:.1f} s ({summary['shapes_per_s']:.2f} shapes/s)")
+
+
+def add_summary(report, extra: dict | None = None) -> dict:
+    """The JSON of an add (plain, Ray or shards): counts, failures, time and rate."""
     rate = report.processed / report.seconds if report.seconds > 0 else 0.0
-    summary = {
+    return {
         "added": report.added,
         "updated": report.updated,
         "unchanged": report.unchanged,
@@ -145,14 +151,18 @@ def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:
         "failures": [{"path": p, "reason": r} for p, r in report.failed],
         "seconds": round(report.seconds, 3),
         "shapes_per_s": round(rate, 3),
+        **(extra or {}),
     }
+
+
+def finish_add(report, summary: dict, as_json: bool, line: str) -> None:
+    """One line per failed file, then the summary (JSON or one line); exit 1 when a file failed."""
+    for path, reason in report.failed:
+        console.warn(f"{path}: {reason}")
     if as_json:
         console.print_json(summary)
     else:
-        console.out(
-            f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
-            f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.2f} shapes/s)"
-        )
+        console.out(line)
     if report.failed:
         raise typer.Exit(1)
 

@@ -8,34 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
 
 from ftspl.cli import console
-
-
-def _summary(report, extra: dict) -> dict:
-    rate = report.processed / report.seconds if report.seconds > 0 else 0.0
-    return {
-        "added": report.added,
-        "updated": report.updated,
-        "unchanged": report.unchanged,
-        "failed": len(report.failed),
-        "failures": [{"path": p, "reason": r} for p, r in report.failed],
-        "seconds": round(report.seconds, 3),
-        "shapes_per_s": round(rate, 3),
-        **extra,
-    }
-
-
-def _finish(report, summary: dict, as_json: bool, line: str) -> None:
-    for path, reason in report.failed:
-        console.warn(f"{path}: {reason}")
-    if as_json:
-        console.print_json(summary)
-    else:
-        console.out(line)
-    if report.failed:
-        raise typer.Exit(1)
+from ftspl.cli.commands import add_summary, finish_add
 
 
 def index_add_scaled(root: Path, cfg, home, runtime, as_json: bool, ray: str | None, shards: Path | None) -> None:
@@ -71,7 +46,7 @@ def index_add_scaled(root: Path, cfg, home, runtime, as_json: bool, ray: str | N
     else:
         line = (f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
                 f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.2f} shapes/s)")
-    _finish(report, _summary(report, extra), as_json, line)
+    finish_add(report, add_summary(report, extra), as_json, line)
 
 
 def index_merge_cmd(folders: list[Path], cfg, home, as_json: bool) -> None:
@@ -84,4 +59,4 @@ def index_merge_cmd(folders: list[Path], cfg, home, as_json: bool) -> None:
     rate = report.processed / report.seconds if report.seconds > 0 else 0.0
     line = (f"merged: added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
             f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.0f} shapes/s)")
-    _finish(report, _summary(report, {}), as_json, line)
+    finish_add(report, add_summary(report), as_json, line)
