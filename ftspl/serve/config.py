@@ -51,7 +51,7 @@ class ServeConfig:
         if self.workers < 1 or self.queue < 0:
             raise UsageError("--workers must be at least 1 and --queue at least 0")
         if min(self.max_photos, self.max_top, self.max_file_bytes, self.max_pixels, self.max_body_bytes) < 1:
-            raise UsageError("--max-photos, --max-top and the byte and pixel caps must be at least 1")
+            raise UsageError("--max-photos, --max-file-bytes, --max-pixels, --max-body-bytes and the largest top must be at least 1")
         if self.poll_s <= 0:
             raise UsageError("--poll must be positive")
         if self.token is not None and len(self.token) < 16:
