@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 #: So M=32 / efc=200 / ef=128. I.i.d. Gaussian vectors (no structure at all) stay
 #: the unindexable worst case. ``ef_search`` is a query-time knob (free to change
 #: after build, kept in the manifest). At 1M vectors the same graph gives recall@10
-#: 0.931 at ef 128, 0.984 at 256 and 0.996 at 512, so an index without an explicit
-#: ``ef_search`` widens its beam with its size (:func:`ftspl.engine.index.graph.auto_ef`):
-#: ``HNSW_EF_SEARCH`` up to 100k vectors, ``HNSW_EF_SEARCH_1M`` at 1M.
+#: 0.936 at ef 128, 0.981 at 256, 0.9935 at 384 and 0.9965 at 512 (2.7 ms per query,
+#: 15x the exact twin; ``benchmarks/results/ann_1000000.json``), so an index without an
+#: explicit ``ef_search`` widens its beam with its size
+#: (:func:`ftspl.engine.index.graph.auto_ef`): ``HNSW_EF_SEARCH`` up to 100k vectors,
+#: ``HNSW_EF_SEARCH_1M`` (the smallest measured ef with recall@10 >= 0.993) at 1M. The
+#: faiss backend answers the same graph about twice as fast (``faiss_hnsw.py``).
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 128
