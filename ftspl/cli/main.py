@@ -150,7 +150,7 @@ def index_add(
     label_from: str = typer.Option("top", "--label-from", help="top (first folder under ROOT), parent, or none."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Start a new index (drops one made by another model)."),
-    hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth, stored in the index (default 128; 512 near 1M shapes)."),
+    hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth, stored in the index (default: size-aware, 128 up to 100k shapes, 384 at 1M)."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", min=2, help="HNSW graph degree M for a new index (default 32)."),
     hnsw_ef_construction: Optional[int] = typer.Option(None, "--hnsw-ef-construction", min=1, help="HNSW build breadth for a new index (default 200)."),
     ann_backend: str = typer.Option("hnsw", "--ann-backend", help="Nearest-neighbour engine of a new index: hnsw, faiss-hnsw, usearch or exact (an existing index keeps its own)."),
