@@ -153,7 +153,7 @@ def index_add(
     hnsw_ef: Optional[int] = typer.Option(None, "--hnsw-ef", min=1, help="HNSW search breadth, stored in the index (default: size-aware, 128 up to 100k shapes, 384 at 1M)."),
     hnsw_m: Optional[int] = typer.Option(None, "--hnsw-m", min=2, help="HNSW graph degree M for a new index (default 32)."),
     hnsw_ef_construction: Optional[int] = typer.Option(None, "--hnsw-ef-construction", min=1, help="HNSW build breadth for a new index (default 200)."),
-    ann_backend: str = typer.Option("hnsw", "--ann-backend", help="Nearest-neighbour engine of a new index: hnsw, faiss-hnsw, usearch or exact (an existing index keeps its own)."),
+    ann_backend: Optional[str] = typer.Option(None, "--ann-backend", help="Nearest-neighbour engine of a new index: hnsw (default), faiss-hnsw (near 1M shapes), usearch or exact; an existing index keeps its own."),
     commit_every: int = typer.Option(32, "--commit-every", min=1, help="Shapes per committed batch."),
     file_timeout: float = typer.Option(60.0, "--file-timeout", min=0.1, help="Seconds one file may take to load and render before it is skipped."),
     max_faces: int = typer.Option(MAX_FACES, "--max-faces", min=1, help="Refuse meshes with more faces."),

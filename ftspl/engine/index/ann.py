@@ -4,12 +4,13 @@ Backends share one interface (``add``, ``remove``, ``query``, ``save``, ``load``
 ``len``, ``in``, ``ids``; :mod:`ftspl.engine.index.ann_base`) so the engine swaps
 them by name:
 
+* ``hnsw`` (:class:`HnswIndex`) wraps ``hnswlib`` (the ``chroma-hnswlib`` wheel,
+  a base dependency): the default for a new library (:data:`DEFAULT_BACKEND`);
 * ``faiss-hnsw`` (:class:`FaissHnswIndex`) is faiss-cpu's HNSW (run-time AVX2 /
-  AVX-512 kernels) with removal by tombstones: the default for a new library
-  (:data:`DEFAULT_BACKEND`), the only one measured to reach recall@10 >= 0.99 at
-  >= 20x the exact twin at 1M shapes;
-* ``hnsw`` (:class:`HnswIndex`) wraps ``hnswlib`` (the ``chroma-hnswlib`` wheel),
-  the previous default: the same kind of graph, about half as fast per query;
+  AVX-512 kernels, the ``[ann]`` extra) with removal by tombstones: the same kind
+  of graph at about half hnswlib's time per query, the only one measured to reach
+  recall@10 >= 0.99 at >= 20x the exact twin at 1M shapes: the choice near 1M
+  (``index add --ann-backend faiss-hnsw``);
 * ``usearch`` (:class:`UsearchIndex`) is USearch's HNSW (float32 storage);
 * ``exact`` (:class:`ExactIndex`) is the brute-force numpy twin: the ground truth
   for recall tests, and exact for small libraries.
@@ -56,8 +57,9 @@ ANN_BACKENDS: dict[str, type[AnnIndex]] = {
     "usearch": UsearchIndex,
     "exact": ExactIndex,
 }
-#: The backend a new library index is built with (docs/PERFORMANCE.md, "A 1M-shape library").
-DEFAULT_BACKEND = "faiss-hnsw"
+#: The backend a new library index is built with: hnswlib needs no optional package and
+#: meets recall@10 >= 0.99 up to 100k shapes; near 1M choose faiss-hnsw (docs/PERFORMANCE.md).
+DEFAULT_BACKEND = "hnsw"
 
 
 def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:

@@ -1,6 +1,6 @@
 """The faiss HNSW backend: faiss-cpu's ``IndexHNSWFlat`` behind the :class:`AnnIndex` verbs.
 
-The library's default backend (``ann.DEFAULT_BACKEND``): faiss picks AVX2 /
+The backend for libraries near 1M shapes (``index add --ann-backend faiss-hnsw``): faiss picks AVX2 /
 AVX-512 distance kernels at run time, and on the same M 32 / ef_construction
 200 graph it answers in about half hnswlib's time. At 1M x 256 trained-like
 vectors, one query at a time: recall@10 0.9945 in 1.55 ms at ef 448, 26x the

@@ -68,7 +68,7 @@ class IndexConfig:
     commit_every: int = 32  #: shapes per SQLite transaction
     save_ann_every_s: float = 30.0  #: how often a long add refreshes the HNSW file
     wait_lock: bool = False
-    ann_backend: str = "hnsw"  #: a key of ftspl.engine.index.ann.ANN_BACKENDS, for a new index
+    ann_backend: str | None = None  #: a key of ann.ANN_BACKENDS for a new index (None: ann.DEFAULT_BACKEND)
     ann_m: int | None = None  #: HNSW M (None: the ann module's default)
     ann_ef_construction: int | None = None
     ann_ef_search: int | None = None
@@ -90,9 +90,6 @@ def known_under(store, root: str | Path, sources: list) -> dict[str, tuple[int, 
     if all(Path(normalize_path(s.path)).is_relative_to(base) for s in sources):
         return store.entries(base)
     return store.entries()
-
-
-DEFAULT_ANN_BACKEND = IndexConfig.ann_backend
 
 
 def graph_params(backend: str, cfg: IndexConfig | None) -> dict:
@@ -161,7 +158,7 @@ class Library:
         cache left behind by a killed add (or saved mid-add) catches up cheaply.
         A missing or unreadable cache is rebuilt from the embeddings in SQLite.
         """
-        from ftspl.engine.index.ann import load_index, make_index
+        from ftspl.engine.index.ann import DEFAULT_BACKEND, load_index, make_index
 
         dim = self.manifest.embed_dim
         ann = None
@@ -178,7 +175,7 @@ class Library:
             if since < 0:
                 ann = None
         if ann is None:
-            backend = cfg.ann_backend if cfg is not None else DEFAULT_ANN_BACKEND
+            backend = (cfg.ann_backend if cfg is not None else None) or DEFAULT_BACKEND
             ann, since = make_index(backend, dim, **graph_params(backend, cfg)), 0
         if cfg is not None and cfg.ann_ef_search:
             ann.ef_search = cfg.ann_ef_search
