@@ -262,7 +262,9 @@ def test_graph_matches_exact_on_small_sets(backend: str) -> None:
     x = unit_rows(rng, 500)
     q = unit_rows(rng, 50)
     ids = rng.permutation(10_000)[:500].astype(np.int64)
-    exact, graph = ExactIndex(DIM), make_index(backend, DIM, ef_search=500)
+    # more threads than this machine has cores: parallel inserts must not leave nodes unreachable
+    threads = {} if backend == "faiss-hnsw" else {"num_threads": 8}
+    exact, graph = ExactIndex(DIM), make_index(backend, DIM, ef_search=500, **threads)
     exact.add(ids, x)
     graph.add(ids, x)
     e_ids, e_d = exact.query(q, k=10)

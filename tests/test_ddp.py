@@ -7,6 +7,7 @@ with a single process. End-to-end runs reuse tests/test_train.py's tiny data.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -44,6 +45,7 @@ def _entry(rank: int, world: int, init: str, fn, args: tuple) -> None:
     try:
         fn(rank, *args)
     finally:
+        gc.collect()  # free DDP wrappers (and their gloo work) while the group and the interpreter are alive
         tdist.destroy_process_group()
 
 

@@ -39,6 +39,7 @@ wait at a barrier while another renders its share of the shapes).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -310,6 +311,9 @@ def session(device_name: str = "auto") -> Iterator[Dist]:
         log.info("rank %d of %d joined the %s process group on %s", rank, world, backend, device)
         yield Dist(rank, world, local_rank, local_world, device)
     finally:
+        # DDP wrappers left in reference cycles still hold gloo work; freeing them while the group
+        # and the interpreter are alive avoids an abort ("terminate called...") at process exit.
+        gc.collect()
         tdist.destroy_process_group()
 
 
