@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -150,6 +151,29 @@ def build_split(seed: int, work: Path, data: Path | None, bench: str = "full") -
     cfg = replace(BENCH_PRESETS[bench], seed=seed)
     s = build_sh3d_benchmark(work / f"data-{bench}-s{seed}", cache, cfg)
     return Split(s.source, s.queries, s.target, s.classes, s.counts, s.val, s.photos)
+
+
+@contextmanager
+def seed_lock(data_root: Path, seed: int):
+    """An exclusive lock on one seed's data folder (``fcntl.flock``; released if the process dies)."""
+    import fcntl
+
+    data_root.mkdir(parents=True, exist_ok=True)
+    with open(data_root / f".seed{seed}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def warm_caches(split: Split, seed: int, study: StudyConfig) -> None:
+    """Render the views and compute the frozen backbone's features every row of this seed reads."""
+    from ftspl.train.config import TrainConfig
+    from ftspl.train.loop import pretrained_embeddings
+
+    t = time.perf_counter()
+    for q in dict.fromkeys([split.queries, split.val or split.queries]):
+        pretrained_embeddings(TrainConfig(source=str(split.source), target=str(split.target), queries=str(q),
+                                          seed=seed, **asdict(study)), home=study_home())
+    log(f"seed {seed}: caches warm in {time.perf_counter() - t:.0f}s")
 
 
 def score(emb) -> tuple[dict, dict]:
@@ -396,7 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     checks = []
     for seed in seeds:
         t = time.perf_counter()
-        split = build_split(seed, data_root, args.data.resolve() if args.data else None, args.bench)
+        with seed_lock(data_root, seed):  # two studies at once build and warm one seed's data in turn
+            split = build_split(seed, data_root, args.data.resolve() if args.data else None, args.bench)
+            if args.prepare:
+                warm_caches(split, seed, study)
         if args.eval_on == "val":
             if split.val is None or not split.val.is_dir():
                 sys.exit(f"{split.source.parent}: no val/ split to tune on")
@@ -407,14 +434,6 @@ def main(argv: list[str] | None = None) -> int:
         seed_dir.mkdir(parents=True, exist_ok=True)
         per_seed[seed] = {}
         if args.prepare:
-            from ftspl.train.config import TrainConfig
-            from ftspl.train.loop import pretrained_embeddings
-
-            t = time.perf_counter()
-            for q in dict.fromkeys([split.queries, split.val or split.queries]):
-                pretrained_embeddings(TrainConfig(source=str(split.source), target=str(split.target), queries=str(q),
-                                                  seed=seed, **asdict(study)), home=study_home())
-            log(f"seed {seed}: caches warm in {time.perf_counter() - t:.0f}s")
             continue
         for row in rows:
             res = run_row(row, seed, split, study, seed_dir)
