@@ -59,6 +59,33 @@ class ExportConfig:
     parity_tol: float = 1e-4
     parity_batch: int = 2
     seed: int = 0
+    #: the multi-view graph also outputs each view's embedding (``VIEW_OUTPUT``), which the
+    #: index stores compactly to say which view of a hit matched the photo
+    view_embeddings: bool = True
+
+
+VIEW_OUTPUT = "view_embeddings"
+
+
+class WithViewEmbeddings(torch.nn.Module):
+    """A multi-view encoder whose graph returns ``(pooled (B, D), per-view (B, V, D))``.
+
+    The pooled output is the encoder's own forward, unchanged; each view's
+    embedding goes through the same head and L2 normalisation, so it lives in
+    the photos' embedding space (views are compared with photos directly).
+    """
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.encoder
+        feats = enc.backbone.features(x.flatten(0, 1))  # (B*V, F), computed once for both outputs
+        per_view = feats.reshape(x.shape[0], -1, feats.shape[-1])
+        pooled = enc._finish(per_view.amax(dim=1))
+        views = enc._finish(feats).reshape(x.shape[0], -1, pooled.shape[-1])
+        return pooled, views
 
 
 @dataclass
@@ -75,7 +102,8 @@ class ModelMeta:
     metrics: dict
 
 
-def _export_one(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, cfg: ExportConfig) -> None:
+def _export_one(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, cfg: ExportConfig,
+                outputs: tuple[str, ...] = ("embedding",)) -> None:
     module = module.eval()
     if cfg.exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -86,7 +114,7 @@ def _export_one(module: torch.nn.Module, example: torch.Tensor, path: Path, inpu
                 (example,),
                 dynamo=True,
                 input_names=[input_name],
-                output_names=["embedding"],
+                output_names=list(outputs),
                 dynamic_shapes=({0: batch},),
                 opset_version=cfg.opset,
                 verbose=False,
@@ -101,14 +129,15 @@ def _export_one(module: torch.nn.Module, example: torch.Tensor, path: Path, inpu
                 str(path),
                 dynamo=False,
                 input_names=[input_name],
-                output_names=["embedding"],
-                dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
+                output_names=list(outputs),
+                dynamic_axes={input_name: {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                 opset_version=min(cfg.opset, 17),
             )
 
 
-def _parity(module: torch.nn.Module, path: Path, input_name: str, examples: list[torch.Tensor]) -> float:
-    """Max abs difference between torch and onnxruntime over the example batches."""
+def _parity(module: torch.nn.Module, path: Path, input_name: str, examples: list[torch.Tensor],
+            outputs: tuple[str, ...] = ("embedding",)) -> float:
+    """Max abs difference between torch and onnxruntime over the example batches (every output)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -117,11 +146,13 @@ def _parity(module: torch.nn.Module, path: Path, input_name: str, examples: list
     worst = 0.0
     with torch.no_grad():
         for x in examples:
-            ref = module(x).float().numpy()
-            got = sess.run(["embedding"], {input_name: x.numpy()})[0]
-            if got.shape != ref.shape:
-                raise ExportParityError(f"{path}: onnxruntime output shape {got.shape} != torch {ref.shape}")
-            worst = max(worst, float(np.max(np.abs(got - ref))))
+            refs = module(x)
+            refs = refs if isinstance(refs, tuple) else (refs,)
+            for name, ref, got in zip(outputs, refs, sess.run(list(outputs), {input_name: x.numpy()})):
+                ref = ref.float().numpy()
+                if got.shape != ref.shape:
+                    raise ExportParityError(f"{path}: onnxruntime {name} shape {got.shape} != torch {ref.shape}")
+                worst = max(worst, float(np.max(np.abs(got - ref))))
     return worst
 
 
@@ -149,18 +180,20 @@ def export_encoders(
     try:
         files: dict[str, EncoderFile] = {}
         worst = 0.0
-        for name, module, examples, input_name, shape in (
-            (IMAGE_ENCODER, image_encoder, img_examples, "images", ["batch", 3, s, s]),
-            (MULTIVIEW_ENCODER, multiview_encoder, mv_examples, "views", ["batch", v, 3, s, s]),
+        mv_outputs = ("embedding", VIEW_OUTPUT) if cfg.view_embeddings else ("embedding",)
+        mv_module = WithViewEmbeddings(multiview_encoder).eval() if cfg.view_embeddings else multiview_encoder
+        for name, module, examples, input_name, shape, outputs in (
+            (IMAGE_ENCODER, image_encoder, img_examples, "images", ["batch", 3, s, s], ("embedding",)),
+            (MULTIVIEW_ENCODER, mv_module, mv_examples, "views", ["batch", v, 3, s, s], mv_outputs),
         ):
             path = stage / f"{name}.onnx"
             log.info("exporting %s (%s exporter)", name, cfg.exporter)
             try:
-                _export_one(module, examples[0], path, input_name, cfg)
+                _export_one(module, examples[0], path, input_name, cfg, outputs)
             except (RuntimeError, TypeError, ValueError) as exc:  # torch.onnx's errors derive from these
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 raise ExportError(f"{name}: torch.onnx.export failed ({first}); try --exporter torchscript") from exc
-            diff = _parity(module, path, input_name, examples)
+            diff = _parity(module, path, input_name, examples, outputs)
             log.info("%s parity: max abs diff %.3g", name, diff)
             if not diff <= cfg.parity_tol:
                 raise ExportParityError(
@@ -174,6 +207,7 @@ def export_encoders(
                 input_name=input_name,
                 input_shape=shape,
                 output_name="embedding",
+                view_output_name=VIEW_OUTPUT if len(outputs) > 1 else None,
             )
         manifest = ModelManifest(
             model_id="",

@@ -113,13 +113,15 @@ def pending_shapes(sources: list[ShapeSource], known: dict[str, tuple[int | None
     return todo
 
 
-def make_record(pending: PendingShape, faces: int | None, embedding: np.ndarray, preview: bytes | None):
+def make_record(pending: PendingShape, faces: int | None, embedding: np.ndarray, preview: bytes | None,
+                view_embeddings: np.ndarray | None = None, view_strip: bytes | None = None):
     """The :class:`~ftspl.engine.index.schema.ShapeRecord` of one encoded shape (every producer uses it)."""
     from ftspl.engine.index.schema import ShapeRecord
 
     src = pending.source
     return ShapeRecord(path=str(src.path), content_hash=pending.digest, label=src.label, faces=faces,
-                       kind=src.kind, embedding=np.asarray(embedding, np.float32), preview=preview)
+                       kind=src.kind, embedding=np.asarray(embedding, np.float32), preview=preview,
+                       view_embeddings=view_embeddings, view_strip=view_strip)
 
 
 class Sink(Protocol):
@@ -178,7 +180,7 @@ class IndexSink:
 @dataclass
 class _Batch:
     shapes: list[PreparedShape]
-    result: Future  #: -> (embeddings (B, D), preview PNGs)
+    result: Future  #: -> (embeddings (B, D), preview PNGs, per-view (B, V, D) or None, view strips or None)
 
 
 def render_all(todo: list[PendingShape], worker) -> Iterator[PreparedShape]:
@@ -264,14 +266,17 @@ class AddPipeline:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _encode(self, shapes: list[PreparedShape]) -> tuple[np.ndarray, list[bytes]]:
-        """Runs in a pool thread: preprocess, embed and make previews for one batch."""
+    def _encode(self, shapes: list[PreparedShape]) -> tuple:
+        """Runs in a pool thread: preprocess, embed and make previews (and view strips) for one batch."""
+        from ftspl.engine.index.viewcodes import make_strip
         from ftspl.engine.model.preprocess import views_to_tensor
         from ftspl.engine.rendering.renderer import make_preview
 
         pre = self.encoders.preprocess
         batch = np.stack([views_to_tensor(s.views, pre) for s in shapes])
-        return self.encoders.embed_views(batch), [make_preview(s.views) for s in shapes]
+        emb, per_view = self.encoders.embed_views_full(batch)
+        strips = None if per_view is None else [make_strip(s.views) for s in shapes]
+        return emb, [make_preview(s.views) for s in shapes], per_view, strips
 
     def _encode_pending(self, pool: ThreadPoolExecutor) -> None:
         if self.pending:
@@ -286,9 +291,11 @@ class AddPipeline:
 
     def _collect_oldest(self) -> None:
         batch = self.inflight.popleft()
-        emb, previews = batch.result.result()
-        for shape, e, preview in zip(batch.shapes, emb, previews):
-            self.records.append(make_record(shape.pending, shape.faces, e, preview))
+        emb, previews, per_view, strips = batch.result.result()
+        for j, (shape, e, preview) in enumerate(zip(batch.shapes, emb, previews)):
+            self.records.append(make_record(shape.pending, shape.faces, e, preview,
+                                            None if per_view is None else per_view[j],
+                                            None if strips is None else strips[j]))
             self.old_ids.append(shape.pending.old_id)
 
     def _commit(self, pool: ThreadPoolExecutor, final: bool = False) -> None:

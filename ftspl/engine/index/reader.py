@@ -52,6 +52,8 @@ class Hit:
     label: str | None
     kind: str
     content_hash: str | None = None  #: of the shape's file (or view folder) when it was indexed
+    view: int | None = None  #: the rendered view closest to the photo (None: no per-view codes)
+    view_similarity: float | None = None  #: that view's cosine similarity to the photo
 
 
 @dataclass
@@ -234,15 +236,30 @@ class Reader:
 
         return self.query_images([load_photo(p) for p in photos], [str(p) for p in photos], k)
 
-    def query_images(self, images: list, names: list[str], k: int) -> list[QueryResult]:
-        """Search with already decoded RGB images (one batch), e.g. after per-file checks."""
+    def view_embeddings(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """``id -> (V, D)`` per-view embeddings of the shapes that have them; safe from any thread."""
+        with self._store_lock:
+            return self.store.view_embeddings(ids)
+
+    def view_strip(self, shape_id: int) -> tuple[bytes, int] | None:
+        """``(strip of the views, views)`` of one shape, or None; safe from any thread."""
+        with self._store_lock:
+            return self.store.view_strip(shape_id)
+
+    def query_images(self, images: list, names: list[str], k: int, match=None) -> list[QueryResult]:
+        """Search with already decoded RGB images (one batch), e.g. after per-file checks.
+
+        ``match`` (:class:`~ftspl.engine.scoring.views.MatchConfig`) says whether to
+        fill in each hit's matched view and how to re-rank; None: the defaults.
+        """
         from ftspl.engine.model.preprocess import to_tensor
+        from ftspl.engine.scoring.views import MatchConfig, search_matched
 
         pre = self.lib.encoders.preprocess
         if not images:
             return []
         emb = self.lib.encoders.embed_photos(np.stack([to_tensor(im, pre) for im in images]))
-        hits, gen = self.search_at(emb, k)
+        hits, gen = search_matched(self, emb, k, match or MatchConfig())
         return [QueryResult(n, h, gen) for n, h in zip(names, hits)]
 
     def state(self) -> ReaderState:

@@ -60,6 +60,10 @@ class ShapeRecord:
     kind: str
     embedding: np.ndarray
     preview: bytes | None = None
+    #: (V, D) per-view embeddings and a strip of the views (models with per-view output;
+    #: stored as int8 codes in the same transaction, see :mod:`ftspl.engine.index.viewcodes`)
+    view_embeddings: np.ndarray | None = None
+    view_strip: bytes | None = None
 
 
 @dataclass(frozen=True)

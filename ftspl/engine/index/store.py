@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError
+from ftspl.engine.index import viewcodes
 from ftspl.engine.index.schema import (
     REBUILD_HINT,
     ShapeRecord,
@@ -355,8 +356,18 @@ class ShapeStore:
                     (path, content_hash, label, faces, kind, now, blob, preview, gen),
                 ).fetchone()
                 ids.append(int(row[0]))
+            viewcodes.write(self._conn, ids, records)
             self._dirty = True
         return ids
+
+    @_guarded
+    def view_embeddings(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """``id -> (V, D)`` per-view embeddings of the shapes that have them; ``view_strip``: their views."""
+        return viewcodes.read(self._conn, ids)
+
+    @_guarded
+    def view_strip(self, shape_id: int) -> tuple[bytes, int] | None:
+        return viewcodes.read_strip(self._conn, shape_id)
 
     @_guarded
     def remove_paths(self, paths: Iterable[str | Path]) -> list[int]:

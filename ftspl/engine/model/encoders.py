@@ -239,6 +239,23 @@ class Encoders:
             raise ValueError(f"expected {self.manifest.views} views per shape, got {batch.shape[1]}")
         return self._run(MULTIVIEW_ENCODER, batch)
 
+    @property
+    def has_view_output(self) -> bool:
+        """True when the multi-view graph also returns per-view embeddings (models exported since issue 17)."""
+        return self.manifest.encoders[MULTIVIEW_ENCODER].view_output_name is not None
+
+    def embed_views_full(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, V, 3, S, S) views -> (B, D) shape embeddings and (B, V, D) per-view ones (None: older model)."""
+        enc = self.manifest.encoders[MULTIVIEW_ENCODER]
+        if not self.has_view_output or len(batch) == 0:
+            return self.embed_views(batch), None
+        if batch.shape[1] != self.manifest.views:
+            raise ValueError(f"expected {self.manifest.views} views per shape, got {batch.shape[1]}")
+        sess = self.session(MULTIVIEW_ENCODER)
+        pooled, views = sess.run([enc.output_name, enc.view_output_name],
+                                 {enc.input_name: np.ascontiguousarray(batch, np.float32)})
+        return np.asarray(pooled, np.float32), np.asarray(views, np.float32)
+
 
 def cuda_available() -> bool:
     """True when onnxruntime lists the CUDA provider (the GPU itself is checked on use)."""

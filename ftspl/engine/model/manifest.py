@@ -30,6 +30,8 @@ class EncoderFile:
     input_name: str
     input_shape: list  #: symbolic dims as strings, e.g. ["batch", 3, 224, 224]
     output_name: str
+    #: the multi-view graph's second output, (batch, views, D) per-view embeddings; None in older models
+    view_output_name: str | None = None
 
 
 @dataclass
