@@ -63,7 +63,8 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
 
 
 def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool, home=None,
-              nproc: int = 1) -> None:
+              nproc: int = 1, cfg=None) -> None:
+    """Train as the options say (``cfg``: an already built config, e.g. a continuation's)."""
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -84,7 +85,8 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
     if nproc > 1 and world != nproc:
         raise UsageError(f"--nproc {nproc} in a run of {world} processes (WORLD_SIZE); drop --nproc under torchrun")
     quiet = worker_rank() != 0  # with N processes, rank 0 alone reports
-    cfg = replace(apply_preset(TrainConfig(**settings), preset), **overrides)
+    if cfg is None:
+        cfg = replace(apply_preset(TrainConfig(**settings), preset), **overrides)
     if overrides:
         cfg = replace(cfg, preset=f"{preset}+custom")
     if not quiet:
@@ -117,7 +119,7 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
     sel = verdict(result.rounds)
     summary = {"run": str(result.run_dir), "device": result.device, "seconds": round(result.seconds, 1),
                "rounds": result.rounds, "skipped": len(result.skipped), "selection": sel,
-               "adapted_better": sel["adapted_better"] if sel else None}
+               "adapted_better": sel["adapted_better"] if sel else None, "continued_from": cfg.init_from}
     if sel and not as_json:
         console.info(f"best round on validation: {sel['best_round']} ({sel['why']}); export uses it")
         if verdict_line(sel):
@@ -126,6 +128,17 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         console.print_json(summary)
     else:
         console.out(f"done in {result.seconds / 60:.1f} min; export it with: ftspl export {result.run_dir}")
+
+
+def train_continue_cmd(run: Path, target: Path, out, source, backbone, device: str, as_json: bool, home=None,
+                       nproc: int = 1) -> None:
+    """``train --continue RUN``: RUN's config on the new target (checked first), then trained as ``train_cmd``."""
+    from ftspl.train.continuation import continued_config
+
+    cfg = continued_config(run, target, out, source, backbone, device)
+    if not as_json:
+        console.info(f"continuing {run} (its photos, backbone and budget) with the shapes under {target}")
+    train_cmd(cfg.preset or "FTSPL", {}, {}, False, as_json, home, nproc=nproc, cfg=cfg)
 
 
 def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:

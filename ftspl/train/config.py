@@ -104,6 +104,9 @@ class TrainConfig:
     #: domain-alignment loss on the bottleneck embeddings: none, coral, dann, mmd or jan (Table I baselines)
     align: str = "none"
     align_weight: float = 1.0  #: its weight beside the source cross-entropy
+    #: a finished run folder whose exported network this run starts from (``ftspl train --continue``;
+    #: set by :func:`ftspl.train.continuation.continued_config`, not an option of its own)
+    init_from: str | None = None
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -302,6 +302,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
            return_embeddings: bool, home: Home | None) -> RunResult:
     from dataclasses import replace
 
+    from ftspl.train.continuation import run_info_extra
     from ftspl.train.feeds import FullFeed
     from ftspl.train.runio import resume_into, saved_config, write_start
 
@@ -337,13 +338,17 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
 
         rounds: list[dict] = []
         start_round = 0
+        if fresh and cfg.init_from:  # ftspl train --continue: the network starts as that run exported it
+            from ftspl.train.continuation import start_weights
+
+            net.load_state_dict(start_weights(cfg, device))
         if not fresh:
             start_round, rounds = resume_into(run_dir, trainer, device)
         elif dist.is_main:
             write_start(run_dir, replace(cfg, world_size=dist.world), {
                 "class_names": src.class_names, "backbone": cfg.backbone, "embed_dim": cfg.embed_dim,
                 "preprocess": inp.pre.to_dict(), "render_spec": inp.spec.to_dict(), "weights": cfg.weights,
-                "n_source": feed.n_source, "n_target": feed.n_target,
+                "n_source": feed.n_source, "n_target": feed.n_target, **run_info_extra(cfg, src),
             })
         try:
             _run_rounds(cfg, trainer, start_round, rounds, run_dir, progress, on_round)
