@@ -84,6 +84,7 @@ def test_head_mode_runs_and_reports(tiny, tmp_path):
     assert 2 <= res.rounds[1]["selected"] <= 4 and res.rounds[2]["selected"] == 6
     for r in res.rounds:
         assert 0 <= r["pseudo_acc"] <= 1 and set(r["metrics"]) >= {"NN", "FT", "ST", "DCG", "ANMRR"}
+        assert set(r["unsup"]) == {"snd", "centroid_entropy", "centroid_margin"}  # label-free criteria, every round
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["rounds"]
     assert saved == res.rounds
     assert json.loads((tmp_path / "run" / "run.json").read_text())["class_names"] == ["round", "tall"]

@@ -280,6 +280,15 @@ class Trainer:
         src = run(self.net, self.feed, "source", bs, self.dist)
         return score(src, self.feed.src_y, val, self.feed.val_y, self.K).to_dict()
 
+    def unsupervised(self) -> dict:
+        """The label-free selection criteria (:mod:`ftspl.train.unsupervised`) on this network."""
+        from ftspl.train.unsupervised import criteria
+
+        self.net.eval()
+        src = embed_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
+        tgt = embed_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)
+        return criteria(src, self.feed.src_y, tgt, self.K)
+
     # -- reporting ------------------------------------------------------------
     def report(self, round_: int, labels: np.ndarray, selected: np.ndarray, losses: dict, seconds: float) -> dict:
         rec: dict = {"round": round_, "selected": len(selected), "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in losses.items()}}
@@ -288,6 +297,7 @@ class Trainer:
             rec["val"] = val
             if self.val_baseline is not None:
                 rec["val_baseline"] = self.val_baseline
+        rec["unsup"] = self.unsupervised()
         names = self.class_names
         tl = self.target_labels
         known = [i for i, lab in enumerate(tl) if lab is not None]
