@@ -183,3 +183,132 @@ def test_export_adds_per_view_output_and_keeps_the_pooled_one(tmp_path: Path) ->
             np.testing.assert_allclose(got_views, want, atol=1e-4)
         else:
             assert got_views is None
+
+
+# --- end to end: index add, ftspl query, the HTTP API -----------------------------------------
+def _gallery(root: Path) -> Path:
+    """Five tiny meshes in two labels; the L-shaped one looks different from every side."""
+    from conftest import asymmetric_mesh
+
+    shapes = {"boxy": [trimesh.creation.box((1, 2, 1)), trimesh.creation.box((2, 1, 1)), asymmetric_mesh()],
+              "round": [trimesh.creation.icosphere(2), trimesh.creation.cylinder(0.5, 2.0)]}
+    for label, meshes in shapes.items():
+        for j, mesh in enumerate(meshes):
+            p = root / label / f"{label}_{j}.obj"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            mesh.export(p)
+    return root
+
+
+def _photo(path: Path) -> Path:
+    img = np.full((160, 200, 3), 255, np.uint8)
+    img[40:120, 60:140] = (120, 80, 40)
+    Image.fromarray(img).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def view_home(tmp_path_factory, exported_models, gl_available) -> Path:
+    home = tmp_path_factory.mktemp("views-home")
+    shutil.copytree(exported_models, home / "models")
+    r = run_ftspl(home, "index", "add", str(_gallery(home.parent / f"{home.name}-gallery")), "--json")
+    assert r.returncode == 0, r.stderr
+    return home
+
+
+def test_query_json_reports_the_matched_view_and_it_is_the_closest(view_home: Path, tmp_path: Path) -> None:
+    from ftspl.engine.home import Home
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.loading.photos import load_photo
+    from ftspl.engine.model.preprocess import to_tensor
+
+    photo = _photo(tmp_path / "photo.png")
+    r = run_ftspl(view_home, "query", str(photo), "--top", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["rerank"] == "none" and out["views_note"] is None
+    hits = out["results"][0]["hits"]
+    assert len(hits) == 5 and all(0 <= h["view"] < 12 and -1 <= h["view_similarity"] <= 1 for h in hits)
+    # the reported view is the argmax of the stored codes against the photo's embedding
+    lib = Library(Home(view_home))
+    emb = lib.encoders.embed_photos(to_tensor(load_photo(photo), lib.encoders.preprocess)[None])[0]
+    with lib.open_reader() as reader:
+        by_path = {h.path: h.id for h in reader.search(emb[None], 5)[0]}
+        codes = reader.view_embeddings(list(by_path.values()))
+    for h in hits:
+        sims = codes[by_path[h["path"]]] @ emb
+        assert h["view"] == int(np.argmax(sims)) and h["view_similarity"] == pytest.approx(float(sims.max()), abs=1e-5)
+    # re-ranked by the best view: the whole gallery is within the top 50, so the order is by similarity
+    rv = run_ftspl(view_home, "query", str(photo), "--top", "5", "--rerank", "view", "--json")
+    assert rv.returncode == 0, rv.stderr
+    vh = json.loads(rv.stdout)["results"][0]["hits"]
+    assert [h["view_similarity"] for h in vh] == sorted((h["view_similarity"] for h in hits), reverse=True)
+    assert [h["rank"] for h in vh] == [1, 2, 3, 4, 5]
+
+
+def test_query_table_sheet_and_bad_rerank(view_home: Path, tmp_path: Path) -> None:
+    photo = _photo(tmp_path / "photo.png")
+    sheet = tmp_path / "sheet.png"
+    r = run_ftspl(view_home, "query", str(photo), "--top", "3", "--rerank", "blend", "--sheet", str(sheet))
+    assert r.returncode == 0, r.stderr
+    assert "view (similarity)" in r.stdout and sheet.is_file()
+    assert Image.open(sheet).size[0] > 3 * 128
+    bad = run_ftspl(view_home, "query", str(photo), "--rerank", "best")
+    assert bad.returncode == 2 and "valid: blend, none, view" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_an_index_without_codes_answers_with_a_note(view_home: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(view_home, home)
+    with sqlite3.connect(home / "index" / "shapes.sqlite") as db:  # as if indexed before codes existed
+        db.execute(f"DROP TABLE {viewcodes.TABLE}")
+    r = run_ftspl(home, "query", str(_photo(tmp_path / "p.png")), "--top", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert all(h["view"] is None and h["view_similarity"] is None for h in out["results"][0]["hits"])
+    assert "2 hit(s)" in out["views_note"] and "--rebuild" in out["views_note"]
+
+
+def test_http_api_gives_matched_views_and_serves_them(view_home: Path) -> None:
+    pytest.importorskip("starlette")
+    import base64
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    from ftspl.engine.home import Home
+    from ftspl.serve.app import create_app
+    from ftspl.serve.config import ServeConfig
+    from ftspl.serve.live import LiveIndex
+
+    buf = io.BytesIO()
+    Image.open(_photo(Path(str(view_home) + "-photo.png"))).save(buf, format="PNG")
+    image = base64.b64encode(buf.getvalue()).decode()
+    live = LiveIndex(Home(view_home), poll_s=0.05)
+    try:
+        with TestClient(create_app(ServeConfig(home=view_home), live)) as api:
+            body = api.post("/api/query", json={"image": image, "top": 3}).json()
+            assert body["rerank"] == "none" and body["views_note"] is None
+            hit = body["hits"][0]
+            assert 0 <= hit["view"] < 12 and isinstance(hit["view_similarity"], float)
+            got = api.get(hit["view_image"])
+            assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+            assert Image.open(io.BytesIO(got.content)).size == (viewcodes.STRIP_PX, viewcodes.STRIP_PX)
+            view = api.post("/api/query", json={"image": image, "top": 3, "rerank": "view"}).json()
+            assert view["rerank"] == "view"
+            sims = [h["view_similarity"] for h in view["hits"]]
+            assert sims == sorted(sims, reverse=True)
+            for bad, code, text in (({"rerank": "best"}, 422, "rerank must be one of"),
+                                    ({"rerank": "blend", "rerank_weight": 2}, 422, "rerank_weight")):
+                r = api.post("/api/query", json={"image": image, **bad})
+                assert r.status_code == code and text in r.json()["error"]
+            sid = hit["id"]
+            r = api.get(f"/api/shapes/{sid}/preview.png?view=12")
+            assert r.status_code == 404 and "has 12 views" in r.json()["error"]
+            assert api.get(f"/api/shapes/{sid}/preview.png?view=../x").status_code == 422
+            assert api.get("/api/shapes/999999/preview.png?view=0").status_code == 404
+    finally:
+        live.close()

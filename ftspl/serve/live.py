@@ -115,26 +115,41 @@ class LiveIndex:
         st = self.reader.state()
         return replace(st, warnings=(*st.warnings, self.last_error)) if self.last_error else st
 
-    def query(self, images: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION) -> tuple[list[QueryResult], list | None]:
+    def query(self, images: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION,
+              match=None) -> tuple[list[QueryResult], list | None]:
         """Embed the photos as one batch and search (blocking: call it from a worker thread).
 
-        Returns each photo's hits and, for several photos, one fused list
-        (:mod:`ftspl.engine.scoring.fusion`, as ``ftspl query --fuse``).
+        Returns each photo's hits, with their matched views and re-ranked as
+        ``match`` says (:mod:`ftspl.engine.scoring.views`), and, for several
+        photos, one fused list (:mod:`ftspl.engine.scoring.fusion`, as ``ftspl query --fuse``).
         """
         import numpy as np
 
         from ftspl.engine.model.preprocess import to_tensor
-        from ftspl.engine.scoring.fusion import fused_search
+        from ftspl.engine.scoring.fusion import fuse_embeddings, fused_search
+        from ftspl.engine.scoring.views import MatchConfig, match_views, search_matched
 
         enc = self.lib.encoders
         emb = enc.embed_photos(np.stack([to_tensor(im, enc.preprocess) for im in images]))
-        hits, gen = self.reader.search_at(emb, top)
-        fused = fused_search(self.reader, emb, top, fusion)[0] if len(images) > 1 else None
+        hits, gen = search_matched(self.reader, emb, top, match or MatchConfig())
+        fused = None
+        if len(images) > 1:
+            fused = fused_search(self.reader, emb, top, fusion)[0]
+            fused = match_views(self.reader, fuse_embeddings(emb), [fused], top, MatchConfig(rerank="none"))[0]
         return [QueryResult(n, h, gen) for n, h in zip(names, hits)], fused
 
     def shape(self, shape_id: int, preview: bool = False) -> Any:
         rows = self.reader.shapes([shape_id], previews=preview)
         return rows[0] if rows else None
+
+    def view_png(self, shape_id: int, view: int) -> tuple[bytes | None, int]:
+        """(PNG of stored view ``view`` of a shape or None when out of range, its number of views: 0 without a strip)."""
+        from ftspl.engine.index.viewcodes import view_png
+
+        got = self.reader.view_strip(shape_id)
+        if got is None:
+            return None, 0
+        return (view_png(got[0], view, got[1]) if 0 <= view < got[1] else None), got[1]
 
 
 __all__ = ["LiveIndex", "ModelInfo"]

@@ -21,7 +21,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from ftspl.engine.errors import ImageLoadError, ImageTooLargeError
+from ftspl.engine.index.reader import QueryResult
 from ftspl.engine.scoring.fusion import DEFAULT_FUSION, FUSIONS
+from ftspl.engine.scoring.views import RERANKS, MatchConfig, view_fields, views_note
 from ftspl.serve.app import STATIC, ApiError, Server
 from ftspl.serve.uploads import decode_upload, display_name
 
@@ -66,8 +68,9 @@ async def query(request: Request) -> Response:
     srv = _server(request)
     t0 = time.perf_counter()
     async with srv.admission():
-        top, fusion, uploads = await _read_query(request, srv)
-        results, fused = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion), limiter=srv.limiter)
+        top, fusion, uploads, match = await _read_query(request, srv)
+        results, fused = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion, match),
+                                                        limiter=srv.limiter)
     st = srv.live.state()
     base = str(request.base_url)
     spec = srv.live.model.render_spec_hash or ""
@@ -80,24 +83,29 @@ async def query(request: Request) -> Response:
         "hits": per_photo[0]["hits"] if fused is None else [_hit(h, base, spec) for h in fused],
         **({} if fused is None else {"fusion": fusion}),
         "results": per_photo,
+        "rerank": match.rerank,
+        "views_note": views_note(srv.live.model.model_id, srv.live.lib.encoders.has_view_output,
+                                 results + ([] if fused is None else [QueryResult("fused", fused)])),
         "warnings": st.warnings,
     })
 
 
-async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]]]:
-    """``top``, ``fusion`` and the uploaded ``(name, bytes)`` from a multipart or JSON body."""
+async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]], MatchConfig]:
+    """``top``, ``fusion``, the uploaded ``(name, bytes)`` and the re-ranking from a multipart or JSON body."""
     cfg = srv.cfg
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     uploads: list[tuple[str, bytes]] = []
     if ctype == "multipart/form-data":
         # starlette answers 400 itself for too many files or fields and for malformed bodies
-        async with request.form(max_files=cfg.max_photos, max_fields=4, max_part_size=4096) as form:
+        async with request.form(max_files=cfg.max_photos, max_fields=6, max_part_size=4096) as form:
             for i, part in enumerate(form.getlist("photo")):
                 if not isinstance(part, UploadFile):
                     raise ApiError(400, "'photo' must be a file part (a form upload), not a text field")
                 uploads.append((display_name(part.filename, i), await part.read()))
             top_raw = form.get("top", request.query_params.get("top"))
             fusion = form.get("fusion", request.query_params.get("fusion"))
+            rerank = form.get("rerank", request.query_params.get("rerank"))
+            weight = form.get("rerank_weight", request.query_params.get("rerank_weight"))
     elif ctype == "application/json":
         try:
             doc = json.loads(await request.body())
@@ -114,6 +122,8 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
             uploads.append((f"image-{i + 1}", _b64(text, i)))
         top_raw = doc.get("top", request.query_params.get("top"))
         fusion = doc.get("fusion", request.query_params.get("fusion"))
+        rerank = doc.get("rerank", request.query_params.get("rerank"))
+        weight = doc.get("rerank_weight", request.query_params.get("rerank_weight"))
     else:
         raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
     if not uploads:
@@ -122,7 +132,24 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
         fusion = DEFAULT_FUSION
     if not isinstance(fusion, str) or fusion not in FUSIONS:
         raise ApiError(422, f"fusion must be one of {', '.join(FUSIONS)}, got {str(fusion)[:40]!r}")
-    return _parse_top(top_raw, cfg.max_top), fusion, uploads
+    return _parse_top(top_raw, cfg.max_top), fusion, uploads, _parse_match(rerank, weight)
+
+
+def _parse_match(rerank: object, weight: object) -> MatchConfig:
+    """The re-ranking asked for (``rerank``: none, view or blend; ``rerank_weight`` in [0, 1])."""
+    if rerank in (None, ""):
+        rerank = MatchConfig().rerank
+    if not isinstance(rerank, str) or rerank not in RERANKS:
+        raise ApiError(422, f"rerank must be one of {', '.join(RERANKS)}, got {str(rerank)[:40]!r}")
+    if weight in (None, ""):
+        return MatchConfig(rerank=rerank)
+    try:
+        w = float(weight) if isinstance(weight, (int, float, str)) and not isinstance(weight, bool) else float("nan")
+    except ValueError:
+        w = float("nan")
+    if not 0.0 <= w <= 1.0:
+        raise ApiError(422, f"rerank_weight must be a number from 0 to 1, got {str(weight)[:40]!r}")
+    return MatchConfig(rerank=rerank, blend_weight=w)
 
 
 def _b64(text: str, i: int) -> bytes:
@@ -148,7 +175,7 @@ def _parse_top(raw: object, max_top: int) -> int:
     return top
 
 
-def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: str):
+def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: str, match: MatchConfig):
     """(Worker thread) decode every photo with the CLI's checks, then embed and search them as one batch."""
     cfg = srv.cfg
     images, names, bad, too_large = [], [], [], []
@@ -162,7 +189,7 @@ def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: 
             bad.append(str(exc))
     if bad or too_large:
         raise ApiError(400 if bad else 413, "; ".join(bad + too_large))
-    return srv.live.query(images, names, top, fusion)
+    return srv.live.query(images, names, top, fusion, match)
 
 
 def _etag(content_hash: str | None, spec_hash: str) -> str:
@@ -170,8 +197,10 @@ def _etag(content_hash: str | None, spec_hash: str) -> str:
 
 
 def _hit(h, base: str, spec_hash: str) -> dict:
+    tag = _etag(h.content_hash, spec_hash)
     return {"rank": h.rank, "id": h.id, "path": h.path, "label": h.label, "distance": round(h.distance, 6),
-            "kind": h.kind, "preview": f"{base}api/shapes/{h.id}/preview.png?v={_etag(h.content_hash, spec_hash)}"}
+            "kind": h.kind, "preview": f"{base}api/shapes/{h.id}/preview.png?v={tag}", **view_fields(h),
+            "view_image": None if h.view is None else f"{base}api/shapes/{h.id}/preview.png?view={h.view}&v={tag}"}
 
 
 # ------------------------------------------------------------------------ shapes
@@ -191,11 +220,17 @@ async def shape(request: Request) -> Response:
 
 
 async def preview(request: Request) -> Response:
-    """The stored views (a 2x2 grid of four views), cacheable: the ETag follows the shape's content hash."""
+    """The stored views (a 2x2 grid of four views), cacheable: the ETag follows the shape's content hash.
+
+    ``?view=I`` (an integer) answers view I alone, cut from the strip of every
+    view stored by models with per-view output (the matched view of a hit).
+    """
     srv = _server(request)
     sid = request.path_params["shape_id"]
     spec = srv.live.model.render_spec_hash or ""
     cache = {"Cache-Control": "private, max-age=86400"}
+    if "view" in request.query_params:
+        return await _view_image(srv, sid, request.query_params["view"], cache)
     wanted = request.headers.get("if-none-match")
     row = await run_in_threadpool(srv.live.shape, sid, wanted is None)
     if row is None:
@@ -209,3 +244,16 @@ async def preview(request: Request) -> Response:
     if row is None or row.preview is None:
         raise ApiError(404, f"shape {sid} has no stored preview")
     return Response(row.preview, media_type="image/png", headers={"ETag": etag, **cache})
+
+
+async def _view_image(srv: Server, sid: int, raw: str, cache: dict) -> Response:
+    if not raw.isdigit() or len(raw) > 3:
+        raise ApiError(422, f"view must be a view index (a whole number from 0), got {raw[:40]!r}")
+    png, views = await run_in_threadpool(srv.live.view_png, sid, int(raw))
+    if png is None:
+        if await run_in_threadpool(srv.live.shape, sid) is None:
+            raise ApiError(404, f"no shape with id {sid} (never indexed, or removed since)")
+        if not views:
+            raise ApiError(404, f"shape {sid} has no stored views (indexed by a model without per-view output)")
+        raise ApiError(404, f"shape {sid} has {views} views (0 to {views - 1}); there is no view {raw}")
+    return Response(png, media_type="image/png", headers=cache)

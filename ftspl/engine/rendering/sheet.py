@@ -1,5 +1,9 @@
 """Contact sheets: the query photo, then its top-K shapes (preview, label, distance).
 
+When a hit's matched view is known (models with per-view output), its cell
+shows that view, with the 2x2 preview as a small inset, and the caption gives
+the view's index and similarity.
+
 PIL only (matplotlib costs ~0.5 s of import that a query should not pay).
 Wrong hits are framed red when the photo's label is known.
 """
@@ -25,6 +29,8 @@ class SheetRow:
     photo_caption: str
     photo_label: str | None
     hits: list[tuple[bytes | None, str | None, float]]  #: (preview PNG, label, distance)
+    #: per hit: (matched view image, view index, similarity), or None where unknown
+    views: list[tuple[Image.Image, int, float] | None] | None = None
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont:
@@ -34,11 +40,15 @@ def _font(size: int = 11) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _cell(img: Image.Image | None, lines: list[str], frame: tuple[int, int, int] | None) -> Image.Image:
+def _cell(img: Image.Image | None, lines: list[str], frame: tuple[int, int, int] | None,
+          inset: Image.Image | None = None) -> Image.Image:
     tile = Image.new("RGB", (CELL, CELL + CAPTION), "white")
     if img is not None:
         thumb = ImageOps.contain(img.convert("RGB"), (CELL - 4, CELL - 4))
         tile.paste(thumb, ((CELL - thumb.width) // 2, (CELL - thumb.height) // 2))
+    if inset is not None:  # the whole shape's preview, top right, over the matched view
+        small = ImageOps.contain(inset.convert("RGB"), (CELL // 3, CELL // 3))
+        tile.paste(small, (CELL - small.width - 4, 4))
     draw = ImageDraw.Draw(tile)
     if frame is not None:
         draw.rectangle([0, 0, CELL - 1, CELL - 1], outline=frame, width=3)
@@ -62,16 +72,31 @@ def render_sheet(rows: list[SheetRow]) -> Image.Image:
             frame = None
             if row.photo_label is not None and label is not None:
                 frame = (30, 160, 60) if label == row.photo_label else (210, 30, 30)
-            sheet.paste(_cell(img, [f"#{c} {label or '-'}", f"d={dist:.3f}"], frame), (PAD + c * (CELL + PAD), y))
+            matched = row.views[c - 1] if row.views else None
+            if matched is None:
+                tile = _cell(img, [f"#{c} {label or '-'}", f"d={dist:.3f}"], frame)
+            else:
+                view, i, sim = matched
+                tile = _cell(view, [f"#{c} {label or '-'}", f"d={dist:.3f} v{i} s={sim:.2f}"], frame, inset=img)
+            sheet.paste(tile, (PAD + c * (CELL + PAD), y))
     return sheet
 
 
 def rows_for(store, photos: list[Image.Image], captions: list[str], labels: list[str | None], results) -> list[SheetRow]:
     """Sheet rows for query results, fetching the hits' previews from the store in one call."""
+    from ftspl.engine.index.viewcodes import crop_view
+
     ids = [h.id for res in results for h in res.hits]
     previews = {r.id: r.preview for r in store.get(ids, previews=True)}
+    strips = {h.id: store.view_strip(h.id) for res in results for h in res.hits if getattr(h, "view", None) is not None}
+
+    def matched(h) -> tuple[Image.Image, int, float] | None:
+        got = strips.get(h.id)
+        return None if got is None else (crop_view(got[0], h.view, got[1]), h.view, h.view_similarity)
+
     return [
-        SheetRow(img, cap, lab, [(previews.get(h.id), h.label, h.distance) for h in res.hits])
+        SheetRow(img, cap, lab, [(previews.get(h.id), h.label, h.distance) for h in res.hits],
+                 [matched(h) for h in res.hits])
         for img, cap, lab, res in zip(photos, captions, labels, results)
     ]
 

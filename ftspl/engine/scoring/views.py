@@ -128,6 +128,12 @@ def search_matched(reader, emb: np.ndarray, k: int, cfg: MatchConfig = MatchConf
     return match_views(reader, emb, hits, k, cfg), gen
 
 
+def view_fields(hit) -> dict:
+    """A hit's matched view as JSON fields (``view``, ``view_similarity``; None when unknown)."""
+    sim = hit.view_similarity
+    return {"view": hit.view, "view_similarity": None if sim is None else round(float(sim), 6)}
+
+
 def views_note(model_id: str, has_view_output: bool, results: list) -> str | None:
     """One line saying why matched views are missing from an answer, or None when every hit has one."""
     if not has_view_output:

@@ -106,10 +106,13 @@ async function queryFile(file) {
   const form = new FormData();
   form.append("photo", file, file.name);
   form.append("top", String(topValue()));
+  if ($("#rerank").value) form.append("rerank", $("#rerank").value);
   for (let attempt = 0; ; attempt++) {
     try {
       const answer = await api("api/query", { method: "POST", body: form });
       status.textContent = `${answer.hits.length} hits in ${Math.round(answer.took_ms)} ms · generation ${answer.generation}` +
+        (answer.rerank && answer.rerank !== "none" ? ` · re-ranked by ${answer.rerank}` : "") +
+        (answer.views_note ? " · " + answer.views_note : "") +
         (answer.warnings.length ? " · " + answer.warnings.join(" ") : "");
       renderHits(node.querySelector(".hits"), answer.hits);
       return;
@@ -151,8 +154,9 @@ function renderHits(list, hits) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "hit";
+    const matched = hit.view == null ? "" : `, best matching view ${hit.view} (similarity ${hit.view_similarity.toFixed(3)})`;
     button.setAttribute("aria-label",
-      `Rank ${hit.rank}: ${hit.label || "unlabelled"}, distance ${hit.distance.toFixed(3)}, ${basename(hit.path)}. Open its views.`);
+      `Rank ${hit.rank}: ${hit.label || "unlabelled"}, distance ${hit.distance.toFixed(3)}${matched}, ${basename(hit.path)}. Open its views.`);
     const img = document.createElement("img");
     img.alt = "";
     img.loading = "lazy";
@@ -164,11 +168,12 @@ function renderHits(list, hits) {
       none.textContent = "no preview";
       img.replaceWith(none);
     }, { once: true });
-    setImage(img, hit.preview);
+    setImage(img, hit.view_image || hit.preview); // the view closest to the photo, when the index stores views
     const parts = [
       ["rank", `#${hit.rank}`],
       ["label", hit.label || "unlabelled"],
       ["distance", `distance ${hit.distance.toFixed(3)}`],
+      ...(hit.view == null ? [] : [["view", `view ${hit.view} · similarity ${hit.view_similarity.toFixed(3)}`]]),
       ["path", basename(hit.path)],
     ];
     button.append(img);
@@ -194,8 +199,19 @@ async function openDetail(hit, opener) {
   img.alt = `Four views of ${basename(hit.path)}, 90 degrees apart`;
   img.removeAttribute("src");
   setImage(img, hit.preview);
+  const match = $("#detail-match");
+  match.hidden = hit.view == null;
+  if (hit.view != null) {
+    const view = $("#detail-matched");
+    view.alt = `View ${hit.view} of ${basename(hit.path)}, the one closest to your photo`;
+    view.removeAttribute("src");
+    setImage(view, hit.view_image);
+    $("#detail-match-caption").textContent =
+      `Closest view to your photo: view ${hit.view} of 12 (similarity ${hit.view_similarity.toFixed(3)})`;
+  }
   const meta = $("#detail-meta");
   const rows = [["distance", hit.distance.toFixed(4)], ["path", hit.path], ["id", String(hit.id)]];
+  if (hit.view != null) rows.push(["matched view", `${hit.view} (similarity ${hit.view_similarity.toFixed(4)})`]);
   fillMeta(meta, rows);
   if (typeof dialog.showModal === "function") dialog.showModal(); else dialog.setAttribute("open", "");
   $("#detail-close").focus();
