@@ -64,6 +64,14 @@ class Backbone(nn.Module):
         """The module whose state dict an ImageNet weights file holds."""
         return self
 
+    def steps(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], list[nn.Module]]]:
+        """``features`` as a chain of (step, modules it runs) whose output's spatial mean is ``features(x)``.
+
+        ``--mode partial`` (:mod:`ftspl.train.partial`) caches the input of the
+        last K steps and trains those; ``[]``: this backbone cannot be split.
+        """
+        return []
+
     def classifier_parameters(self) -> list[nn.Parameter]:
         """Parameters only ``classify`` uses (the ImageNet classifier): ``features`` never touches them.
 
@@ -223,12 +231,22 @@ class EfficientNetLite0(Backbone):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
+    def steps(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], list[nn.Module]]]:
+        """The stem, the 16 MBConv blocks and the conv head in order; ``--mode partial`` trains the last K."""
+        return [(self._stem, [self._conv_stem, self._bn0]), *((b, [b]) for b in self._blocks),
+                (self._head, [self._conv_head, self._bn1])]
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self._bn0(self._conv_stem(x)))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self._bn1(self._conv_head(x)))
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 1280, H/32, W/32), before global pooling."""
-        x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        return self.act(self._bn1(self._conv_head(x)))
+        for step, _ in self.steps():
+            x = step(x)
+        return x
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.feature_map(x).mean(dim=(2, 3))
@@ -313,6 +331,8 @@ class BackboneSpec:
     shipped_weights: Callable[[], Path] | None
     summary: str
     preprocess: Preprocess
+    #: how many trailing ``Backbone.steps`` ``--train-blocks`` may name (0: no ``--mode partial``)
+    train_blocks: int = 0
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -327,6 +347,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         # stem conv output matches the stem BN running variance on real photos (ratio ~0.8;
         # torchvision's ImageNet statistics give ~3.8), see tests/test_backbones.py.
         preprocess=Preprocess(image_size=IMAGE_SIZE, crop_pct=0.875, mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
+        train_blocks=sum(st.repeats for st in LITE0_STAGES) + 1,  # the MBConv blocks and the conv head
     ),
     "alexnet": BackboneSpec(
         name="alexnet",

@@ -44,7 +44,8 @@ from dataclasses import asdict, dataclass, field, replace
 from ftspl.engine.constants import EMBED_DIM, UP_AXES
 from ftspl.engine.errors import UnknownKeyError
 
-MODES = ("head", "full")
+MODES = ("head", "partial", "full")
+TAIL_BNS = ("frozen", "train")  #: partial mode: BatchNorm of the trained blocks keeps ImageNet statistics or adapts
 PL_SPACES = ("embedding", "unit")
 ALIGNS = ("none", "coral", "dann", "mmd", "jan")  #: domain-alignment losses (``ftspl.train.align``)
 DEFAULT_BACKBONE = "efficientnet_lite0"  #: a key of ``ftspl.train.backbones.BACKBONES``
@@ -83,14 +84,17 @@ class TrainConfig:
     epochs: int = 4  #: epochs per round
     warmup_epochs: int = 5  #: source-only epochs before round 1 (the classifier must see photos first)
     lr: float = 0.01
-    backbone_lr_mult: float = 0.1  #: full mode: the pretrained backbone moves slower
+    backbone_lr_mult: float = 0.1  #: full and partial modes: the pretrained backbone (its trained blocks) moves slower
+    #: partial mode: the last K steps of the backbone (``Backbone.steps``) train on cached activations
+    train_blocks: int = 2
+    tail_bn: str = "frozen"  #: partial mode: "frozen" (ImageNet statistics) or "train" BatchNorm in those blocks
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 32
     lam: float = 0.25  #: final strength of the Eq. 4 terms
     lam_ramp: bool = True  #: ramp lambda from 0 over training (as ISDA)
     target_ce_weight: float = 1.0
-    augment_copies: int = 4  #: head mode: augmented copies of each photo whose features are cached
+    augment_copies: int = 4  #: head/partial modes: augmented copies of each photo whose features are cached
     seed: int = 0
     device: str = "auto"
     #: processes the run started with (recorded in config.json; set by the trainer, not an option:
@@ -161,7 +165,9 @@ def validate(cfg: TrainConfig) -> None:
         raise UnknownKeyError("--up", cfg.up, UP_AXES)
     from ftspl.engine.errors import UsageError
 
-    for name in ("rounds", "batch_size", "augment_copies"):
+    if cfg.tail_bn not in TAIL_BNS:
+        raise UnknownKeyError("tail_bn", cfg.tail_bn, TAIL_BNS)
+    for name in ("rounds", "batch_size", "augment_copies", "train_blocks"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0.0 <= cfg.val_frac < 1.0:

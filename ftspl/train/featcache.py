@@ -42,10 +42,11 @@ def backbone_id(name: str, weights: str | None) -> str:
 
 
 class FeatureCache:
-    """``key -> float32 array`` in a folder; ``folder=None`` disables caching."""
+    """``key -> array`` (float32, or ``dtype``) in a folder; ``folder=None`` disables caching."""
 
-    def __init__(self, folder: Path | None, backbone: str, pre: Preprocess) -> None:
+    def __init__(self, folder: Path | None, backbone: str, pre: Preprocess, dtype=np.float32) -> None:
         self.folder = Path(folder) if folder is not None else None
+        self.dtype = np.dtype(dtype)
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
         self._base = {"backbone": backbone, "pre": pre.to_dict()}
@@ -76,5 +77,5 @@ class FeatureCache:
         if self.folder is None:
             return
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
+        np.save(buf, np.ascontiguousarray(arr, dtype=self.dtype), allow_pickle=False)
         atomic_write_bytes(self.folder / f"{key}.npy", buf.getvalue())

@@ -8,7 +8,10 @@ loop trains the bottleneck and classifier on those tensors (minutes on a CPU).
 Full mode (``FullFeed``): pixels every step; photos are decoded and augmented
 on the fly, target views come from the on-disk view cache.
 
-Both expose the same verbs so the loop has one code path. With N processes
+Partial mode (``ftspl.train.partial.PartialFeed``, a ``HeadFeed``): the same
+items, cached as the activations below the backbone's last K blocks.
+
+All expose the same verbs so the loop has one code path. With N processes
 (:mod:`ftspl.train.distributed`) ``source_epoch`` yields this rank's share of
 each global batch, the ``*_eval`` iterators cover a range of items (the trainer
 embeds one block per rank and gathers the rest), and the head feed's first run
@@ -189,26 +192,27 @@ class HeadFeed:
             per = 1 if copies is None else copies
             return [feats[j * per : (j + 1) * per] for j in range(len(idx))]
 
-        arrs = self._cached(keys, compute, what)
+        return self._tensor(self._cached(keys, compute, what))
+
+    def _tensor(self, arrs: list[np.ndarray]) -> torch.Tensor:
+        """The cached arrays of a list of items as one float32 tensor (``PartialFeed`` keeps float16)."""
         if not arrs:
             return torch.zeros(0, self.net.backbone.feat_dim)
         return torch.from_numpy(np.concatenate(arrs)).float()
+
+    def _shape_item(self, x: torch.Tensor) -> np.ndarray:
+        """(V, 3, S, S) views of one shape -> (1, F): its view-pooled feature."""
+        return self.net.shape_trunk(x[None]).float().cpu().numpy()
 
     @torch.no_grad()
     def _shapes(self, views: CachedViews) -> torch.Tensor:
         keys = [self.cache.key(views=k) for k in views.keys]
 
         def compute(idx: list[int]) -> list[np.ndarray]:
-            out = []
-            for i in idx:
-                x = torch.from_numpy(views_to_tensor(views.load(i), self.pre)).to(self.device)
-                out.append(self.net.shape_trunk(x[None]).float().cpu().numpy())
-            return out
+            return [self._shape_item(torch.from_numpy(views_to_tensor(views.load(i), self.pre)).to(self.device))
+                    for i in idx]
 
-        arrs = self._cached(keys, compute, "features: shapes")
-        if not arrs:
-            return torch.zeros(0, self.net.backbone.feat_dim)
-        return torch.from_numpy(np.concatenate(arrs)).float()
+        return self._tensor(self._cached(keys, compute, "features: shapes"))
 
     # -- the verbs the loop uses ---------------------------------------------
     def source_epoch(self, rng: np.random.Generator, batch: int,

@@ -197,6 +197,10 @@ def _build_net(cfg: TrainConfig, n_classes: int, device: torch.device):
     from ftspl.train.net import FTSPLNet
 
     backbone = build_backbone(cfg.backbone, pretrained=True, weights_path=Path(cfg.weights) if cfg.weights else None)
+    if cfg.mode == "partial":  # the same parameters; its trunk methods run the last K blocks on activations
+        from ftspl.train.partial import PartialNet
+
+        return PartialNet(backbone, n_classes, cfg.embed_dim, cfg.train_blocks, cfg.tail_bn).to(device)
     return FTSPLNet(backbone, n_classes, cfg.embed_dim).to(device)
 
 
@@ -259,7 +263,7 @@ def _run_rounds(cfg: TrainConfig, trainer: Trainer, start_round: int, rounds: li
             labels, _probs, selected, src_emb, tgt_emb = trainer.pseudo_label(r)
             losses = {}
             for ep in range(cfg.epochs):
-                if ep > 0 and cfg.mode == "head":  # refresh the statistics from the current network
+                if ep > 0 and cfg.mode != "full":  # refresh the statistics from the current network
                     net.eval()
                     src_emb = embed_all(net, feed, "source", cfg.batch_size, dist)
                     tgt_emb = embed_all(net, feed, "target", cfg.batch_size, dist)
@@ -318,6 +322,10 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
     dist.barrier()  # every rank has looked at the run folder before rank 0 writes to it
     torch.manual_seed(cfg.seed)
     device = dist.device
+    if cfg.mode == "partial":  # a --train-blocks the backbone cannot honour fails before any rendering
+        from ftspl.train.partial import check_blocks
+
+        check_blocks(cfg)
     inp = _load_inputs(cfg, cache, progress, dist)
     src, tgt, views, photos, queries = inp.src, inp.tgt, inp.views, inp.photos, inp.queries
 
@@ -325,6 +333,10 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
         net = _build_net(cfg, len(src.class_names), device)
         if cfg.mode == "head":
             feed = _head_feed(cfg, net, inp, cache, device, progress, dist)
+        elif cfg.mode == "partial":
+            from ftspl.train.partial import partial_feed
+
+            feed = partial_feed(cfg, net, inp, cache, device, progress, dist)
         else:
             feed = FullFeed(inp.pre, photos, views, device, queries, val=inp.val, val_shapes=inp.val_shapes)
         target_labels = [tgt.labels[i] if tgt.labels else None for i in views.index]
