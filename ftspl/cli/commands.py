@@ -193,6 +193,33 @@ def index_remove_cmd(paths, wait: bool, home, as_json: bool) -> None:
         raise FtsplError(f"{', '.join(str(p) for p in paths)}: not in the index; see 'ftspl index stats'")
 
 
+def index_reembed_cmd(cfg, drop_missing: bool, home, runtime, as_json: bool) -> None:
+    """One line per shape that could not be re-encoded, then the summary; exit 1 when one failed."""
+    from dataclasses import asdict
+
+    from ftspl.engine.index.library import Library
+
+    lib = Library(home, runtime)
+    with console.progress(not as_json) as update:
+        rep = lib.reembed(cfg, progress=update, drop_missing=drop_missing)
+    for path, reason in rep.failed:
+        console.warn(f"{path}: {reason}")
+    if as_json:
+        console.print_json({**asdict(rep), "failed": len(rep.failed), "seconds": round(rep.seconds, 3),
+                            "failures": [{"path": p, "reason": r} for p, r in rep.failed]})
+    elif rep.up_to_date:
+        console.out(f"the index already holds {rep.model}'s embeddings ({rep.total} shapes); nothing to do")
+    elif rep.swapped:
+        console.out(f"re-embedded {rep.total - len(rep.dropped)} shapes with {rep.model} (was {rep.model_before}) "
+                    f"in {rep.seconds:.1f} s: {rep.encoded} now ({rep.from_cache} from cached views), "
+                    f"{rep.resumed} by an earlier run; removed {len(rep.dropped)}")
+    else:
+        console.out(f"not swapped: the index stays on {rep.model_before}; {rep.encoded + rep.resumed} of "
+                    f"{rep.total} shapes are encoded and kept for the next run")
+    if rep.failed:
+        raise typer.Exit(1)
+
+
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("*") if p.is_file())
 

@@ -242,6 +242,26 @@ def index_verify(home: Optional[Path] = HomeOpt, as_json: bool = JsonOpt) -> Non
     index_verify_cmd(_home(home), as_json)
 
 
+@index_app.command("reembed")
+def index_reembed(
+    drop_missing: bool = typer.Option(False, "--drop-missing", help="Swap even when some shapes' files are gone or no longer load, removing those shapes (default: the index stays on its model and they are listed)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of failing."),
+    commit_every: int = typer.Option(32, "--commit-every", min=1, help="Shapes per part file (the most a kill can lose)."),
+    file_timeout: float = typer.Option(60.0, "--file-timeout", min=0.1, help="Seconds one file may take to load and render before it fails."),
+    device: str = DeviceOpt,
+    threads: int = ThreadsOpt,
+    home: Optional[Path] = HomeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Re-encode every indexed shape with the active model (after 'ftspl export'): resumable, swapped in one commit."""
+    from ftspl.cli.commands import index_reembed_cmd
+    from ftspl.engine.index.library import IndexConfig
+
+    cfg = IndexConfig(wait_lock=wait, commit_every=commit_every, file_timeout_s=file_timeout,
+                      batch_shapes=min(IndexConfig.batch_shapes, commit_every))
+    index_reembed_cmd(cfg, drop_missing, _home(home), _runtime(device, threads), as_json)
+
+
 # ---------------------------------------------------------------------- query
 @app.command()
 def query(

@@ -381,8 +381,16 @@ class Library:
         if info.get("model_hash") and info["model_hash"] != self.manifest.model_hash:
             raise IndexStateError(
                 f"{self.dir}: index was built by model {info.get('model_id')}, not the active model "
-                f"{self.manifest.model_id}; rebuild it with 'ftspl index add FOLDER --rebuild'"
+                f"{self.manifest.model_id}; re-embed it with 'ftspl index reembed' (or rebuild it with "
+                "'ftspl index add FOLDER --rebuild')"
             )
+
+    def reembed(self, cfg: IndexConfig = IndexConfig(), progress: ProgressFn | None = None,
+                should_stop: Callable[[], bool] | None = None, drop_missing: bool = False):
+        """Re-encode every stored shape with this (the active) model: :mod:`ftspl.engine.index.reembed`."""
+        from ftspl.engine.index.reembed import reembed
+
+        return reembed(self, cfg, progress, should_stop, drop_missing)
 
     # -- reading --------------------------------------------------------------
     def open_reader(self) -> Reader:
