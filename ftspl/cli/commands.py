@@ -275,14 +275,17 @@ def index_verify_cmd(home, as_json: bool) -> None:
 
 def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels: int = MAX_IMAGE_PIXELS,
               max_file_bytes: int = MAX_FILE_BYTES, hnsw_ef: int | None = None, started: float | None = None,
-              max_distance: float | None = None, min_score: float | None = None, fusion: str | None = None) -> None:
+              max_distance: float | None = None, min_score: float | None = None, fusion: str | None = None,
+              rerank: tuple[str, float] | None = None) -> None:
     """Decode, embed and search; JSON keeps start-up (model, index) apart from the query itself."""
     from ftspl.engine.errors import ImageLoadError
     from ftspl.engine.index.library import Library
     from ftspl.engine.loading.photos import load_photo
+    from ftspl.engine.scoring.views import MatchConfig, view_fields, views_note
 
     if top < 1:
         raise UsageError("--top must be at least 1")
+    match = MatchConfig() if rerank is None else MatchConfig(rerank=rerank[0], blend_weight=rerank[1])
     t_start = time.perf_counter() if started is None else started
     lib = Library(home, runtime)
     t_model = time.perf_counter()
@@ -303,7 +306,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
         lib.encoders.wait_warm()  # the photo encoder's session is built in the background: start-up too
         t_open = time.perf_counter()
         if fusion is None:
-            results = reader.query_images(images, names, top)
+            results = reader.query_images(images, names, top, match)
         else:
             results = _fused_query(lib, reader, images, names, top, fusion)
         t_done = time.perf_counter()
@@ -315,6 +318,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
             rows = rows_for(reader.store, images[: len(results)], names_only, [None] * len(results), results)
             save_sheet(rows, sheet)
     cut, cut_from = _open_set_cut(lib, max_distance, min_score)
+    note = views_note(lib.manifest.model_id, lib.encoders.has_view_output, results)
     startup_s = (t_model - t_start) + (t_open - t_decoded)  # the model, then the index and encoder session
     query_s = (t_decoded - t_model) + (t_done - t_open)  # decoding, embedding, searching
     for path, reason in failed:
@@ -328,13 +332,15 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
                 "ms": round((t_done - t_decoded) * 1000, 2),  # opening the index + the search (kept for scripts)
                 "max_distance": None if cut is None else round(cut, 6),
                 "max_distance_from": cut_from,
+                "rerank": match.rerank if fusion is None else "none",
+                "views_note": note,
                 "results": [
                     {
                         "photo": r.photo,
                         "decode_ms": round(sum(decode_ms[n] for n in names) if fusion else decode_ms[r.photo], 2),
                         "match": cut is None or bool(r.hits and r.hits[0].distance <= cut),
                         "hits": [{"rank": h.rank, "path": h.path, "distance": round(h.distance, 6), "label": h.label,
-                                  "match": cut is None or h.distance <= cut} for h in r.hits],
+                                  "match": cut is None or h.distance <= cut, **view_fields(h)} for h in r.hits],
                     }
                     for r in results
                 ],
@@ -347,10 +353,13 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
             if cut is not None and not (r.hits and r.hits[0].distance <= cut):
                 title += f": no match (every shape is farther than {cut:.4f}, {cut_from})"
             console.print_table(
-                title, ["rank", "distance", "label", "path"],
+                title, ["rank", "distance", "view (similarity)", "label", "path"],
                 [[h.rank, f"{h.distance:.4f}" + ("" if cut is None or h.distance <= cut else " (no match)"),
-                  h.label or "-", h.path] for h in r.hits],
+                  "-" if h.view is None else f"{h.view} ({h.view_similarity:.3f})", h.label or "-", h.path]
+                 for h in r.hits],
             )
+        if note and results:
+            console.info(note)
         if sheet is not None and results:
             console.out(f"contact sheet: {sheet}")
     if failed:
@@ -363,7 +372,8 @@ def _fused_query(lib, reader, images: list, names: list[str], top: int, fusion: 
 
     from ftspl.engine.index.reader import QueryResult
     from ftspl.engine.model.preprocess import to_tensor
-    from ftspl.engine.scoring.fusion import FUSIONS, fused_search
+    from ftspl.engine.scoring.fusion import FUSIONS, fuse_embeddings, fused_search
+    from ftspl.engine.scoring.views import MatchConfig, match_views
 
     if fusion not in FUSIONS:
         raise UsageError(f"--fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -371,6 +381,7 @@ def _fused_query(lib, reader, images: list, names: list[str], top: int, fusion: 
         return []
     emb = lib.encoders.embed_photos(np.stack([to_tensor(im, lib.encoders.preprocess) for im in images]))
     hits, gen = fused_search(reader, emb, top, fusion)
+    hits = match_views(reader, fuse_embeddings(emb), [hits], top, MatchConfig(rerank="none"))[0]  # nearest the mean
     return [QueryResult(" + ".join(names), hits, gen)]
 
 

@@ -24,6 +24,7 @@ from ftspl.engine.constants import (
     MAX_VERTICES,
 )
 from ftspl.engine.errors import FtsplError
+from ftspl.engine.scoring.views import DEFAULT_BLEND_WEIGHT as _BLEND, DEFAULT_DEPTH as _DEPTH, DEFAULT_RERANK as _RERANK
 from ftspl.train.config import TrainConfig  # torch-free: the defaults of `ftspl train`
 
 app = typer.Typer(
@@ -275,6 +276,8 @@ def query(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="The same cut as a cosine similarity in [-1, 1]."),
     fuse: bool = typer.Option(False, "--fuse", help="The photos show one object: answer one ranked list for all of them."),
     fusion: str = typer.Option("mean", "--fusion", help="With --fuse: mean (of the photos' embeddings), max (best photo per shape) or rank (reciprocal rank fusion)."),
+    rerank: str = typer.Option(_RERANK, "--rerank", help=f"Re-rank the top {_DEPTH} by each shape's best-matching view: none (pooled order), view (best view's similarity) or blend (pooled and best view mixed by --rerank-weight)."),
+    rerank_weight: float = typer.Option(_BLEND, "--rerank-weight", min=0.0, max=1.0, help="With --rerank blend: the best view's share of the score."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -288,7 +291,7 @@ def query(
 
     query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels=max_pixels,
               max_file_bytes=max_file_bytes, hnsw_ef=hnsw_ef, started=t0, max_distance=max_distance,
-              min_score=min_score, fusion=fusion if fuse else None)
+              min_score=min_score, fusion=fusion if fuse else None, rerank=(rerank, rerank_weight))
 
 
 @app.command("eval")
