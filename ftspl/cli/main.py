@@ -115,6 +115,8 @@ def train(
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
     target_ce: Optional[bool] = typer.Option(None, "--target-ce/--no-target-ce", help="Cross-entropy on selected shapes."),
     align_weight: Optional[float] = typer.Option(None, "--align-weight", help="Weight of the CORAL/DANN/MMD/JAN alignment loss beside the source cross-entropy (default 1)."),
+    keep_pretrained: float = typer.Option(_TRAIN["keep_pretrained"], "--keep-pretrained", help="Weight (0-1) of the pretrained features in the served embedding beside the adapted ones (0: adapted only)."),
+    keep_pretrained_dims: int = typer.Option(_TRAIN["keep_pretrained_dims"], "--keep-pretrained-dims", help="Principal directions of the pretrained features kept (fitted on the target shapes)."),
     rounds: int = typer.Option(_TRAIN["rounds"], "--rounds", help="SPL rounds L."),
     epochs: int = typer.Option(_TRAIN["epochs"], "--epochs", help="Epochs per round."),
     warmup_epochs: int = typer.Option(_TRAIN["warmup_epochs"], "--warmup-epochs", help="Source-only epochs before round 1."),
@@ -149,6 +151,7 @@ def train(
         backbone=backbone, weights=str(weights) if weights else None, mode=mode, rounds=rounds, epochs=epochs,
         warmup_epochs=warmup_epochs, lr=lr, lam=lam, batch_size=batch_size, augment_copies=augment_copies,
         train_blocks=train_blocks, backbone_lr_mult=backbone_lr_mult,
+        keep_pretrained=keep_pretrained, keep_pretrained_dims=keep_pretrained_dims,
         seed=seed, device=device, val=str(val) if val else None, val_frac=val_frac,
         val_shapes=str(val_shapes) if val_shapes else None,
     )

@@ -25,6 +25,10 @@ def run_model(run_dir: Path):
     ck = load_best(run_dir)  # the round chosen on validation (run.json's selection says which and why)
     backbone = build_backbone(info["backbone"], pretrained=False)
     net = FTSPLNet(backbone, len(info["class_names"]), int(info["embed_dim"]))
+    if float(config.get("keep_pretrained") or 0) > 0:  # the served embedding keeps the pretrained features
+        from ftspl.train.keep import attach
+
+        attach(net, float(config["keep_pretrained"]), int(config["keep_pretrained_dims"]))
     net.load_state_dict(ck["net"])
     net.eval()
     img, mv = net.encoders()

@@ -108,6 +108,9 @@ class TrainConfig:
     #: domain-alignment loss on the bottleneck embeddings: none, coral, dann, mmd or jan (Table I baselines)
     align: str = "none"
     align_weight: float = 1.0  #: its weight beside the source cross-entropy
+    #: weight w of the pretrained features in the served embedding (ftspl.train.keep; 0: the bottleneck alone)
+    keep_pretrained: float = 0.0
+    keep_pretrained_dims: int = 128  #: principal directions of the pretrained features that are kept
     #: a finished run folder whose exported network this run starts from (``ftspl train --continue``;
     #: set by :func:`ftspl.train.continuation.continued_config`, not an option of its own)
     init_from: str | None = None
@@ -172,5 +175,9 @@ def validate(cfg: TrainConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0.0 <= cfg.val_frac < 1.0:
         raise UsageError(f"--val-frac must be in [0, 1), got {cfg.val_frac}")
+    if not 0.0 <= cfg.keep_pretrained < 1.0:
+        raise UsageError(f"--keep-pretrained must be in [0, 1) (0: off), got {cfg.keep_pretrained}")
+    if cfg.keep_pretrained_dims < 1:
+        raise UsageError(f"--keep-pretrained-dims must be at least 1, got {cfg.keep_pretrained_dims}")
     if cfg.epochs < 0 or cfg.warmup_epochs < 0:
         raise UsageError("--epochs and --warmup-epochs must be >= 0")

@@ -56,7 +56,7 @@ from ftspl.engine.home import Home
 from ftspl.train.config import TrainConfig, validate
 from ftspl.train.distributed import Dist, session
 from ftspl.train.runio import CHECKPOINT, CONFIG, METRICS, RUN_INFO, load_checkpoint
-from ftspl.train.trainer import Trainer, embed_all, pick_device
+from ftspl.train.trainer import Trainer, embed_all, pick_device, served_all, trunk_all
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,13 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
             # still use every core.
             torch.set_num_threads(1)
 
+        if cfg.keep_pretrained > 0:  # the served embedding keeps the pretrained features (ftspl.train.keep)
+            from ftspl.train.keep import attach
+
+            keep = attach(net, cfg.keep_pretrained, cfg.keep_pretrained_dims)
+            if fresh and not cfg.init_from:  # else the checkpoint's (or the continued run's) buffers load below
+                net.eval()
+                keep.fit(trunk_all(net, feed, "target", cfg.batch_size, dist))
         rounds: list[dict] = []
         start_round = 0
         if fresh and cfg.init_from:  # ftspl train --continue: the network starts as that run exported it
@@ -373,8 +380,8 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
                 net.eval()
                 bs = cfg.batch_size
                 emb = _embeddings_of(
-                    inp, embed_all(net, feed, "source", bs, dist), embed_all(net, feed, "target", bs, dist),
-                    embed_all(net, feed, "query", bs, dist) if queries is not None and len(queries) else None,
+                    inp, served_all(net, feed, "source", bs, dist), served_all(net, feed, "target", bs, dist),
+                    served_all(net, feed, "query", bs, dist) if queries is not None and len(queries) else None,
                 )
         except torch.cuda.OutOfMemoryError:
             raise FtsplError(

@@ -22,6 +22,8 @@ class FTSPLNet(nn.Module):
         self.backbone = backbone
         self.bottleneck = Bottleneck(backbone.feat_dim, embed_dim)
         self.classifier = Classifier(embed_dim, num_classes)
+        #: the pretrained half of the served embedding (:mod:`ftspl.train.keep`), when kept
+        self.keep = None
 
     # -- trunk: pixels -> pooled backbone features ------------------------------
     def photo_trunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +60,22 @@ class FTSPLNet(nn.Module):
     def embed(self, trunk_feats: torch.Tensor) -> torch.Tensor:
         return self.bottleneck(trunk_feats)
 
+    def serve_embed(self, trunk_feats: torch.Tensor) -> torch.Tensor:
+        """The embedding export serves (before its L2 normalisation): the bottleneck, or with a kept
+        pretrained branch the concatenation of :class:`ftspl.train.keep.ServedHead`."""
+        return self.served_head()(trunk_feats)
+
+    def served_head(self) -> nn.Module:
+        if self.keep is None:
+            return self.bottleneck
+        from ftspl.train.keep import ServedHead
+
+        return ServedHead(self.bottleneck, self.keep)
+
+    @property
+    def served_dim(self) -> int:
+        return self.bottleneck.out_dim + (self.keep.dims if self.keep is not None else 0)
+
     def logits(self, emb: torch.Tensor) -> torch.Tensor:
         return self.classifier(emb)
 
@@ -67,7 +85,8 @@ class FTSPLNet(nn.Module):
         return self.classifier.fc.weight
 
     def encoders(self) -> tuple[ImageEncoder, MultiViewEncoder]:
-        """The two exported encoders: backbone -> bottleneck -> L2 norm, sharing weights."""
-        img = ImageEncoder(self.backbone, head=self.bottleneck, l2_normalize=True).eval()
-        mv = MultiViewEncoder(self.backbone, head=self.bottleneck, l2_normalize=True).eval()
+        """The two exported encoders: backbone -> bottleneck (+ kept pretrained branch) -> L2 norm, sharing weights."""
+        head = self.served_head()
+        img = ImageEncoder(self.backbone, head=head, l2_normalize=True).eval()
+        mv = MultiViewEncoder(self.backbone, head=head, l2_normalize=True).eval()
         return img, mv

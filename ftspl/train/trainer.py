@@ -27,7 +27,7 @@ from ftspl.engine.errors import FtsplError
 from ftspl.train.config import TrainConfig
 from ftspl.train.distributed import Dist, pick_device
 
-__all__ = ["Trainer", "embed_all", "pick_device", "trunk_all"]
+__all__ = ["Trainer", "embed_all", "pick_device", "served_all", "trunk_all"]
 
 
 def embed_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> torch.Tensor:
@@ -39,12 +39,17 @@ def embed_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> to
     return _pass_all(net, feed, which, batch, dist, head=True)
 
 
+def served_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> torch.Tensor:
+    """The embeddings export serves (bottleneck, plus the kept pretrained branch when there is one)."""
+    return _pass_all(net, feed, which, batch, dist, head=True, served=True)
+
+
 def trunk_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> torch.Tensor:
     """Pooled backbone features (no bottleneck) of all items of ``which``: the pretrained baseline's embedding."""
     return _pass_all(net, feed, which, batch, dist, head=False)
 
 
-def _pass_all(net, feed, which: str, batch: int, dist: Dist | None, head: bool) -> torch.Tensor:
+def _pass_all(net, feed, which: str, batch: int, dist: Dist | None, head: bool, served: bool = False) -> torch.Tensor:
     dist = dist if dist is not None else Dist()
     n = {"source": feed.n_source, "target": feed.n_target, "query": feed.n_query, "val": feed.n_val,
          "val_shapes": feed.n_val_shapes}[which]
@@ -56,8 +61,8 @@ def _pass_all(net, feed, which: str, batch: int, dist: Dist | None, head: bool) 
     with torch.no_grad():
         for x in it:
             f = trunk(net, x)
-            out.append((net.embed(f) if head else f).float())
-    width = net.bottleneck.out_dim if head else net.backbone.feat_dim
+            out.append((net.serve_embed(f) if served else net.embed(f) if head else f).float())
+    width = net.served_dim if served else net.bottleneck.out_dim if head else net.backbone.feat_dim
     mine = torch.cat(out) if out else torch.zeros(0, width, device=feed.device)
     return dist.gather_rows(mine)
 
@@ -271,7 +276,7 @@ class Trainer:
         if not getattr(self.feed, "n_val", 0):
             return None
         self.net.eval()
-        run = trunk_all if pretrained else embed_all
+        run = trunk_all if pretrained else served_all
         bs = self.cfg.batch_size
         val = run(self.net, self.feed, "val", bs, self.dist)
         if getattr(self.feed, "n_val_shapes", 0):  # labelled shapes: photo-to-shape retrieval
@@ -285,8 +290,8 @@ class Trainer:
         from ftspl.train.unsupervised import criteria
 
         self.net.eval()
-        src = embed_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
-        tgt = embed_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)
+        src = served_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
+        tgt = served_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)
         return criteria(src, self.feed.src_y, tgt, self.K)
 
     # -- reporting ------------------------------------------------------------
@@ -312,18 +317,18 @@ class Trainer:
                                   == np.asarray([names[k] for k in labels[sel_known]], dtype=object))), 4)
         if known:
             self.net.eval()
-            tgt = embed_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)[torch.as_tensor(known)]
+            tgt = served_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)[torch.as_tensor(known)]
             t_lab = [tl[i] for i in known]
             if getattr(self.feed, "query_y", None):
-                q = embed_all(self.net, self.feed, "query", self.cfg.batch_size, self.dist)
+                q = served_all(self.net, self.feed, "query", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.query_y]
                 rec["metrics_on"] = "queries"
             elif getattr(self.feed, "n_val", 0):  # held-out photos; the source photos were trained on
-                q = embed_all(self.net, self.feed, "val", self.cfg.batch_size, self.dist)
+                q = served_all(self.net, self.feed, "val", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.val_y.tolist()]
                 rec["metrics_on"] = "validation photos"
             else:
-                q = embed_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
+                q = served_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.src_y.tolist()]
                 rec["metrics_on"] = "source photos"
             if any(lab in set(t_lab) for lab in q_lab):
