@@ -312,3 +312,43 @@ def test_http_api_gives_matched_views_and_serves_them(view_home: Path) -> None:
             assert api.get("/api/shapes/999999/preview.png?view=0").status_code == 404
     finally:
         live.close()
+
+
+@pytest.mark.slow
+def test_page_shows_the_matched_view(view_home: Path, tmp_path: Path) -> None:
+    """Debian's chromium: each card shows its matched view; the dialog shows it beside the four views."""
+    pytest.importorskip("starlette")
+    from test_serve_browser import CHROMIUM, save
+    from test_serve_live import running_server
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"chromium ({CHROMIUM}) is not installed here")
+    photo = _photo(tmp_path / "photo.png")
+    with sync_api.sync_playwright() as p, running_server(view_home) as (base, _):
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(base + "/")
+            page.wait_for_function("() => document.querySelector('#library').textContent.includes('5 shapes')")
+            page.select_option("#rerank", "view")
+            page.set_input_files("#photos", [str(photo)])
+            page.wait_for_function("() => document.querySelectorAll('.hit img').length === 5 && "
+                                   "[...document.querySelectorAll('.hit img')].every(i => i.complete && i.naturalWidth > 0)")
+            srcs = page.evaluate("[...document.querySelectorAll('.hit img')].map(i => i.src)")
+            assert all("preview.png?view=" in s for s in srcs)
+            assert page.evaluate("[...document.querySelectorAll('.hit img')].every(i => i.naturalWidth === 64)")
+            assert "re-ranked by view" in page.inner_text(".result-status")
+            card = page.locator(".hit").nth(0)
+            assert "view " in card.inner_text() and "similarity" in card.inner_text()
+            card.click()
+            page.wait_for_selector("#detail[open]")
+            page.wait_for_function("() => document.querySelector('#detail-matched').naturalWidth > 0")
+            assert "Closest view to your photo: view" in page.inner_text("#detail-match-caption")
+            assert "matched view" in page.inner_text("#detail-meta")
+            save(page, tmp_path, "serve-matched-view.png")
+            assert errors == []
+        finally:
+            browser.close()

@@ -207,7 +207,7 @@ async function openDetail(hit, opener) {
     view.removeAttribute("src");
     setImage(view, hit.view_image);
     $("#detail-match-caption").textContent =
-      `Closest view to your photo: view ${hit.view} of 12 (similarity ${hit.view_similarity.toFixed(3)})`;
+      `Closest view to your photo: view ${hit.view} (similarity ${hit.view_similarity.toFixed(3)})`;
   }
   const meta = $("#detail-meta");
   const rows = [["distance", hit.distance.toFixed(4)], ["path", hit.path], ["id", String(hit.id)]];
