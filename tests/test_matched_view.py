@@ -256,6 +256,11 @@ def test_query_table_sheet_and_bad_rerank(view_home: Path, tmp_path: Path) -> No
     bad = run_ftspl(view_home, "query", str(photo), "--rerank", "best")
     assert bad.returncode == 2 and "valid: blend, none, view" in bad.stderr
     assert "Traceback" not in bad.stderr
+    fused = run_ftspl(view_home, "query", str(photo), str(photo), "--fuse", "--rerank", "view")
+    assert fused.returncode == 2 and "--fuse list keeps its fused order" in fused.stderr
+    ok = run_ftspl(view_home, "query", str(photo), str(photo), "--fuse", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert all(0 <= h["view"] < 12 for h in json.loads(ok.stdout)["results"][0]["hits"])  # nearest the photos' mean
 
 
 def test_an_index_without_codes_answers_with_a_note(view_home: Path, tmp_path: Path) -> None:

@@ -286,6 +286,8 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
     if top < 1:
         raise UsageError("--top must be at least 1")
     match = MatchConfig() if rerank is None else MatchConfig(rerank=rerank[0], blend_weight=rerank[1])
+    if fusion is not None and match.rerank != "none":
+        raise UsageError(f"--rerank {match.rerank} works on single-photo answers; a --fuse list keeps its fused order")
     t_start = time.perf_counter() if started is None else started
     lib = Library(home, runtime)
     t_model = time.perf_counter()
