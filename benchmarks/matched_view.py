@@ -34,7 +34,11 @@ from ftspl.engine.home import Home
 from ftspl.engine.index import viewcodes
 from ftspl.engine.index.library import Library
 from ftspl.engine.scoring.evaluate import embed_labelled, gallery_of
-from ftspl.engine.scoring.metrics import format_metrics, pairwise_euclidean, retrieval_metrics
+from ftspl.engine.scoring.metrics import (
+    format_metrics,
+    pairwise_euclidean,
+    retrieval_metrics,
+)
 from ftspl.engine.scoring.views import RERANKS, MatchConfig, cosine_of, search_matched
 
 METRICS = ("NN", "FT", "ST", "DCG", "ANMRR")

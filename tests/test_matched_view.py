@@ -15,16 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from PIL import Image
-
 from conftest import run_ftspl
+from PIL import Image
 
 from ftspl.engine.errors import UnknownKeyError
 from ftspl.engine.index import viewcodes
 from ftspl.engine.index.reader import Hit
 from ftspl.engine.index.schema import ShapeRecord
 from ftspl.engine.index.store import ShapeStore
-from ftspl.engine.scoring.views import MatchConfig, best_views, cosine_of, rerank, views_note
+from ftspl.engine.scoring.views import (
+    MatchConfig,
+    best_views,
+    cosine_of,
+    rerank,
+    views_note,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -149,7 +154,12 @@ def test_export_adds_per_view_output_and_keeps_the_pooled_one(tmp_path: Path) ->
     from ftspl.engine.constants import Preprocess, RenderSpec
     from ftspl.engine.home import Home
     from ftspl.engine.model.encoders import Encoders
-    from ftspl.export.onnx_export import ExportConfig, ModelMeta, WithViewEmbeddings, export_encoders
+    from ftspl.export.onnx_export import (
+        ExportConfig,
+        ModelMeta,
+        WithViewEmbeddings,
+        export_encoders,
+    )
     from ftspl.train.backbones import build_backbone
     from ftspl.train.model import Bottleneck, ImageEncoder, MultiViewEncoder
 
@@ -169,7 +179,7 @@ def test_export_adds_per_view_output_and_keeps_the_pooled_one(tmp_path: Path) ->
     home = Home(tmp_path)
     for with_views in (True, False):
         cfg = ExportConfig(exporter="torchscript", view_embeddings=with_views)
-        folder, man = export_encoders(img, mv, meta, home, cfg)
+        folder, _man = export_encoders(img, mv, meta, home, cfg)
         enc = Encoders(folder)
         assert enc.has_view_output is with_views
         batch = np.random.default_rng(0).normal(size=(2, 3, 3, 32, 32)).astype(np.float32)
