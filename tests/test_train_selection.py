@@ -39,11 +39,11 @@ def test_score_separates_good_from_bad_embeddings():
 def test_best_round_and_verdict():
     base = {"acc": 0.6, "FT": 0.5, "n": 10}
     rounds = [{"round": r, "val": {"acc": a, "FT": f, "n": 10}, "val_baseline": base}
-              for r, (a, f) in enumerate([(0.5, 0.4), (0.7, 0.6), (0.7, 0.55), (0.7, 0.6)])]
-    assert best_round(rounds)["round"] == 1  # highest acc, FT breaks ties, earliest wins a full tie
+              for r, (a, f) in enumerate([(0.5, 0.4), (0.6, 0.6), (0.7, 0.55), (0.7, 0.6), (0.6, 0.6)])]
+    assert best_round(rounds)["round"] == 3  # highest FT, accuracy breaks ties, earliest wins a full tie
     v = verdict(rounds)
-    assert v["best_round"] == 1 and v["adapted_better"] is True and verdict_line(v) is None
-    worse = [dict(r, val={"acc": 0.5, "FT": 0.6, "n": 10}) for r in rounds]
+    assert v["best_round"] == 3 and v["adapted_better"] is True and verdict_line(v) is None
+    worse = [dict(r, val={"acc": 0.9, "FT": 0.45, "n": 10}) for r in rounds]
     v = verdict(worse)
     assert v["adapted_better"] is False and "NOT better than the pretrained" in verdict_line(v)
     assert best_round([{"round": 0}]) is None and verdict([{"round": 0}]) is None
