@@ -25,6 +25,11 @@ _OUT = typer.Option(..., "--out", help="Folder for source/, val/, queries/, targ
 _SEED = typer.Option(0, "--seed", help="Split and render seed (same seed, same files).")
 _RENDERS = typer.Option(None, "--renders", min=0, help="Photo renders per photo model (default: the preset's).")
 _SMALL = typer.Option(False, "--small", help="The small preset: 8 models per class, 2 renders (about a minute).")
+_VARIETY = typer.Option(
+    "base", "--variety",
+    help="Widen the source (training) photos with a ftspl.data.variety preset: base, clutter, materials, camera, "
+         "more_renders, all. val/ and queries/ keep the base photos.",
+)
 _CACHE = typer.Option(None, "--cache", help="Debian package cache (default: <home>/cache/debian).")
 _HOME = typer.Option(None, "--home", help="Home folder whose cache holds the packages (default: $FTSPL_HOME or ./.ftspl).")
 _JSON = typer.Option(False, "--json", help="Print machine-readable JSON.")
@@ -36,17 +41,20 @@ def sh3d(
     seed: int = _SEED,
     renders: int | None = _RENDERS,
     small: bool = _SMALL,
+    variety: str = _VARIETY,
     cache: Path | None = _CACHE,
     home: Path | None = _HOME,
     as_json: bool = _JSON,
 ) -> None:
     """The SH3D benchmark: photo-domain renders + icons (source/val/queries) and a mesh gallery (target)."""
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.data.variety import apply_variety
     from ftspl.engine.home import Home
 
     cfg = BENCH_PRESETS["small" if small else "full"]
     cfg = replace(cfg, seed=seed, **({"renders": renders} if renders is not None else {}))
     try:
+        cfg = apply_variety(cfg, variety)
         with console.progress(not as_json) as update:
             split = build_sh3d_benchmark(out, cache or Home.resolve(home).debian_cache, cfg, progress=update)
     except FtsplError as exc:
@@ -56,6 +64,7 @@ def sh3d(
         "out": str(split.root),
         "seed": seed,
         "preset": "small" if small else "full",
+        "variety": variety,
         "classes": split.classes,
         "models": split.counts,
         "photos": split.photos,
@@ -77,7 +86,8 @@ def sh3d(
     )
     console.out(
         f"photos: {split.photos['source']} source, {split.photos['val']} val, {split.photos['queries']} queries "
-        f"({cfg.renders} renders{' + icon' if cfg.icons else ''} per model) in {split.seconds:.1f}s"
+        f"({cfg.photo_for('source')[1]} / {cfg.renders} renders per source / other model"
+        f"{' + icon' if cfg.icons else ''}, variety {variety}) in {split.seconds:.1f}s"
     )
     for key, reason in split.failed.items():
         console.warn(f"{key}: no renders ({reason})")

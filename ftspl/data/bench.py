@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.data.backgrounds import fetch_backgrounds
-from ftspl.data.photo_domain import PhotoConfig, PhotoRenderer
+from ftspl.data.photo_domain import VARIETY_FIELDS, PhotoConfig, PhotoRenderer
 from ftspl.data.sh3d import (
     CATALOG_PACKAGE,
     FURNITURE_PACKAGE,
@@ -75,6 +75,11 @@ class BenchConfig:
     val: float = 0.25  #: fraction of the source models moved to val/ (at least 1 of >= 3; 0: none)
     image_size: int = 256
     photo: PhotoConfig = field(default_factory=PhotoConfig)
+    #: settings of the source photos only (the labelled training photos; ``ftspl.data.variety``
+    #: presets widen them); None: ``photo``. val/ and queries/ always use ``photo``, so every
+    #: variety of a seed is scored on the same images.
+    source_photo: PhotoConfig | None = None
+    source_renders: int | None = None  #: renders per source model; None: ``renders``
 
     def check(self) -> None:
         if self.renders < 0 or (self.renders == 0 and not self.icons):
@@ -87,6 +92,15 @@ class BenchConfig:
             raise UsageError("val must be a fraction in [0, 1)")
         if self.max_per_class is not None and self.max_per_class < 4:
             raise UsageError("max_per_class must be >= 4")
+        if self.source_renders is not None and self.source_renders < 1:
+            raise UsageError("source_renders must be >= 1")
+
+    def photo_for(self, group: str) -> tuple[PhotoConfig, int]:
+        """(photo settings, renders per model) of a photo group, at this build's image size."""
+        photo, renders = self.photo, self.renders
+        if group == "source":
+            photo, renders = self.source_photo or photo, self.source_renders or renders
+        return replace(photo, image_size=self.image_size), renders
 
 
 #: ``small``: all 18 classes, 8 light models each, 2 renders -- minutes on 2 cores, for the demo.
@@ -147,7 +161,47 @@ def split_models(models: list[Sh3dModel], cfg: BenchConfig) -> dict[str, dict[st
 
 
 def _config_record(cfg: BenchConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as read back from JSON
+    """The config as the manifest keeps it. Variety settings at their defaults are left out, so a
+    default build's manifest (and its reuse check) is what it was before they existed."""
+    rec = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as read back from JSON
+    photo_defaults = json.loads(json.dumps(asdict(PhotoConfig())))
+    for key in ("source_photo", "source_renders"):
+        if rec[key] is None:
+            del rec[key]
+    for photo in (rec["photo"], rec.get("source_photo")):
+        for key in VARIETY_FIELDS:
+            if photo is not None and photo[key] == photo_defaults[key]:
+                del photo[key]
+    return rec
+
+
+def _link_from(base: Path, out: Path, cfg: BenchConfig) -> list[str]:
+    """Hard-link (copy across file systems) an earlier build's files that this build would make
+    byte for byte: val/, queries/ and target/ when the split and base photo settings match, and
+    source/ too when the source settings match. Returns the groups linked."""
+    try:
+        old = json.loads((base / "manifest.json").read_text())["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{base}: not a finished benchmark build to link from ({exc})") from None
+    new = _config_record(cfg)
+    source_keys = ("source_photo", "source_renders")
+    if {k: v for k, v in old.items() if k not in source_keys} != {k: v for k, v in new.items() if k not in source_keys}:
+        raise UsageError(f"{base}: built with another split or val/query photo settings; link from a build of "
+                         "the same seed and preset")
+    groups = ["val", "queries", "target"]
+    if all(old.get(k) == new.get(k) for k in source_keys):
+        groups.append("source")
+    for g in groups:
+        for src in sorted((base / g).rglob("*")):
+            dest = out / src.relative_to(base)
+            if src.is_dir() or dest.exists():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(src, dest)
+            except OSError:
+                shutil.copy2(src, dest)
+    return groups
 
 
 def _reuse_or_reset(out: Path, cfg: BenchConfig) -> None:
@@ -171,11 +225,14 @@ def build_sh3d_benchmark(
     cache: Path,
     cfg: BenchConfig = BenchConfig(),
     progress: Callable[[str, int, int], None] | None = None,
+    link_from: Path | None = None,
 ) -> Split:
     """Fetch the Debian packages (once, into ``cache``) and lay the benchmark out under ``out``.
 
     Re-running with the same config reuses the files already there (a killed
-    build resumes); a different config rebuilds the group folders.
+    build resumes); a different config rebuilds the group folders. ``link_from``: an
+    earlier build of the same seed and preset whose identical files are hard-linked
+    instead of rendered again (a variety study renders only the source photos).
     """
     t0 = time.perf_counter()
     cfg.check()
@@ -190,12 +247,15 @@ def build_sh3d_benchmark(
     if not any(groups["target"].values()):
         raise UsageError(f"no class has {cfg.min_models} models with at most {cfg.max_faces} faces")
     _reuse_or_reset(out, cfg)
+    if link_from is not None:
+        _link_from(Path(link_from), out, cfg)
     photo_cfg = replace(cfg.photo, image_size=cfg.image_size)
 
     photo_models = [(g, c, m) for g in PHOTO_GROUPS for c, ms in groups[g].items() for m in ms]
     failed: dict[str, str] = {}
     n_photos = {g: 0 for g in GROUPS}
     with PhotoRenderer(photo_cfg) as renderer:
+        cutouts = _clutter_cutouts(renderer, libdir, groups, cfg, report)
         for i, (g, c, m) in enumerate(photo_models):
             report("photos", i, len(photo_models))
             folder = out / g / c
@@ -204,10 +264,10 @@ def build_sh3d_benchmark(
                 if not icon.exists():
                     extract_icon(libdir, m, icon)
                 n_photos[g] += 1
-            names = [folder / f"{m.key}__r{k}.jpg" for k in range(cfg.renders)]
+            names = [folder / f"{m.key}__r{k}.jpg" for k in range(cfg.photo_for(g)[1])]
             if names and not all(p.exists() for p in names):
                 try:
-                    for p, data in zip(names, _render_model(renderer, libdir, m, cfg, backgrounds)):
+                    for p, data in zip(names, _render_model(renderer, libdir, m, cfg, backgrounds, g, cutouts)):
                         atomic_write_bytes(p, data)
                 except TextureLoadError as exc:
                     failed[m.key] = exc.reason
@@ -263,12 +323,44 @@ def build_sh3d_benchmark(
     )
 
 
-def _render_model(renderer: PhotoRenderer, libdir: Path, m: Sh3dModel, cfg: BenchConfig, backgrounds) -> list[bytes]:
+def _load(libdir: Path, m: Sh3dModel):
     with tempfile.TemporaryDirectory(prefix="ftspl-sh3d-") as tmp:
-        obj = extract_model(libdir, m, Path(tmp))
-        mesh = load_textured_mesh(obj)
+        return load_textured_mesh(extract_model(libdir, m, Path(tmp)))
+
+
+def _render_model(renderer: PhotoRenderer, libdir: Path, m: Sh3dModel, cfg: BenchConfig, backgrounds,
+                  group: str = "queries", cutouts: list | None = None) -> list[bytes]:
+    """A photo model's renders with its group's settings, from a generator seeded by (seed, model)."""
+    photo, renders = cfg.photo_for(group)
     rng = np.random.default_rng([cfg.seed, _stable(m.key)])
-    return renderer.render(mesh, rng, backgrounds, n=cfg.renders)
+    return renderer.render(_load(libdir, m), rng, backgrounds, n=renders, cfg=photo, cutouts=cutouts)
+
+
+CLUTTER_MODELS = 24  #: catalogue objects outside the benchmark that clutter photos, 2 views each
+CLUTTER_MAX_FACES = 40_000
+
+
+def _clutter_cutouts(renderer: PhotoRenderer, libdir: Path, groups: dict, cfg: BenchConfig, report) -> list:
+    """Cutouts of catalogue models the split does not use (other classes, over the caps): the
+    other objects of a cluttered photo. Seeded by ``cfg.seed`` alone; empty when no photo
+    group asks for catalogue clutter."""
+    photos = [cfg.photo_for(g)[0] for g in PHOTO_GROUPS]
+    if not any(p.clutter[1] > 0 and p.clutter_object > 0 for p in photos):
+        return []
+    used = {m.key for gs in groups.values() for ms in gs.values() for m in ms}
+    spare = sorted((m for m in all_models() if m.key not in used and m.faces <= CLUTTER_MAX_FACES), key=lambda m: m.key)
+    rng = np.random.default_rng([cfg.seed, _stable("clutter")])
+    pick = [spare[i] for i in rng.permutation(len(spare))[:CLUTTER_MODELS]]
+    photo = cfg.photo_for("source")[0]
+    out: list = []
+    for i, m in enumerate(pick):
+        report("clutter", i, len(pick))
+        try:
+            out += renderer.cutouts(_load(libdir, m), np.random.default_rng([cfg.seed, _stable(m.key), 1]), 2,
+                                    cfg=replace(photo, material_prob=0.0))
+        except TextureLoadError as exc:
+            log.warning("clutter model skipped: %s", exc)
+    return out
 
 
 def bench_notice(models: list[Sh3dModel], backgrounds: list, versions: dict[str, str]) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +31,19 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from ftspl.data.backgrounds import Background, draw_background
 from ftspl.data.textured import Part, TexturedMesh
+from ftspl.data.variety import (
+    composite_occluders,
+    downscale_upscale,
+    draw_material,
+    motion_blur,
+    paint_over,
+    vignette,
+    white_balance,
+)
 from ftspl.engine.errors import RenderError
 from ftspl.engine.rendering.renderer import look_at, perspective
 
-__all__ = ["PhotoConfig", "PhotoRenderer"]
+__all__ = ["VARIETY_FIELDS", "PhotoConfig", "PhotoRenderer"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,35 @@ class PhotoConfig:
     blur_sigma: tuple[float, float] = (0.3, 1.0)
     noise_sigma: tuple[float, float] = (0.0, 5.0)  #: sensor noise, 0-255 scale
     jpeg_quality: tuple[int, int] = (50, 95)
+    # -- variety knobs (presets in ftspl.data.variety); at these defaults nothing is drawn for
+    # them, so the photos stay byte-identical to those made before the knobs existed --
+    #: probability that one part's material is recoloured: a hue rotation, a saturation and an
+    #: albedo (brightness) scale, drawn per part and applied to its texture map too (patterns kept)
+    material_prob: float = 0.0
+    material_hue: float = 0.5  #: largest hue rotation of a recoloured part, in turns (0.5: any hue)
+    material_saturation: tuple[float, float] = (0.4, 1.6)
+    material_albedo: tuple[float, float] = (0.55, 1.25)
+    #: occluders per photo (an integer drawn uniformly from this range): other catalogue
+    #: objects or real-image patches, in front of or behind the object; (0, 0): none
+    clutter: tuple[int, int] = (0, 0)
+    clutter_object: float = 0.7  #: probability that an occluder is a catalogue object (else an image patch)
+    clutter_front: float = 0.6  #: probability that an occluder is in front of the object (else behind it)
+    clutter_scale: tuple[float, float] = (0.25, 0.6)  #: occluder height, in frame heights
+    clutter_max_cover: float = 0.4  #: the largest fraction of the object one occluder in front may hide
+    vignette: tuple[float, float] = (0.0, 0.0)  #: darkening at the corners (lens falloff); (0, 0): none
+    white_balance: float = 0.0  #: largest red/blue gain error against green (0.1: gains 0.9-1.1)
+    motion_blur_prob: float = 0.0  #: probability of a camera-shake streak
+    motion_blur_px: tuple[float, float] = (2.0, 8.0)  #: its length, in output pixels
+    lowres_prob: float = 0.0  #: probability of a downscale-upscale (a small sensor, a blown-up thumbnail)
+    lowres_scale: tuple[float, float] = (0.3, 0.7)  #: the intermediate size, as a fraction of image_size
+
+
+#: The knobs added for photo variety; a manifest leaves them out while they are at their defaults.
+VARIETY_FIELDS = (
+    "material_prob", "material_hue", "material_saturation", "material_albedo", "clutter", "clutter_object",
+    "clutter_front", "clutter_scale", "clutter_max_cover", "vignette", "white_balance", "motion_blur_prob",
+    "motion_blur_px", "lowres_prob", "lowres_scale",
+)
 
 
 _VS = """
@@ -97,6 +136,8 @@ uniform float u_alpha;
 uniform float u_specular;
 uniform float u_shininess;
 uniform bool u_has_tex;
+uniform bool u_recolour;
+uniform mat3 u_colmat;
 uniform sampler2D u_tex;
 in vec3 v_world;
 in vec3 v_normal;
@@ -115,6 +156,7 @@ void main() {
         // map_Kd is modulated by Kd, except where an exporter left Kd black or near black
         base.rgb = max(u_color.r, max(u_color.g, u_color.b)) > 0.15 ? t.rgb * u_color : t.rgb;
     }
+    if (u_recolour) base.rgb = clamp(u_colmat * base.rgb, 0.0, 1.0);
     vec3 hemi = mix(u_ground, u_sky, 0.5 + 0.5 * n.y);
     float diff = max(dot(n, u_light_dir), 0.0);
     float fill = max(dot(n, to_eye), 0.0);
@@ -170,11 +212,45 @@ class PhotoRenderer:
 
     # -- one mesh, several photos -------------------------------------------------
     def render(
-        self, mesh: TexturedMesh, rng: np.random.Generator, backgrounds: list[Background], n: int = 1
+        self, mesh: TexturedMesh, rng: np.random.Generator, backgrounds: list[Background], n: int = 1,
+        *, cfg: PhotoConfig | None = None, cutouts: list[np.ndarray] | None = None,
     ) -> list[bytes]:
-        """``n`` photos (JPEG bytes) of ``mesh``, each with fresh random camera, light and background."""
+        """``n`` photos (JPEG bytes) of ``mesh``, each with fresh random camera, light and background.
+
+        ``cfg`` replaces the renderer's settings for these photos (same image size, supersampling
+        and MSAA: the framebuffers are the renderer's); ``cutouts`` are other objects
+        (:meth:`cutouts`) that ``cfg.clutter`` may place beside or in front of this one.
+        """
+        cfg = self._check_cfg(cfg)
+        with self._uploaded(mesh) as uploaded:
+            return [self._finish(*self._rgba(uploaded, rng, cfg), rng, backgrounds, cfg, cutouts or [])
+                    for _ in range(n)]
+
+    def cutouts(self, mesh: TexturedMesh, rng: np.random.Generator, n: int = 1,
+                cfg: PhotoConfig | None = None) -> list[np.ndarray]:
+        """``n`` views of ``mesh`` without background, cropped to the object: premultiplied float RGBA
+        at the output scale, for use as clutter in other photos."""
+        cfg = self._check_cfg(cfg)
+        out = []
+        with self._uploaded(mesh) as uploaded:
+            for _ in range(n):
+                rgba = self._downscaled(self._rgba(uploaded, rng, cfg)[0], cfg.image_size)
+                ys, xs = np.nonzero(rgba[..., 3] > 2)
+                if len(ys):
+                    out.append(rgba[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32) / 255.0)
+        return out
+
+    def _check_cfg(self, cfg: PhotoConfig | None) -> PhotoConfig:
         if self._ctx is None:
             raise RuntimeError("PhotoRenderer is closed")
+        cfg = cfg or self.cfg
+        if (cfg.image_size, cfg.supersample, cfg.msaa) != (self.cfg.image_size, self.cfg.supersample, self.cfg.msaa):
+            raise ValueError("a per-call PhotoConfig must keep the renderer's image_size, supersample and msaa")
+        return cfg
+
+    @contextmanager
+    def _uploaded(self, mesh: TexturedMesh):
+        """The mesh's parts as GL buffers and textures, released on exit."""
         mgl, ctx = self._moderngl, self._ctx
         uploaded = []
         try:
@@ -193,7 +269,7 @@ class PhotoRenderer:
                     tex.filter = (mgl.LINEAR_MIPMAP_LINEAR, mgl.LINEAR)
                     tex.repeat_x = tex.repeat_y = True
                 uploaded.append((part, vbo, ibo, vao, tex))
-            return [self._one(uploaded, rng, backgrounds) for _ in range(n)]
+            yield uploaded
         except mgl.Error as exc:
             raise RenderError(f"OpenGL failed while rendering a photo: {exc}") from exc
         finally:
@@ -202,8 +278,9 @@ class PhotoRenderer:
                     if obj is not None:
                         obj.release()
 
-    def _one(self, uploaded: list, rng: np.random.Generator, backgrounds: list[Background]) -> bytes:
-        cfg, mgl, ctx, prog = self.cfg, self._moderngl, self._ctx, self._prog
+    def _rgba(self, uploaded: list, rng: np.random.Generator, cfg: PhotoConfig) -> tuple[np.ndarray, np.ndarray]:
+        """One random view at the supersampled size: (premultiplied RGBA uint8, key light direction)."""
+        mgl, ctx, prog = self._moderngl, self._ctx, self._prog
         # camera
         if rng.random() < cfg.front_bias:
             az = float(np.clip(rng.normal(0.0, cfg.front_sigma_deg), -100.0, 100.0))
@@ -239,31 +316,35 @@ class PhotoRenderer:
         prog["u_sky"].value = tuple(sky)
         prog["u_ground"].value = tuple(ground)
         prog["u_fill_col"].value = tuple(tint * float(rng.uniform(0.05, 0.2)))
+        recolour = [draw_material(rng, cfg) for _ in uploaded] if cfg.material_prob > 0 else [None] * len(uploaded)
         self._msaa.use()
         self._msaa.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         ctx.enable(mgl.DEPTH_TEST)
         ctx.disable(mgl.CULL_FACE)
         ctx.disable(mgl.BLEND)
-        opaque = [u for u in uploaded if u[0].alpha >= 0.95]
-        clear = [u for u in uploaded if u[0].alpha < 0.95]
-        for part, _, _, vao, tex in opaque:
-            self._draw(part, vao, tex)
+        opaque = [(u, m) for u, m in zip(uploaded, recolour) if u[0].alpha >= 0.95]
+        clear = [(u, m) for u, m in zip(uploaded, recolour) if u[0].alpha < 0.95]
+        for (part, _, _, vao, tex), mat in opaque:
+            self._draw(part, vao, tex, mat)
         if clear:  # glass etc.: blended over what is behind, without hiding it from later glass
             ctx.enable(mgl.BLEND)
             ctx.blend_func = (mgl.ONE, mgl.ONE_MINUS_SRC_ALPHA)  # premultiplied
             ctx.depth_mask = False
-            for part, _, _, vao, tex in clear:
-                self._draw(part, vao, tex)
+            for (part, _, _, vao, tex), mat in clear:
+                self._draw(part, vao, tex, mat)
             ctx.depth_mask = True
             ctx.disable(mgl.BLEND)
         if self._resolved is not self._msaa:
             ctx.copy_framebuffer(self._resolved, self._msaa)
         raw = self._resolved.read(components=4, alignment=1)
         rgba = np.frombuffer(raw, dtype=np.uint8).reshape(self._size, self._size, 4)[::-1]
-        return self._finish(rgba, light_dir, rng, backgrounds)
+        return rgba, light_dir
 
-    def _draw(self, part: Part, vao, tex) -> None:
+    def _draw(self, part: Part, vao, tex, colmat: np.ndarray | None = None) -> None:
         prog = self._prog
+        prog["u_recolour"].value = colmat is not None
+        if colmat is not None:  # GLSL matrices are column-major
+            prog["u_colmat"].write(np.ascontiguousarray(colmat.T, dtype="f4").tobytes())
         prog["u_color"].value = part.color
         prog["u_alpha"].value = max(part.alpha, 0.15)
         prog["u_specular"].value = part.specular
@@ -274,14 +355,20 @@ class PhotoRenderer:
             prog["u_tex"].value = 0
         vao.render()
 
-    def _finish(self, rgba: np.ndarray, light_dir: np.ndarray, rng: np.random.Generator, pool: list[Background]) -> bytes:
-        """Downscale, shadow, composite on a background, then the camera's faults and JPEG."""
-        cfg, size = self.cfg, self.cfg.image_size
+    @staticmethod
+    def _downscaled(rgba: np.ndarray, size: int) -> np.ndarray:
         if rgba.shape[0] != size:
             # Band by band: PIL's RGBA resize assumes straight alpha and would brighten our
             # premultiplied edges into a light halo.
             bands = [Image.fromarray(np.ascontiguousarray(rgba[..., i])) for i in range(4)]
             rgba = np.stack([np.asarray(b.resize((size, size), Image.Resampling.LANCZOS)) for b in bands], axis=-1)
+        return rgba
+
+    def _finish(self, rgba: np.ndarray, light_dir: np.ndarray, rng: np.random.Generator, pool: list[Background],
+                cfg: PhotoConfig, cutouts: list[np.ndarray]) -> bytes:
+        """Downscale, shadow, clutter, composite on a background, then the camera's faults and JPEG."""
+        size = cfg.image_size
+        rgba = self._downscaled(rgba, size)
         fg = rgba.astype(np.float32) / 255.0  # premultiplied rgb, alpha
         alpha = fg[..., 3:4]
         kinds, probs = zip(*cfg.background_mix)
@@ -296,7 +383,17 @@ class PhotoRenderer:
             mask = mask.filter(ImageFilter.GaussianBlur(size * rng.uniform(0.015, 0.05)))
             shadow = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
             bg = bg * (1.0 - rng.uniform(0.25, 0.55) * shadow)
+        front: list = []
+        if cfg.clutter[1] > 0:
+            count = int(rng.integers(cfg.clutter[0], cfg.clutter[1] + 1))
+            bg, front = composite_occluders(bg, alpha, rng, count, cfg, pool, cutouts)
         photo = fg[..., :3] + bg * (1.0 - alpha)
+        for occ, y, x in front:
+            photo = paint_over(photo, occ, y, x)
+        if cfg.white_balance > 0:
+            photo = white_balance(photo, rng, cfg.white_balance)
+        if cfg.vignette[1] > 0:
+            photo = vignette(photo, rng.uniform(*cfg.vignette))
         out = Image.fromarray((np.clip(photo, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
         out = ImageEnhance.Brightness(out).enhance(1 + rng.uniform(-cfg.brightness, cfg.brightness))
         out = ImageEnhance.Contrast(out).enhance(1 + rng.uniform(-cfg.contrast, cfg.contrast))
@@ -308,6 +405,11 @@ class PhotoRenderer:
             out = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
         if rng.random() < cfg.blur_prob:
             out = out.filter(ImageFilter.GaussianBlur(rng.uniform(*cfg.blur_sigma)))
+        if cfg.motion_blur_prob > 0 and rng.random() < cfg.motion_blur_prob:
+            arr = motion_blur(np.asarray(out, dtype=np.float32), rng, cfg.motion_blur_px)
+            out = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+        if cfg.lowres_prob > 0 and rng.random() < cfg.lowres_prob:
+            out = downscale_upscale(out, rng, cfg.lowres_scale)
         sigma = rng.uniform(*cfg.noise_sigma)
         if sigma > 0.5:
             arr = np.asarray(out, dtype=np.float32) + rng.normal(0.0, sigma, (size, size, 3))

@@ -1,0 +1,209 @@
+"""What each kind of photo-domain variety adds: the SH3D benchmark rebuilt with one variety at a time.
+
+    python benchmarks/photo_variety.py [--seeds 0,1] [--varieties base,clutter,materials,camera,more_renders,all]
+                                       [--rows source_only,FTSPL] [--queries auto|NAME|none]
+                                       [--data-root DIR] [--work DIR] [--out FILE] [--json]
+
+Per seed, the ``full`` benchmark is built once with base settings (``<data-root>/base-s<seed>``,
+hard-linked from ``<home>/cache/quality-data/data-full-s<seed>`` when that build has the same
+config), then once per variety of ``ftspl.data.variety.PHOTO_VARIETY``
+(``<data-root>/<variety>-s<seed>``): the same split, the same gallery meshes and the same val
+and query photos (hard-linked from the base build, and checked byte for byte by a digest);
+only the labelled source photos the model trains on are rendered again with the variety.
+
+Every row is ``ftspl.train.loop.train`` with ``TrainConfig``'s defaults and the row's preset in
+head mode (``benchmarks/quality.py``'s ``run_row``), scored on the **val** photos (held-out
+source models) against the whole target gallery. The variety with the best mean FTSPL val FT
+over the seeds (``--queries auto``) and ``base`` are then scored on the query photos, once, as
+they come out. Writes ``--out`` (default ``benchmarks/results/photo_variety.json``): per
+variety and row the mean and sample std over seeds, the per-seed metrics, and the paired
+per-seed differences to ``base`` (ANMRR as ``base - variety``, so positive is a gain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see quality.py: spin-waiting OpenMP on 2 shared cores
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+METRICS = ("NN", "FT", "ST", "DCG", "ANMRR")
+
+
+def log(msg: str) -> None:
+    print(f"[variety {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def digest(folder: Path) -> str:
+    """sha256 over the relative paths and bytes of every file under ``folder``."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(folder)).encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def build(variety: str, seed: int, data_root: Path, link: Path | None):
+    """One variety's benchmark folder for ``seed`` (reused when already built with this config)."""
+    from quality import study_home
+
+    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.data.variety import apply_variety
+    from ftspl.engine.errors import UsageError
+
+    cfg = apply_variety(replace(BENCH_PRESETS["full"], seed=seed), variety)
+    out = data_root / f"{variety}-s{seed}"
+    try:
+        return build_sh3d_benchmark(out, study_home().debian_cache, cfg, link_from=link)
+    except UsageError as exc:  # the quality-data build has another config: render everything here
+        if variety != "base" or link is None:
+            raise
+        log(f"not linking: {exc}")
+        return build_sh3d_benchmark(out, study_home().debian_cache, cfg)
+
+
+def summarise(per: dict, varieties: list[str], rows: list[str]) -> dict:
+    """{variety: {row: {"mean": {m: [mean, std]}, "vs_base": {m: [mean, std, n]}}}} over seeds."""
+    import numpy as np
+
+    out: dict = {}
+    for v in varieties:
+        for row in rows:
+            seeds = [s for s in per.get(v, {}) if row in per[v][s]]
+            if not seeds:
+                continue
+            rec = out.setdefault(v, {}).setdefault(row, {"seeds": seeds, "mean": {}, "vs_base": {}})
+            for m in METRICS:
+                a = np.asarray([per[v][s][row][m] for s in seeds])
+                rec["mean"][m] = [round(float(a.mean()), 4), round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)]
+                paired = [s for s in seeds if row in per.get("base", {}).get(s, {})]
+                if v != "base" and paired:
+                    d = np.asarray([per[v][s][row][m] - per["base"][s][row][m] for s in paired])
+                    d = -d if m == "ANMRR" else d
+                    rec["vs_base"][m] = [round(float(d.mean()), 4),
+                                         round(float(d.std(ddof=1)) if len(d) > 1 else 0.0, 4), len(d)]
+    return out
+
+
+def markdown(summary: dict, split: str) -> str:
+    lines = [f"| variety ({split}) | row | " + " | ".join(METRICS) + " | FT vs base (mean, std of paired diff) |",
+             "|---|---|" + "---:|" * len(METRICS) + "---|"]
+    for v, rows in summary.items():
+        for row, rec in rows.items():
+            cells = [f"{rec['mean'][m][0]:.3f} ± {rec['mean'][m][1]:.3f}" for m in METRICS]
+            d = rec["vs_base"].get("FT")
+            lines.append(f"| {v} | {row} | " + " | ".join(cells) + f" | {f'{d[0]:+.3f}, {d[1]:.3f}' if d else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ftspl.data.variety import PHOTO_VARIETY
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--varieties", default=",".join(PHOTO_VARIETY))
+    ap.add_argument("--rows", default="source_only,FTSPL")
+    ap.add_argument("--queries", default="auto", help="auto: the best variety on val (mean FTSPL FT); a name; none")
+    ap.add_argument("--data-root", type=Path, default=None, help="default: <home>/cache/variety-data")
+    ap.add_argument("--work", type=Path, default=None, help="per-run results (default: <home>/cache/variety)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "photo_variety.json")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    varieties = [v.strip() for v in args.varieties.split(",") if v.strip()]
+    bad = [v for v in varieties if v not in PHOTO_VARIETY]
+    if bad:
+        sys.exit(f"--varieties: unknown {', '.join(bad)}; valid: {', '.join(PHOTO_VARIETY)}")
+    if "base" not in varieties:
+        varieties.insert(0, "base")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+
+    # Triton's LLVM must load before Mesa's (the photo renderer's EGL context); see quality.py.
+    import importlib
+
+    importlib.import_module("torch._dynamo")
+    from quality import Split, StudyConfig, run_row, study_home
+
+    cache = study_home().cache
+    data_root = (args.data_root or cache / "variety-data").resolve()
+    work = (args.work or cache / "variety").resolve()
+    study = StudyConfig()
+    per: dict = {"val": {}, "queries": {}}
+    info: dict = {}
+    splits: dict = {}
+    t0 = time.perf_counter()
+
+    def save() -> dict:
+        result = {
+            "val": summarise(per["val"], varieties, rows),
+            "queries": summarise(per["queries"], varieties, rows),
+            "per_seed": per,
+            "builds": info,
+            "config": {
+                "seeds": seeds, "varieties": {v: PHOTO_VARIETY[v] for v in varieties}, "rows": rows,
+                "study": study.__dict__, "data": "BENCH_PRESETS['full'] + apply_variety (source photos only)",
+                "scoring": "val (or query) photos vs the whole target gallery, MI3DOR scorer; std: sample std over "
+                           "seeds; vs_base: paired per-seed differences (ANMRR as base - variety)",
+                "minutes": round((time.perf_counter() - t0) / 60, 1),
+            },
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+
+    def run(v: str, seed: int, on: str) -> None:
+        split = splits[(v, seed)]
+        if on == "val":
+            split = replace(split, queries=split.val)
+        seed_dir = work / v / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            res = run_row(row, seed, split, study, seed_dir)
+            per[on].setdefault(v, {}).setdefault(str(seed), {})[row] = {m: res["metrics"][m] for m in METRICS}
+            m = res["metrics"]
+            log(f"{on} seed {seed} {v:>12} {row:>12}: NN {m['NN']:.3f} FT {m['FT']:.3f} DCG {m['DCG']:.3f} "
+                f"ANMRR {m['ANMRR']:.3f} ({res['seconds']:.0f}s)")
+        save()
+
+    for seed in seeds:
+        for v in varieties:
+            t = time.perf_counter()
+            quality_build = cache / "quality-data" / f"data-full-s{seed}"
+            link = (quality_build if quality_build.joinpath("manifest.json").exists() else None) if v == "base" \
+                else data_root / f"base-s{seed}"
+            s = build(v, seed, data_root, link)
+            sums = {"val": digest(s.val), "queries": digest(s.queries)}
+            if v != "base" and sums != info[f"base-s{seed}"]["digests"]:
+                sys.exit(f"{s.root}: val/queries photos differ from the base build's; the comparison would be void")
+            info[f"{v}-s{seed}"] = {"photos": s.photos, "counts": s.counts, "failed": s.failed, "digests": sums,
+                                    "build_seconds": round(time.perf_counter() - t, 1)}
+            splits[(v, seed)] = Split(s.source, s.queries, s.target, s.classes, s.counts, s.val, s.photos)
+            log(f"seed {seed} {v}: {s.photos['source']} source photos, built in {time.perf_counter() - t:.0f}s")
+            run(v, seed, "val")
+
+    val = summarise(per["val"], varieties, rows)
+    chosen = args.queries
+    if chosen == "auto":
+        ranked = sorted((rec["FTSPL"]["mean"]["FT"][0], v) for v, rec in val.items() if "FTSPL" in rec)
+        chosen = ranked[-1][1] if ranked else "none"
+    if chosen != "none":
+        for seed in seeds:
+            for v in dict.fromkeys(["base", chosen]):
+                run(v, seed, "queries")
+    result = save()
+    result["chosen_on_val"] = chosen
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    text = markdown(result["val"], "val") + "\n" + markdown(result["queries"], "queries")
+    print(json.dumps(result) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

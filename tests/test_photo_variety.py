@@ -1,0 +1,194 @@
+"""Photo-domain variety: presets, the knobs' effects, unchanged defaults, linking an earlier build."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_data_bench import PLAIN, SIZE, _backgrounds, _decode, _textured_box
+
+from ftspl.data.backgrounds import Background
+from ftspl.data.bench import BenchConfig, _config_record, _link_from
+from ftspl.data.photo_domain import VARIETY_FIELDS, PhotoConfig, PhotoRenderer
+from ftspl.data.textured import load_textured_mesh
+from ftspl.data.variety import (
+    PHOTO_VARIETY,
+    apply_variety,
+    colour_matrix,
+    composite_occluders,
+    downscale_upscale,
+    motion_blur,
+    vignette,
+    white_balance,
+)
+from ftspl.engine.errors import UnknownKeyError, UsageError
+
+
+@pytest.fixture(scope="module")
+def box(tmp_path_factory):
+    return load_textured_mesh(_textured_box(tmp_path_factory.mktemp("m")))
+
+
+# ------------------------------------------------------------------ presets
+def test_unknown_variety_lists_the_valid_names() -> None:
+    with pytest.raises(UnknownKeyError, match="valid: all, base, camera, clutter, materials, more_renders"):
+        apply_variety(BenchConfig(), "fog")
+
+
+def test_variety_changes_the_source_photos_only() -> None:
+    base = BenchConfig(seed=3)
+    assert apply_variety(base, "base") == base
+    more = apply_variety(base, "more_renders")
+    assert more.photo_for("source")[1] == 8 and more.photo_for("val")[1] == more.photo_for("queries")[1] == 4
+    cam = apply_variety(base, "all")
+    src, val = cam.photo_for("source")[0], cam.photo_for("val")[0]
+    assert src.clutter == (0, 3) and src.material_prob > 0 and src.lowres_prob > 0
+    assert val == replace(base.photo, image_size=base.image_size)  # val/queries keep the base settings
+
+
+def test_default_manifest_record_is_unchanged() -> None:
+    """Default builds keep the manifest of before the knobs, so no existing build is rebuilt."""
+    rec = _config_record(BenchConfig())
+    assert "source_photo" not in rec and "source_renders" not in rec
+    assert not set(VARIETY_FIELDS) & set(rec["photo"])
+    var = _config_record(apply_variety(BenchConfig(), "clutter"))
+    assert var["source_photo"]["clutter"] == [0, 3] and "material_prob" not in var["source_photo"]
+
+
+# ---------------------------------------------------------------- rendering
+def test_default_knobs_draw_nothing(box) -> None:
+    """A per-call config equal to the renderer's gives the same bytes from the same generator."""
+    with PhotoRenderer(PhotoConfig(image_size=SIZE)) as r:
+        a = r.render(box, np.random.default_rng(5), _backgrounds(), n=2)
+        b = r.render(box, np.random.default_rng(5), _backgrounds(), n=2, cfg=PhotoConfig(image_size=SIZE))
+    assert a == b
+
+
+@pytest.mark.parametrize("name", ["clutter", "materials", "camera"])
+def test_each_variety_is_deterministic_and_changes_the_photo(box, name) -> None:
+    cfg = replace(PhotoConfig(image_size=SIZE), **PHOTO_VARIETY[name]["photo"])
+    with PhotoRenderer(PhotoConfig(image_size=SIZE)) as r:
+        cut = r.cutouts(box, np.random.default_rng(1), 1)
+        a = r.render(box, np.random.default_rng(9), _backgrounds(), n=3, cfg=cfg, cutouts=cut)
+        b = r.render(box, np.random.default_rng(9), _backgrounds(), n=3, cfg=cfg, cutouts=cut)
+        base = r.render(box, np.random.default_rng(9), _backgrounds(), n=3)
+    assert a == b and a != base
+
+
+def test_per_call_config_must_keep_the_framebuffer_size(box) -> None:
+    with PhotoRenderer(PhotoConfig(image_size=SIZE)) as r, pytest.raises(ValueError, match="image_size"):
+        r.render(box, np.random.default_rng(0), _backgrounds(), cfg=PhotoConfig(image_size=SIZE * 2))
+
+
+def test_material_variation_recolours_the_texture(box) -> None:
+    """Saturation 0.01 on every part: the red|green texture turns grey, the object stays in view."""
+    grey = replace(PLAIN, material_prob=1.0, material_hue=0.0, material_saturation=(0.01, 0.01),
+                   material_albedo=(1.0, 1.0))
+    with PhotoRenderer(PLAIN) as r:
+        plain = _decode(r.render(box, np.random.default_rng(0), _backgrounds())[0])
+        img = _decode(r.render(box, np.random.default_rng(0), _backgrounds(), cfg=grey)[0])
+    red = lambda im: ((im[..., 0] > 120) & (im[..., 1] < 90) & (im[..., 2] < 90)).sum()
+    blue = (img[..., 2] > 150) & (img[..., 0] < 80)
+    assert red(plain) > 20 and red(img) == 0
+    assert 0.1 < 1 - blue.mean() < 0.9
+
+
+def test_colour_matrix_rotates_hue_about_grey() -> None:
+    assert np.allclose(colour_matrix(0.0, 1.0, 1.0), np.eye(3))
+    assert np.allclose(colour_matrix(1 / 3, 1.0, 1.0) @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=1e-9)
+    assert np.allclose(colour_matrix(0.2, 0.5, 0.8) @ [0.5, 0.5, 0.5], [0.4, 0.4, 0.4])  # grey stays grey
+    assert np.allclose(colour_matrix(0.0, 0.0, 1.0) @ [1.0, 0.0, 0.0], [0.299] * 3)
+
+
+def test_catalogue_clutter_appears_in_the_photo(box) -> None:
+    magenta = np.zeros((40, 30, 4), np.float32)
+    magenta[..., [0, 2, 3]] = 1.0
+    cfg = replace(PLAIN, clutter=(2, 2), clutter_object=1.0, clutter_front=1.0, clutter_max_cover=1.0)
+    with PhotoRenderer(PLAIN) as r:
+        img = _decode(r.render(box, np.random.default_rng(0), _backgrounds(), cfg=cfg, cutouts=[magenta])[0])
+        plain = _decode(r.render(box, np.random.default_rng(0), _backgrounds())[0])
+    is_magenta = lambda im: ((im[..., 0] > 180) & (im[..., 2] > 180) & (im[..., 1] < 80)).sum()
+    assert is_magenta(plain) == 0 and is_magenta(img) > 50
+
+
+def test_occluders_in_front_hide_at_most_the_cap() -> None:
+    size = 64
+    yy, xx = np.mgrid[0:size, 0:size]
+    alpha = (((yy - 32) ** 2 + (xx - 32) ** 2) < 15**2).astype(np.float32)[..., None]
+    pool = [Background("photo", "t:red", "t", Image.new("RGB", (80, 80), (255, 0, 0)))]
+    cfg = replace(PhotoConfig(), clutter_front=1.0, clutter_object=0.0, clutter_max_cover=0.25)
+    covers = []
+    for seed in range(12):
+        bg, front = composite_occluders(np.zeros((size, size, 3), np.float32), alpha, np.random.default_rng(seed),
+                                        2, cfg, pool, [])
+        assert not bg.any()  # nothing was placed behind
+        for occ, y, x in front:
+            layer = np.zeros((size, size, 1), np.float32)
+            ys, xs = slice(max(y, 0), min(y + occ.shape[0], size)), slice(max(x, 0), min(x + occ.shape[1], size))
+            layer[ys, xs] = occ[ys.start - y : ys.stop - y, xs.start - x : xs.stop - x, 3:]
+            covers.append(float((layer * alpha).sum() / alpha.sum()))
+    assert covers and max(covers) <= 0.25 + 1e-6 and max(covers) > 0.02  # partial occlusion, capped
+
+
+# ------------------------------------------------------------ lens and sensor
+def test_lens_and_sensor_effects() -> None:
+    flat = np.full((32, 32, 3), 0.5, np.float32)
+    v = vignette(flat, 0.5)
+    assert v[0, 0, 0] < 0.3 and v[16, 16, 0] > 0.49
+    wb = white_balance(flat, np.random.default_rng(0), 0.1)
+    assert np.all(wb[..., 1] == 0.5) and np.all(np.abs(wb[..., [0, 2]] - 0.5) <= 0.05 + 1e-6)
+    dot = np.zeros((32, 32, 3), np.float32)
+    dot[16, 16] = 255.0
+    for seed in range(4):  # whatever the direction, a point becomes a streak of the same energy
+        streak = motion_blur(dot, np.random.default_rng(seed), (6.0, 6.0))
+        assert streak[16, 16, 0] < 100 and (streak[..., 0] > 0).sum() >= 5 and np.isclose(streak.sum(), dot.sum())
+    assert np.allclose(motion_blur(flat, np.random.default_rng(1), (5.0, 5.0)), 0.5)
+    checker = Image.fromarray(((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)).convert("RGB")
+    small = np.asarray(downscale_upscale(checker, np.random.default_rng(0), (0.5, 0.5)), float)
+    assert small.shape == (64, 64, 3) and small.std() < 0.2 * np.asarray(checker, float).std()
+
+
+# ------------------------------------------------------------------ linking
+def _fake_build(root: Path, cfg: BenchConfig) -> None:
+    for g in ("source", "val", "queries", "target"):
+        (root / g / "chair").mkdir(parents=True)
+        (root / g / "chair" / f"{g}.jpg").write_bytes(g.encode())
+    (root / "manifest.json").write_text(json.dumps({"config": _config_record(cfg)}))
+
+
+def test_link_from_an_earlier_build(tmp_path: Path) -> None:
+    base = BenchConfig(seed=1)
+    _fake_build(tmp_path / "base", base)
+    out = tmp_path / "clutter"
+    assert _link_from(tmp_path / "base", out, apply_variety(base, "clutter")) == ["val", "queries", "target"]
+    assert os.path.samefile(out / "val" / "chair" / "val.jpg", tmp_path / "base" / "val" / "chair" / "val.jpg")
+    assert not (out / "source").exists()  # the source photos are the variety's own
+    same = tmp_path / "same"
+    assert "source" in _link_from(tmp_path / "base", same, base)
+    with pytest.raises(UsageError, match="another split"):
+        _link_from(tmp_path / "base", tmp_path / "other", BenchConfig(seed=2))
+    with pytest.raises(UsageError, match="not a finished benchmark build"):
+        _link_from(tmp_path / "nothing", tmp_path / "x", base)
+
+
+def test_cli_rejects_an_unknown_variety(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ftspl.cli.data_cmd import data_app
+
+    res = CliRunner().invoke(data_app, ["sh3d", "--out", str(tmp_path / "b"), "--variety", "fog"])
+    assert res.exit_code == 2 and "valid: all, base, camera" in res.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_jpeg_of_every_variety_decodes(box) -> None:
+    cfg = replace(PhotoConfig(image_size=SIZE), **PHOTO_VARIETY["all"]["photo"])
+    with PhotoRenderer(PhotoConfig(image_size=SIZE)) as r:
+        for data in r.render(box, np.random.default_rng(4), _backgrounds(), n=4, cfg=cfg):
+            assert Image.open(io.BytesIO(data)).size == (SIZE, SIZE)
