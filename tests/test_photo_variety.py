@@ -15,10 +15,11 @@ from test_data_bench import PLAIN, SIZE, _backgrounds, _decode, _textured_box
 
 from ftspl.data.backgrounds import Background
 from ftspl.data.bench import BenchConfig, _config_record, _link_from
-from ftspl.data.photo_domain import VARIETY_FIELDS, PhotoConfig, PhotoRenderer
+from ftspl.data.photo_domain import PhotoConfig, PhotoRenderer
 from ftspl.data.textured import load_textured_mesh
 from ftspl.data.variety import (
     PHOTO_VARIETY,
+    VARIETY_FIELDS,
     apply_variety,
     colour_matrix,
     composite_occluders,
@@ -126,7 +127,7 @@ def test_occluders_in_front_hide_at_most_the_cap() -> None:
     covers = []
     for seed in range(12):
         bg, front = composite_occluders(np.zeros((size, size, 3), np.float32), alpha, np.random.default_rng(seed),
-                                        2, cfg, pool, [])
+                                        replace(cfg, clutter=(2, 2)), pool, [])
         assert not bg.any()  # nothing was placed behind
         for occ, y, x in front:
             layer = np.zeros((size, size, 1), np.float32)

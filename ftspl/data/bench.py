@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.data.backgrounds import fetch_backgrounds
-from ftspl.data.photo_domain import VARIETY_FIELDS, PhotoConfig, PhotoRenderer
+from ftspl.data.photo_domain import PhotoConfig, PhotoRenderer
 from ftspl.data.sh3d import (
     CATALOG_PACKAGE,
     FURNITURE_PACKAGE,
@@ -49,6 +49,7 @@ from ftspl.data.sh3d import (
     package_version,
 )
 from ftspl.data.textured import TextureLoadError, load_textured_mesh
+from ftspl.data.variety import VARIETY_FIELDS
 from ftspl.engine.errors import UsageError
 from ftspl.engine.files import atomic_write_bytes
 

@@ -33,17 +33,15 @@ from ftspl.data.backgrounds import Background, draw_background
 from ftspl.data.textured import Part, TexturedMesh
 from ftspl.data.variety import (
     composite_occluders,
-    downscale_upscale,
     draw_material,
-    motion_blur,
+    lens_faults,
     paint_over,
-    vignette,
-    white_balance,
+    sensor_faults,
 )
 from ftspl.engine.errors import RenderError
 from ftspl.engine.rendering.renderer import look_at, perspective
 
-__all__ = ["VARIETY_FIELDS", "PhotoConfig", "PhotoRenderer"]
+__all__ = ["PhotoConfig", "PhotoRenderer"]
 
 
 @dataclass(frozen=True)
@@ -96,14 +94,6 @@ class PhotoConfig:
     motion_blur_px: tuple[float, float] = (2.0, 8.0)  #: its length, in output pixels
     lowres_prob: float = 0.0  #: probability of a downscale-upscale (a small sensor, a blown-up thumbnail)
     lowres_scale: tuple[float, float] = (0.3, 0.7)  #: the intermediate size, as a fraction of image_size
-
-
-#: The knobs added for photo variety; a manifest leaves them out while they are at their defaults.
-VARIETY_FIELDS = (
-    "material_prob", "material_hue", "material_saturation", "material_albedo", "clutter", "clutter_object",
-    "clutter_front", "clutter_scale", "clutter_max_cover", "vignette", "white_balance", "motion_blur_prob",
-    "motion_blur_px", "lowres_prob", "lowres_scale",
-)
 
 
 _VS = """
@@ -383,17 +373,11 @@ class PhotoRenderer:
             mask = mask.filter(ImageFilter.GaussianBlur(size * rng.uniform(0.015, 0.05)))
             shadow = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
             bg = bg * (1.0 - rng.uniform(0.25, 0.55) * shadow)
-        front: list = []
-        if cfg.clutter[1] > 0:
-            count = int(rng.integers(cfg.clutter[0], cfg.clutter[1] + 1))
-            bg, front = composite_occluders(bg, alpha, rng, count, cfg, pool, cutouts)
+        bg, front = composite_occluders(bg, alpha, rng, cfg, pool, cutouts) if cfg.clutter[1] > 0 else (bg, [])
         photo = fg[..., :3] + bg * (1.0 - alpha)
         for occ, y, x in front:
             photo = paint_over(photo, occ, y, x)
-        if cfg.white_balance > 0:
-            photo = white_balance(photo, rng, cfg.white_balance)
-        if cfg.vignette[1] > 0:
-            photo = vignette(photo, rng.uniform(*cfg.vignette))
+        photo = lens_faults(photo, rng, cfg)
         out = Image.fromarray((np.clip(photo, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
         out = ImageEnhance.Brightness(out).enhance(1 + rng.uniform(-cfg.brightness, cfg.brightness))
         out = ImageEnhance.Contrast(out).enhance(1 + rng.uniform(-cfg.contrast, cfg.contrast))
@@ -405,11 +389,7 @@ class PhotoRenderer:
             out = Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
         if rng.random() < cfg.blur_prob:
             out = out.filter(ImageFilter.GaussianBlur(rng.uniform(*cfg.blur_sigma)))
-        if cfg.motion_blur_prob > 0 and rng.random() < cfg.motion_blur_prob:
-            arr = motion_blur(np.asarray(out, dtype=np.float32), rng, cfg.motion_blur_px)
-            out = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
-        if cfg.lowres_prob > 0 and rng.random() < cfg.lowres_prob:
-            out = downscale_upscale(out, rng, cfg.lowres_scale)
+        out = sensor_faults(out, rng, cfg)
         sigma = rng.uniform(*cfg.noise_sigma)
         if sigma > 0.5:
             arr = np.asarray(out, dtype=np.float32) + rng.normal(0.0, sigma, (size, size, 3))

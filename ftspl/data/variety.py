@@ -29,16 +29,26 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PHOTO_VARIETY",
+    "VARIETY_FIELDS",
     "apply_variety",
     "colour_matrix",
     "composite_occluders",
     "downscale_upscale",
     "draw_material",
+    "lens_faults",
     "motion_blur",
     "paint_over",
+    "sensor_faults",
     "vignette",
     "white_balance",
 ]
+
+#: The PhotoConfig knobs added for variety; a manifest leaves them out while at their defaults.
+VARIETY_FIELDS = (
+    "material_prob", "material_hue", "material_saturation", "material_albedo", "clutter", "clutter_object",
+    "clutter_front", "clutter_scale", "clutter_max_cover", "vignette", "white_balance", "motion_blur_prob",
+    "motion_blur_px", "lowres_prob", "lowres_scale",
+)
 
 _CLUTTER = {"clutter": (0, 3)}
 _MATERIALS = {"material_prob": 0.7}
@@ -142,10 +152,9 @@ def _scaled(cut: np.ndarray, h: int) -> np.ndarray:
 
 
 def composite_occluders(
-    bg: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, count: int, cfg, pool: list,
-    cutouts: list[np.ndarray],
+    bg: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, cfg, pool: list, cutouts: list[np.ndarray],
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, int, int]]]:
-    """Place ``count`` occluders near the object: those behind are painted into ``bg`` now; those in
+    """Place occluders (a number drawn from ``cfg.clutter``) near the object: those behind are painted into ``bg`` now; those in
     front are returned as ``(rgba, y, x)`` layers for the caller to paint over the composite.
 
     An occluder is another catalogue object's cutout (probability ``cfg.clutter_object``, when
@@ -153,6 +162,7 @@ def composite_occluders(
     ``cfg.clutter_max_cover`` of the object (up to five placements are tried, else it is dropped).
     """
     size = bg.shape[0]
+    count = int(rng.integers(cfg.clutter[0], cfg.clutter[1] + 1))
     ys, xs = np.nonzero(alpha[..., 0] > 0.05)
     if len(ys) == 0:
         return bg, []
@@ -209,6 +219,25 @@ def _paste(canvas: np.ndarray, img: np.ndarray, y: int, x: int) -> np.ndarray:
 
 
 # -- lens and sensor --------------------------------------------------------------------------
+def lens_faults(photo: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
+    """White-balance error and vignetting on the float composite, where ``cfg`` enables them."""
+    if cfg.white_balance > 0:
+        photo = white_balance(photo, rng, cfg.white_balance)
+    if cfg.vignette[1] > 0:
+        photo = vignette(photo, rng.uniform(*cfg.vignette))
+    return photo
+
+
+def sensor_faults(out: Image.Image, rng: np.random.Generator, cfg) -> Image.Image:
+    """Camera shake and a downscale-upscale after the lens blur, where ``cfg`` enables them."""
+    if cfg.motion_blur_prob > 0 and rng.random() < cfg.motion_blur_prob:
+        arr = motion_blur(np.asarray(out, dtype=np.float32), rng, cfg.motion_blur_px)
+        out = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
+    if cfg.lowres_prob > 0 and rng.random() < cfg.lowres_prob:
+        out = downscale_upscale(out, rng, cfg.lowres_scale)
+    return out
+
+
 def vignette(img: np.ndarray, strength: float) -> np.ndarray:
     """Darken towards the corners: ``1 - strength * r^2`` with r = 1 at a corner."""
     n = img.shape[0]
