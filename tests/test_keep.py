@@ -26,7 +26,8 @@ def test_served_head_is_unit_length_and_splits_the_cosine_by_weight():
     assert torch.allclose(e.norm(dim=1), torch.ones(40), atol=1e-5)
     assert torch.allclose(e[:, :6].norm(dim=1) ** 2, torch.full((40,), 0.3), atol=1e-5)
     cos = e @ e.T
-    pre = torch.nn.functional.normalize((feats - feats.mean(0)) @ keep.components, dim=1)
+    unit = torch.nn.functional.normalize(feats, dim=1)
+    pre = torch.nn.functional.normalize((unit - unit.mean(0)) @ keep.components, dim=1)
     ada = torch.nn.functional.normalize(head.bottleneck(feats), dim=1)
     assert torch.allclose(cos, 0.3 * pre @ pre.T + 0.7 * ada @ ada.T, atol=1e-5)
 
@@ -37,7 +38,10 @@ def test_fit_is_deterministic_and_bad_settings_are_refused():
     a.fit(feats)
     b.fit(feats.clone())
     assert torch.equal(a.components, b.components) and torch.equal(a.mean, b.mean)
-    assert torch.count_nonzero(a.components[:, 10:]) == 0  # 10 shapes span at most 10 directions (9 + mean)
+    assert torch.count_nonzero(a.components[:, 9:]) == 0  # 10 centred shapes span at most 9 directions
+    one = KeepPretrained(16, 4, 0.5)
+    one.fit(feats[:1])  # one shape: nothing to keep beyond its centre
+    assert torch.count_nonzero(one.components) == 0
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         KeepPretrained(16, 4, 1.0)
     with pytest.raises(ValueError, match="from 1 to"):

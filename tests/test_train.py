@@ -153,7 +153,7 @@ def test_export_run_then_query(tiny, tmp_path):
     r = run_ftspl(home, "export", str(tmp_path / "run"), "--exporter", "torchscript", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
-    assert info["embed_dim"] == 256 and info["model_id"].startswith("efficientnet_lite0-ftspl-")
+    assert info["embed_dim"] == 128 + 256 and info["model_id"].startswith("efficientnet_lite0-ftspl-")
     sel = json.loads((tmp_path / "run" / "run.json").read_text())["selection"]
     assert info["round"] == sel["best_round"] and info["adapted_better"] == sel["adapted_better"]
     man = json.loads((Path(info["model_dir"]) / "manifest.json").read_text())

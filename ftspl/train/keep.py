@@ -5,12 +5,13 @@ but it can also drag a wrongly pseudo-labelled shape deeper into the wrong
 class, and the ImageNet features carry cues real photos need. So the served
 embedding is the concatenation::
 
-    e(f) = [ sqrt(w) * unit(P^T (f - mu)),  sqrt(1 - w) * unit(bottleneck(f)) ]
+    e(f) = [ sqrt(w) * unit(P^T (unit(f) - mu)),  sqrt(1 - w) * unit(bottleneck(f)) ]
 
 where ``f`` is the pooled backbone feature of a photo or of a shape's views,
 ``mu`` and ``P`` (the top ``dims`` principal directions) are fitted once on the
-*pretrained* pooled features of the target shapes (unlabelled, so a user has
-them), and ``w`` is ``TrainConfig.keep_pretrained``. ``e`` has unit length, so
+L2-normalised *pretrained* pooled features of the target shapes (unlabelled, so
+a user has them; normalised first because a shape's features are a max over 12
+views and a photo's are not, so their raw lengths differ), and ``w`` is ``TrainConfig.keep_pretrained``. ``e`` has unit length, so
 the cosine between two embeddings is ``w`` times the cosine of their centred,
 projected pretrained features plus ``1 - w`` times the adapted cosine.
 Centring on the shapes' mean removes the direction every rendered view shares;
@@ -43,13 +44,14 @@ class KeepPretrained(nn.Module):
 
     def fit(self, feats: torch.Tensor) -> None:
         """Centre and principal directions of the pretrained pooled features of the target shapes."""
-        x = feats.detach().float().cpu()
-        if len(x) < 2:
-            raise ValueError("keep_pretrained needs at least 2 target shapes to fit its projection")
+        x = F.normalize(feats.detach().float().cpu(), dim=1)
+        if len(x) == 0:
+            raise ValueError("keep_pretrained needs the target shapes' features to fit its projection")
         mean = x.mean(dim=0)
-        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        _, sv, vh = torch.linalg.svd(x - mean, full_matrices=False)
         comps = torch.zeros(self.feat_dim, self.dims)
-        k = min(self.dims, vh.shape[0])  # fewer shapes than dims: the remaining directions stay zero
+        # fewer shapes than dims (or one shape): only the directions the shapes span are kept, the rest stay zero
+        k = min(self.dims, int((sv > 1e-6 * max(float(sv.max()), 1e-12)).sum()) if len(sv) else 0)
         comps[:, :k] = vh[:k].T
         # a fixed sign per direction, so the same features give the same buffers everywhere
         flip = torch.sign(comps[comps.abs().argmax(dim=0), torch.arange(self.dims)])
@@ -58,7 +60,7 @@ class KeepPretrained(nn.Module):
         self.components.copy_(comps.to(self.components.device))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        proj = (feats - self.mean) @ self.components
+        proj = (F.normalize(feats, dim=-1) - self.mean) @ self.components
         return F.normalize(proj, dim=-1) * self.weight ** 0.5
 
 
