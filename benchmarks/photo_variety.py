@@ -15,7 +15,14 @@ Every row is ``ftspl.train.loop.train`` with ``TrainConfig``'s defaults and the 
 head mode (``benchmarks/quality.py``'s ``run_row``), scored on the **val** photos (held-out
 source models) against the whole target gallery. The variety with the best mean FTSPL val FT
 over the seeds (``--queries auto``) and ``base`` are then scored on the query photos, once, as
-they come out. Writes ``--out`` (default ``benchmarks/results/photo_variety.json``): per
+they come out.
+
+A second fixed test set, ``val_hard`` (on unless ``--no-hard-val``), stands in for messier real
+photos: the same val models rendered once per seed with every variety knob of the ``all``
+preset (clutter as real-image patches only, so no clutter object of a training photo
+reappears), from a generator stream the training photos do not use; the same images for every
+variety. It favours the varieties whose settings it shares; the val column does not.
+Writes ``--out`` (default ``benchmarks/results/photo_variety.json``): per
 variety and row the mean and sample std over seeds, the per-seed metrics, and the paired
 per-seed differences to ``base`` (ANMRR as ``base - variety``, so positive is a gain).
 """
@@ -69,6 +76,38 @@ def build(variety: str, seed: int, data_root: Path, link: Path | None):
         return build_sh3d_benchmark(out, study_home().debian_cache, cfg)
 
 
+def build_hard_val(seed: int, data_root: Path, base) -> Path:
+    """``<data-root>/val-hard-s<seed>/val``: the base build's val models, rendered with the ``all``
+    variety's photo knobs (patch clutter only), 4 renders each; reused when complete."""
+    import numpy as np
+    from quality import study_home
+
+    from ftspl.data.backgrounds import fetch_backgrounds
+    from ftspl.data.bench import BENCH_PRESETS, _load, _stable
+    from ftspl.data.photo_domain import PhotoRenderer
+    from ftspl.data.sh3d import all_models, fetch_sources
+    from ftspl.data.variety import PHOTO_VARIETY
+    from ftspl.engine.files import atomic_write_bytes
+
+    out = data_root / f"val-hard-s{seed}" / "val"
+    cfg = replace(BENCH_PRESETS["full"], seed=seed)
+    photo = replace(cfg.photo, image_size=cfg.image_size, **PHOTO_VARIETY["all"]["photo"], clutter_object=0.0)
+    models = {m.key: m for m in all_models()}
+    todo = [(c, models[p.name.split("__")[0]]) for c in sorted(os.listdir(base.val))
+            for p in sorted((base.val / c).glob("*__r0.jpg"))]
+    cache = study_home().debian_cache
+    missing = [(c, m) for c, m in todo if not all((out / c / f"{m.key}__r{k}.jpg").exists() for k in range(4))]
+    if missing:
+        pool, _ = fetch_backgrounds(cache)
+        libdir = fetch_sources(cache)
+        with PhotoRenderer(photo) as r:
+            for c, m in missing:
+                rng = np.random.default_rng([seed, _stable(m.key), 2])
+                for k, data in enumerate(r.render(_load(libdir, m), rng, pool, n=4)):
+                    atomic_write_bytes(out / c / f"{m.key}__r{k}.jpg", data)
+    return out
+
+
 def summarise(per: dict, varieties: list[str], rows: list[str]) -> dict:
     """{variety: {row: {"mean": {m: [mean, std]}, "vs_base": {m: [mean, std, n]}}}} over seeds."""
     import numpy as np
@@ -114,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", type=Path, default=None, help="default: <home>/cache/variety-data")
     ap.add_argument("--work", type=Path, default=None, help="per-run results (default: <home>/cache/variety)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "photo_variety.json")
+    ap.add_argument("--no-hard-val", action="store_true", help="skip the val_hard test set")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     varieties = [v.strip() for v in args.varieties.split(",") if v.strip()]
@@ -135,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     data_root = (args.data_root or cache / "variety-data").resolve()
     work = (args.work or cache / "variety").resolve()
     study = StudyConfig()
-    per: dict = {"val": {}, "queries": {}}
+    per: dict = {"val": {}, "val_hard": {}, "queries": {}}
+    hard: dict[int, Path] = {}
     info: dict = {}
     splits: dict = {}
     t0 = time.perf_counter()
@@ -143,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> dict:
         result = {
             "val": summarise(per["val"], varieties, rows),
+            "val_hard": summarise(per["val_hard"], varieties, rows),
             "queries": summarise(per["queries"], varieties, rows),
             "per_seed": per,
             "builds": info,
@@ -162,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         split = splits[(v, seed)]
         if on == "val":
             split = replace(split, queries=split.val)
+        elif on == "val_hard":
+            split = replace(split, queries=hard[seed])
         seed_dir = work / v / f"seed{seed}"
         seed_dir.mkdir(parents=True, exist_ok=True)
         for row in rows:
@@ -180,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 else data_root / f"base-s{seed}"
             s = build(v, seed, data_root, link)
             sums = {"val": digest(s.val), "queries": digest(s.queries)}
+            if v == "base" and not args.no_hard_val:
+                hard[seed] = build_hard_val(seed, data_root, s)
+                info[f"val-hard-s{seed}"] = {"digest": digest(hard[seed])}
             if v != "base" and sums != info[f"base-s{seed}"]["digests"]:
                 sys.exit(f"{s.root}: val/queries photos differ from the base build's; the comparison would be void")
             info[f"{v}-s{seed}"] = {"photos": s.photos, "counts": s.counts, "failed": s.failed, "digests": sums,
@@ -187,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             splits[(v, seed)] = Split(s.source, s.queries, s.target, s.classes, s.counts, s.val, s.photos)
             log(f"seed {seed} {v}: {s.photos['source']} source photos, built in {time.perf_counter() - t:.0f}s")
             run(v, seed, "val")
+            if seed in hard:
+                run(v, seed, "val_hard")
 
     val = summarise(per["val"], varieties, rows)
     chosen = args.queries
@@ -200,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     result = save()
     result["chosen_on_val"] = chosen
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    text = markdown(result["val"], "val") + "\n" + markdown(result["queries"], "queries")
+    text = "\n".join(markdown(result[k], k) for k in ("val", "val_hard", "queries"))
     print(json.dumps(result) if args.json else text)
     return 0
 
