@@ -64,6 +64,19 @@ def rows(home: Path) -> dict[str, tuple[int, bytes]]:
         con.close()
 
 
+def view_codes(home: Path) -> dict[str, bytes]:
+    """path -> per-view codes (what the add pipeline stores beside the embedding; none for older models)."""
+    import sqlite3
+
+    con = sqlite3.connect(Home.resolve(home).index_dir / "shapes.sqlite")
+    try:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'view_codes'").fetchone():
+            return {}
+        return {p: bytes(c) for p, c in con.execute("SELECT s.path, v.codes FROM view_codes v JOIN shapes s USING (id)")}
+    finally:
+        con.close()
+
+
 def info(home: Path) -> dict:
     from ftspl.engine.index.store import ShapeStore
 
@@ -154,6 +167,7 @@ def test_killed_reembed_resumes_to_what_a_fresh_index_holds(indexed, tmp_path):
     assert run_ftspl(fresh, "index", "add", str(gallery)).returncode == 0
     assert {p: e for p, (_, e) in rows(fresh).items()} == {p: e for p, (_, e) in after.items()}
     assert info(home)["model_hash"] == info(fresh)["model_hash"]
+    assert view_codes(home) == view_codes(fresh)  # and whatever else the pipeline stores per shape
     assert run_ftspl(home, "index", "verify").returncode == 0
     r = run_ftspl(home, "query", str(photo), "--top", "3", "--json")
     assert r.returncode == 0, r.stderr

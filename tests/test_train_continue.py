@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,15 +44,18 @@ def test_continue_starts_from_the_runs_network_and_trains_on_every_shape(half_ru
     run, everything = half_run
     base_rounds = json.loads((run / "metrics.json").read_text())["rounds"]
     cfg = continued_config(run, everything, tmp_path / "cont")
-    assert cfg.init_from == str(run.resolve()) and cfg.warmup_epochs == 0 and cfg.target == str(everything)
-    res = train(cfg)
+    assert cfg.init_from == str(run.resolve()) and cfg.target == str(everything)
+    assert replace(cfg, target="", out="", init_from=None, extra={}) == replace(
+        finished_run(run)[0], target="", out="", extra={})  # everything else is RUN's config
+    # without warm-up epochs, round 0 only scores the starting network: a check that it is RUN's
+    res = train(replace(cfg, warmup_epochs=0))
     assert [r["round"] for r in res.rounds] == [0, 1, 2]
     info = json.loads((tmp_path / "cont" / "run.json").read_text())
     assert info["n_target"] == 6 and json.loads((run / "run.json").read_text())["n_target"] == 4
     chosen = json.loads((run / "run.json").read_text())["selection"]["best_round"]
     assert info["continued_from"]["run"] == str(run.resolve()) and info["continued_from"]["round"] == chosen
     assert info["continued_from"]["n_target"] == 4 and info["source_digest"]
-    # round 0 only scores the starting network: RUN's exported one, on RUN's validation photos
+    # RUN's exported network, on RUN's validation photos (the same carve-out)
     assert res.rounds[0]["val"] == next(r["val"] for r in base_rounds if r["round"] == chosen)
     assert res.rounds[2]["selected"] == 6  # pseudo-labels and selection cover the grown set
     assert not same(weights(run), weights(tmp_path / "cont"))
@@ -135,5 +139,7 @@ def test_cli_continue_json_and_one_line_errors(half_run, tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_ftspl(tmp_path / "home", "train", "--continue", str(tmp_path / "empty"), "--target", str(everything))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not a training run folder" in r.stderr
+    r = run_ftspl(tmp_path / "home", "train", "--continue", str(run), "--target", str(everything), "--backbone", "alexnet")
+    assert r.returncode == 2 and "keeps the backbone" in r.stderr and "Traceback" not in r.stderr
     r = run_ftspl(tmp_path / "home", "train", "--target", str(everything))
     assert r.returncode == 2 and "--source" in r.stderr and "Traceback" not in r.stderr

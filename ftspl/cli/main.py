@@ -95,9 +95,10 @@ _TRAIN = {f.name: f.default for f in fields(TrainConfig)}
 
 @app.command()
 def train(
+    ctx: typer.Context,
     source: Optional[Path] = typer.Option(None, "--source", help="Labelled photos: SOURCE/<class>/*.jpg or a 'path label' list file (with --continue: the run's)."),
     target: Path = typer.Option(..., "--target", help="Unlabelled shapes: a folder of meshes / 12-view folders or a list file."),
-    out: Optional[Path] = typer.Option(None, "--out", help=f"Run folder (checkpoint, config, metrics); default {_TRAIN['out']}, with --continue RUN-continued."),
+    out: Path = typer.Option(Path(_TRAIN["out"]), "--out", help="Run folder (checkpoint, config, metrics); with --continue the default is RUN-continued."),
     queries: Optional[Path] = typer.Option(None, "--queries", help="Held-out labelled photos for per-round retrieval metrics."),
     val: Optional[Path] = typer.Option(None, "--val", help="Labelled validation photos (never trained on) that choose the best round; default: carve --val-frac of --source."),
     val_frac: float = typer.Option(_TRAIN["val_frac"], "--val-frac", help="Share of each class's --source photos held out for validation when --val is not given (0: none; export then uses the last round)."),
@@ -136,10 +137,14 @@ def train(
     from ftspl.cli.commands import train_cmd
 
     if continue_run is not None:  # RUN's config with the new target (ftspl.train.continuation)
+        from click.core import ParameterSource
+
         from ftspl.cli.commands import train_continue_cmd
 
-        train_continue_cmd(continue_run, target, out, source, backbone if backbone != _TRAIN["backbone"] else None,
-                           device, as_json, _home(home), nproc=nproc)
+        DEFAULT = ParameterSource.DEFAULT
+        given = {n: v for n, v in (("out", out), ("backbone", backbone)) if ctx.get_parameter_source(n) != DEFAULT}
+        train_continue_cmd(continue_run, target, given.get("out"), source, given.get("backbone"), device, as_json,
+                           _home(home), nproc=nproc)
         return
     if source is None:
         from ftspl.engine.errors import UsageError
@@ -147,7 +152,7 @@ def train(
         raise UsageError("train needs --source (labelled photos), or --continue RUN")
     overrides = {k: v for k, v in dict(idca=idca, icav=icav, pseudo=pseudo, selection=selection, target_ce=target_ce, align_weight=align_weight).items() if v is not None}
     settings = dict(
-        source=str(source), target=str(target), out=str(out or _TRAIN["out"]), queries=str(queries) if queries else None,
+        source=str(source), target=str(target), out=str(out), queries=str(queries) if queries else None,
         backbone=backbone, weights=str(weights) if weights else None, mode=mode, rounds=rounds, epochs=epochs,
         warmup_epochs=warmup_epochs, lr=lr, lam=lam, batch_size=batch_size, augment_copies=augment_copies,
         train_blocks=train_blocks, backbone_lr_mult=backbone_lr_mult,
