@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             split = replace(split, queries=split.val)
         elif on == "val_hard":
             split = replace(split, queries=hard[seed])
-        seed_dir = work / v / f"seed{seed}"
+        seed_dir = work / v / f"seed{seed}" / on  # run_row keeps one result per row and folder
         seed_dir.mkdir(parents=True, exist_ok=True)
         for row in rows:
             res = run_row(row, seed, split, study, seed_dir)
