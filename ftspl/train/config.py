@@ -85,8 +85,10 @@ class TrainConfig:
     warmup_epochs: int = 5  #: source-only epochs before round 1 (the classifier must see photos first)
     lr: float = 0.01
     backbone_lr_mult: float = 0.1  #: full and partial modes: the pretrained backbone (its trained blocks) moves slower
-    #: partial mode: the last K steps of the backbone (``Backbone.steps``) train on cached activations
-    train_blocks: int = 2
+    #: partial mode: the last K steps of the backbone (``Backbone.steps``) train on cached activations.
+    #: 1 (Lite0's 1x1 conv head): K=2 adds the last MBConv block, whose depthwise convolution makes a
+    #: step ~3x slower on a CPU (docs/QUALITY.md, "Partial fine-tuning on a CPU")
+    train_blocks: int = 1
     tail_bn: str = "frozen"  #: partial mode: "frozen" (ImageNet statistics) or "train" BatchNorm in those blocks
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -229,6 +229,10 @@ class HeadFeed:
         """Items per batch of ``*_eval(batch)``."""
         return batch
 
+    def shapes_per_step(self, batch: int) -> int:
+        """Pseudo-labelled shapes beside each batch of ``batch`` photos in a training step."""
+        return batch
+
     def source_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
         for idx in _batches(start, _stop(stop, len(self.src_clean)), batch):
             yield self.src_clean[torch.as_tensor(idx)].to(self.device)
@@ -329,6 +333,10 @@ class FullFeed:
     def eval_step(self, which: str, batch: int) -> int:
         """Items per batch of ``*_eval(batch)``: fewer shapes than photos (12 views each)."""
         return max(1, batch // 4) if which in ("target", "val_shapes") else batch
+
+    def shapes_per_step(self, batch: int) -> int:
+        """Pseudo-labelled shapes beside each batch of ``batch`` photos in a training step."""
+        return batch
 
     def source_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
         return self._clean_photos(self.photos, batch, start, stop)

@@ -146,9 +146,11 @@ class Trainer:
         sums = {"loss_source": 0.0, "loss_target": 0.0, "steps": 0}
         tgt_order = rng.permutation(selected) if len(selected) else selected
         t_pos = 0
+        # pseudo-labelled shapes per step: the photo batch, fewer in partial mode (12 views each through the tail)
+        t_bs = self.feed.shapes_per_step(cfg.batch_size)
         # every rank's share of a global target batch must hold at least one shape
         use_tgt = (cfg.target_ce and len(tgt_order) >= 2 and round_ > 0
-                   and min(cfg.batch_size, len(tgt_order)) // d.world >= 1)
+                   and min(t_bs, len(tgt_order)) // d.world >= 1)
         align = cfg.align != "none"
         # unlabelled shapes for the alignment loss: their own generator, so presets without it are unchanged
         arng = np.random.default_rng([cfg.seed, round_, ep, 7919]) if align else None
@@ -158,7 +160,7 @@ class Trainer:
         for x, y in self.feed.source_epoch(rng, cfg.batch_size, d.shard):
             shapes = None
             if use_tgt:
-                n = min(cfg.batch_size, len(tgt_order))
+                n = min(t_bs, len(tgt_order))
                 idx = d.shard(np.take(tgt_order, np.arange(t_pos, t_pos + n), mode="wrap"))
                 t_pos = (t_pos + n) % len(tgt_order)
                 shapes = self.feed.target_batch(idx)
