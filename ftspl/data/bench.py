@@ -8,6 +8,8 @@ permutation splits the models into disjoint groups:
 * ``val`` -- the same for a few *source* models held out for tuning, so a
   study never has to look at the queries;
 * ``queries`` -- the same for held-out models: evaluation only;
+  ``BenchConfig.source_photo`` / ``source_renders`` (set by the
+  :mod:`ftspl.data.variety` presets) change the source photos only;
 * ``target`` -- the meshes (OBJ + MTL + textures) of the remaining models: the
   unlabelled gallery, rendered by the engine as plain grey views.
 

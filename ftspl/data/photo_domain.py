@@ -17,6 +17,10 @@ Textured meshes come from :mod:`ftspl.data.textured`, backgrounds (real
 images from Debian packages, or studio backdrops) from
 :mod:`ftspl.data.backgrounds`; this module holds the renderer and the camera's
 faults.
+
+The knobs that widen the photos further (clutter, material colours, vignetting, white
+balance, motion blur, low resolution) are off by default; :mod:`ftspl.data.variety` holds
+their presets and image effects.
 """
 
 from __future__ import annotations

@@ -25,7 +25,9 @@ from PIL import Image, ImageFilter
 from ftspl.engine.errors import UnknownKeyError
 
 if TYPE_CHECKING:
+    from ftspl.data.backgrounds import Background
     from ftspl.data.bench import BenchConfig
+    from ftspl.data.photo_domain import PhotoConfig
 
 __all__ = [
     "PHOTO_VARIETY",
@@ -115,7 +117,7 @@ def colour_matrix(hue_turns: float, saturation: float, albedo: float) -> np.ndar
     return albedo * sat @ rot
 
 
-def draw_material(rng: np.random.Generator, cfg) -> np.ndarray | None:
+def draw_material(rng: np.random.Generator, cfg: PhotoConfig) -> np.ndarray | None:
     """One part's colour transform for one photo, or None (its own colours): with probability
     ``cfg.material_prob`` a hue rotation, a log-uniform saturation scale and an albedo scale."""
     if rng.random() >= cfg.material_prob:
@@ -127,7 +129,7 @@ def draw_material(rng: np.random.Generator, cfg) -> np.ndarray | None:
 
 
 # -- clutter --------------------------------------------------------------------------------
-def _patch(pool: list, h: int, rng: np.random.Generator) -> np.ndarray:
+def _patch(pool: list[Background], h: int, rng: np.random.Generator) -> np.ndarray:
     """A real-image occluder: a crop of a pool image under a soft ellipse or rounded box, premultiplied RGBA."""
     w = max(4, round(h * rng.uniform(0.5, 1.5)))
     src = pool[int(rng.integers(len(pool)))].image
@@ -152,7 +154,8 @@ def _scaled(cut: np.ndarray, h: int) -> np.ndarray:
 
 
 def composite_occluders(
-    bg: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, cfg, pool: list, cutouts: list[np.ndarray],
+    bg: np.ndarray, alpha: np.ndarray, rng: np.random.Generator, cfg: PhotoConfig, pool: list[Background],
+    cutouts: list[np.ndarray],
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, int, int]]]:
     """Place occluders (a number drawn from ``cfg.clutter``) near the object: those behind are painted into ``bg`` now; those in
     front are returned as ``(rgba, y, x)`` layers for the caller to paint over the composite.
@@ -219,7 +222,7 @@ def _paste(canvas: np.ndarray, img: np.ndarray, y: int, x: int) -> np.ndarray:
 
 
 # -- lens and sensor --------------------------------------------------------------------------
-def lens_faults(photo: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
+def lens_faults(photo: np.ndarray, rng: np.random.Generator, cfg: PhotoConfig) -> np.ndarray:
     """White-balance error and vignetting on the float composite, where ``cfg`` enables them."""
     if cfg.white_balance > 0:
         photo = white_balance(photo, rng, cfg.white_balance)
@@ -228,7 +231,7 @@ def lens_faults(photo: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
     return photo
 
 
-def sensor_faults(out: Image.Image, rng: np.random.Generator, cfg) -> Image.Image:
+def sensor_faults(out: Image.Image, rng: np.random.Generator, cfg: PhotoConfig) -> Image.Image:
     """Camera shake and a downscale-upscale after the lens blur, where ``cfg`` enables them."""
     if cfg.motion_blur_prob > 0 and rng.random() < cfg.motion_blur_prob:
         arr = motion_blur(np.asarray(out, dtype=np.float32), rng, cfg.motion_blur_px)
