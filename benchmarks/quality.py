@@ -9,7 +9,10 @@ Per seed: build the split (``ftspl.data`` builder, seeded), then every row:
   features, what ``ftspl export --pretrained`` serves);
 * every other row - ``ftspl.train.train`` in head mode with that preset
   (``ftspl.train.config.PRESETS``), same split, same seed, same budget; the
-  paper's Table I deep baselines are the ``CORAL``, ``DANN``, ``MMD`` and ``JAN`` rows.
+  paper's Table I deep baselines are the ``CORAL``, ``DANN``, ``MMD`` and ``JAN`` rows;
+  ``source_only_partial`` and ``FTSPL_partial`` (only when named in ``--rows``) train
+  in partial mode (``--train-blocks``, ``--tail-lr-mult``, ``--tail-bn``) and record
+  their seconds per round, beside the head-mode rows'.
   Each trained row is scored with the round the run chose on its validation
   photos (carved from the source; what ``ftspl export`` would serve).
 
@@ -58,7 +61,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 ROWS = ("CNN", "source_only", "CORAL", "DANN", "MMD", "JAN", "IDCA", "ICAV", "FT", "FT_centroid_pl", "SPL", "FTSPL",
-        "FTSPL_global")
+        "FTSPL_global", "source_only_partial", "FTSPL_partial")
+#: the paper's Table I deep baselines: an alignment loss beside the source cross-entropy (``--align-weight``)
+ALIGN_ROWS = ("CORAL", "DANN", "MMD", "JAN")
+#: rows named PRESET + this train with ``--mode partial`` (the last ``--train-blocks`` blocks fine-tune)
+PARTIAL = "_partial"
 METRICS = ("NN", "FT", "ST", "F", "DCG", "ANMRR", "AUC")
 
 #: The paper's MI3DOR numbers (NN, FT, ST, F, DCG, ANMRR) for the same rows:
@@ -112,6 +119,8 @@ class StudyConfig:
     batch_size: int = _default("batch_size")
     target_ce_weight: float = _default("target_ce_weight")
     pl_space: str = _default("pl_space")
+    keep_pretrained: float = _default("keep_pretrained")
+    keep_pretrained_dims: int = _default("keep_pretrained_dims")
     #: validation photos carved from the source (the run keeps its best round on them); in the
     #: run key, so results trained before the carve are not reused
     val_frac: float = _default("val_frac")
@@ -203,17 +212,40 @@ def save_embeddings(path: Path, emb) -> None:
     )
 
 
-def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Path) -> dict:
-    """One (row, seed): train (unless CNN), score, save embeddings; the result dict is also written to disk."""
+def align_weights(arg: str | None) -> dict[str, float]:
+    """``--align-weight``: ``"0.3"`` (every Table I row) or ``"CORAL=3,DANN=0.3"`` -> {row: weight}."""
+    if not arg:
+        return {}
+    if "=" not in arg:
+        return dict.fromkeys(ALIGN_ROWS, float(arg))
+    out = {}
+    for part in arg.split(","):
+        row, _, w = part.partition("=")
+        if row not in ALIGN_ROWS:
+            sys.exit(f"--align-weight: {row!r} is not one of {', '.join(ALIGN_ROWS)}")
+        out[row] = float(w)
+    return out
+
+
+def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Path, partial: dict | None = None,
+            align_weights: dict[str, float] | None = None) -> dict:
+    """One (row, seed): train (unless CNN), score, save embeddings; the result dict is also written to disk.
+
+    A ``*_partial`` row trains its preset in partial mode with ``partial``'s settings (``train_blocks``,
+    ``backbone_lr_mult``, ``tail_bn``), which are part of its key only.
+    """
     from ftspl.train.config import TrainConfig, apply_preset
     from ftspl.train.loop import pretrained_embeddings, train
 
     done = seed_dir / f"{row}.json"
     # A finished result is reused only when it was made with this very config and split;
     # otherwise a rerun with other flags in the same --work would report the old numbers.
-    key = hashlib.sha256(json.dumps({"row": row, "seed": seed, "study": asdict(study), "source": str(split.source),
-                                     "target": str(split.target), "queries": str(split.queries)},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    is_partial = row.endswith(PARTIAL)
+    ident = {"row": row, "seed": seed, "study": asdict(study), "source": str(split.source),
+             "target": str(split.target), "queries": str(split.queries),
+             **({"partial": partial} if is_partial else {}),
+             **({"align_weight": align_weights[row]} if row in (align_weights or {}) else {})}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     if done.exists():
         prev = json.loads(done.read_text())
         if prev.get("run_key") == key:
@@ -231,7 +263,12 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
         emb = pretrained_embeddings(cfg, home=study_home())
         rounds: list[dict] = []
     else:
-        res = train(apply_preset(cfg, row), return_embeddings=True, home=study_home())
+        if is_partial:
+            cfg = replace(cfg, mode="partial", **(partial or {}))
+        cfg = apply_preset(cfg, row.removesuffix(PARTIAL))
+        if row in (align_weights or {}):  # --align-weight: the Table I rows' loss weight
+            cfg = replace(cfg, align_weight=align_weights[row])
+        res = train(cfg, return_embeddings=True, home=study_home())
         emb, rounds = res.embeddings, res.rounds
     seconds = time.perf_counter() - t
     metrics, pr = score(emb)
@@ -244,6 +281,7 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
         "n_query": len(emb.query_labels), "n_target": len(emb.target_labels), "run_key": key,
         "val_per_round": [r.get("val") for r in rounds],
         "val_baseline": rounds[0].get("val_baseline") if rounds else None,
+        "seconds_per_round": [r.get("seconds") for r in rounds],
     }
     if rounds:
         from ftspl.train.validation import verdict
@@ -373,7 +411,8 @@ def versions() -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default=",".join(r for r in ROWS if not r.endswith(PARTIAL)),
+                    help=f"default: every row but the *{PARTIAL} ones (--mode partial, slower; name them)")
     ap.add_argument("--quick", action="store_true", help="a tiny training budget (smoke test)")
     ap.add_argument("--data", type=Path, default=None, help="use this source/queries/target folder for every seed")
     ap.add_argument("--bench", default="full", choices=("small", "full"), help="ftspl.data.bench preset")
@@ -391,6 +430,16 @@ def main(argv: list[str] | None = None) -> int:
                       ("augment-copies", int), ("target-ce-weight", float)):
         ap.add_argument(f"--{name}", type=typ, default=None)
     ap.add_argument("--pl-space", default=None, choices=("embedding", "unit"))
+    ap.add_argument("--keep-pretrained", type=float, default=None)
+    ap.add_argument("--align-weight", default=None,
+                    help="loss weight of the CORAL/DANN/MMD/JAN rows: one number for all, or ROW=W,ROW=W")
+    ap.add_argument("--keep-pretrained-dims", type=int, default=None)
+    ap.add_argument("--train-blocks", type=int, default=_default("train_blocks"), help="*_partial rows: blocks trained")
+    ap.add_argument("--tail-lr-mult", type=float, default=_default("backbone_lr_mult"),
+                    help="*_partial rows: the trained blocks' learning rate as a multiple of --lr")
+    ap.add_argument("--tail-bn", default=_default("tail_bn"), choices=("frozen", "train"),
+                    help="*_partial rows: BatchNorm statistics of the trained blocks")
+    ap.add_argument("--name", default="quality", help="write OUT/NAME.json and OUT/NAME.md")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -402,9 +451,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     study = QUICK if args.quick else StudyConfig()
     overrides = {k: getattr(args, k) for k in ("rounds", "epochs", "warmup_epochs", "lr", "lam", "augment_copies",
-                                               "target_ce_weight", "pl_space")
+                                               "target_ce_weight", "pl_space", "keep_pretrained",
+                                               "keep_pretrained_dims")
                  if getattr(args, k) is not None}
     study = replace(study, **overrides)
+    partial = {"train_blocks": args.train_blocks, "backbone_lr_mult": args.tail_lr_mult, "tail_bn": args.tail_bn}
     cache = study_home().cache
     work = (args.work or cache / "quality").resolve()
     data_root = (args.data_root or cache / "quality-data").resolve()
@@ -436,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.prepare:
             continue
         for row in rows:
-            res = run_row(row, seed, split, study, seed_dir)
+            res = run_row(row, seed, split, study, seed_dir, partial, align_weights(args.align_weight))
             per_seed[seed][row] = res
             m = res["metrics"]
             log(f"seed {seed} {row:>15}: NN {m['NN']:.3f} FT {m['FT']:.3f} DCG {m['DCG']:.3f} "
@@ -455,8 +506,11 @@ def main(argv: list[str] | None = None) -> int:
         "rows": agg,
         "config": {
             "study": asdict(study), "seeds": seeds, "splits": splits, "eval_on": args.eval_on,
-            "budget_chosen_on": "val photos (held-out source models) of seeds 0 and 1 with --eval-on val; "
+            **({"partial": partial} if any(r.endswith(PARTIAL) for r in rows) else {}),
+            "budget_chosen_on": "val photos (held-out source models) with --eval-on val: the budget on seeds 0 and 1, "
+                                "keep_pretrained on seeds 0-2, the Table I rows' align weights on seeds 0 and 1; "
                                 "the query photos were never scored while tuning",
+            "align_weights": align_weights(args.align_weight) or "each preset's default (1)",
             "data": str(args.data) if args.data else f"ftspl.data.bench BENCH_PRESETS[{args.bench!r}], seed = study seed",
             "scoring": "query photos vs the whole target gallery, L2-normalised embeddings, Euclidean; "
                        "ftspl.engine.scoring.metrics.retrieval_metrics (MI3DOR scorer); std = sample std over seeds",
@@ -470,10 +524,12 @@ def main(argv: list[str] | None = None) -> int:
         "pseudo_acc": {str(s): {r: v["pseudo_acc_per_round"] for r, v in d.items() if v["pseudo_acc_per_round"]}
                        for s, d in per_seed.items()},
         "seconds": {str(s): {r: v["seconds"] for r, v in d.items()} for s, d in per_seed.items()},
+        "seconds_per_round": {str(s): {r: v.get("seconds_per_round") for r, v in d.items() if v.get("seconds_per_round")}
+                              for s, d in per_seed.items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.json").write_text(json.dumps(out, indent=2) + "\n")
-    (args.out / "quality.md").write_text(markdown(agg, len(seeds)))
+    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (args.out / f"{args.name}.md").write_text(markdown(agg, len(seeds)))
     if args.json:
         print(json.dumps(out))
     else:
