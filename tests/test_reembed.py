@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from conftest import WRAPPER, make_gallery, run_ftspl
+from PIL import Image
 
 from ftspl.engine.home import Home
 from ftspl.engine.index.reembed import PARTS_DIR, Parts, _pack, _unpack, view_cache_key
@@ -186,8 +186,8 @@ def test_missing_files_block_the_swap_until_dropped(indexed):
     r = run_ftspl(home, "index", "reembed")
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines == [f"{gone}: missing: the file is gone (restore it, or pass --drop-missing to remove such "
-                     "shapes from the index)"]
+    hint = "restore it, or pass --drop-missing to remove such shapes from the index"
+    assert lines == [f"{gone}: missing: the file is gone ({hint})"]
     assert "not swapped" in r.stdout and rows(home) == before  # the index stays whole, on the old model
     r = run_ftspl(home, "index", "reembed", "--drop-missing", "--json")
     assert r.returncode == 1  # a file failed; the swap went ahead without it
@@ -202,7 +202,7 @@ def test_a_live_reader_serves_one_model_before_and_after(indexed):
     from ftspl.engine.index.library import IndexConfig, Library
     from ftspl.engine.model.encoders import RuntimeConfig
 
-    home, gallery = indexed
+    home, _gallery = indexed
     h = Home.resolve(home)
     old_lib = Library(h, RuntimeConfig(intra_op_threads=1))
     reader = old_lib.open_reader()

@@ -136,6 +136,12 @@ def test_cli_continue_json_and_one_line_errors(half_run, tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["continued_from"] == str(run.resolve()) and [x["round"] for x in out["rounds"]] == [0, 1, 2]
+    again = ["train", "--continue", str(run), "--target", str(everything), "--out", str(tmp_path / "c"), "--json"]
+    r = run_ftspl(tmp_path / "home", *again)
+    assert r.returncode == 2 and "--resume" in r.stderr  # the folder holds a run: resume it, never overwrite
+    r = run_ftspl(tmp_path / "home", *again, "--resume")  # a finished run resumes to its own rounds
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["rounds"] == out["rounds"]
     (tmp_path / "empty").mkdir()
     r = run_ftspl(tmp_path / "home", "train", "--continue", str(tmp_path / "empty"), "--target", str(everything))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not a training run folder" in r.stderr

@@ -131,14 +131,14 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
 
 
 def train_continue_cmd(run: Path, target: Path, out, source, backbone, device: str, as_json: bool, home=None,
-                       nproc: int = 1) -> None:
+                       nproc: int = 1, resume: bool = False) -> None:
     """``train --continue RUN``: RUN's config on the new target (checked first), then trained as ``train_cmd``."""
     from ftspl.train.continuation import continued_config
 
     cfg = continued_config(run, target, out, source, backbone, device)
     if not as_json:
         console.info(f"continuing {run} (its photos, backbone and budget) with the shapes under {target}")
-    train_cmd(cfg.preset or "FTSPL", {}, {}, False, as_json, home, nproc=nproc, cfg=cfg)
+    train_cmd(cfg.preset or "FTSPL", {}, {}, resume, as_json, home, nproc=nproc, cfg=cfg)
 
 
 def index_add_cmd(root: Path, cfg, home, runtime, as_json: bool) -> None:

@@ -144,7 +144,7 @@ def train(
         DEFAULT = ParameterSource.DEFAULT
         given = {n: v for n, v in (("out", out), ("backbone", backbone)) if ctx.get_parameter_source(n) != DEFAULT}
         train_continue_cmd(continue_run, target, given.get("out"), source, given.get("backbone"), device, as_json,
-                           _home(home), nproc=nproc)
+                           _home(home), nproc=nproc, resume=resume)
         return
     if source is None:
         from ftspl.engine.errors import UsageError

@@ -31,6 +31,7 @@ from pathlib import Path
 from ftspl.engine.errors import UsageError
 from ftspl.train.config import TrainConfig
 
+
 def source_digest(paths: list, labels: list[int]) -> str:
     """A digest of the labelled photos (paths below their common folder, and labels).
 

@@ -355,8 +355,8 @@ def _pending(store, stored: dict, done: set, report: ReembedReport,
             progress("hash", n, len(rows))
         src = ShapeSource(Path(row.path), row.kind, row.label)
         if not src.path.exists():
-            report.failed.append((row.path, f"missing: the {'view folder' if row.kind == 'views' else 'file'} "
-                                            f"is gone ({MISSING_HINT})"))
+            what = "view folder" if row.kind == "views" else "file"
+            report.failed.append((row.path, f"missing: the {what} is gone ({MISSING_HINT})"))
             continue
         try:
             digest = content_hash(src)
@@ -389,7 +389,12 @@ def _swap(store, parts: Parts, target: dict, spec: RenderSpec, stored: set, drop
 
 def _refresh_ann(lib, store, stale_only: bool = False) -> None:
     """Rebuild the ANN file from the store's embeddings (same backend and settings); ``stale_only``: if behind."""
-    from ftspl.engine.index.ann import DEFAULT_BACKEND, load_index, make_index, read_manifest
+    from ftspl.engine.index.ann import (
+        DEFAULT_BACKEND,
+        load_index,
+        make_index,
+        read_manifest,
+    )
 
     backend, params = DEFAULT_BACKEND, {}
     try:
