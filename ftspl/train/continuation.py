@@ -12,8 +12,8 @@ photos RUN never trained on are the ones the continued run validates on),
 except ``target`` (the new shape folder) and ``init_from`` (RUN's folder, which
 :func:`ftspl.train.loop.train` loads into the network before round 0:
 :func:`start_weights`). Keeping RUN's warm-up epochs (source-only, from RUN's
-network) was chosen on validation over skipping them (SH3D, 6 runs: val
-accuracy 0.888 vs 0.886, val FT 0.843 vs 0.840; ``benchmarks/continue_study.py``,
+network) was chosen on validation over skipping them (SH3D, 6 runs: val FT
+0.777 vs 0.774, val accuracy equal; ``benchmarks/continue_study.py``,
 docs/QUALITY.md "Re-adapting as the library grows").
 
 Its ``run.json`` records what it continued from (:func:`continued_from`). A
