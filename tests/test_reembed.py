@@ -121,7 +121,15 @@ def test_view_cache_key_is_the_training_render_caches(tmp_path, mesh_files):
 
 @pytest.fixture
 def indexed(model_home: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """10 meshes and one 12-view folder (re-read, not rendered, by a re-embed), indexed with the active model."""
     gallery = make_gallery(tmp_path / "gallery", 10)
+    rng = np.random.default_rng(5)
+    views = gallery / "c0" / "views_shape"
+    views.mkdir()
+    for v in range(12):
+        img = np.full((64, 64, 3), 255, np.uint8)
+        img[16 + v : 40 + v, 20:44] = rng.integers(0, 200, 3)
+        Image.fromarray(img).save(views / f"{v}.png")
     r = run_ftspl(model_home, "index", "add", str(gallery), "--json")
     assert r.returncode == 0, r.stderr
     return model_home, gallery
@@ -156,11 +164,12 @@ def test_killed_reembed_resumes_to_what_a_fresh_index_holds(indexed, tmp_path):
     r = run_ftspl(home, "index", "reembed", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["swapped"] and out["resumed"] >= 4 and out["encoded"] + out["resumed"] == 10 and out["failed"] == 0
+    assert out["swapped"] and out["resumed"] >= 4 and out["encoded"] + out["resumed"] == 11 and out["failed"] == 0
     assert not (Path(home) / "index" / PARTS_DIR).exists()
     after = rows(home)
     assert {p: i for p, (i, _) in after.items()} == {p: i for p, (i, _) in before.items()}  # ids kept
     assert all(after[p][1] != before[p][1] for p in after)  # every embedding is the new model's
+    assert any(p.endswith("/views_shape") for p in after)  # the view folder too
 
     fresh = tmp_path / "fresh"
     shutil.copytree(Path(home) / "models", fresh / "models")
@@ -192,7 +201,7 @@ def test_missing_files_block_the_swap_until_dropped(indexed):
     r = run_ftspl(home, "index", "reembed", "--drop-missing", "--json")
     assert r.returncode == 1  # a file failed; the swap went ahead without it
     out = json.loads(r.stdout)
-    assert out["swapped"] and out["dropped"] == [str(gone)] and out["resumed"] == 9 and out["encoded"] == 0
+    assert out["swapped"] and out["dropped"] == [str(gone)] and out["resumed"] == 10 and out["encoded"] == 0
     assert set(rows(home)) == set(before) - {str(gone)}
     assert run_ftspl(home, "index", "verify").returncode == 0
 
@@ -213,13 +222,13 @@ def test_a_live_reader_serves_one_model_before_and_after(indexed):
         h.set_active(other_model(home))
         new_lib = Library(h, RuntimeConfig(intra_op_threads=1))
         rep = new_lib.reembed(IndexConfig())
-        assert rep.swapped and rep.encoded == 10
+        assert rep.swapped and rep.encoded == 11
         reader.refresh()
         # the old model's reader keeps its generation and answers; it says why and never mixes in the new rows
         assert reader.generation == gen_before and any("now built by model" in w for w in reader.warnings)
         assert [(x.id, round(x.distance, 5)) for x in reader.search(q, 5)[0]] == hits_before
         with new_lib.open_reader() as fresh:  # a reader opened now gets the new model throughout
-            assert fresh.generation > gen_before and len(fresh.ann) == 10
+            assert fresh.generation > gen_before and len(fresh.ann) == 11
             assert fresh.info["model_hash"] == new_lib.manifest.model_hash
     finally:
         reader.close()
