@@ -209,3 +209,38 @@ def test_partial_mode_two_processes(tiny, tmp_path):  # noqa: F811
     assert not torch.equal(before["_conv_head.weight"], after["backbone._conv_head.weight"])
     assert torch.equal(before["_blocks.14._project_conv.weight"], after["backbone._blocks.14._project_conv.weight"])
     shutil.rmtree(tmp_path / "out")
+
+
+def test_quality_partial_rows_train_in_partial_mode_keyed_by_their_settings(tmp_path, monkeypatch):
+    """benchmarks/quality.py: *_partial rows run their preset in partial mode; K etc. key only those rows."""
+    import sys
+    import types
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    from ftspl.train import loop
+
+    calls = []
+
+    def fake_train(cfg, return_embeddings=False, home=None):
+        calls.append((cfg.preset, cfg.mode, cfg.train_blocks, cfg.backbone_lr_mult, cfg.tail_bn))
+        emb = types.SimpleNamespace(query_labels=np.zeros(3), target_labels=np.zeros(4))
+        return types.SimpleNamespace(embeddings=emb, rounds=[{"round": 0, "seconds": 2.0}])
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    monkeypatch.setattr(quality, "score", lambda emb: ({m: 0.5 for m in quality.METRICS}, {}))
+    monkeypatch.setattr(quality, "save_embeddings", lambda path, emb: None)
+    monkeypatch.setattr("ftspl.train.validation.verdict", lambda rounds: {})
+    split = quality.Split(source=tmp_path / "s", queries=tmp_path / "q", target=tmp_path / "t", classes=["a"], counts={})
+    study = quality.StudyConfig()
+    k1 = {"train_blocks": 1, "backbone_lr_mult": 0.1, "tail_bn": "frozen"}
+    res = quality.run_row("FTSPL_partial", 0, split, study, tmp_path, k1)
+    assert calls[-1] == ("FTSPL", "partial", 1, 0.1, "frozen") and res["seconds_per_round"] == [2.0]
+    quality.run_row("FTSPL", 0, split, study, tmp_path, k1)
+    assert calls[-1][:2] == ("FTSPL", "head")
+    quality.run_row("FTSPL", 0, split, study, tmp_path, {**k1, "train_blocks": 2})
+    assert len(calls) == 2  # a head row ignores the partial settings: reused
+    quality.run_row("FTSPL_partial", 0, split, study, tmp_path, {**k1, "train_blocks": 2})
+    assert len(calls) == 3 and calls[-1][2] == 2  # another K: trained again
+    assert "FTSPL_partial" in quality.ROWS
