@@ -126,8 +126,12 @@ def _index(home: Path) -> dict[str, tuple]:
     with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
         ids, emb = store.all_embeddings()
         rows = {r.id: r for r in store.get([int(i) for i in ids], previews=True)}
+        views = store.view_embeddings(ids)  # the matched view's codes, when the model has per-view output
+        strips = {int(i): store.view_strip(int(i)) for i in ids}
     return {rows[int(i)].path: (e, rows[int(i)].content_hash, rows[int(i)].label, rows[int(i)].faces,
-                                rows[int(i)].kind, rows[int(i)].preview) for i, e in zip(ids, emb)}
+                                rows[int(i)].kind, rows[int(i)].preview, strips[int(i)],
+                                None if int(i) not in views else views[int(i)].round(6).tobytes())
+            for i, e in zip(ids, emb)}
 
 
 def _assert_same_index(a: dict, b: dict) -> None:
@@ -180,6 +184,7 @@ def test_ray_add_gives_the_same_index_as_one_machine(ray_address, plain_index, e
     assert report.failed == plain.failed  # the same one-line reason for the broken file
     ray_index = _index(home)
     _assert_same_index(_index(plain_home), ray_index)
+    assert all(v[7] is not None and v[6] is not None for v in ray_index.values())  # every shape has its views
     assert ray_index[str(gallery / "views" / "v0")][3:5] == (None, "views")
     problems, facts = verify_index(Home(home))
     assert not problems and facts["shapes"] == GALLERY_MESHES + 1

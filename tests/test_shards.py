@@ -42,6 +42,9 @@ def _records(n: int, seed: int = 0, root: str = "/data/meshes") -> list[ShapeRec
             label=None if i == 3 else ("chair" if i % 2 else "table"), faces=None if i == 4 else 100 + i,
             kind="views" if i == 5 else "mesh", embedding=rng.standard_normal(DIM).astype(np.float32),
             preview=None if i == 6 else bytes([137, 80, 78, 71, i, 0, 0]),  # ends in zero bytes on purpose
+            # per-view embeddings and strips (matched view) on some rows, as a model with that output makes
+            view_embeddings=rng.standard_normal((3, DIM)).astype(np.float32) if i % 3 == 0 else None,
+            view_strip=bytes([82, 73, i, 0]) if i % 3 == 0 else None,
         ))
     return out
 
@@ -68,6 +71,10 @@ def test_writer_round_trips_every_field_bit_for_bit(tmp_path: Path) -> None:
         assert (back.content_hash, back.label, back.faces, back.kind, back.preview) == (
             rec.content_hash, rec.label, rec.faces, rec.kind, rec.preview)
         assert back.embedding.dtype == np.float32 and np.array_equal(back.embedding, rec.embedding)
+        if rec.view_embeddings is None:
+            assert back.view_embeddings is None and back.view_strip is None
+        else:
+            assert np.array_equal(back.view_embeddings, rec.view_embeddings) and back.view_strip == rec.view_strip
 
 
 def _foreign_shard(path: Path, rows: list[dict]) -> Path:

@@ -122,8 +122,12 @@ class RayProducer:
                         report.failed.append((str(path), str(batch["error"][i])))
                         continue
                     faces = int(batch["faces"][i])
-                    records.append(make_record(pending, None if faces == FAILED_FACES else faces,
-                                               np.asarray(batch["embedding"][i], np.float32), bytes(batch["preview"][i])))
+                    emb = np.asarray(batch["embedding"][i], np.float32)
+                    raw = bytes(batch["view_embeddings"][i]) if "view_embeddings" in batch else b""
+                    per_view = np.frombuffer(raw, np.float32).reshape(-1, len(emb)).copy() if raw else None
+                    records.append(make_record(pending, None if faces == FAILED_FACES else faces, emb,
+                                               bytes(batch["preview"][i]), per_view,
+                                               bytes(batch["view_strip"][i]) if per_view is not None else None))
                     old_ids.append(pending.old_id)
                     if len(records) >= self.cfg.commit_every:
                         sink.commit(records, old_ids)

@@ -99,17 +99,26 @@ class EncodeStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ftspl.engine.model.preprocess import views_to_tensor
 
+        from ftspl.engine.index.viewcodes import make_strip
+
         errors = batch["error"]
         ok = np.flatnonzero(np.asarray([not e for e in errors], bool))
         emb = np.zeros((len(errors), self.dim), np.float32)
+        # per-view embeddings (float32 bytes, b"" when absent) and view strips: the matched view of a hit
+        per_view = np.full(len(errors), b"", dtype=object)
+        strips = np.full(len(errors), b"", dtype=object)
         if len(ok):
             pre = self.encoders.preprocess
             views = [batch["views"][i] for i in ok]
             tensors = list(self.prep.map(lambda v: views_to_tensor(v, pre), views)) if self.prep else [
                 views_to_tensor(v, pre) for v in views]
-            emb[ok] = self.encoders.embed_views(np.stack(tensors))
+            emb[ok], by_view = self.encoders.embed_views_full(np.stack(tensors))
+            if by_view is not None:
+                for j, i in enumerate(ok):
+                    per_view[i] = np.ascontiguousarray(by_view[j], np.float32).tobytes()
+                    strips[i] = make_strip(batch["views"][i])
         return {"path": batch["path"], "faces": batch["faces"], "preview": batch["preview"], "error": errors,
-                "embedding": emb}
+                "embedding": emb, "view_embeddings": per_view, "view_strip": strips}
 
     def __del__(self) -> None:
         if getattr(self, "prep", None) is not None:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 SHARD_FORMAT = "ftspl-shard/1"
 META_KEY = b"ftspl"
 REQUIRED = ("path", "content_hash", "label", "render_spec_hash", "model_id", "embedding")
-OPTIONAL = ("model_hash", "kind", "faces", "preview")
+OPTIONAL = ("model_hash", "kind", "faces", "preview", "view_embeddings", "view_strip")
 IDENTITY = ("model_id", "model_hash", "render_spec_hash")
 ROWS_PER_SHARD = 1024  #: about 20 MB per shard with previews
 
@@ -120,6 +120,13 @@ class ShardWriter:
             "faces": pa.array([r.faces for r in rows], pa.int64()),
             "preview": pa.array([None if r.preview is None else bytes(r.preview) for r in rows], pa.binary()),
         }
+        if any(r.view_embeddings is not None for r in rows):  # models with per-view output (matched view)
+            # float32 bytes of the (V, D) matrix: the merge quantises them exactly as a plain add does
+            cols["view_embeddings"] = pa.array(
+                [None if r.view_embeddings is None else np.ascontiguousarray(r.view_embeddings, np.float32).tobytes()
+                 for r in rows], pa.binary())
+            cols["view_strip"] = pa.array([None if r.view_strip is None else bytes(r.view_strip) for r in rows],
+                                          pa.binary())
         return pa.table(cols).replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
 
 
@@ -275,6 +282,13 @@ def _embeddings(column, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return mat, ok
 
 
+def _view_matrix(raw: bytes | None, dim: int) -> np.ndarray | None:
+    """A row's per-view embeddings (V, D) from their float32 bytes; None when absent or not whole rows."""
+    if not raw or len(raw) % (4 * dim):
+        return None
+    return np.frombuffer(raw, np.float32).reshape(-1, dim).copy()
+
+
 def iter_rows(files: list[Path], dim: int, batch_rows: int = 1024) -> Iterator[tuple[str, ShapeRecord | None, str | None]]:
     """``(path, record, None)`` per valid row, ``(path, None, reason)`` per invalid one, file by file."""
     _, _, pq = _pa()
@@ -296,8 +310,11 @@ def iter_rows(files: list[Path], dim: int, batch_rows: int = 1024) -> Iterator[t
                     continue
                 kind = get["kind"][i] if "kind" in get and get["kind"][i] else "mesh"
                 faces = get["faces"][i] if "faces" in get else None
+                views = _view_matrix(get["view_embeddings"][i] if "view_embeddings" in get else None, dim)
                 rec = ShapeRecord(path=path, content_hash=get["content_hash"][i], label=get["label"][i], faces=faces,
-                                  kind=kind, embedding=mat[i], preview=get["preview"][i] if "preview" in get else None)
+                                  kind=kind, embedding=mat[i], preview=get["preview"][i] if "preview" in get else None,
+                                  view_embeddings=views,
+                                  view_strip=get["view_strip"][i] if views is not None and "view_strip" in get else None)
                 try:
                     validate_record(rec, dim, path)
                 except ValueError as exc:
