@@ -42,6 +42,7 @@ import hashlib
 import io
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -136,11 +137,9 @@ class Parts:
         return sorted(self.folder.glob("part-*.npz")) if self.folder.is_dir() else []
 
     def clear(self) -> None:
-        for p in self.files():
-            p.unlink(missing_ok=True)
-        (self.folder / TARGET_FILE).unlink(missing_ok=True)
-        if self.folder.is_dir() and not any(self.folder.iterdir()):
-            self.folder.rmdir()
+        """Remove the folder and all it holds (parts, the target file, and the temporary file a
+        write killed half way leaves behind)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def write(self, records: list) -> None:
         files = self.files()
