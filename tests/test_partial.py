@@ -115,8 +115,8 @@ def test_cli_rejects_an_out_of_range_train_blocks_in_one_line(tmp_path):
 
 
 # -- end to end on tiny data ---------------------------------------------------------------
-def _pcfg(tiny: Path, out: Path, **kw) -> TrainConfig:
-    return cfg_for(tiny, out, mode="partial", train_blocks=2, device="cpu", **kw)
+def _pcfg(data: Path, out: Path, **kw) -> TrainConfig:
+    return cfg_for(data, out, mode="partial", train_blocks=2, device="cpu", **kw)
 
 
 @pytest.mark.slow
