@@ -109,7 +109,7 @@ def test_a_group_that_cannot_form_is_an_error_not_one_process(monkeypatch):
 
 
 def test_nproc_is_checked(monkeypatch, tmp_path):
-    from ftspl.cli.commands import train_cmd
+    from ftspl.cli.train_cmds import train_cmd
 
     settings = {"source": str(tmp_path), "target": str(tmp_path), "out": str(tmp_path / "r"), "device": "cpu"}
     with pytest.raises(UsageError, match="--nproc must be at least 1"):

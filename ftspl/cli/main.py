@@ -77,7 +77,7 @@ def export(
     as_json: bool = JsonOpt,
 ) -> None:
     """Write the image and multi-view encoders as ONNX + manifest, checked against torch."""
-    from ftspl.cli.commands import export_cmd
+    from ftspl.cli.train_cmds import export_cmd
 
     export_cmd(run, pretrained, backbone, weights, exporter, _home(home), as_json)
 
@@ -134,12 +134,12 @@ def train(
     as_json: bool = JsonOpt,
 ) -> None:
     """Train the shared photo/shape encoder with FTSPL (labelled photos + unlabelled shapes)."""
-    from ftspl.cli.commands import train_cmd
+    from ftspl.cli.train_cmds import train_cmd
 
     if continue_run is not None:  # RUN's config with the new target (ftspl.train.continuation)
         from click.core import ParameterSource
 
-        from ftspl.cli.commands import train_continue_cmd
+        from ftspl.cli.train_cmds import train_continue_cmd
 
         DEFAULT = ParameterSource.DEFAULT
         given = {n: v for n, v in (("out", out), ("backbone", backbone)) if ctx.get_parameter_source(n) != DEFAULT}
