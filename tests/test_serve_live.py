@@ -63,8 +63,11 @@ def store_generation(home: Path) -> int:
 def running_server(home: Path, *extra: str, deadline_s: float = 120):
     """``python -m ftspl serve --port 0`` (the system picks a free port); yields (base URL, process); stops it with SIGINT."""
     env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
+    # Ctrl-C's default disposition: a runner that started us in the background (``cmd &`` in a script)
+    # ignores SIGINT, and an ignored SIGINT stays ignored in children, so the server could not be stopped by it
     proc = subprocess.Popen([sys.executable, "-m", "ftspl", "serve", "--port", "0", "--poll", "0.2", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # the server prints its ready line, with the port it got, once it takes connections
         ready, _, _ = select.select([proc.stdout], [], [], deadline_s)

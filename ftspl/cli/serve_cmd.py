@@ -61,9 +61,6 @@ def serve_cmd(cfg) -> None:
         config = uvicorn.Config(
             create_app(cfg, live), log_level="warning", access_log=False, server_header=False,
             timeout_graceful_shutdown=5, lifespan="on",
-            # asyncio's loop even where uvloop is installed: under uvloop a Ctrl-C during a busy moment
-            # sometimes ended the process with status 0 instead of re-raising SIGINT (status 130)
-            loop="asyncio",
             limit_concurrency=max(64, 4 * (cfg.workers + cfg.queue)),  # open connections, beyond the query gate
         )
         Server(config).run(sockets=[sock])
