@@ -217,11 +217,14 @@ class LocalProducer:
             self.worker.start()
             self.encoders.warm(MULTIVIEW_ENCODER)
 
+    def _shapes(self, todo: list[PendingShape]) -> Iterator[PreparedShape]:
+        """The prepared shapes of ``todo``, in order (a subclass may take some from elsewhere)."""
+        return render_all(todo, self.worker)
+
     def run(self, todo, sink: Sink, report: AddReport, progress, should_stop) -> None:
         from ftspl.engine.index.prefetch import prefetch
 
-        worker = self.worker
-        shapes = prefetch(lambda: render_all(todo, worker), depth=2 * self.cfg.batch_shapes)
+        shapes = prefetch(lambda: self._shapes(todo), depth=2 * self.cfg.batch_shapes)
         AddPipeline(self.encoders, sink, self.cfg, report).run(shapes, len(todo), progress, should_stop)
 
     def close(self) -> None:

@@ -54,8 +54,8 @@ from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import IndexStateError
 from ftspl.engine.files import atomic_write_bytes
 from ftspl.engine.index.add_pipeline import (
-    AddPipeline,
     AddReport,
+    LocalProducer,
     PendingShape,
     PreparedShape,
     ProgressFn,
@@ -224,12 +224,13 @@ class PartSink:
 
 
 # -- the producer: cached views first, the rest rendered ----------------------------------------
-class CachedFirstProducer:
-    """Views from the render cache where it has them, else rendered by the render child; then encoded."""
+class CachedFirstProducer(LocalProducer):
+    """Views from the render cache where it has them, else rendered by the render child; then encoded
+    (:class:`LocalProducer`'s run and close)."""
 
     def __init__(self, encoders, cfg, cache: Path | None, faces: dict[str, int | None], report: ReembedReport):
-        self.encoders, self.cfg, self.cache, self.faces, self.report = encoders, cfg, cache, faces, report
-        self.worker = None
+        super().__init__(encoders, cfg)
+        self.cache, self.faces, self.report = cache, faces, report
         self.cached: list[tuple[PendingShape, Path]] = []
         self.render: list[PendingShape] = []
 
@@ -249,7 +250,7 @@ class CachedFirstProducer:
         if todo:
             self.encoders.warm(MULTIVIEW_ENCODER)
 
-    def _shapes(self) -> Iterator[PreparedShape]:
+    def _shapes(self, todo: list[PendingShape]) -> Iterator[PreparedShape]:
         for p, f in self.cached:
             try:
                 with np.load(f, allow_pickle=False) as z:
@@ -265,18 +266,6 @@ class CachedFirstProducer:
                 self.worker.start()
             yield from render_all(self.render, self.worker)
 
-    def run(self, todo, sink, report: AddReport, progress, should_stop) -> None:
-        from ftspl.engine.index.prefetch import prefetch
-
-        shapes = prefetch(self._shapes, depth=2 * self.cfg.batch_shapes)
-        AddPipeline(self.encoders, sink, self.cfg, report).run(shapes, len(todo), progress, should_stop)
-
-    def close(self) -> None:
-        try:
-            if self.worker is not None:
-                self.worker.close()
-        finally:
-            self.encoders.wait_warm()
 
 
 # -- the command ---------------------------------------------------------------------------------
