@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_train import _cache, cfg_for, same, tiny, weights  # noqa: F401  (fixtures shared with test_train)
+from test_train import Killed, _cache, cfg_for, die_after_round_1, same, tiny, weights  # noqa: F401  (fixtures shared with test_train)
 
 from ftspl.engine.errors import UnknownKeyError, UsageError
 from ftspl.train.config import TrainConfig, validate
@@ -124,13 +124,6 @@ def test_partial_run_moves_only_the_tail_caches_float16_and_resumes(tiny, tmp_pa
     from ftspl.train.backbones import build_backbone
     from ftspl.train.loop import train
     from ftspl.train.partial import PartialNet
-
-    class Killed(Exception):
-        pass
-
-    def die_after_round_1(rec):
-        if rec["round"] == 1:
-            raise Killed
 
     res = train(_pcfg(tiny, tmp_path / "full"))
     assert [r["round"] for r in res.rounds] == [0, 1, 2] and all("val" in r for r in res.rounds)

@@ -60,6 +60,16 @@ def cfg_for(tiny: Path, out: Path, **kw) -> TrainConfig:
     return replace(apply_preset(base, "FTSPL"), **kw)
 
 
+class Killed(Exception):
+    """Raised by :func:`die_after_round_1`: a run stopped as a kill would stop it."""
+
+
+def die_after_round_1(rec: dict) -> None:
+    """An ``on_round`` callback that stops the run once round 1 is on disk."""
+    if rec["round"] == 1:
+        raise Killed
+
+
 def weights(run: Path) -> dict:
     return torch.load(run / "checkpoint.pt", weights_only=True)["net"]
 
@@ -111,13 +121,6 @@ def test_resume_after_a_kill_gives_the_same_result(tiny, tmp_path):
     from ftspl.train.loop import train
 
     train(cfg_for(tiny, tmp_path / "full"))
-
-    class Killed(Exception):
-        pass
-
-    def die_after_round_1(rec):
-        if rec["round"] == 1:
-            raise Killed
 
     with pytest.raises(Killed):
         train(cfg_for(tiny, tmp_path / "cut"), on_round=die_after_round_1)

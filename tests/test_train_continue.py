@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_train import _cache, cfg_for, same, tiny, weights  # noqa: F401  (fixtures)
+from test_train import Killed, _cache, cfg_for, die_after_round_1, same, tiny, weights  # noqa: F401  (fixtures)
 
 from ftspl.engine.errors import FtsplError, UsageError
 from ftspl.train.continuation import continued_config, finished_run
@@ -69,13 +69,6 @@ def test_a_killed_continuation_resumes_to_the_same_weights(half_run, tmp_path):
 
     run, everything = half_run
     train(continued_config(run, everything, tmp_path / "whole"))
-
-    class Killed(Exception):
-        pass
-
-    def die_after_round_1(rec):
-        if rec["round"] == 1:
-            raise Killed
 
     with pytest.raises(Killed):
         train(continued_config(run, everything, tmp_path / "cut"), on_round=die_after_round_1)
