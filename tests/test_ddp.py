@@ -301,13 +301,19 @@ def _train_worker(rank: int, cfg: TrainConfig, resume: bool, kill_after: int | N
                Path(out) / f"result{rank}.pt")
 
 
+def train_on_ranks(tmp_path: Path, cfg: TrainConfig, out: Path) -> tuple[dict, dict]:
+    """``cfg`` trained by WORLD processes; ranks 0 and 1's results, checked to hold the same embeddings."""
+    out.mkdir()
+    spawn(tmp_path, _train_worker, cfg, False, None, str(out))
+    r0, r1 = (torch.load(out / f"result{r}.pt", weights_only=False) for r in range(WORLD))
+    assert np.array_equal(r0["target"], r1["target"]) and np.array_equal(r0["source"], r1["source"])
+    return r0, r1
+
+
 @pytest.mark.slow
 def test_two_processes_end_to_end_kill_and_resume(tiny, tmp_path):  # noqa: F811
     cfg_a = cfg_for(tiny, tmp_path / "A", device="cpu")
-    (tmp_path / "A-out").mkdir()
-    spawn(tmp_path, _train_worker, cfg_a, False, None, str(tmp_path / "A-out"))
-    r0, r1 = (torch.load(tmp_path / "A-out" / f"result{r}.pt", weights_only=False) for r in range(WORLD))
-    assert np.array_equal(r0["target"], r1["target"]) and np.array_equal(r0["source"], r1["source"])
+    r0, r1 = train_on_ranks(tmp_path, cfg_a, tmp_path / "A-out")
     untimed = [[{k: v for k, v in rec.items() if k != "seconds"} for rec in r["rounds"]] for r in (r0, r1)]
     assert untimed[0] == untimed[1] and [r["world_size"] for r in r0["rounds"]] == [2, 2, 2]
     assert json.loads((tmp_path / "A" / "config.json").read_text())["world_size"] == 2
@@ -335,10 +341,7 @@ def test_full_mode_two_processes(tiny, tmp_path):  # noqa: F811
     from ftspl.train.backbones import build_backbone
 
     cfg = cfg_for(tiny, tmp_path / "run", mode="full", rounds=1, epochs=1, warmup_epochs=1, device="cpu")
-    (tmp_path / "out").mkdir()
-    spawn(tmp_path, _train_worker, cfg, False, None, str(tmp_path / "out"))
-    r0, r1 = (torch.load(tmp_path / "out" / f"result{r}.pt", weights_only=False) for r in range(WORLD))
-    assert np.array_equal(r0["target"], r1["target"]) and np.array_equal(r0["source"], r1["source"])
+    r0, r1 = train_on_ranks(tmp_path, cfg, tmp_path / "out")
     assert [r["world_size"] for r in r0["rounds"]] == [2, 2]
     before = build_backbone("efficientnet_lite0").state_dict()
     after = weights(tmp_path / "run")

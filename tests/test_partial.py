@@ -187,15 +187,12 @@ def test_exported_partial_model_serves_the_embeddings_training_computed(tiny, tm
 @pytest.mark.slow
 def test_partial_mode_two_processes(tiny, tmp_path):  # noqa: F811
     """gloo on CPU: both ranks end with the same embeddings, and the tail moved."""
-    from test_ddp import WORLD, _train_worker, spawn
+    from test_ddp import train_on_ranks
 
     from ftspl.train.backbones import build_backbone
 
     cfg = _pcfg(tiny, tmp_path / "run", rounds=1, epochs=1, warmup_epochs=1)
-    (tmp_path / "out").mkdir()
-    spawn(tmp_path, _train_worker, cfg, False, None, str(tmp_path / "out"))
-    r0, r1 = (torch.load(tmp_path / "out" / f"result{r}.pt", weights_only=False) for r in range(WORLD))
-    assert np.array_equal(r0["target"], r1["target"]) and np.array_equal(r0["source"], r1["source"])
+    r0, r1 = train_on_ranks(tmp_path, cfg, tmp_path / "out")
     assert [r["world_size"] for r in r0["rounds"]] == [2, 2]
     before = build_backbone("efficientnet_lite0").state_dict()
     after = weights(tmp_path / "run")
