@@ -287,15 +287,6 @@ class Trainer:
         src = run(self.net, self.feed, "source", bs, self.dist)
         return score(src, self.feed.src_y, val, self.feed.val_y, self.K).to_dict()
 
-    def unsupervised(self) -> dict:
-        """The label-free selection criteria (:mod:`ftspl.train.unsupervised`) on this network."""
-        from ftspl.train.unsupervised import criteria
-
-        self.net.eval()
-        src = served_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
-        tgt = served_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)
-        return criteria(src, self.feed.src_y, tgt, self.K)
-
     # -- reporting ------------------------------------------------------------
     def report(self, round_: int, labels: np.ndarray, selected: np.ndarray, losses: dict, seconds: float) -> dict:
         rec: dict = {"round": round_, "selected": len(selected), "seconds": round(seconds, 2), **{k: round(v, 5) for k, v in losses.items()}}
@@ -304,7 +295,12 @@ class Trainer:
             rec["val"] = val
             if self.val_baseline is not None:
                 rec["val_baseline"] = self.val_baseline
-        rec["unsup"] = self.unsupervised()
+        from ftspl.train.unsupervised import criteria
+
+        self.net.eval()  # the served embeddings of this round: label-free criteria, and metrics below
+        src = served_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
+        tgt_all = served_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)
+        rec["unsup"] = criteria(src, self.feed.src_y, tgt_all, self.K)
         names = self.class_names
         tl = self.target_labels
         known = [i for i, lab in enumerate(tl) if lab is not None]
@@ -318,8 +314,7 @@ class Trainer:
                     float(np.mean(np.asarray([tl[i] for i in sel_known], dtype=object)
                                   == np.asarray([names[k] for k in labels[sel_known]], dtype=object))), 4)
         if known:
-            self.net.eval()
-            tgt = served_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)[torch.as_tensor(known)]
+            tgt = tgt_all[torch.as_tensor(known)]
             t_lab = [tl[i] for i in known]
             if getattr(self.feed, "query_y", None):
                 q = served_all(self.net, self.feed, "query", self.cfg.batch_size, self.dist)
@@ -330,7 +325,7 @@ class Trainer:
                 q_lab = [names[k] for k in self.feed.val_y.tolist()]
                 rec["metrics_on"] = "validation photos"
             else:
-                q = served_all(self.net, self.feed, "source", self.cfg.batch_size, self.dist)
+                q = src
                 q_lab = [names[k] for k in self.feed.src_y.tolist()]
                 rec["metrics_on"] = "source photos"
             if any(lab in set(t_lab) for lab in q_lab):
