@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                  if getattr(args, k) is not None}
     study = replace(study, **overrides)
     partial = {"train_blocks": args.train_blocks, "backbone_lr_mult": args.tail_lr_mult, "tail_bn": args.tail_bn}
+    aligns = align_weights(args.align_weight)  # parsed (and a bad row name refused) before any data is built
     cache = study_home().cache
     work = (args.work or cache / "quality").resolve()
     data_root = (args.data_root or cache / "quality-data").resolve()
@@ -487,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.prepare:
             continue
         for row in rows:
-            res = run_row(row, seed, split, study, seed_dir, partial, align_weights(args.align_weight))
+            res = run_row(row, seed, split, study, seed_dir, partial, aligns)
             per_seed[seed][row] = res
             m = res["metrics"]
             log(f"seed {seed} {row:>15}: NN {m['NN']:.3f} FT {m['FT']:.3f} DCG {m['DCG']:.3f} "
@@ -510,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             "budget_chosen_on": "val photos (held-out source models) with --eval-on val: the budget on seeds 0 and 1, "
                                 "keep_pretrained on seeds 0-2, the Table I rows' align weights on seeds 0 and 1; "
                                 "the query photos were never scored while tuning",
-            "align_weights": align_weights(args.align_weight) or "each preset's default (1)",
+            "align_weights": aligns or "each preset's default (1)",
             "data": str(args.data) if args.data else f"ftspl.data.bench BENCH_PRESETS[{args.bench!r}], seed = study seed",
             "scoring": "query photos vs the whole target gallery, L2-normalised embeddings, Euclidean; "
                        "ftspl.engine.scoring.metrics.retrieval_metrics (MI3DOR scorer); std = sample std over seeds",
