@@ -14,9 +14,10 @@ system-deps:
 	fi
 
 $(VENV)/.installed: pyproject.toml
+	@df -h . | tail -1 | awk '{print "disk free for the venv: " $$4}'
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[train,serve,ray,ann,dev]'
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
+	$(PY) -m pip install -q --no-cache-dir -e '.[train,serve,ray,ann,dev]'
 	touch $@
 
 setup: system-deps $(VENV)/.installed
@@ -34,8 +35,8 @@ test-fast: setup
 	$(PY) -m pytest -q
 
 bench-deps: setup
-	$(PY) -m pip install -q -e '.[train,dev,bench]'
-	$(PY) -m pip install -q --no-deps pyrender==0.1.45
+	$(PY) -m pip install -q --no-cache-dir -e '.[train,dev,bench]'
+	$(PY) -m pip install -q --no-cache-dir --no-deps pyrender==0.1.45
 
 bench-quick: bench-deps
 	$(PY) benchmarks/run.py --quick
