@@ -238,36 +238,35 @@ def run_row(row: str, seed: int, split: Split, study: StudyConfig, seed_dir: Pat
     from ftspl.train.loop import pretrained_embeddings, train
 
     done = seed_dir / f"{row}.json"
-    # A finished result is reused only when it was made with this very config and split;
-    # otherwise a rerun with other flags in the same --work would report the old numbers.
+    run_dir = seed_dir / f"run-{row}"
     is_partial = row.endswith(PARTIAL)
-    ident = {"row": row, "seed": seed, "study": asdict(study), "source": str(split.source),
-             "target": str(split.target), "queries": str(split.queries),
-             **({"partial": partial} if is_partial else {}),
-             **({"align_weight": align_weights[row]} if row in (align_weights or {}) else {})}
+    cfg = TrainConfig(
+        source=str(split.source), target=str(split.target), queries=str(split.queries), out=str(run_dir),
+        seed=seed, **asdict(study),
+    )
+    if row != "CNN":
+        if is_partial:
+            cfg = replace(cfg, mode="partial", **(partial or {}))
+        cfg = apply_preset(cfg, row.removesuffix(PARTIAL))
+        if row in (align_weights or {}):  # --align-weight: the Table I rows' loss weight
+            cfg = replace(cfg, align_weight=align_weights[row])
+    # A finished result is reused only when it was made with this very training config (the
+    # preset's switches and TrainConfig's defaults included) and split; otherwise a rerun with
+    # other flags or other defaults in the same --work would report the old numbers.
+    ident = {"row": row, "config": {k: v for k, v in asdict(cfg).items() if k != "out"}}
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     if done.exists():
         prev = json.loads(done.read_text())
         if prev.get("run_key") == key:
             return prev
         log(f"{done}: made with another config or split; running {row} again")
-    run_dir = seed_dir / f"run-{row}"
     if run_dir.exists():  # a run killed before its result was written: start it again
         shutil.rmtree(run_dir)
-    cfg = TrainConfig(
-        source=str(split.source), target=str(split.target), queries=str(split.queries), out=str(run_dir),
-        seed=seed, **asdict(study),
-    )
     t = time.perf_counter()
     if row == "CNN":
         emb = pretrained_embeddings(cfg, home=study_home())
         rounds: list[dict] = []
     else:
-        if is_partial:
-            cfg = replace(cfg, mode="partial", **(partial or {}))
-        cfg = apply_preset(cfg, row.removesuffix(PARTIAL))
-        if row in (align_weights or {}):  # --align-weight: the Table I rows' loss weight
-            cfg = replace(cfg, align_weight=align_weights[row])
         res = train(cfg, return_embeddings=True, home=study_home())
         emb, rounds = res.embeddings, res.rounds
     seconds = time.perf_counter() - t
@@ -432,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pl-space", default=None, choices=("embedding", "unit"))
     ap.add_argument("--keep-pretrained", type=float, default=None)
     ap.add_argument("--align-weight", default=None,
-                    help="loss weight of the CORAL/DANN/MMD/JAN rows: one number for all, or ROW=W,ROW=W")
+                    help="loss weight of the CORAL/DANN/MMD/JAN rows (default: each preset's): one number for all, or ROW=W,ROW=W")
     ap.add_argument("--keep-pretrained-dims", type=int, default=None)
     ap.add_argument("--train-blocks", type=int, default=_default("train_blocks"), help="*_partial rows: blocks trained")
     ap.add_argument("--tail-lr-mult", type=float, default=_default("backbone_lr_mult"),
@@ -509,9 +508,10 @@ def main(argv: list[str] | None = None) -> int:
             "study": asdict(study), "seeds": seeds, "splits": splits, "eval_on": args.eval_on,
             **({"partial": partial} if any(r.endswith(PARTIAL) for r in rows) else {}),
             "budget_chosen_on": "val photos (held-out source models) with --eval-on val: the budget on seeds 0 and 1, "
-                                "keep_pretrained on seeds 0-2, the Table I rows' align weights on seeds 0 and 1; "
+                                "keep_pretrained on seeds 0-2, the Table I rows' align weights on seeds 0 and 1, "
+                                "the pseudo-labelling rows' JAN warm-up on seeds 0-4; "
                                 "the query photos were never scored while tuning",
-            "align_weights": aligns or "each preset's default (1)",
+            "align_weights": aligns or "each preset's (ftspl.train.config.PRESETS)",
             "data": str(args.data) if args.data else f"ftspl.data.bench BENCH_PRESETS[{args.bench!r}], seed = study seed",
             "scoring": "query photos vs the whole target gallery, L2-normalised embeddings, Euclidean; "
                        "ftspl.engine.scoring.metrics.retrieval_metrics (MI3DOR scorer); std = sample std over seeds",

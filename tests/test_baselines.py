@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -81,10 +82,33 @@ def test_jmmd_is_zero_for_identical_pairs_and_sees_a_shift_in_either_part():
 def test_baseline_presets_are_registered_and_unknown_names_list_them():
     for name, align in (("CORAL", "coral"), ("DANN", "dann"), ("MMD", "mmd"), ("JAN", "jan")):
         cfg = apply_preset(TrainConfig(), name)
-        assert cfg.align == align and not cfg.target_ce and not cfg.idca and not cfg.icav
+        assert cfg.align == align and cfg.align_phase == "all" and not cfg.target_ce and not cfg.idca and not cfg.icav
     with pytest.raises(UnknownKeyError, match="CORAL.*DANN.*MMD"):
         apply_preset(TrainConfig(), "JAN?")
-    assert apply_preset(TrainConfig(), "FTSPL").align == "none" and "FTSPL" in PRESETS
+    # the pseudo-labelling rows share the default JAN warm-up; source_only aligns nothing
+    ftspl = apply_preset(TrainConfig(), "FTSPL")
+    assert (ftspl.align, ftspl.align_phase) == ("jan", "warmup") and "FTSPL" in PRESETS
+    assert apply_preset(TrainConfig(), "source_only").align == "none"
+
+
+def test_unknown_align_phase_lists_the_valid_ones():
+    from ftspl.train.config import validate
+
+    with pytest.raises(UnknownKeyError, match="all.*warmup"):
+        validate(TrainConfig(align_phase="rounds"))
+
+
+@pytest.mark.slow
+def test_warmup_alignment_trains_only_before_round_1(tiny, tmp_path):  # noqa: F811
+    from ftspl.train.loop import train
+
+    cfg = apply_preset(cfg_for(tiny, tmp_path / "w", rounds=2, epochs=1, warmup_epochs=1), "FTSPL")
+    rounds = train(cfg).rounds
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert math.isfinite(rounds[0]["loss_align"]) and rounds[0]["loss_align"] >= -1e-6
+    assert all("loss_align" not in r for r in rounds[1:])
+    every = train(replace(cfg, out=str(tmp_path / "a"), align_phase="all")).rounds
+    assert all(math.isfinite(r["loss_align"]) for r in every)
 
 
 @pytest.mark.slow

@@ -202,7 +202,7 @@ def test_train_help_lists_presets():
     r = subprocess.run([sys.executable, "-m", "ftspl", "train", "--help"], check=False, capture_output=True, text=True)
     assert r.returncode == 0
     flat = " ".join(r.stdout.split())
-    for name in ("source_only", "IDCA", "ICAV", "FT_centroid_pl", "SPL", "FTSPL", "CORAL", "DANN", "MMD", "--val", "--val-frac", "--val-shapes", "--align-weight"):
+    for name in ("source_only", "IDCA", "ICAV", "FT_centroid_pl", "SPL", "FTSPL", "CORAL", "DANN", "MMD", "--val", "--val-frac", "--val-shapes", "--align-weight", "--align", "--align-phase"):
         assert name in flat
     for flag in ("--no-idca", "--no-icav", "--pseudo", "--selection", "--no-target-ce", "--resume", "--nproc"):
         assert flag in flat

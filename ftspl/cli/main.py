@@ -115,7 +115,9 @@ def train(
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
     target_ce: Optional[bool] = typer.Option(None, "--target-ce/--no-target-ce", help="Cross-entropy on selected shapes."),
-    align_weight: Optional[float] = typer.Option(None, "--align-weight", help="Weight of the CORAL/DANN/MMD/JAN alignment loss beside the source cross-entropy (default 1)."),
+    align: Optional[str] = typer.Option(None, "--align", help="Domain-alignment loss: none, coral, dann, mmd or jan (default: the preset's; FTSPL: jan in the warm-up)."),
+    align_phase: Optional[str] = typer.Option(None, "--align-phase", help="When --align trains: all epochs or only the warmup (default: the preset's)."),
+    align_weight: Optional[float] = typer.Option(None, "--align-weight", help="Weight of the alignment loss beside the source cross-entropy (default: the preset's)."),
     keep_pretrained: float = typer.Option(_TRAIN["keep_pretrained"], "--keep-pretrained", help="Weight (0-1) of the pretrained features in the served embedding beside the adapted ones (0: adapted only)."),
     keep_pretrained_dims: int = typer.Option(_TRAIN["keep_pretrained_dims"], "--keep-pretrained-dims", help="Principal directions of the pretrained features kept (fitted on the target shapes)."),
     rounds: int = typer.Option(_TRAIN["rounds"], "--rounds", help="SPL rounds L."),
@@ -150,7 +152,9 @@ def train(
         from ftspl.engine.errors import UsageError
 
         raise UsageError("train needs --source (labelled photos), or --continue RUN")
-    overrides = {k: v for k, v in dict(idca=idca, icav=icav, pseudo=pseudo, selection=selection, target_ce=target_ce, align_weight=align_weight).items() if v is not None}
+    switches = dict(idca=idca, icav=icav, pseudo=pseudo, selection=selection, target_ce=target_ce, align=align,
+                    align_phase=align_phase, align_weight=align_weight)
+    overrides = {k: v for k, v in switches.items() if v is not None}
     settings = dict(
         source=str(source), target=str(target), out=str(out), queries=str(queries) if queries else None,
         backbone=backbone, weights=str(weights) if weights else None, mode=mode, rounds=rounds, epochs=epochs,

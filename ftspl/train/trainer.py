@@ -151,7 +151,7 @@ class Trainer:
         # every rank's share of a global target batch must hold at least one shape
         use_tgt = (cfg.target_ce and len(tgt_order) >= 2 and round_ > 0
                    and min(t_bs, len(tgt_order)) // d.world >= 1)
-        align = cfg.align != "none"
+        align = cfg.align != "none" and (cfg.align_phase == "all" or round_ == 0)
         # unlabelled shapes for the alignment loss: their own generator, so presets without it are unchanged
         arng = np.random.default_rng([cfg.seed, round_, ep, 7919]) if align else None
         progress = self.epochs_done / max(1, self.total_epochs)
@@ -267,7 +267,7 @@ class Trainer:
             source_labels=self.feed.src_y.numpy(), num_classes=self.K, target_logits=t_logits,
         )
         labels, probs = pseudo_label_with(self.cfg.pseudo, inputs)
-        selected = select(labels, probs, round_ / self.cfg.rounds, method=self.cfg.selection)
+        selected = select(labels, probs, self.cfg.select_max * round_ / self.cfg.rounds, method=self.cfg.selection)
         return np.asarray(labels, np.int64), np.asarray(probs), np.asarray(selected, np.int64), src, tgt
 
     # -- validation -----------------------------------------------------------
