@@ -98,6 +98,15 @@ def test_unknown_align_phase_lists_the_valid_ones():
         validate(TrainConfig(align_phase="rounds"))
 
 
+@pytest.mark.parametrize("share", [0.0, 1.5])
+def test_select_max_outside_0_1_is_refused(share):
+    from ftspl.engine.errors import UsageError
+    from ftspl.train.config import validate
+
+    with pytest.raises(UsageError, match="select_max"):
+        validate(TrainConfig(select_max=share))
+
+
 @pytest.mark.slow
 def test_warmup_alignment_trains_only_before_round_1(tiny, tmp_path):  # noqa: F811
     from ftspl.train.loop import train
@@ -124,3 +133,13 @@ def test_each_baseline_trains_a_tiny_run(tiny, tmp_path, name):  # noqa: F811
     ck = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
     assert ("disc" in ck) == (name == "DANN")
     assert json.loads((tmp_path / name / "config.json").read_text())["align"] == name.lower()
+
+
+@pytest.mark.slow
+def test_select_max_caps_the_last_rounds_selection(tiny, tmp_path):  # noqa: F811
+    from ftspl.train.loop import train
+
+    cfg = apply_preset(cfg_for(tiny, tmp_path / "all", rounds=1, epochs=1, warmup_epochs=1), "FTSPL")
+    full = train(cfg).rounds[-1]["selected"]
+    half = train(replace(cfg, out=str(tmp_path / "half"), select_max=0.5)).rounds[-1]["selected"]
+    assert 0 < half < full

@@ -97,7 +97,8 @@ class TrainConfig:
     lam: float = 0.25  #: final strength of the Eq. 4 terms
     lam_ramp: bool = True  #: ramp lambda from 0 over training (as ISDA)
     target_ce_weight: float = 1.0
-    #: share of each pseudo-class selected at the last round (round l selects l/L of it)
+    #: share of each pseudo-class selected at the last round (round l selects l/L of it). 1: the
+    #: paper's schedule; 0.6 and 0.8 were no better on the SH3D val split (docs/QUALITY.md)
     select_max: float = 1.0
     augment_copies: int = 4  #: head/partial modes: augmented copies of each photo whose features are cached
     seed: int = 0
@@ -191,6 +192,8 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("rounds", "batch_size", "augment_copies", "train_blocks"):
         if getattr(cfg, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 < cfg.select_max <= 1.0:
+        raise UsageError(f"select_max must be in (0, 1], got {cfg.select_max}")
     if not 0.0 <= cfg.val_frac < 1.0:
         raise UsageError(f"--val-frac must be in [0, 1), got {cfg.val_frac}")
     if not 0.0 <= cfg.keep_pretrained < 1.0:
