@@ -180,9 +180,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.pl_space not in PL_SPACES:
         raise UnknownKeyError("pl_space", cfg.pl_space, PL_SPACES)
     if cfg.align not in ALIGNS:
-        raise UnknownKeyError("align", cfg.align, ALIGNS)
+        raise UnknownKeyError("--align", cfg.align, ALIGNS)
     if cfg.align_phase not in ALIGN_PHASES:
-        raise UnknownKeyError("align_phase", cfg.align_phase, ALIGN_PHASES)
+        raise UnknownKeyError("--align-phase", cfg.align_phase, ALIGN_PHASES)
     if cfg.up is not None and cfg.up not in UP_AXES:
         raise UnknownKeyError("--up", cfg.up, UP_AXES)
     from ftspl.engine.errors import UsageError
