@@ -22,8 +22,11 @@ pseudo-labels: ``CORAL`` (Deep CORAL), ``DANN`` (RevGrad: gradient-reversal
 domain classifier), ``MMD`` (DAN's multi-kernel MMD) and ``JAN`` (joint MMD over
 features and predictions).
 
-Every row but ``source_only`` trains with cross-entropy on its pseudo-labelled
-shapes, so a row differs from its neighbour only in the named component.
+Every row of the ablation table but ``source_only`` trains with cross-entropy on its
+pseudo-labelled shapes, so a row differs from its neighbour only in the named
+component. Those rows also share the default warm-up, which aligns photos and shapes
+with JAN before round 1 (``align_phase="warmup"``); ``source_only`` aligns nothing and
+the Table I rows align in every epoch.
 
 :class:`TrainConfig`'s defaults are the one copy of the training budget: ``ftspl
 train`` reads its option defaults from it, and the demo and the quality study
