@@ -167,12 +167,13 @@ def _training_run(dist: Dist, out: Path, bn: bool) -> dict:
     tr.net.register_forward_hook(
         lambda m, args, kwargs, out: rows.append((len(args[0]), 0 if args[1] is None else len(args[1]))),
         with_kwargs=True)
-    tr.epoch(0, 0, None, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    warmup = tr.epoch(0, 0, None, np.zeros(0, np.int64), np.zeros(0, np.int64))  # with the JAN alignment
     labels, _, selected, src, tgt = tr.pseudo_label(1)
     losses = []
     for ep in range(2):
         losses.append(tr.epoch(1, ep, tr.stats(src, tgt, selected, labels), selected, labels))
-    return {"state": {k: v.clone() for k, v in tr.net.state_dict().items()}, "rows": rows, "losses": losses}
+    return {"state": {k: v.clone() for k, v in tr.net.state_dict().items()}, "rows": rows, "losses": losses,
+            "warmup": warmup}
 
 
 def _first_step_grads(dist: Dist, out: Path) -> dict:
@@ -276,8 +277,11 @@ def test_without_batchnorm_two_processes_train_like_one_on_the_whole_batch(synth
         for got, exp in zip(r["nobn"]["losses"], single["nobn"]["losses"]):
             assert got["loss_source"] == pytest.approx(exp["loss_source"], rel=1e-4)
             assert got["loss_target"] == pytest.approx(exp["loss_target"], rel=1e-4)
+        # the warm-up's alignment loss is computed on the global batch (Dist.gather_grad), not per rank
+        assert r["nobn"]["warmup"]["loss_align"] == pytest.approx(single["nobn"]["warmup"]["loss_align"], rel=1e-4)
     # the losses must move: a loss stuck at 0 would make the comparison above say little
     assert single["nobn"]["losses"][0]["loss_target"] > 0.01
+    assert single["nobn"]["warmup"]["loss_align"] > 1e-4
 
 
 # -- end to end on the tiny meshes -----------------------------------------------------------

@@ -154,6 +154,19 @@ class Dist:
         tdist.all_gather(blocks, x)
         return torch.cat([b[:s] for b, s in zip(blocks, sizes)]).to(t.device)
 
+    def gather_grad(self, t: torch.Tensor) -> torch.Tensor:
+        """All ranks' equal-sized ``t`` concatenated in rank order, with gradients flowing back.
+
+        For a loss that is not a mean over samples (the kernel and covariance alignment
+        losses): every rank computes it on the global batch, the backward sums each rank's
+        share of the gradient onto it, and DDP's average then gives one process's gradient.
+        """
+        if self.world == 1:
+            return t
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(t.contiguous()))
+
     # -- sharding ----------------------------------------------------------------
     def shard(self, idx: np.ndarray) -> np.ndarray:
         """This rank's equal share of a global batch ``idx``; ``len(idx) % world`` trailing items are dropped."""

@@ -197,9 +197,11 @@ class Trainer:
                 loss_t = F.cross_entropy(t_logits.float(), torch.as_tensor(pseudo[idx], device=self.device))
                 loss = loss + cfg.target_ce_weight * loss_t
             loss_a = None
-            if align and a_n >= 2:  # a covariance / kernel mean needs two shapes on this rank
-                loss_a = self._align_loss(all_emb[: len(x)].float(), all_emb[len(all_emb) - a_n:].float(), progress,
-                                          logits, all_logits[len(all_logits) - a_n:].float())
+            if align and a_n * d.world >= 2:  # a covariance / kernel mean needs two shapes
+                # on the global batch (Dist.gather_grad), so N processes align like one
+                g = d.gather_grad
+                loss_a = self._align_loss(g(all_emb[: len(x)].float()), g(all_emb[len(all_emb) - a_n:].float()),
+                                          progress, g(logits), g(all_logits[len(all_logits) - a_n:].float()))
                 loss = loss + cfg.align_weight * loss_a
             # The global batch's losses, the same number on every rank (so all ranks stop together)
             values = d.sum_floats([float(loss_s.detach()), float(loss_t.detach()) if loss_t is not None else 0.0,
