@@ -38,14 +38,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see quality.py: spin-waiting OpenMP on 2 shared cores
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# quality sets OMP_WAIT_POLICY (spin-waiting OpenMP on 2 shared cores) before torch loads
+from quality import ROOT, logger
+
 METRICS = ("NN", "FT", "ST", "DCG", "ANMRR")
-
-
-def log(msg: str) -> None:
-    print(f"[variety {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger("variety")
 
 
 def digest(folder: Path) -> str:

@@ -142,8 +142,14 @@ class Split:
     photos: dict | None = None
 
 
-def log(msg: str) -> None:
-    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+def logger(tag: str):
+    """A ``log(msg)`` that prints ``[TAG HH:MM:SS] msg`` to stderr (this study and the scripts built on it)."""
+    def log(msg: str) -> None:
+        print(f"[{tag} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    return log
+
+
+log = logger("quality")
 
 
 def build_split(seed: int, work: Path, data: Path | None, bench: str = "full") -> Split:
