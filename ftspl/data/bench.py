@@ -11,7 +11,11 @@ permutation splits the models into disjoint groups:
   ``BenchConfig.source_photo`` / ``source_renders`` (set by the
   :mod:`ftspl.data.variety` presets) change the source photos only;
 * ``target`` -- the meshes (OBJ + MTL + textures) of the remaining models: the
-  unlabelled gallery, rendered by the engine as plain grey views.
+  unlabelled gallery, rendered by the engine as plain grey views;
+* ``val_gallery`` -- the meshes of the ``source`` models: the labelled gallery
+  the ``val`` photos rank while tuning, so tuning never reads the labels of the
+  reported ``target`` gallery (:mod:`ftspl.data.protocol` holds the roles, and
+  the manifest records them).
 
 A model is in exactly one group, so no query's own object is ever in the
 gallery (category-level retrieval, as in the paper). Every random draw comes
@@ -38,6 +42,7 @@ import numpy as np
 
 from ftspl.data.backgrounds import fetch_backgrounds
 from ftspl.data.photo_domain import PhotoConfig, PhotoRenderer
+from ftspl.data.protocol import manifest_record
 from ftspl.data.sh3d import (
     CATALOG_PACKAGE,
     FURNITURE_PACKAGE,
@@ -57,7 +62,8 @@ from ftspl.engine.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("source", "val", "queries", "target")
+GROUPS = ("source", "val", "queries", "target")  #: disjoint model groups
+FOLDERS = (*GROUPS, "val_gallery")  #: folders of a build (val_gallery: the source models' meshes)
 PHOTO_GROUPS = ("source", "val", "queries")
 MANIFEST_VERSION = 1
 
@@ -127,6 +133,7 @@ class Split:
     photos: dict[str, int]  #: group -> number of images
     manifest: Path
     notice: Path
+    val_gallery: Path | None = None  #: val_gallery/<class>/<model>/...: the source models' meshes (tuning gallery)
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  #: model key -> why its renders are missing
 
@@ -191,7 +198,7 @@ def _link_from(base: Path, out: Path, cfg: BenchConfig) -> list[str]:
     if {k: v for k, v in old.items() if k not in source_keys} != {k: v for k, v in new.items() if k not in source_keys}:
         raise UsageError(f"{base}: built with another split or val/query photo settings; link from a build of "
                          "the same seed and preset")
-    groups = ["val", "queries", "target"]
+    groups = ["val", "queries", "target", "val_gallery"]
     if all(old.get(k) == new.get(k) for k in source_keys):
         groups.append("source")
     for g in groups:
@@ -217,7 +224,7 @@ def _reuse_or_reset(out: Path, cfg: BenchConfig) -> None:
         same = False
     if same:
         return
-    for g in GROUPS:
+    for g in FOLDERS:
         if (out / g).is_dir():
             shutil.rmtree(out / g)
     manifest.unlink(missing_ok=True)
@@ -279,16 +286,17 @@ def build_sh3d_benchmark(
             n_photos[g] += len(names)
         report("photos", len(photo_models), len(photo_models))
 
-    targets = [(c, m) for c, ms in groups["target"].items() for m in ms]
-    for i, (c, m) in enumerate(targets):
-        report("gallery", i, len(targets))
-        dest = out / "target" / c / m.key
+    meshes = [("target", c, m) for c, ms in groups["target"].items() for m in ms]
+    meshes += [("val_gallery", c, m) for c, ms in groups["source"].items() for m in ms]
+    for i, (folder, c, m) in enumerate(meshes):
+        report("gallery", i, len(meshes))
+        dest = out / folder / c / m.key
         if not any(dest.glob("*.obj")):
             tmp = dest.with_name(f".{m.key}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             extract_model(libdir, m, tmp)
             os.replace(tmp, dest)
-    report("gallery", len(targets), len(targets))
+    report("gallery", len(meshes), len(meshes))
 
     used = [m for g in GROUPS for ms in groups[g].values() for m in ms]
     versions = {
@@ -308,6 +316,7 @@ def build_sh3d_benchmark(
         "counts": counts,
         "photos": {g: n_photos[g] for g in PHOTO_GROUPS},
         "groups": keys,
+        **manifest_record(cfg.seed),
         "models": {
             m.key: {"class": m.label, "name": m.name, "source": m.source, "catalog_id": m.catalog_id,
                     "model_path": m.model_path, "license": m.license, "creator": m.creator}
@@ -322,7 +331,7 @@ def build_sh3d_benchmark(
     return Split(
         root=out, source=out / "source", val=out / "val", queries=out / "queries", target=out / "target",
         classes=classes, groups=keys, counts=counts, photos={g: n_photos[g] for g in PHOTO_GROUPS},
-        manifest=out / "manifest.json", notice=notice, seconds=time.perf_counter() - t0, failed=failed,
+        manifest=out / "manifest.json", notice=notice, val_gallery=out / "val_gallery", seconds=time.perf_counter() - t0, failed=failed,
     )
 
 

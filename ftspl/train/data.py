@@ -58,11 +58,13 @@ def _read_list(path: Path) -> list[tuple[Path, str | None]]:
     return out
 
 
-def load_source(spec: str | Path, class_names: list[str] | None = None) -> SourceSet:
+def load_source(spec: str | Path, class_names: list[str] | None = None, every_class: bool = True) -> SourceSet:
     """Labelled photos from class folders or a list file.
 
     Integer labels in a list file index the sorted class names when names are
-    not given; names become classes in sorted order.
+    not given; names become classes in sorted order. ``every_class=False``
+    (held-out photos scored against given ``class_names``) allows classes
+    without photos.
     """
     root = Path(spec)
     if not root.exists():
@@ -94,7 +96,7 @@ def load_source(spec: str | Path, class_names: list[str] | None = None) -> Sourc
     if len(names) < 2:
         raise UsageError(f"{root}: FTSPL needs at least 2 classes, found {len(names)}")
     missing = [names[k] for k in range(len(names)) if k not in set(labels)]
-    if missing:
+    if missing and every_class:
         raise UsageError(f"{root}: class(es) with no photos: {', '.join(missing)}")
     return SourceSet([p for p, _ in pairs], labels, list(names))
 

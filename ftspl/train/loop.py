@@ -156,7 +156,7 @@ def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None, dis
         raise UsageError(f"{cfg.val_shapes}: --val-shapes needs validation photos (--val, or --val-frac > 0)")
     queries = None
     if cfg.queries:
-        qs = load_source(cfg.queries, class_names=src.class_names)
+        qs = load_source(cfg.queries, class_names=src.class_names, every_class=False)
         queries = PhotoList(qs.paths, qs.labels)
     if dist.world > 1:
         seen = [views.keys, [str(p) for p in photos.paths], photos.labels,

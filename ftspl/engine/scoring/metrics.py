@@ -78,6 +78,16 @@ class RetrievalMetrics(TypedDict):
     n_skipped: int  #: queries without any gallery item of their class
 
 
+class PerQuery(TypedDict):
+    """Per-query values (``retrieval_metrics(..., per_query=True)``); NaN where a query has no relevant item."""
+
+    NN: np.ndarray
+    FT: np.ndarray
+    ST: np.ndarray
+    DCG: np.ndarray
+    ANMRR: np.ndarray
+
+
 def _label_list(labels: Any, name: str, expected: int) -> list[Any]:
     """Labels as a flat Python list (numpy scalars become plain ints/strs)."""
     if isinstance(labels, (str, bytes)):
@@ -178,6 +188,7 @@ def retrieval_metrics(
     gallery_labels: Sequence[Any] | np.ndarray,
     *,
     f_top_k: int = F_TOP_K,
+    per_query: bool = False,
 ) -> RetrievalMetrics:
     """Score a (n_query, n_gallery) distance matrix like MI3DOR's scorer.
 
@@ -188,6 +199,8 @@ def retrieval_metrics(
     Raises ``ValueError`` for a non-2-D, empty, non-finite or non-numeric
     distance matrix, label counts that do not match it, unhashable labels,
     ``f_top_k < 1``, or when no query has a single relevant gallery item.
+    ``per_query=True`` adds ``"per_query"`` (:class:`PerQuery`): the per-query values whose
+    means are NN, FT, ST, DCG and ANMRR, for a bootstrap over queries.
     """
     dist = _validated_distances(distances)
     n_query, n_gallery = dist.shape
@@ -259,7 +272,7 @@ def retrieval_metrics(
     cum_hits = np.cumsum(column_hits).astype(np.float64)
     precision = cum_hits / (n_query * ranks)
     recall = cum_hits / total_relevant
-    return RetrievalMetrics(
+    out = RetrievalMetrics(
         NN=float(top1.mean()),
         FT=float(np.mean(hits_ft[valid] / t)),
         ST=float(np.mean(hits_st[valid] / t)),
@@ -271,6 +284,17 @@ def retrieval_metrics(
         recall=recall,
         n_skipped=n_skipped,
     )
+    if per_query:
+        def spread(values: np.ndarray) -> np.ndarray:
+            full = np.full(n_query, np.nan)
+            full[valid] = values
+            return full
+
+        out["per_query"] = PerQuery(  # type: ignore[typeddict-unknown-key]
+            NN=top1.astype(np.float64), FT=spread(hits_ft[valid] / t), ST=spread(hits_st[valid] / t),
+            DCG=spread(dcg[valid] / ideal_dcg), ANMRR=spread(nmrr),
+        )
+    return out
 
 
 def pr_curve(metrics: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:

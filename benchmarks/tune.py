@@ -1,0 +1,281 @@
+"""Choose every tuned training default on the tuning splits, with the rule written down.
+
+    python benchmarks/tune.py [--grids all|NAME,...] [--seeds 0,1,2,3,4] [--jobs 2] [--check] [--json]
+
+Each grid (:data:`GRIDS`) is one row's knobs: every combination of their values
+is a cell; each cell trains on every tuning seed and is scored on that seed's
+val photos ranking its val gallery (:mod:`ftspl.data.protocol`: never the
+reported gallery, never a report seed). Grids of one row run in stages: a
+grid with ``after`` starts from the winner of that grid.
+
+The rule, for every grid: the cell with the best mean val FT over the tuning
+seeds wins; a cell within :data:`TIE` of the best FT is a tie, broken by the
+higher mean val NN, then by the grid's order (cheaper settings are listed
+first). The rule is applied as is, whatever the size of the margin: the report
+(``quality.py``) says which differences are noise.
+
+Every row tuned here gets the same effort: three stages, 9 + 3 + 3 cells. Writes
+``benchmarks/results/tune_<grid>.json`` (every cell per seed, the rule, the
+winner and where the winner lives: TrainConfig's defaults for FTSPL, which the
+ablation rows IDCA...FTSPL_global share, else the row's preset). ``--check``
+exits 1 when a default differs from its grid's winner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import RESULTS, load_torch_before_mesa, logger, quiet_openmp, study_home
+
+quiet_openmp()
+log = logger("tune")
+TIE = 0.001  #: val FT differences below this are ties (the precision the tables print)
+RULE = (f"best mean val FT over the tuning seeds; cells within {TIE} FT of the best tie, broken by the higher "
+        "mean val NN, then by the grid's order (cheaper settings first)")
+
+
+@dataclass(frozen=True)
+class Grid:
+    row: str
+    knobs: dict  #: knob name -> list of (label, {TrainConfig field: value})
+    after: str | None = None  #: start from that grid's winner
+    note: str = ""
+    #: fields every cell pins (a first stage pins the served embedding's weight, so its cells do not
+    #: move when another grid changes a default)
+    base: dict = field(default_factory=lambda: {"keep_pretrained": 0.4})
+
+    def cells(self, base: dict) -> list[tuple[str, dict]]:
+        names = list(self.knobs)
+        out = []
+        for combo in itertools.product(*(self.knobs[n] for n in names)):
+            fields = dict(base)
+            for _, f in combo:
+                fields.update(f)
+            out.append((", ".join(label for label, _ in combo), fields))
+        return out
+
+
+def _vals(name: str, values) -> list[tuple[str, dict]]:
+    return [(f"{name} {v}", {name: v}) for v in values]
+
+
+_KEEP = {"keep_pretrained": _vals("keep_pretrained", (0.2, 0.4, 0.6))}
+_ALIGN_WARMUP = [("no alignment", {"align": "none"}),
+                 ("JAN 0.3 in the warm-up", {"align": "jan", "align_weight": 0.3, "align_phase": "warmup"}),
+                 ("JAN 1 in the warm-up", {"align": "jan", "align_weight": 1.0, "align_phase": "warmup"})]
+
+#: grid name -> Grid. Every tuned row gets three stages of the same size: a 3 x 3 grid over its own
+#: two method knobs, then 3 training lengths at that winner, then 3 weights of the kept pretrained
+#: features in the served embedding (13 distinct cells per row and seed).
+GRIDS: dict[str, Grid] = {
+    "FTSPL_method": Grid("FTSPL", {"lam": _vals("lam", (0.1, 0.25, 0.5)), "warm-up alignment": _ALIGN_WARMUP},
+                         note="Eq. 4 strength x the alignment of the warm-up that round 1 pseudo-labels from"),
+    "FTSPL_budget": Grid("FTSPL", {"epochs": _vals("epochs", (2, 4, 8))}, after="FTSPL_method",
+                         note="epochs per round"),
+    "FTSPL_keep": Grid("FTSPL", _KEEP, after="FTSPL_budget"),
+    "source_only_method": Grid("source_only", {"lr": _vals("lr", (0.003, 0.01, 0.03)),
+                                               "epochs": _vals("epochs", (2, 4, 8))},
+                               note="learning rate x epochs per round (the whole budget is cross-entropy on photos)"),
+    "source_only_budget": Grid("source_only", {"warmup_epochs": _vals("warmup_epochs", (2, 5, 10))},
+                               after="source_only_method", note="warm-up epochs"),
+    "source_only_keep": Grid("source_only", _KEEP, after="source_only_budget"),
+}
+for _row in ("CORAL", "DANN", "MMD", "JAN"):
+    GRIDS[f"{_row}_method"] = Grid(_row, {"align_weight": _vals("align_weight", (0.1, 0.3, 1.0)),
+                                          "lr": _vals("lr", (0.003, 0.01, 0.03))},
+                                   note="alignment loss weight x learning rate")
+    GRIDS[f"{_row}_budget"] = Grid(_row, {"epochs": _vals("epochs", (2, 4, 8))}, after=f"{_row}_method",
+                                   note="epochs per round")
+    GRIDS[f"{_row}_keep"] = Grid(_row, _KEEP, after=f"{_row}_budget")
+
+
+def lives_in(row: str) -> str:
+    """Where a row's winner is the default: TrainConfig (FTSPL, shared by the ablation presets) or the preset."""
+    return "TrainConfig" if row == "FTSPL" else f"PRESETS[{row!r}]"
+
+
+def pick(cells: list[dict]) -> dict:
+    """The rule (:data:`RULE`) over cells carrying ``mean``; returns the winning cell."""
+    best_ft = max(c["mean"]["FT"][0] for c in cells)
+    tied = [c for c in cells if best_ft - c["mean"]["FT"][0] < TIE]
+    return max(tied, key=lambda c: (c["mean"]["NN"][0], -c["order"]))
+
+
+def grid_order(names: list[str]) -> list[str]:
+    """Grids in an order where every ``after`` runs first."""
+    out: list[str] = []
+
+    def visit(n: str) -> None:
+        if n in out:
+            return
+        if GRIDS[n].after:
+            visit(GRIDS[n].after)
+        out.append(n)
+
+    for n in names:
+        visit(n)
+    return out
+
+
+QUICK = {"rounds": 2, "epochs": 2, "warmup_epochs": 2, "augment_copies": 1, "batch_size": 8}
+EXTRA: dict = {}  #: fields every cell gets on top (``--quick``)
+
+
+def _base(g: Grid, winners: dict) -> dict:
+    return winners[g.after]["fields"] if g.after else {**g.base, **EXTRA}
+
+
+def run_grid(name: str, splits: list, work: Path, winners: dict, shard: tuple[int, int] | None) -> dict | None:
+    """All cells x seeds of one grid (or this shard's share); the result record, or None for a shard."""
+    from studylib import mean_std, run_cell
+
+    g = GRIDS[name]
+    base = _base(g, winners)
+    cells = []
+    jobs = [(i, label, fields, s) for i, (label, fields) in enumerate(g.cells(base)) for s in splits]
+    for j, (i, label, fields, split) in enumerate(jobs):
+        if shard and j % shard[1] != shard[0]:
+            continue
+        run_cell(g.row, split, "tune", fields, work)
+    if shard:
+        return None
+    for i, (label, fields) in enumerate(g.cells(base)):
+        res = [run_cell(g.row, s, "tune", fields, work) for s in splits]
+        cells.append({"order": i, "label": label, "fields": fields, "mean": mean_std(res),
+                      "per_seed": {str(r["seed"]): r["metrics"] for r in res},
+                      "seconds": round(sum(r["seconds"] for r in res), 1)})
+    win = pick(cells)
+    return {"grid": name, "row": g.row, "note": g.note, "after": g.after, "base": base,
+            "seeds": [s.seed for s in splits], "scored": "val photos (held-out source models) ranking the val gallery "
+            "(the source models' meshes); ftspl.data.protocol", "rule": RULE, "cells": cells,
+            "winner": {"label": win["label"], "fields": win["fields"], "FT": win["mean"]["FT"], "NN": win["mean"]["NN"]},
+            "lives_in": lives_in(g.row)}
+
+
+def current_defaults(row: str) -> dict:
+    from dataclasses import asdict
+
+    from ftspl.train.config import TrainConfig, apply_preset
+
+    return asdict(apply_preset(TrainConfig(), row))
+
+
+def check(results: dict) -> list[str]:
+    """Lines naming each default that differs from its grid's winner (empty: all agree)."""
+    from ftspl.train.config import PRESETS
+
+    bad = []
+    for name, rec in results.items():
+        have = current_defaults(rec["row"])
+        for k, v in rec["winner"]["fields"].items():
+            if have[k] != v:
+                bad.append(f"{name}: {rec['lives_in']}.{k} is {have[k]!r}, the grid chose {v!r}")
+            if rec["row"] == "FTSPL" and k in PRESETS["FTSPL"]:
+                bad.append(f"{name}: PRESETS['FTSPL'] overrides {k}; the winner must be TrainConfig's default")
+    return bad
+
+
+def load_results(names: list[str], folder: Path = RESULTS) -> dict:
+    out = {}
+    for n in names:
+        p = folder / f"tune_{n}.json"
+        if p.exists():
+            out[n] = json.loads(p.read_text())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grids", default="all", help=f"all, or some of: {', '.join(GRIDS)}")
+    ap.add_argument("--seeds", default=None, help="tuning seeds (default: ftspl.data.protocol.TUNE_SEEDS)")
+    ap.add_argument("--jobs", type=int, default=1, help="processes that train cells side by side (one core each)")
+    ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # K/N: a child of --jobs
+    ap.add_argument("--work", type=Path, default=None, help="per-cell results (default: <home>/cache/study)")
+    ap.add_argument("--data-root", type=Path, default=None, help="benchmark builds (default: <home>/cache/quality-data)")
+    ap.add_argument("--bench", default="full", choices=("small", "full", "folders"),
+                    help="folders: --data-root holds s<SEED>/ builds (source, val, val_gallery, queries, target, manifest)")
+    ap.add_argument("--check", action="store_true", help="only compare the committed winners with the defaults")
+    ap.add_argument("--quick", action="store_true", help="a tiny training budget in every cell (smoke test, not a choice)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where tune_<grid>.json go")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    names = list(GRIDS) if args.grids == "all" else [n.strip() for n in args.grids.split(",") if n.strip()]
+    unknown = [n for n in names if n not in GRIDS]
+    if unknown:
+        sys.exit(f"--grids: unknown {', '.join(unknown)}; valid: all, {', '.join(GRIDS)}")
+    if args.quick:
+        EXTRA.update(QUICK)
+    if args.check:
+        bad = check(load_results(list(GRIDS), args.out))
+        print("\n".join(bad) if bad else "every tuned default equals its grid's winner")
+        return 1 if bad else 0
+
+    from ftspl.data.protocol import TUNE_SEEDS, seed_role
+    from studylib import build_split
+
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(TUNE_SEEDS)
+    wrong = [s for s in seeds if seed_role(s) != "tune"]
+    if wrong:
+        sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not tuning seeds (tune on {', '.join(map(str, TUNE_SEEDS))})")
+    home = study_home()
+    work = (args.work or home.cache / "study").resolve()
+    data_root = (args.data_root or home.cache / "quality-data").resolve()
+    load_torch_before_mesa()
+    splits = [build_split(s, data_root, args.bench) for s in seeds]
+    order = grid_order(names)
+
+    shard = tuple(int(x) for x in args.shard.split("/")) if args.shard else None
+    children = []
+    if args.jobs > 1 and not shard:
+        base = [sys.executable, __file__, "--grids", ",".join(order), "--seeds", ",".join(map(str, seeds)),
+                "--work", str(work), "--data-root", str(data_root), "--bench", args.bench, *(["--quick"] if args.quick else [])]
+        children = [subprocess.Popen([*base, "--shard", f"{k}/{args.jobs}"]) for k in range(1, args.jobs)]
+        shard = (0, args.jobs)
+    winners: dict = {}
+    for name in order:
+        if shard:  # this process's share, then (a stage needs the earlier stage's winner) everyone's
+            run_grid(name, splits, work, winners, shard)
+            _wait_for_grid(name, splits, work, winners, children)
+        winners[name] = run_grid(name, splits, work, winners, None)
+        if not args.shard:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"tune_{name}.json").write_text(json.dumps(winners[name], indent=1) + "\n")
+            w = winners[name]["winner"]
+            log(f"{name}: winner {w['label']} (val FT {w['FT'][0]:.3f}, NN {w['NN'][0]:.3f}) -> {winners[name]['lives_in']}")
+    for c in children:
+        c.wait()
+    if args.shard:
+        return 0
+    bad = check({n: winners[n] for n in order})
+    summary = {n: winners[n]["winner"] for n in order}
+    print(json.dumps({"winners": summary, "defaults_differ": bad}) if args.json else
+          "\n".join([f"{n}: {w['label']}" for n, w in summary.items()] + bad))
+    return 0
+
+
+def _wait_for_grid(name: str, splits: list, work: Path, winners: dict, children: list) -> None:
+    """Block until every cell of ``name`` has a cached result (the other shards write them); a failed child ends it."""
+    import time
+
+    from studylib import cell_key, train_config
+
+    g = GRIDS[name]
+    base = _base(g, winners)
+    wanted = [work / f"seed{s.seed}" / "tune" / f"{g.row}-{cell_key(g.row, train_config(g.row, s, f), 'tune')}.json"
+              for _, f in g.cells(base) for s in splits]
+    while not all(p.exists() for p in wanted):
+        failed = [c for c in children if c.poll() not in (None, 0)]
+        if failed:
+            sys.exit(f"a --jobs child failed (exit {failed[0].returncode}); its cells are missing")
+        time.sleep(2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
