@@ -11,7 +11,8 @@ import pytest
 
 from ftspl.engine import files as atomic
 from ftspl.engine.errors import IndexStateError, UnknownKeyError
-from ftspl.engine.index import ann, faiss_hnsw
+from ftspl.engine.index import ann
+from ftspl.engine.index.ann import faiss_hnsw
 from ftspl.engine.index.ann import (
     ANN_BACKENDS,
     ExactIndex,
@@ -21,7 +22,7 @@ from ftspl.engine.index.ann import (
     make_index,
     read_manifest,
 )
-from ftspl.engine.index.graph import (
+from ftspl.engine.index.ann.graph import (
     EF_AUTO_MAX,
     auto_ef,
     huge_pages_for_new_memory,

@@ -94,24 +94,20 @@ def known_under(store, root: str | Path, sources: list) -> dict[str, tuple[int, 
 
 def graph_params(backend: str, cfg: IndexConfig | None) -> dict:
     """The ``--hnsw-*`` settings a backend's constructor takes (graph backends; none for ``exact``)."""
-    import inspect
+    from ftspl.engine.index.ann import accepted_params, backend_class
 
-    from ftspl.engine.index.ann import ANN_BACKENDS, make_index
-
-    if backend not in ANN_BACKENDS:
-        make_index(backend, 1)  # raises the error that lists the valid backends
     if cfg is None:
+        backend_class(backend)  # raises the error that lists the valid backends
         return {}
-    wanted = {"M": cfg.ann_m, "ef_construction": cfg.ann_ef_construction, "ef_search": cfg.ann_ef_search}
-    accepted = inspect.signature(ANN_BACKENDS[backend]).parameters
-    return {k: v for k, v in wanted.items() if v and k in accepted}
+    return accepted_params(backend, {"M": cfg.ann_m, "ef_construction": cfg.ann_ef_construction,
+                                     "ef_search": cfg.ann_ef_search})
 
 
 def rebuilt_like(ann):
-    """A new empty index of ``ann``'s backend with its settings (graph backends' ``config()``), to refill."""
-    from ftspl.engine.index.ann import make_index
+    """A new empty index of ``ann``'s backend with its settings, to refill."""
+    from ftspl.engine.index.ann import empty_like
 
-    return make_index(ann.backend, ann.dim, **(ann.config() if hasattr(ann, "config") else {}))
+    return empty_like(ann)
 
 
 class Library:

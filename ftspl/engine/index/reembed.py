@@ -389,7 +389,7 @@ def _refresh_ann(lib, store, stale_only: bool = False) -> None:
         if stale_only and int(read_manifest(lib.ann_path).get("meta", {}).get("generation", -1)) == store.generation():
             return
         old = load_index(lib.ann_path)
-        backend, params = old.backend, (old.config() if hasattr(old, "config") else {})
+        backend, params = old.backend, old.config()
     except IndexStateError as exc:
         log.info("%s; building a new %s index", exc, DEFAULT_BACKEND)
     with store.snapshot():

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError, WriteError
-from ftspl.engine.index.ann_base import (
+from ftspl.engine.index.ann.base import (
     REBUILD,
     AnnIndex,
     as_ids,
@@ -30,7 +30,7 @@ from ftspl.engine.index.ann_base import (
     check_k,
     read_manifest,
 )
-from ftspl.engine.index.graph import (
+from ftspl.engine.index.ann.graph import (
     auto_ef,
     check_ef,
     drop_stale_payloads,
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 USEARCH_M = 32
 USEARCH_EF_CONSTRUCTION = 200
-#: Size-aware query beam (:func:`ftspl.engine.index.graph.auto_ef`): ef at 100k, ef at 1M.
+#: Size-aware query beam (:func:`ftspl.engine.index.ann.graph.auto_ef`): ef at 100k, ef at 1M.
 USEARCH_EF_SMALL = 128
 USEARCH_EF_LARGE = 384
 #: Inserts run in one thread while the graph is smaller than this: USearch's parallel inserts

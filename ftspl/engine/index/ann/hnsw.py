@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError, WriteError
-from ftspl.engine.index.ann_base import (
+from ftspl.engine.index.ann.base import (
     REBUILD,
     AnnIndex,
     as_ids,
@@ -17,7 +17,7 @@ from ftspl.engine.index.ann_base import (
     check_batch,
     check_k,
 )
-from ftspl.engine.index.graph import auto_ef, check_ef, huge_pages_for_new_memory
+from ftspl.engine.index.ann.graph import auto_ef, check_ef, huge_pages_for_new_memory
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 #: 0.936 at ef 128, 0.981 at 256, 0.9935 at 384 and 0.9965 at 512 (2.7 ms per query,
 #: 15x the exact twin; ``benchmarks/results/ann_1000000.json``), so an index without an
 #: explicit ``ef_search`` widens its beam with its size
-#: (:func:`ftspl.engine.index.graph.auto_ef`): ``HNSW_EF_SEARCH`` up to 100k vectors,
+#: (:func:`ftspl.engine.index.ann.graph.auto_ef`): ``HNSW_EF_SEARCH`` up to 100k vectors,
 #: ``HNSW_EF_SEARCH_1M`` (the smallest measured ef with recall@10 >= 0.993) at 1M. The
 #: faiss backend answers the same graph about twice as fast (``faiss_hnsw.py``).
 HNSW_M = 32

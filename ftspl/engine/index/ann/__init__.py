@@ -1,8 +1,8 @@
 """Nearest-neighbour indexes over shape embeddings: the backend registry.
 
 Backends share one interface (``add``, ``remove``, ``query``, ``save``, ``load``,
-``len``, ``in``, ``ids``; :mod:`ftspl.engine.index.ann_base`) so the engine swaps
-them by name:
+``len``, ``in``, ``ids``, ``config``; :mod:`ftspl.engine.index.ann.base`) so the
+engine swaps them by name through :data:`ANN_BACKENDS`, a plain dict:
 
 * ``hnsw`` (:class:`HnswIndex`) wraps ``hnswlib`` (the ``chroma-hnswlib`` wheel,
   a base dependency): the default for a new library (:data:`DEFAULT_BACKEND`);
@@ -35,20 +35,21 @@ The index is a derived, rebuildable cache; SQLite is the source of truth.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
-from ftspl.engine.errors import UnknownKeyError
-from ftspl.engine.index.ann_base import AnnIndex, read_manifest
-from ftspl.engine.index.exact import EXACT_BLOCK_FLOATS, ExactIndex
-from ftspl.engine.index.faiss_hnsw import FaissHnswIndex
-from ftspl.engine.index.hnsw import (
+from ftspl.engine.errors import IndexStateError, UnknownKeyError
+from ftspl.engine.index.ann.base import AnnIndex, read_manifest
+from ftspl.engine.index.ann.exact import EXACT_BLOCK_FLOATS, ExactIndex
+from ftspl.engine.index.ann.faiss_hnsw import FaissHnswIndex
+from ftspl.engine.index.ann.hnsw import (
     HNSW_EF_CONSTRUCTION,
     HNSW_EF_SEARCH,
     HNSW_M,
     HnswIndex,
 )
-from ftspl.engine.index.usearch_index import UsearchIndex
+from ftspl.engine.index.ann.usearch_index import UsearchIndex
 
 #: Backends by name; use :func:`make_index` for the error that lists valid keys.
 ANN_BACKENDS: dict[str, type[AnnIndex]] = {
@@ -62,20 +63,43 @@ ANN_BACKENDS: dict[str, type[AnnIndex]] = {
 DEFAULT_BACKEND = "hnsw"
 
 
-def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:
-    """A new empty index of the named backend (``params`` go to its constructor)."""
+def backend_class(backend: str) -> type[AnnIndex]:
+    """The class registered as ``backend``; an unknown name raises the error that lists the valid ones."""
     if backend not in ANN_BACKENDS:
         raise UnknownKeyError("ANN backend", backend, ANN_BACKENDS)
-    return ANN_BACKENDS[backend](dim, **params)
+    return ANN_BACKENDS[backend]
+
+
+def make_index(backend: str, dim: int, **params: Any) -> AnnIndex:
+    """A new empty index of the named backend (``params`` go to its constructor)."""
+    return backend_class(backend)(dim, **params)
+
+
+def empty_like(ann: AnnIndex) -> AnnIndex:
+    """A new empty index of ``ann``'s backend, dimension and settings (to refill from the store)."""
+    return make_index(ann.backend, ann.dim, **ann.config())
+
+
+def accepted_params(backend: str, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The set entries of ``wanted`` (``M``, ``ef_construction``, ``ef_search``) that ``backend`` takes.
+
+    The graph backends take all three; ``exact`` takes none, so a knob given for
+    it is dropped instead of failing.
+    """
+    accepted = inspect.signature(backend_class(backend)).parameters
+    return {k: v for k, v in wanted.items() if v and k in accepted}
 
 
 def load_index(path: str | Path) -> AnnIndex:
     """Load a saved index of whatever backend its manifest names."""
-    return AnnIndex.load(path)
+    name = read_manifest(path).get("backend")
+    if name not in ANN_BACKENDS:
+        raise IndexStateError(f"{path}: unknown vector index backend {name!r}")
+    return ANN_BACKENDS[name].load(path)
 
 
 __all__ = [
     "ANN_BACKENDS", "DEFAULT_BACKEND", "AnnIndex", "ExactIndex", "HnswIndex", "FaissHnswIndex", "UsearchIndex",
-    "make_index", "load_index", "read_manifest",
+    "backend_class", "make_index", "empty_like", "accepted_params", "load_index", "read_manifest",
     "HNSW_M", "HNSW_EF_CONSTRUCTION", "HNSW_EF_SEARCH", "EXACT_BLOCK_FLOATS",
 ]

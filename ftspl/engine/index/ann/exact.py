@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError
-from ftspl.engine.index.ann_base import (
+from ftspl.engine.index.ann.base import (
     REBUILD,
     AnnIndex,
     as_ids,

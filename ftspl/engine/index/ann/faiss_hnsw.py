@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError
-from ftspl.engine.index.ann_base import (
+from ftspl.engine.index.ann.base import (
     REBUILD,
     AnnIndex,
     as_ids,
@@ -41,7 +41,7 @@ from ftspl.engine.index.ann_base import (
     check_k,
     read_manifest,
 )
-from ftspl.engine.index.graph import (
+from ftspl.engine.index.ann.graph import (
     auto_ef,
     check_ef,
     drop_stale_payloads,
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 #: Graph degree and build beam (same as the hnswlib backend; see docs/PERFORMANCE.md).
 FAISS_M = 32
 FAISS_EF_CONSTRUCTION = 200
-#: Size-aware query beam (:func:`ftspl.engine.index.graph.auto_ef`): ef at 100k, ef at 1M.
+#: Size-aware query beam (:func:`ftspl.engine.index.ann.graph.auto_ef`): ef at 100k, ef at 1M.
 #: Each is the smallest measured ef with recall@10 >= 0.993 (0.99 plus about 1.5 standard
 #: errors of a 200-query estimate): 100k ef 128 -> 0.9995; 1M ef 384 -> 0.9925, 448 -> 0.9945.
 FAISS_EF_SMALL = 128

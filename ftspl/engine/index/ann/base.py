@@ -1,15 +1,11 @@
 """The ANN interface every backend implements: few verbs, validation, and the on-disk manifest.
 
-Two backends share one interface (``add``, ``remove``, ``query``, ``save``,
-``load``, ``len``, ``in``, ``ids``) so the engine can swap them by name:
+Every backend (:mod:`ftspl.engine.index.ann`) implements one interface
+(``add``, ``remove``, ``query``, ``save``, ``load``, ``len``, ``in``, ``ids``,
+``config``) so the engine swaps them by name. This module imports none of them:
+the registry sits above it, so there is no import circle.
 
-* :class:`HnswIndex` wraps ``hnswlib`` (the ``chroma-hnswlib`` wheel): an
-  approximate graph index: about 0.9 ms per query at 100k shapes and 2.5 ms at 1M
-  here (ef 128; exact search takes 9.4 and 80 ms; ``benchmarks/run.py``).
-* :class:`ExactIndex` is its brute-force numpy twin. It is the ground truth for
-  recall tests and is good enough (and exact) for small libraries.
-
-Both store L2-normalised embeddings and report the *Euclidean* distance
+All store L2-normalised embeddings and report the *Euclidean* distance
 (float32). Ids are int64 labels chosen by the caller: the SQLite store's row
 ids, so a query result maps straight back to shape metadata.
 
@@ -223,20 +219,22 @@ class AnnIndex(ABC):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
 
+    def config(self) -> dict[str, Any]:
+        """Constructor keywords (besides ``dim``) for an empty index with the same settings."""
+        return {}
+
     @classmethod
     def load(cls, path: str | Path) -> "AnnIndex":
-        """Load an index saved by ``save``; refuses a manifest of another backend."""
+        """Load an index of this backend saved by ``save``; refuses a manifest of another backend.
+
+        :func:`ftspl.engine.index.ann.load_index` loads whichever backend a manifest names.
+        """
         path = Path(path)
         manifest = read_manifest(path)
-        if cls is not AnnIndex and manifest.get("backend") != cls.backend:
+        if manifest.get("backend") != cls.backend:
             raise IndexStateError(
                 f"{path}: vector index backend is {manifest.get('backend')!r}, not {cls.backend!r}; " + REBUILD
             )
-        from ftspl.engine.index.ann import ANN_BACKENDS
-
-        backend = ANN_BACKENDS.get(manifest.get("backend"))  # type: ignore[arg-type]
-        if backend is None:
-            raise IndexStateError(f"{path}: unknown vector index backend {manifest.get('backend')!r}")
         for attempt in range(3):
             try:
                 payload = _payload_path(path, manifest)
@@ -248,6 +246,6 @@ class AnnIndex(ABC):
                 if attempt == 2 or fresh.get("payload") == manifest.get("payload"):
                     raise
                 manifest = fresh
-        index = backend._from_payload(payload, manifest)
+        index = cls._from_payload(payload, manifest)
         index.meta = dict(manifest.get("meta") or {})
         return index
