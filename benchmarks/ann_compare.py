@@ -154,7 +154,7 @@ def serve_worker(job: dict) -> dict:
     from run import synthetic_like
 
     from ftspl.engine.index.ann import ExactIndex, load_index
-    from ftspl.engine.index.graph import huge_pages_for_new_memory
+    from ftspl.engine.index.ann.graph import huge_pages_for_new_memory
 
     n = job["n"]
     real = np.load(job["real"])
