@@ -1,26 +1,31 @@
 """Re-adapting as the library grows: ``train --continue`` vs training from scratch, and ``index reembed``.
 
-    python benchmarks/continue_study.py [--data DIR] [--work DIR] [--seeds 0] [--halves 0,1,2] [--no-served] [--json]
+    python benchmarks/continue_study.py [--seeds 5] [--halves 0,1,2] [--data-root DIR | --data DIR] [--work DIR]
+                                        [--no-served] [--out FILE] [--json]
 
-On the SH3D benchmark split (default: ``benchmarks/quality.py``'s seed-0 data under
-``<home>/cache/quality-data/data-full-s0``; build it with ``quality.py --prepare``):
+A report (:mod:`ftspl.data.protocol` purpose ``report``): each seed of ``--seeds``
+is a report seed whose SH3D build (``studylib.build_split``, shared with
+``quality.py`` under ``<home>/cache/quality-data``) is trained on with that
+seed, and its query photos rank its target gallery. ``--data DIR``: one existing
+build for every seed instead (its manifest must give queries/ the report role;
+the seeds are then training seeds only). Nothing here chooses a default.
 
 1. ``half``: FTSPL (``TrainConfig`` defaults, head mode, CPU) on a fixed random half
    of the target meshes (one per ``--halves`` seed: a plain seeded shuffle);
 2. ``continue``: ``train --continue`` from ``half`` with all target meshes
    (:func:`ftspl.train.continuation.continued_config`: RUN's config, warm-up included);
    ``continue_no_warmup``: the same without the warm-up epochs (the alternative the
-   default was chosen against, on validation);
+   default was chosen against);
 3. ``scratch``: FTSPL from scratch on all target meshes;
 4. ``half_model``: ``half``'s network with the full gallery, as a library that
    grew without re-adapting would serve it (scored through the served path below).
 
 Each trained row: query photos ranked against the full target gallery (NN, FT,
-ST, DCG, ANMRR; in-process embeddings of the exported round, as quality.py), the
-run's validation criterion (carved source photos, the one that chose the round)
-and the training wall time with warm view/feature caches (they are shared: every
-shape is rendered and its backbone features computed once, whichever run needs it
-first; that one-off cost is reported apart as ``warm_caches_s``).
+ST, DCG, ANMRR; in-process embeddings of the exported round, ``studylib.score``),
+the run's validation criterion (carved source photos, the one that chose the
+round) and the training wall time with warm view/feature caches (they are shared:
+every shape is rendered and its backbone features computed once, whichever run
+needs it first; that one-off cost is reported apart as ``warm_caches_s``).
 
 The served path, in a fresh home: export ``half`` (torchscript), ``index add``
 the gallery, ``eval`` the queries (the ``half_model`` row); export ``continue``,
@@ -28,8 +33,8 @@ the gallery, ``eval`` the queries (the ``half_model`` row); export ``continue``,
 equal the in-process ``continue`` row); and, for scale, ``index add`` of the same
 gallery into another fresh home with the continued model.
 
-Every (training seed, half) combination trains the four rows; ``summary`` has each
-row's mean and sample std over them. The served path runs for the first one.
+Every (seed, half) combination trains the four rows; ``summary`` has each row's
+mean and sample std over them. The served path runs for the first one.
 Writes ``benchmarks/results/continue.json`` (``--out``).
 """
 
@@ -39,15 +44,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# quality sets OMP_WAIT_POLICY (spin-waiting OpenMP on 2 shared cores) before torch loads
-from quality import ROOT, logger
+from common import RESULTS, cli_run, load_torch_before_mesa, logger, quiet_openmp, result_record, study_home, write_result
 
+quiet_openmp()
 METRICS = ("NN", "FT", "ST", "DCG", "ANMRR")
 log = logger("continue")
 
@@ -65,7 +68,7 @@ def half_list(target: Path, out: Path, seed: int) -> tuple[Path, int, int]:
 
 
 def trained_row(name: str, cfg, home) -> dict:
-    from quality import score
+    from studylib import score
 
     from ftspl.train.loop import train
     from ftspl.train.validation import verdict
@@ -77,7 +80,8 @@ def trained_row(name: str, cfg, home) -> dict:
     seconds = time.perf_counter() - t
     sel = verdict(res.rounds) or {}
     chosen = next((r for r in res.rounds if r["round"] == sel.get("best_round")), res.rounds[-1])
-    metrics, _ = score(res.embeddings)
+    emb = res.embeddings
+    metrics, _, _ = score(emb.query, emb.query_labels, emb.target, emb.target_labels)
     log(f"{name}: {seconds:.1f} s, round {chosen['round']}, FT {metrics['FT']:.4f}")
     return {
         "run": str(cfg.out), "train_s": round(seconds, 2), "n_target": len(res.embeddings.target_labels),
@@ -107,25 +111,10 @@ def summarize(per_combo: dict[str, dict]) -> dict:
     return out
 
 
-def git_state() -> dict:
-    """The commit the study ran on, and the training/engine files that differed from it (a shared checkout)."""
-    def git(*a: str) -> str:
-        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=False)
-        return r.stdout.rstrip("\n")  # porcelain lines start with a space: strip only the end
-
-    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "ftspl").splitlines()]
-    return {"commit": git("rev-parse", "HEAD"), "modified": dirty}
-
-
 def ftspl(home: Path, *args: str) -> tuple[dict, float]:
-    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "ftspl", *args, "--json"], capture_output=True, text=True, env=env,
-                       check=False)
-    wall = time.perf_counter() - t
-    if r.returncode:
-        raise SystemExit(f"ftspl {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1]), wall
+    """``ftspl ARGS --json`` with ``FTSPL_HOME=home``: (its JSON, process wall seconds); exits on failure."""
+    r = cli_run(*args, home=home)
+    return r.data, r.wall_s
 
 
 def served(work: Path, half_run: Path, cont_run: Path, target: Path, queries: Path, cache: Path) -> dict:
@@ -160,48 +149,75 @@ def served(work: Path, half_run: Path, cont_run: Path, target: Path, queries: Pa
     }
 
 
+def splits_for(args) -> list:
+    """One (report) split per seed: its own build, or ``--data`` for every seed; refused unless reportable."""
+    import studylib
+
+    from ftspl.data.protocol import REPORT_SEEDS, seed_role
+    from ftspl.engine.errors import UsageError
+
+    seeds = [int(x) for x in args.seeds.split(",")]
+    if args.data is None:
+        wrong = [s for s in seeds if seed_role(s) != "report"]
+        if wrong:
+            sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not report seeds (use {', '.join(map(str, REPORT_SEEDS))})")
+    splits = []
+    for seed in seeds:
+        if args.data is not None:
+            split = studylib.folder_split(args.data, seed)
+        else:
+            data_root = (args.data_root or study_home().cache / "quality-data").resolve()
+            split = studylib.build_split(seed, data_root, "full")
+        try:
+            split.scored("report")
+        except UsageError as exc:
+            sys.exit(str(exc))
+        splits.append(split)
+    return splits
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ftspl.data.protocol import REPORT_SEEDS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=None, help="source/val/queries/target folder (default: quality.py's seed-0 data)")
+    ap.add_argument("--seeds", default=str(REPORT_SEEDS[0]), help="report seeds (each its own build), comma-separated")
+    ap.add_argument("--data-root", type=Path, default=None, help="builds (default: <home>/cache/quality-data)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="one existing build for every seed (its manifest must give queries/ the report role)")
     ap.add_argument("--work", type=Path, default=None, help="runs and homes (default: <home>/cache/continue)")
-    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
     ap.add_argument("--halves", default="0,1,2", help="seeds of the random halves the first run sees, comma-separated")
     ap.add_argument("--no-served", action="store_true", help="skip export / index / reembed / eval")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "continue.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "continue.json")
     ap.add_argument("--json", action="store_true", help="print the result JSON")
     args = ap.parse_args(argv)
+    halves = [int(x) for x in args.halves.split(",")]
+    load_torch_before_mesa()
+    splits = splits_for(args)
 
     from dataclasses import replace
 
-    from quality import study_home
+    from studylib import train_config
 
-    from ftspl.train.config import TrainConfig
     from ftspl.train.continuation import continued_config
     from ftspl.train.loop import pretrained_embeddings
 
     home = study_home()
-    data = args.data or home.cache / "quality-data" / "data-full-s0"
-    if not (data / "target").is_dir():
-        raise SystemExit(f"{data}: no benchmark data; run 'python benchmarks/quality.py --prepare' first")
     work = args.work or home.cache / "continue"
     work.mkdir(parents=True, exist_ok=True)
-    target, queries, source = data / "target", data / "queries", data / "source"
-    seeds = [int(x) for x in args.seeds.split(",")]
-    halves = [int(x) for x in args.halves.split(",")]
-    base = TrainConfig(source=str(source), target=str(target), queries=str(queries), seed=seeds[0], mode="head",
-                       device="cpu")
     t = time.perf_counter()
-    for seed in seeds:  # every shape's views and features, and each seed's augmented photos, once (timed apart)
-        pretrained_embeddings(replace(base, seed=seed), home=home)
+    cfgs = {split.seed: replace(train_config("FTSPL", split), queries=str(split.queries)) for split in splits}
+    for split in splits:  # every shape's views and features, and each seed's augmented photos, once (timed apart)
+        pretrained_embeddings(cfgs[split.seed], home=home)
     warm = time.perf_counter() - t
     log(f"caches warm in {warm:.0f} s")
     per_combo: dict[str, dict] = {}
-    for seed in seeds:
+    for split in splits:
+        target = split.target
+        cfg = cfgs[split.seed]
         for h in halves:
-            wd = work / f"s{seed}-h{h}"
+            wd = work / f"s{split.seed}-h{h}"
             wd.mkdir(parents=True, exist_ok=True)
             half, n_half, n_all = half_list(target, wd / "half.txt", h)
-            cfg = replace(base, seed=seed)
             rows: dict[str, dict] = {}
             rows["half"] = trained_row("half", replace(cfg, target=str(half), out=str(wd / "run-half")), home)
             cont = continued_config(wd / "run-half", target, wd / "run-continue")
@@ -209,21 +225,21 @@ def main(argv: list[str] | None = None) -> int:
             rows["continue_no_warmup"] = trained_row(
                 "continue_no_warmup", replace(cont, out=str(wd / "run-continue-no-warmup"), warmup_epochs=0), home)
             rows["scratch"] = trained_row("scratch", replace(cfg, out=str(wd / "run-scratch")), home)
-            per_combo[f"seed{seed}-half{h}"] = rows
-    first = work / f"s{seeds[0]}-h{halves[0]}"
-    result = {
-        "data": str(data), "n_target_half": n_half, "n_target_all": n_all, "seeds": seeds, "halves": halves,
-        "warm_caches_s": round(warm, 1), "summary": summarize(per_combo), "per_combo": per_combo,
-        "config": {k: getattr(base, k) for k in ("rounds", "epochs", "warmup_epochs", "lr", "lam", "mode", "preset")},
-        "cpu": f"{os.cpu_count()} cores", "git": git_state(),
-        "command": f"python benchmarks/continue_study.py --seeds {args.seeds} --halves {args.halves}"
-                   + (f" --data {args.data}" if args.data else ""),
-    }
+            per_combo[f"seed{split.seed}-half{h}"] = rows
+    first, base = splits[0], cfgs[splits[0].seed]
+    fw = work / f"s{first.seed}-h{halves[0]}"
+    result = result_record(
+        "continue_study.py", argv,
+        {"seeds": [s.seed for s in splits], "halves": halves, "purpose": "report",
+         "data": {str(s.seed): str(s.root) for s in splits},
+         "training": {k: getattr(base, k) for k in ("rounds", "epochs", "warmup_epochs", "lr", "lam", "mode", "preset")},
+         "cpu": f"{os.cpu_count()} cores"},
+        n_target_half=n_half, n_target_all=n_all, warm_caches_s=round(warm, 1), summary=summarize(per_combo),
+        per_combo=per_combo)
     if not args.no_served:
-        result["served"] = served(work, first / "run-half", first / "run-continue", target, queries, home.cache)
-        result["served"]["combo"] = f"seed{seeds[0]}-half{halves[0]}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+        result["served"] = served(work, fw / "run-half", fw / "run-continue", first.target, first.queries, home.cache)
+        result["served"]["combo"] = f"seed{first.seed}-half{halves[0]}"
+    write_result(args.out, result)
     if args.json:
         print(json.dumps(result))
     log(f"wrote {args.out}")

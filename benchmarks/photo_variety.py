@@ -1,142 +1,114 @@
 """What each kind of photo-domain variety adds: the SH3D benchmark rebuilt with one variety at a time.
 
-    python benchmarks/photo_variety.py [--seeds 0,1] [--varieties base,clutter,materials,camera,more_renders,all]
+    python benchmarks/photo_variety.py [--seeds 0,1] [--report-seeds 5,6]
+                                       [--varieties base,clutter,materials,camera,more_renders,all]
                                        [--rows source_only,FTSPL] [--queries auto|NAME|none]
-                                       [--data-root DIR] [--work DIR] [--out FILE] [--json]
+                                       [--data-root DIR] [--work DIR] [--out FILE] [--no-hard-val] [--json]
 
-Per seed, the ``full`` benchmark is built once with base settings (``<data-root>/base-s<seed>``,
-hard-linked from ``<home>/cache/quality-data/data-full-s<seed>`` when that build has the same
-config), then once per variety of ``ftspl.data.variety.PHOTO_VARIETY``
-(``<data-root>/<variety>-s<seed>``): the same split, the same gallery meshes and the same val
-and query photos (hard-linked from the base build, and checked byte for byte by a digest);
-only the labelled source photos the model trains on are rendered again with the variety.
+The choice (which source-photo variety to train on) is made on **tuning seeds**
+(``--seeds``, :data:`ftspl.data.protocol.TUNE_SEEDS`), purpose ``tune``: each
+variety's runs score the val photos (held-out source models) ranking the val
+gallery (the source models' meshes), never the reported gallery. Per tuning
+seed, the ``full`` benchmark is built once with base settings
+(``<data-root>/base-s<seed>``, hard-linked from the study's build
+``<home>/cache/quality-data/data-full-s<seed>`` when that has the same config),
+then once per variety (``<data-root>/<variety>-s<seed>``, ``varietylib``): the
+same split, the same gallery meshes and the same val and query photos
+(hard-linked from the base build, checked byte for byte by a digest); only the
+labelled source photos are rendered again with the variety.
 
-Every row is ``ftspl.train.loop.train`` with ``TrainConfig``'s defaults and the row's preset in
-head mode (``benchmarks/quality.py``'s ``run_row``), scored on the **val** photos (held-out
-source models) against the whole target gallery. The variety with the best mean FTSPL val FT
-over the seeds, base aside (``--queries auto``), and ``base`` are then scored on the query photos, once, as
-they come out.
+Every row is ``studylib.run_cell``: ``TrainConfig``'s defaults and the row's
+preset in head mode. ``val_hard`` (on unless ``--no-hard-val``) is a second
+tuning set: the same val models rendered with every knob of the ``all`` preset
+(clutter as real-image patches only) from a generator stream the training
+photos do not use, scored by the network the val cell trained. It favours the
+varieties whose settings it shares; the val column does not.
 
-A second fixed test set, ``val_hard`` (on unless ``--no-hard-val``), stands in for messier real
-photos: the same val models rendered once per seed with every variety knob of the ``all``
-preset (clutter as real-image patches only, so no clutter object of a training photo
-reappears), from a generator stream the training photos do not use; the same images for every
-variety. It favours the varieties whose settings it shares; the val column does not.
-Writes ``--out`` (default ``benchmarks/results/photo_variety.json``): per
-variety and row the mean and sample std over seeds, the per-seed metrics, and the paired
-per-seed differences to ``base`` (ANMRR as ``base - variety``, so positive is a gain).
+The rule (``--queries auto``): the variety other than ``base`` with the best
+mean val FT of the ``FTSPL`` row (else the first row) over the tuning seeds;
+cells within 0.001 FT tie, broken by the higher mean val NN, then by the order
+of ``PHOTO_VARIETY``. That variety and ``base`` are then reported (purpose
+``report``) on the **report seeds** (``--report-seeds``,
+:data:`ftspl.data.protocol.REPORT_SEEDS`; ``none`` skips): query photos ranking
+the target gallery, once, as they come out.
+
+Writes ``--out`` (default ``benchmarks/results/photo_variety.json``): per block
+(``val``, ``val_hard``, ``queries``), variety and row the mean and sample std
+over seeds, the per-seed metrics, and the paired difference to ``base``
+(``studylib.paired``: per-seed mean and std, and a 95% bootstrap interval over
+query models; ANMRR as ``base - variety``, so positive is a gain).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# quality sets OMP_WAIT_POLICY (spin-waiting OpenMP on 2 shared cores) before torch loads
-from quality import ROOT, logger
+from common import RESULTS, load_torch_before_mesa, logger, quiet_openmp, result_record, study_home, write_result
 
-METRICS = ("NN", "FT", "ST", "DCG", "ANMRR")
+quiet_openmp()
 log = logger("variety")
+SHOWN = ("NN", "FT", "ST", "DCG", "ANMRR")
+TIE = 0.001
+RULE = (f"the variety other than base with the best mean val FT of the chosen row over the tuning seeds; within "
+        f"{TIE} FT a tie, broken by the higher mean val NN, then by PHOTO_VARIETY's order")
 
 
-def digest(folder: Path) -> str:
-    """sha256 over the relative paths and bytes of every file under ``folder``."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in folder.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(folder)).encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()[:16]
+def parse_seeds(text: str, role: str, flag: str) -> list[int]:
+    """Comma-separated seeds that all have ``role`` in :mod:`ftspl.data.protocol` (``none``: no seeds)."""
+    from ftspl.data.protocol import REPORT_SEEDS, TUNE_SEEDS, seed_role
+
+    if text.strip().lower() in ("", "none"):
+        return []
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+    wrong = [s for s in seeds if seed_role(s) != role]
+    if wrong:
+        allowed = TUNE_SEEDS if role == "tune" else REPORT_SEEDS
+        sys.exit(f"{flag}: {', '.join(map(str, wrong))} are not {role} seeds (use {', '.join(map(str, allowed))}; "
+                 "tuning seeds choose, report seeds are reported)")
+    return seeds
 
 
-def build(variety: str, seed: int, data_root: Path, link: Path | None):
-    """One variety's benchmark folder for ``seed`` (reused when already built with this config)."""
-    from quality import study_home
-
-    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
-    from ftspl.data.variety import apply_variety
-    from ftspl.engine.errors import UsageError
-
-    cfg = apply_variety(replace(BENCH_PRESETS["full"], seed=seed), variety)
-    out = data_root / f"{variety}-s{seed}"
-    try:
-        return build_sh3d_benchmark(out, study_home().debian_cache, cfg, link_from=link)
-    except UsageError as exc:  # the quality-data build has another config: render everything here
-        if variety != "base" or link is None:
-            raise
-        log(f"not linking: {exc}")
-        return build_sh3d_benchmark(out, study_home().debian_cache, cfg)
-
-
-def build_hard_val(seed: int, data_root: Path, base) -> Path:
-    """``<data-root>/val-hard-s<seed>/val``: the base build's val models, rendered with the ``all``
-    variety's photo knobs (patch clutter only), 4 renders each; reused when complete."""
-    import numpy as np
-    from quality import study_home
-
-    from ftspl.data.backgrounds import fetch_backgrounds
-    from ftspl.data.bench import BENCH_PRESETS, _load, _stable
-    from ftspl.data.photo_domain import PhotoRenderer
-    from ftspl.data.sh3d import all_models, fetch_sources
-    from ftspl.data.variety import PHOTO_VARIETY
-    from ftspl.engine.files import atomic_write_bytes
-
-    out = data_root / f"val-hard-s{seed}" / "val"
-    cfg = replace(BENCH_PRESETS["full"], seed=seed)
-    photo = replace(cfg.photo, image_size=cfg.image_size, **PHOTO_VARIETY["all"]["photo"], clutter_object=0.0)
-    models = {m.key: m for m in all_models()}
-    todo = [(c, models[p.name.split("__")[0]]) for c in sorted(os.listdir(base.val))
-            for p in sorted((base.val / c).glob("*__r0.jpg"))]
-    cache = study_home().debian_cache
-    missing = [(c, m) for c, m in todo if not all((out / c / f"{m.key}__r{k}.jpg").exists() for k in range(4))]
-    if missing:
-        pool, _ = fetch_backgrounds(cache)
-        libdir = fetch_sources(cache)
-        with PhotoRenderer(photo) as r:
-            for c, m in missing:
-                rng = np.random.default_rng([seed, _stable(m.key), 2])
-                for k, data in enumerate(r.render(_load(libdir, m), rng, pool, n=4)):
-                    atomic_write_bytes(out / c / f"{m.key}__r{k}.jpg", data)
-    return out
-
-
-def summarise(per: dict, varieties: list[str], rows: list[str]) -> dict:
-    """{variety: {row: {"mean": {m: [mean, std]}, "vs_base": {m: [mean, std, n]}}}} over seeds."""
-    import numpy as np
+def summarise(results: dict, rows: list[str]) -> dict:
+    """``results[variety][row]`` (run_cell records, one per seed) -> {variety: {row: seeds, mean, vs_base}}."""
+    from studylib import mean_std, paired
 
     out: dict = {}
-    for v in varieties:
+    base = results.get("base", {})
+    for v, by_row in results.items():
         for row in rows:
-            seeds = [s for s in per.get(v, {}) if row in per[v][s]]
-            if not seeds:
+            recs = by_row.get(row) or []
+            if not recs:
                 continue
-            rec = out.setdefault(v, {}).setdefault(row, {"seeds": seeds, "mean": {}, "vs_base": {}})
-            for m in METRICS:
-                a = np.asarray([per[v][s][row][m] for s in seeds])
-                rec["mean"][m] = [round(float(a.mean()), 4), round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)]
-                paired = [s for s in seeds if row in per.get("base", {}).get(s, {})]
-                if v != "base" and paired:
-                    d = np.asarray([per[v][s][row][m] - per["base"][s][row][m] for s in paired])
-                    d = -d if m == "ANMRR" else d
-                    rec["vs_base"][m] = [round(float(d.mean()), 4),
-                                         round(float(d.std(ddof=1)) if len(d) > 1 else 0.0, 4), len(d)]
+            rec = {"seeds": [r["seed"] for r in recs], "mean": mean_std(recs)}
+            if v != "base" and base.get(row):
+                rec["vs_base"] = paired(recs, base[row])
+            out.setdefault(v, {})[row] = rec
     return out
 
 
-def markdown(summary: dict, split: str) -> str:
-    lines = [f"| variety ({split}) | row | " + " | ".join(METRICS) + " | FT vs base (mean, std of paired diff) |",
-             "|---|---|" + "---:|" * len(METRICS) + "---|"]
+def choose(val: dict, row: str, order: list[str]) -> str:
+    """The rule (:data:`RULE`) over a ``val`` summary; ``none`` when no variety but base has the row."""
+    cand = [(v, rec[row]["mean"]) for v, rec in val.items() if v != "base" and row in rec]
+    if not cand:
+        return "none"
+    best = max(m["FT"][0] for _, m in cand)
+    tied = [(v, m) for v, m in cand if best - m["FT"][0] < TIE]
+    return max(tied, key=lambda vm: (vm[1]["NN"][0], -order.index(vm[0])))[0]
+
+
+def markdown(summary: dict, block: str) -> str:
+    lines = [f"| variety ({block}) | row | " + " | ".join(SHOWN) + " | FT vs base [95% interval] |",
+             "|---|---|" + "---:|" * len(SHOWN) + "---|"]
     for v, rows in summary.items():
         for row, rec in rows.items():
-            cells = [f"{rec['mean'][m][0]:.3f} ± {rec['mean'][m][1]:.3f}" for m in METRICS]
-            d = rec["vs_base"].get("FT")
-            lines.append(f"| {v} | {row} | " + " | ".join(cells) + f" | {f'{d[0]:+.3f}, {d[1]:.3f}' if d else '-'} |")
+            cells = [f"{rec['mean'][m][0]:.3f} ± {rec['mean'][m][1]:.3f}" for m in SHOWN]
+            d = rec.get("vs_base", {}).get("FT")
+            diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "-"
+            lines.append(f"| {v} | {row} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,15 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     from ftspl.data.variety import PHOTO_VARIETY
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1", help="tuning seeds the choice is made on (purpose tune)")
+    ap.add_argument("--report-seeds", default="5,6", help="report seeds for base and the chosen variety; none: skip")
     ap.add_argument("--varieties", default=",".join(PHOTO_VARIETY))
     ap.add_argument("--rows", default="source_only,FTSPL")
     ap.add_argument("--queries", default="auto",
-                    help="auto: the best variety but base on val (mean FTSPL FT); a name; none. Base runs too.")
-    ap.add_argument("--data-root", type=Path, default=None, help="default: <home>/cache/variety-data")
-    ap.add_argument("--work", type=Path, default=None, help="per-run results (default: <home>/cache/variety)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "photo_variety.json")
-    ap.add_argument("--no-hard-val", action="store_true", help="skip the val_hard test set")
+                    help="auto: the rule's variety (see above); a variety name; none. base is reported beside it.")
+    ap.add_argument("--data-root", type=Path, default=None, help="variety builds (default: <home>/cache/variety-data)")
+    ap.add_argument("--study-data", type=Path, default=None,
+                    help="the study's builds to link base from (default: <home>/cache/quality-data)")
+    ap.add_argument("--work", type=Path, default=None, help="per-cell results (default: <home>/cache/variety)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "photo_variety.json")
+    ap.add_argument("--no-hard-val", action="store_true", help="skip the val_hard tuning set")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     varieties = [v.strip() for v in args.varieties.split(",") if v.strip()]
@@ -161,94 +136,98 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--varieties: unknown {', '.join(bad)}; valid: {', '.join(PHOTO_VARIETY)}")
     if "base" not in varieties:
         varieties.insert(0, "base")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.queries not in ("auto", "none", *PHOTO_VARIETY):
+        sys.exit(f"--queries: auto, none or one of {', '.join(PHOTO_VARIETY)}")
+    seeds = parse_seeds(args.seeds, "tune", "--seeds")
+    report_seeds = parse_seeds(args.report_seeds, "report", "--report-seeds")
+    if not seeds:
+        sys.exit("--seeds: at least one tuning seed")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    load_torch_before_mesa()
+    return run_study(args, argv, varieties, seeds, report_seeds, rows)
 
-    # Triton's LLVM must load before Mesa's (the photo renderer's EGL context); see quality.py.
-    import importlib
 
-    importlib.import_module("torch._dynamo")
-    from quality import Split, StudyConfig, run_row, study_home
+def run_study(args, argv, varieties: list[str], seeds: list[int], report_seeds: list[int], rows: list[str]) -> int:
+    import studylib
+    import varietylib
+
+    from ftspl.data.variety import PHOTO_VARIETY
 
     cache = study_home().cache
     data_root = (args.data_root or cache / "variety-data").resolve()
+    study_data = (args.study_data or cache / "quality-data").resolve()
     work = (args.work or cache / "variety").resolve()
-    study = StudyConfig()
-    per: dict = {"val": {}, "val_hard": {}, "queries": {}}
-    hard: dict[int, Path] = {}
+    blocks: dict[str, dict] = {"val": {}, "val_hard": {}, "queries": {}}
     info: dict = {}
-    splits: dict = {}
     t0 = time.perf_counter()
+    choice_row = "FTSPL" if "FTSPL" in rows else rows[0]
+    chosen: str | None = None
+
+    def summary() -> dict:
+        return {b: summarise(res, rows) for b, res in blocks.items()}
 
     def save() -> dict:
-        result = {
-            "val": summarise(per["val"], varieties, rows),
-            "val_hard": summarise(per["val_hard"], varieties, rows),
-            "queries": summarise(per["queries"], varieties, rows),
-            "per_seed": per,
-            "builds": info,
-            "config": {
-                "seeds": seeds, "varieties": {v: PHOTO_VARIETY[v] for v in varieties}, "rows": rows,
-                "study": study.__dict__, "data": "BENCH_PRESETS['full'] + apply_variety (source photos only)",
-                "scoring": "val (or query) photos vs the whole target gallery, MI3DOR scorer; std: sample std over "
-                           "seeds; vs_base: paired per-seed differences (ANMRR as base - variety)",
-                "minutes": round((time.perf_counter() - t0) / 60, 1),
-            },
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        return result
+        s = summary()
+        record = result_record("photo_variety.py", argv, {
+            "seeds": seeds, "report_seeds": report_seeds, "varieties": {v: PHOTO_VARIETY[v] for v in varieties},
+            "rows": rows, "training": "TrainConfig defaults and each row's preset, head mode (studylib.run_cell)",
+            "data": "BENCH_PRESETS['full'] + apply_variety (source photos only)",
+            "scoring": {"val": "tune: val photos vs the val gallery (source models' meshes), tuning seeds",
+                        "val_hard": "tune: the val models with every 'all' knob vs the val gallery, tuning seeds",
+                        "queries": "report: query photos vs the target gallery, report seeds"},
+            "uncertainty": "mean: [mean, sample std] over seeds; vs_base: studylib.paired (bootstrap over query models)",
+            "rule": RULE, "choice_row": choice_row, "minutes": round((time.perf_counter() - t0) / 60, 1)},
+            **s, chosen_on_val=chosen,
+            per_seed={b: {v: {row: {str(r["seed"]): {m: r["metrics"][m] for m in SHOWN} for r in recs}
+                                 for row, recs in by_row.items()} for v, by_row in res.items()}
+                         for b, res in blocks.items()},
+            builds=info)
+        write_result(args.out, record)
+        return record
 
-    def run(v: str, seed: int, on: str) -> None:
-        split = splits[(v, seed)]
-        if on == "val":
-            split = replace(split, queries=split.val)
-        elif on == "val_hard":
-            split = replace(split, queries=hard[seed])
-        seed_dir = work / v / f"seed{seed}" / on  # run_row keeps one result per row and folder
-        seed_dir.mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            res = run_row(row, seed, split, study, seed_dir)
-            per[on].setdefault(v, {}).setdefault(str(seed), {})[row] = {m: res["metrics"][m] for m in METRICS}
-            m = res["metrics"]
-            log(f"{on} seed {seed} {v:>12} {row:>12}: NN {m['NN']:.3f} FT {m['FT']:.3f} DCG {m['DCG']:.3f} "
-                f"ANMRR {m['ANMRR']:.3f} ({res['seconds']:.0f}s)")
-        save()
+    def build(v: str, seed: int):
+        t = time.perf_counter()
+        link = varietylib.base_link(seed, study_data) if v == "base" else data_root / f"base-s{seed}"
+        s = varietylib.build_variety(v, seed, data_root, link)
+        sums = {"val": varietylib.digest(s.val), "queries": varietylib.digest(s.queries)}
+        if v != "base" and sums != info[f"base-s{seed}"]["digests"]:
+            sys.exit(f"{s.root}: val/queries photos differ from the base build's; the comparison would be void")
+        info[f"{v}-s{seed}"] = {"photos": s.photos, "counts": s.counts, "failed": s.failed, "digests": sums,
+                                "build_seconds": round(time.perf_counter() - t, 1)}
+        log(f"seed {seed} {v}: {s.photos['source']} source photos, built in {time.perf_counter() - t:.0f}s")
+        return s
 
-    for seed in seeds:
+    def keep(block: str, v: str, row: str, rec: dict) -> None:
+        blocks[block].setdefault(v, {}).setdefault(row, []).append(rec)
+        m = rec["metrics"]
+        log(f"{block} seed {rec['seed']} {v:>12} {row:>12}: NN {m['NN']:.3f} FT {m['FT']:.3f} ST {m['ST']:.3f}")
+
+    for seed in seeds:  # the choice: purpose tune, tuning seeds only
+        hard = None
         for v in varieties:
-            t = time.perf_counter()
-            quality_build = cache / "quality-data" / f"data-full-s{seed}"
-            link = (quality_build if quality_build.joinpath("manifest.json").exists() else None) if v == "base" \
-                else data_root / f"base-s{seed}"
-            s = build(v, seed, data_root, link)
-            sums = {"val": digest(s.val), "queries": digest(s.queries)}
+            s = build(v, seed)
+            split = varietylib.as_split(seed, s)
             if v == "base" and not args.no_hard_val:
-                hard[seed] = build_hard_val(seed, data_root, s)
-                info[f"val-hard-s{seed}"] = {"digest": digest(hard[seed])}
-            if v != "base" and sums != info[f"base-s{seed}"]["digests"]:
-                sys.exit(f"{s.root}: val/queries photos differ from the base build's; the comparison would be void")
-            info[f"{v}-s{seed}"] = {"photos": s.photos, "counts": s.counts, "failed": s.failed, "digests": sums,
-                                    "build_seconds": round(time.perf_counter() - t, 1)}
-            splits[(v, seed)] = Split(s.source, s.queries, s.target, s.classes, s.counts, s.val, s.photos)
-            log(f"seed {seed} {v}: {s.photos['source']} source photos, built in {time.perf_counter() - t:.0f}s")
-            run(v, seed, "val")
-            if seed in hard:
-                run(v, seed, "val_hard")
+                hard = varietylib.build_hard_val(seed, data_root, s)
+                info[f"val-hard-s{seed}"] = {"digest": varietylib.digest(hard)}
+            for row in rows:
+                keep("val", v, row, studylib.run_cell(row, split, "tune", None, work))
+                if hard is not None:
+                    keep("val_hard", v, row,
+                         varietylib.score_trained_cell(row, split, "tune", None, work, hard, "val_hard"))
+            save()
 
-    val = summarise(per["val"], varieties, rows)
-    chosen = args.queries
-    if chosen == "auto":
-        ranked = sorted((rec["FTSPL"]["mean"]["FT"][0], v) for v, rec in val.items() if "FTSPL" in rec and v != "base")
-        chosen = ranked[-1][1] if ranked else "none"
+    val = summarise(blocks["val"], rows)
+    chosen = choose(val, choice_row, list(PHOTO_VARIETY)) if args.queries == "auto" else args.queries
+    log(f"chosen on val ({choice_row}): {chosen}")
     if chosen != "none":
-        for seed in seeds:
+        for seed in report_seeds:  # reported once, as it comes out
             for v in dict.fromkeys(["base", chosen]):
-                run(v, seed, "queries")
+                split = varietylib.as_split(seed, build(v, seed))
+                for row in rows:
+                    keep("queries", v, row, studylib.run_cell(row, split, "report", None, work))
     result = save()
-    result["chosen_on_val"] = chosen
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    text = "\n".join(markdown(result[k], k) for k in ("val", "val_hard", "queries"))
+    text = "\n".join(markdown(result[b], b) for b in ("val", "val_hard", "queries")) + f"\nchosen on val: {chosen}\n"
     print(json.dumps(result) if args.json else text)
     return 0
 

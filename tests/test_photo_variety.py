@@ -193,3 +193,87 @@ def test_jpeg_of_every_variety_decodes(box) -> None:
     with PhotoRenderer(PhotoConfig(image_size=SIZE)) as r:
         for data in r.render(box, np.random.default_rng(4), _backgrounds(), n=4, cfg=cfg):
             assert Image.open(io.BytesIO(data)).size == (SIZE, SIZE)
+
+
+# ------------------------------------------------------- benchmarks/photo_variety.py
+def _study_module():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import photo_variety
+    import studylib
+    import varietylib
+
+    return photo_variety, studylib, varietylib
+
+
+def _record(row: str, seed: int, purpose: str, ft: float) -> dict:
+    metrics = {"NN": ft + 0.1, "FT": ft, "ST": ft + 0.2, "F": 0.3, "DCG": ft, "ANMRR": 1 - ft, "AUC": 0.5}
+    per = {m: [ft, ft] for m in ("NN", "FT", "ST", "DCG")}
+    per["ANMRR"] = [1 - ft, 1 - ft]
+    return {"row": row, "seed": seed, "purpose": purpose, "metrics": metrics, "per_query": per,
+            "query_groups": ["m1", "m2"], "n_query": 2, "n_gallery": 3, "seconds": 1.0}
+
+
+@pytest.mark.parametrize("argv, message", [(["--seeds", "5"], "--seeds: 5 are not tune seeds"),
+                                           (["--report-seeds", "1"], "--report-seeds: 1 are not report seeds")])
+def test_photo_variety_refuses_a_seed_of_the_other_role(argv, message) -> None:
+    photo_variety, _, _ = _study_module()
+    with pytest.raises(SystemExit, match=message):
+        photo_variety.main(argv)
+
+
+def test_photo_variety_rule_picks_the_best_variety_but_base_and_breaks_ties_by_nn() -> None:
+    photo_variety, _, _ = _study_module()
+    mean = lambda ft, nn: {"mean": {"FT": [ft, 0.0], "NN": [nn, 0.0]}}  # noqa: E731
+    val = {"base": {"FTSPL": mean(0.9, 0.9)}, "clutter": {"FTSPL": mean(0.6, 0.5)},
+           "camera": {"FTSPL": mean(0.6004, 0.4)}, "materials": {"FTSPL": mean(0.5, 0.9)}}
+    assert photo_variety.choose(val, "FTSPL", list(PHOTO_VARIETY)) == "clutter"  # tie on FT, higher NN
+    assert photo_variety.choose({"base": val["base"]}, "FTSPL", list(PHOTO_VARIETY)) == "none"
+
+
+def test_photo_variety_chooses_on_tuning_seeds_and_reports_on_report_seeds(tmp_path: Path, monkeypatch) -> None:
+    """Every val / val_hard cell is purpose tune on a tuning seed; only base and the chosen variety are
+    reported, purpose report, on the report seeds; the result file says what ran."""
+    import argparse
+    from types import SimpleNamespace
+
+    photo_variety, studylib, varietylib = _study_module()
+    ft = {"base": 0.5, "clutter": 0.55, "camera": 0.52}
+
+    def fake_build(variety, seed, data_root, link):
+        root = tmp_path / f"{variety}-s{seed}"
+        return SimpleNamespace(root=root, source=root / "source", val=root / "val", val_gallery=root / "val_gallery",
+                               queries=root / "queries", target=root / "target", classes=["a"], counts={},
+                               photos={"source": 4}, failed={})
+
+    calls = []
+
+    def fake_run_cell(row, split, purpose, fields, work):
+        calls.append((purpose, split.seed, split.root.name.split("-")[0], row))
+        return _record(row, split.seed, purpose, ft[split.root.name.split("-")[0]])
+
+    def fake_hard(row, split, purpose, fields, work, photos, tag):
+        calls.append((f"{purpose}:{tag}", split.seed, split.root.name.split("-")[0], row))
+        return _record(row, split.seed, purpose, ft[split.root.name.split("-")[0]] - 0.1)
+
+    monkeypatch.setattr(varietylib, "build_variety", fake_build)
+    monkeypatch.setattr(varietylib, "build_hard_val", lambda seed, root, base: tmp_path / f"hard{seed}")
+    monkeypatch.setattr(varietylib, "digest", lambda folder: "same")
+    monkeypatch.setattr(varietylib, "score_trained_cell", fake_hard)
+    monkeypatch.setattr(studylib, "run_cell", fake_run_cell)
+    out = tmp_path / "pv.json"
+    args = argparse.Namespace(data_root=tmp_path, study_data=tmp_path, work=tmp_path / "w", out=out, no_hard_val=False,
+                              queries="auto", json=True)
+    assert photo_variety.run_study(args, ["--seeds", "0,1"], ["base", "clutter", "camera"], [0, 1], [5, 6],
+                                   ["source_only", "FTSPL"]) == 0
+    tuned = {(p, s) for p, s, _, _ in calls if p.startswith("tune")}
+    assert tuned == {("tune", 0), ("tune", 1), ("tune:val_hard", 0), ("tune:val_hard", 1)}
+    reported = {(s, v) for p, s, v, _ in calls if p == "report"}
+    assert reported == {(5, "base"), (5, "clutter"), (6, "base"), (6, "clutter")}
+    res = json.loads(out.read_text())
+    assert res["chosen_on_val"] == "clutter" and res["command"] == "python benchmarks/photo_variety.py --seeds 0,1"
+    assert res["config"]["seeds"] == [0, 1] and res["config"]["report_seeds"] == [5, 6] and res["date"]
+    vs = res["val"]["clutter"]["FTSPL"]["vs_base"]["FT"]
+    assert vs["mean"] == pytest.approx(0.05) and not vs["within_noise"]
+    assert set(res["queries"]) == {"base", "clutter"} and res["queries"]["base"]["FTSPL"]["seeds"] == [5, 6]
