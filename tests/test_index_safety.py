@@ -97,7 +97,7 @@ def test_kill_mid_add_then_resume(model_home, tmp_path):
 
 
 def test_second_writer_is_refused_with_pid(model_home, tmp_path):
-    from ftspl.engine.index.lock import WriterLock
+    from ftspl.engine.index.store.lock import WriterLock
 
     gallery = make_boxes(tmp_path / "g", 2)
     (model_home / "index").mkdir(parents=True)

@@ -14,14 +14,14 @@ import pytest
 
 import ftspl
 from ftspl.engine.errors import IndexLockedError
-from ftspl.engine.index.lock import WriterLock, read_lock_pid
+from ftspl.engine.index.store.lock import WriterLock, read_lock_pid
 
 REPO = Path(ftspl.__file__).resolve().parents[1]
 
 #: Holds the lock until a line arrives on stdin (or stdin closes): the test decides when.
 HOLDER = """
 import sys
-from ftspl.engine.index.lock import WriterLock
+from ftspl.engine.index.store.lock import WriterLock
 lock = WriterLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ftspl.engine.home import Home
 from ftspl.engine.index.reembed import PARTS_DIR, Parts, _pack, _unpack, view_cache_key
-from ftspl.engine.index.schema import ShapeRecord
+from ftspl.engine.index.store.schema import ShapeRecord
 
 
 def other_model(home: Path) -> str:

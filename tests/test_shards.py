@@ -19,7 +19,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from ftspl.engine.errors import IndexStateError, InputFileError
 from ftspl.engine.index.add_pipeline import AddReport
-from ftspl.engine.index.schema import ShapeRecord
+from ftspl.engine.index.store.schema import ShapeRecord
 from ftspl.engine.index.shards import (
     ShardIdentity,
     ShardWriter,
@@ -157,7 +157,7 @@ def test_merge_rows_skips_unchanged_updates_changed_and_keeps_the_first_duplicat
     second = ShardWriter(tmp_path / "s", IDENT, AddReport())
     second.commit([dup], [None])
     second.close()
-    from ftspl.engine.index.schema import normalize_path
+    from ftspl.engine.index.store.schema import normalize_path
 
     stored = {normalize_path(recs[1].path): (7, recs[1].content_hash),  # unchanged
               normalize_path(recs[2].path): (8, "old")}  # changed: keeps id 8

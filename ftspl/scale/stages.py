@@ -99,7 +99,7 @@ class EncodeStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ftspl.engine.model.preprocess import views_to_tensor
 
-        from ftspl.engine.index.viewcodes import make_strip
+        from ftspl.engine.index.store.viewcodes import make_strip
 
         errors = batch["error"]
         ok = np.flatnonzero(np.asarray([not e for e in errors], bool))

@@ -14,7 +14,7 @@ child (fed by a prefetch thread) loads and renders, a small thread pool
 preprocesses and encodes batches side by side (onnxruntime, numpy and PIL
 release the GIL), and the calling thread hands finished batches to the sink in
 the order the shapes arrived. Each stage hands over a named record
-(:class:`PreparedShape`, then :class:`~ftspl.engine.index.schema.ShapeRecord`).
+(:class:`PreparedShape`, then :class:`~ftspl.engine.index.store.schema.ShapeRecord`).
 
 DEBUG lines ``phase encode|commit|committed`` mark the stages (the crash tests
 kill the process at each one).
@@ -94,7 +94,7 @@ def pending_shapes(sources: list[ShapeSource], known: dict[str, tuple[int | None
 
     Unchanged shapes count in ``report.unchanged``; unreadable ones become failures.
     """
-    from ftspl.engine.index.schema import normalize_path
+    from ftspl.engine.index.store.schema import normalize_path
 
     todo: list[PendingShape] = []
     for i, src in enumerate(sources):
@@ -115,8 +115,8 @@ def pending_shapes(sources: list[ShapeSource], known: dict[str, tuple[int | None
 
 def make_record(pending: PendingShape, faces: int | None, embedding: np.ndarray, preview: bytes | None,
                 view_embeddings: np.ndarray | None = None, view_strip: bytes | None = None):
-    """The :class:`~ftspl.engine.index.schema.ShapeRecord` of one encoded shape (every producer uses it)."""
-    from ftspl.engine.index.schema import ShapeRecord
+    """The :class:`~ftspl.engine.index.store.schema.ShapeRecord` of one encoded shape (every producer uses it)."""
+    from ftspl.engine.index.store.schema import ShapeRecord
 
     src = pending.source
     return ShapeRecord(path=str(src.path), content_hash=pending.digest, label=src.label, faces=faces,
@@ -271,7 +271,7 @@ class AddPipeline:
 
     def _encode(self, shapes: list[PreparedShape]) -> tuple:
         """Runs in a pool thread: preprocess, embed and make previews (and view strips) for one batch."""
-        from ftspl.engine.index.viewcodes import make_strip
+        from ftspl.engine.index.store.viewcodes import make_strip
         from ftspl.engine.model.preprocess import views_to_tensor
         from ftspl.engine.rendering.renderer import make_preview
 

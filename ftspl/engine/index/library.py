@@ -47,7 +47,7 @@ from ftspl.engine.index.add_pipeline import (
     pending_shapes,
 )
 from ftspl.engine.index.reader import Reader
-from ftspl.engine.index.schema import normalize_path
+from ftspl.engine.index.store.schema import normalize_path
 from ftspl.engine.loading.scan import scan
 from ftspl.engine.model.encoders import Encoders, RuntimeConfig
 
@@ -205,7 +205,7 @@ class Library:
         machine; ``ftspl.scale`` passes a Ray one); this process stays the only
         writer either way.
         """
-        from ftspl.engine.index.lock import WriterLock
+        from ftspl.engine.index.store.lock import WriterLock
 
         sources = self._scan(root, cfg)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -252,7 +252,7 @@ class Library:
         Shapes already in ``folder``'s shards with the same content are skipped, so
         a killed run resumes. Returns the report and the shard files written.
         """
-        from ftspl.engine.index.lock import WriterLock
+        from ftspl.engine.index.store.lock import WriterLock
         from ftspl.engine.index.shards import ShardIdentity, ShardWriter, known_shapes
 
         sources = self._scan(root, cfg)
@@ -283,7 +283,7 @@ class Library:
               progress: ProgressFn | None = None) -> AddReport:
         """Ingest Parquet shards (``index merge``): the active model's only, unchanged paths skipped."""
         from ftspl.engine.index import shards
-        from ftspl.engine.index.lock import WriterLock
+        from ftspl.engine.index.store.lock import WriterLock
 
         files = shards.shard_files(folders)
         found = shards.read_identity(files)
@@ -342,7 +342,7 @@ class Library:
 
     def remove(self, paths: list[str], cfg: IndexConfig = IndexConfig()) -> list[str]:
         """Remove shapes by path (a file, a view folder, or every shape under a folder)."""
-        from ftspl.engine.index.lock import WriterLock
+        from ftspl.engine.index.store.lock import WriterLock
         from ftspl.engine.index.store import ShapeStore
 
         if not self.exists():

@@ -34,7 +34,7 @@ from ftspl.engine.errors import IndexStateError, UsageError
 
 if TYPE_CHECKING:
     from ftspl.engine.index.library import Library
-    from ftspl.engine.index.schema import ShapeRow
+    from ftspl.engine.index.store.schema import ShapeRow
 
 log = logging.getLogger(__name__)
 

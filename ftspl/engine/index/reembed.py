@@ -13,7 +13,7 @@ How:
    from the render cache (``<home>/cache/views``, the one ``ftspl train``
    fills, keyed by content hash and render spec) or are rendered again from the
    stored path (view folders are read again). The same encode threads turn
-   them into the same :class:`~ftspl.engine.index.schema.ShapeRecord` that
+   them into the same :class:`~ftspl.engine.index.store.schema.ShapeRecord` that
    ``index add`` commits, per-view codes and previews included.
 2. The records go to *part files* in ``<index>/reembed/`` (``commit_every``
    records each, written atomically), not into the store: a run killed half way
@@ -21,7 +21,7 @@ How:
    ``target.json`` there names the model the parts belong to; parts of another
    model are discarded.
 3. When every shape is encoded, one SQLite transaction sets the index's model
-   identity (:data:`~ftspl.engine.index.schema.COMPAT_KEYS`) and upserts every
+   identity (:data:`~ftspl.engine.index.store.schema.COMPAT_KEYS`) and upserts every
    record through :meth:`ShapeStore.upsert_batch` (ids kept). A reader sees the
    old model's store or the new one, never a mix: a live reader of the old
    model (``ftspl serve``) notices the identity change and keeps answering from
@@ -63,7 +63,7 @@ from ftspl.engine.index.add_pipeline import (
     render_all,
     render_worker,
 )
-from ftspl.engine.index.schema import COMPAT_KEYS, ShapeRecord
+from ftspl.engine.index.store.schema import COMPAT_KEYS, ShapeRecord
 from ftspl.engine.loading.scan import ShapeSource
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ def reembed(lib, cfg, progress: ProgressFn | None = None, should_stop: Callable[
             drop_missing: bool = False) -> ReembedReport:
     """Re-encode every shape of ``lib``'s index with ``lib``'s (the active) model; see the module doc."""
     from ftspl.engine.index.library import LOCK_NAME
-    from ftspl.engine.index.lock import WriterLock
+    from ftspl.engine.index.store.lock import WriterLock
     from ftspl.engine.index.store import ShapeStore
 
     t0 = time.perf_counter()

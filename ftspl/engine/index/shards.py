@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.engine.errors import FtsplError, IndexStateError, InputFileError, WriteError
-from ftspl.engine.index.schema import ShapeRecord, normalize_path, validate_record
+from ftspl.engine.index.store.schema import ShapeRecord, normalize_path, validate_record
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ ids leave a tombstone. An ANN cache saved with generation *g* catches up with
 Ids come from ``INTEGER PRIMARY KEY AUTOINCREMENT`` so an id is never reused:
 a stale cache can never map an old id to a different shape.
 
-Concurrency: one writer (guarded by :class:`ftspl.engine.index.lock.WriterLock`), any
+Concurrency: one writer (guarded by :class:`ftspl.engine.index.store.lock.WriterLock`), any
 number of readers. The database runs in WAL mode, so a read-only handle
 (``readonly=True``) sees the last committed state and never blocks or is
 blocked by a running ``index add``.
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError
-from ftspl.engine.index import viewcodes
-from ftspl.engine.index.schema import (
+from ftspl.engine.index.store import viewcodes
+from ftspl.engine.index.store.schema import (
     REBUILD_HINT,
     ShapeRecord,
     ShapeRow,

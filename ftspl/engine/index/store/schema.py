@@ -1,7 +1,7 @@
 """What the shape store holds: its SQL schema, how a database file is opened and created, the record
 types, and how SQLite's errors map to ours.
 
-Kept apart from :mod:`ftspl.engine.index.store` (which runs the transactions) so
+Kept apart from :mod:`ftspl.engine.index.store.shapes` (which runs the transactions) so
 the data model reads on one page and callers that only build records (the add
 pipeline, shard writers) need not know about connections.
 """
@@ -61,7 +61,7 @@ class ShapeRecord:
     embedding: np.ndarray
     preview: bytes | None = None
     #: (V, D) per-view embeddings and a strip of the views (models with per-view output;
-    #: stored as int8 codes in the same transaction, see :mod:`ftspl.engine.index.viewcodes`)
+    #: stored as int8 codes in the same transaction, see :mod:`ftspl.engine.index.store.viewcodes`)
     view_embeddings: np.ndarray | None = None
     view_strip: bytes | None = None
 
