@@ -144,7 +144,7 @@ class LiveIndex:
 
     def view_png(self, shape_id: int, view: int) -> tuple[bytes | None, int]:
         """(PNG of stored view ``view`` of a shape or None when out of range, its number of views: 0 without a strip)."""
-        from ftspl.engine.index.viewcodes import view_png
+        from ftspl.engine.index.store.viewcodes import view_png
 
         got = self.reader.view_strip(shape_id)
         if got is None:
