@@ -84,7 +84,7 @@ def render_sheet(rows: list[SheetRow]) -> Image.Image:
 
 def rows_for(store, photos: list[Image.Image], captions: list[str], labels: list[str | None], results) -> list[SheetRow]:
     """Sheet rows for query results, fetching the hits' previews from the store in one call."""
-    from ftspl.engine.index.viewcodes import crop_view
+    from ftspl.engine.index.store.viewcodes import crop_view
 
     ids = [h.id for res in results for h in res.hits]
     previews = {r.id: r.preview for r in store.get(ids, previews=True)}
