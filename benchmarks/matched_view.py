@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.engine.home import Home
-from ftspl.engine.index import viewcodes
+from ftspl.engine.index.store import viewcodes
 from ftspl.engine.index.library import Library
 from ftspl.engine.scoring.evaluate import embed_labelled, gallery_of
 from ftspl.engine.scoring.metrics import (
