@@ -19,9 +19,9 @@ from conftest import run_ftspl
 from PIL import Image
 
 from ftspl.engine.errors import UnknownKeyError
-from ftspl.engine.index import viewcodes
+from ftspl.engine.index.store import viewcodes
 from ftspl.engine.index.reader import Hit
-from ftspl.engine.index.schema import ShapeRecord
+from ftspl.engine.index.store.schema import ShapeRecord
 from ftspl.engine.index.store import ShapeStore
 from ftspl.engine.scoring.views import (
     MatchConfig,
