@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import WRAPPER, AddRun, make_gallery, run_ftspl
 
-from ftspl.engine.index.lock import WriterLock, read_lock_pid
+from ftspl.engine.index.store.lock import WriterLock, read_lock_pid
 
 COMMIT = 2
 
