@@ -211,9 +211,18 @@ def main(argv: list[str] | None = None) -> int:
     home = study_home()
     work = (args.work or home.cache / "study").resolve()
     data_root = (args.data_root or home.cache / "quality-data").resolve()
+    from ftspl.engine.errors import UsageError
+
+    if args.bench == "folders":  # existing builds: refuse a tuning build before anything heavy loads
+        from studylib import folder_split
+
+        for seed in seeds:
+            try:
+                folder_split(data_root / f"s{seed}", seed).scored("report")
+            except UsageError as exc:
+                sys.exit(str(exc))
     load_torch_before_mesa()
     t0 = time.perf_counter()
-    from ftspl.engine.errors import UsageError
 
     results: dict[str, list] = {r: [] for r in rows}
     real: dict[str, dict[str, list]] = {}

@@ -158,6 +158,21 @@ def run_grid(name: str, splits: list, work: Path, winners: dict, shard: tuple[in
             "lives_in": lives_in(g.row)}
 
 
+def markdown(results: dict) -> str:
+    """Every grid as a table (mean ± sample std over the tuning seeds), the winner in bold."""
+    lines = [f"Tuning: val photos ranking the val gallery on tuning seeds; rule: {RULE}.", ""]
+    for name, rec in results.items():
+        lines += [f"### {name} ({rec['row']}; {rec['note'] or 'kept pretrained features'}; seeds "
+                  f"{', '.join(map(str, rec['seeds']))}; winner -> {rec['lives_in']})", "",
+                  "| cell | val FT | NN | ST | DCG | ANMRR |", "|---|---|---|---|---|---|"]
+        for c in rec["cells"]:
+            win = c["label"] == rec["winner"]["label"]
+            vals = [f"{c['mean'][m][0]:.3f} ± {c['mean'][m][1]:.3f}" for m in ("FT", "NN", "ST", "DCG", "ANMRR")]
+            lines.append(f"| {'**' + c['label'] + '**' if win else c['label']} | " + " | ".join(vals) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def current_defaults(row: str) -> dict:
     from dataclasses import asdict
 
@@ -213,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         EXTRA.update(QUICK)
     if args.check:
-        bad = check(load_results(list(GRIDS), args.out))
+        results = load_results(list(GRIDS), args.out)
+        bad = [f"{n}: no {args.out / f'tune_{n}.json'}; run benchmarks/tune.py --grids {n}" for n in GRIDS if n not in results]
+        bad += check(results)
         print("\n".join(bad) if bad else "every tuned default equals its grid's winner")
         return 1 if bad else 0
 
@@ -253,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         c.wait()
     if args.shard:
         return 0
+    if not args.shard and args.grids == "all":
+        (args.out / "tune.md").write_text(markdown({n: winners[n] for n in order}))
     bad = check({n: winners[n] for n in order})
     summary = {n: winners[n]["winner"] for n in order}
     print(json.dumps({"winners": summary, "defaults_differ": bad}) if args.json else

@@ -231,6 +231,13 @@ def test_small_benchmark_builds_from_debian(tmp_path: Path) -> None:
                     assert (out / g / c / f"{k}__icon.png").is_file()
                     assert len(list((out / g / c).glob(f"{k}__r*.jpg"))) == 2
     assert summary["photos"]["queries"] == 3 * summary["models"]["queries"]
+    # the tuning gallery holds exactly the source models' meshes; every folder and the seed carry a role
+    for c, keys in manifest["groups"]["source"].items():
+        assert sorted(p.name for p in (out / "val_gallery" / c).iterdir()) == sorted(keys)
+        assert all(any((out / "val_gallery" / c / k).glob("*.obj")) for k in keys)
+    assert manifest["seed_role"] == summary["seed_role"] == "tune"  # seed 1
+    assert {k: v["role"] for k, v in manifest["splits"].items()} == {
+        "source": "train", "val": "tune", "val_gallery": "tune", "queries": "report", "target": "report"}
     notice = (out / "NOTICE.txt").read_text()
     used = [m for m in all_models() if m.key in seen]
     assert all(m.creator in notice for m in used if m.creator)

@@ -1,4 +1,5 @@
-"""The quality study's bookkeeping (aggregation, table, verdict), its figures, and (slow) a quick real run."""
+"""The study's protocol and bookkeeping: tune and report splits apart, the tuning rule, the bootstrap,
+the committed grids behind every default, and (slow) a tiny tune + report run end to end."""
 
 from __future__ import annotations
 
@@ -8,237 +9,241 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trimesh
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import quality
+import quality  # noqa: E402
+import studylib  # noqa: E402
+import tune  # noqa: E402
+
+from ftspl.data import protocol  # noqa: E402
+from ftspl.engine.errors import UsageError  # noqa: E402
 
 
-def _metrics(v: float) -> dict:
-    return {m: (1 - v if m == "ANMRR" else v) for m in quality.METRICS}
+def _build(root: Path, seed: int, roles: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {"seed": seed, "classes": ["a", "b"], **(protocol.manifest_record(seed) if roles else {})}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
 
 
-def test_aggregate_mean_and_sample_std():
-    per_seed = {0: {"FTSPL": {"metrics": _metrics(0.5)}}, 1: {"FTSPL": {"metrics": _metrics(0.7)}},
-                2: {"FTSPL": {"metrics": _metrics(0.9)}}}
-    agg = quality.aggregate(per_seed, ["FTSPL", "CNN"])
-    assert list(agg) == ["FTSPL"]  # rows without results are left out, not zero-filled
-    mean, std = agg["FTSPL"]["NN"]
-    assert mean == pytest.approx(0.7) and std == pytest.approx(0.2)  # ddof=1
-    assert agg["FTSPL"]["ANMRR"][0] == pytest.approx(0.3)
+# -- the protocol ------------------------------------------------------------------------------------
+def test_tune_and_report_seeds_are_disjoint():
+    assert not set(protocol.TUNE_SEEDS) & set(protocol.REPORT_SEEDS)
+    assert protocol.seed_role(0) == "tune" and protocol.seed_role(5) == "report" and protocol.seed_role(42) == "free"
+    assert protocol.SPLITS["val"]["ranks"] == "val_gallery" and protocol.SPLITS["queries"]["ranks"] == "target"
 
 
-def test_beats_uses_one_std_and_reads_anmrr_as_lower_is_better():
-    rows = {
-        "source_only": {m: [0.5, 0.01] for m in quality.METRICS},
-        "FTSPL": {m: [0.52, 0.03] for m in quality.METRICS},
-    }
-    rows["FTSPL"]["NN"] = [0.6, 0.02]
-    rows["FTSPL"]["ANMRR"] = [0.45, 0.02]  # lower ANMRR: a gain of 0.05
-    v = quality.beats(rows)
-    assert v["NN"]["beats_by_1std"] and v["ANMRR"]["beats_by_1std"]
-    assert v["ANMRR"]["gain"] == pytest.approx(0.05)
-    assert not v["FT"]["beats_by_1std"]  # +0.02 is inside max(std) = 0.03
+def test_check_use_accepts_only_the_matching_role(tmp_path):
+    tune_build, report_build = _build(tmp_path / "s0", 0), _build(tmp_path / "s5", 5)
+    protocol.check_use(tune_build, "tune", "val")
+    protocol.check_use(report_build, "report", "queries")
+    with pytest.raises(UsageError, match="seed 0 is a tune seed and cannot be used to report"):
+        protocol.check_use(tune_build, "report", "queries")
+    with pytest.raises(UsageError, match="seed 5 is a report seed and cannot be used to tune"):
+        protocol.check_use(report_build, "tune", "val")
+    with pytest.raises(UsageError, match="val: a tune split cannot be used to report"):
+        protocol.check_use(report_build, "report", "val")
+    with pytest.raises(UsageError, match="queries: a report split cannot be used to tune"):
+        protocol.check_use(tune_build, "tune", "queries")
+    with pytest.raises(UsageError, match="built before splits carried roles"):
+        protocol.check_use(_build(tmp_path / "old", 5, roles=False), "report", "queries")
+    with pytest.raises(UsageError, match="no readable benchmark manifest"):
+        protocol.check_use(tmp_path / "nowhere", "report", "queries")
 
 
-def test_markdown_table_has_every_row_and_the_paper_numbers():
-    rows = {r: {m: [0.1, 0.01] for m in quality.METRICS} for r in ("CNN", "source_only", "FTSPL")}
-    md = quality.markdown(rows, 3)
-    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    assert len(lines) == 4  # header + 3 rows
-    assert "0.874 0.665 0.844 0.164 0.704 0.316" in md  # the paper's FTSPL on MI3DOR (Table IV)
-    assert "0.424 0.323 0.469 0.099 0.345 0.667" in md  # the paper's fine-tuned CNN, beside source_only
-    assert "| CNN |" in md and md.count(" - |") >= 1
+def test_quality_refuses_a_tuning_split_as_a_report_split(tmp_path):
+    # by seed number, before any data is built
+    with pytest.raises(SystemExit, match="0 are not report seeds"):
+        quality.main(["--seeds", "0", "--bench", "folders", "--data-root", str(tmp_path)])
+    # by the build's manifest: a folder that says it is a tuning build is refused as a report split
+    _build(tmp_path / "s5", 0)
+    with pytest.raises(SystemExit, match="seed 0 is a tune seed and cannot be used to report"):
+        quality.main(["--seeds", "5", "--bench", "folders", "--data-root", str(tmp_path), "--rows", "CNN",
+                      "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
 
 
-def test_study_budget_is_the_train_configs_default():
-    """One copy of the tuned budget: the study trains with what ``ftspl train`` defaults to."""
-    from dataclasses import asdict
-
-    from ftspl.train.config import TrainConfig
-
-    default = TrainConfig()
-    study = asdict(quality.StudyConfig())
-    assert {k: v for k, v in study.items() if k not in ("mode", "device")} == {
-        k: getattr(default, k) for k in study if k not in ("mode", "device")}
-    assert study["mode"] == default.mode == "head"
-    assert (default.rounds, default.warmup_epochs, default.epochs, default.lam) == (5, 5, 4, 0.25)
+def test_tune_refuses_a_report_seed(tmp_path):
+    with pytest.raises(SystemExit, match="5 are not tuning seeds"):
+        tune.main(["--seeds", "0,5", "--bench", "folders", "--data-root", str(tmp_path)])
 
 
-def test_unknown_row_is_one_clear_line(capsys):
-    with pytest.raises(SystemExit, match="unknown row.*valid: CNN"):
-        quality.main(["--rows", "FTSPL,oracle", "--data", "nowhere"])
+def test_split_scored_names_what_each_purpose_ranks(tmp_path):
+    s = studylib.folder_split(_build(tmp_path / "s0", 0), 0)
+    assert s.scored("tune") == (s.val, s.val_gallery)
+    with pytest.raises(UsageError):
+        s.scored("report")
 
 
-# -- figures on a synthetic work folder ------------------------------------------------------------
-@pytest.fixture
-def fake_work(tmp_path, monkeypatch) -> Path:
-    """What quality.py leaves in WORK for two seeds: <row>.json + <row>.npz, with real tiny meshes."""
-    monkeypatch.setenv("FTSPL_CACHE", str(tmp_path / "cache"))
+def test_unknown_rows_and_grids_are_one_clear_line():
+    with pytest.raises(SystemExit, match="unknown oracle; valid: CNN, CNN_centred"):
+        quality.main(["--rows", "FTSPL,oracle"])
+    with pytest.raises(SystemExit, match="--grids: unknown nope; valid: all, FTSPL_method"):
+        tune.main(["--grids", "nope"])
+
+
+# -- the tuning rule and the committed grids ------------------------------------------------------------
+def _cell(order: int, ft: float, nn: float) -> dict:
+    return {"order": order, "mean": {"FT": [ft, 0.0], "NN": [nn, 0.0]}}
+
+
+def test_rule_is_best_ft_then_nn_then_grid_order():
+    assert tune.pick([_cell(0, 0.50, 0.9), _cell(1, 0.52, 0.1)])["order"] == 1  # best FT wins, whatever NN
+    assert tune.pick([_cell(0, 0.5200, 0.6), _cell(1, 0.5205, 0.5), _cell(2, 0.519, 0.9)])["order"] == 0  # tie on FT
+    assert tune.pick([_cell(0, 0.52, 0.6), _cell(1, 0.52, 0.6)])["order"] == 0  # full tie: the earlier cell
+
+
+def test_every_row_gets_the_same_tuning_effort():
+    per_row: dict[str, int] = {}
+    for g in tune.GRIDS.values():
+        per_row[g.row] = per_row.get(g.row, 0) + len(g.cells({}))
+    assert set(per_row) == {"FTSPL", "source_only", "CORAL", "DANN", "MMD", "JAN"}
+    assert len(set(per_row.values())) == 1, per_row
+    for name in tune.GRIDS:  # stages start from an earlier stage of the same row
+        after = tune.GRIDS[name].after
+        assert after is None or tune.GRIDS[after].row == tune.GRIDS[name].row
+
+
+def test_every_tuned_default_is_its_committed_grids_winner():
+    """TrainConfig's and the presets' tuned values are what benchmarks/tune.py chose (results committed)."""
+    results = tune.load_results(list(tune.GRIDS))
+    assert set(results) == set(tune.GRIDS), f"missing: {set(tune.GRIDS) - set(results)}"
+    for name, rec in results.items():
+        assert rec["seeds"] and all(protocol.seed_role(s) == "tune" for s in rec["seeds"]), name
+        assert rec["winner"]["label"] == tune.pick(rec["cells"])["label"], f"{name}: the rule does not give the winner"
+        assert len(rec["cells"]) == len(tune.GRIDS[name].cells({}))
+    assert tune.check(results) == []
+
+
+def test_check_names_a_default_that_differs(tmp_path):
+    rec = {"row": "FTSPL", "lives_in": "TrainConfig", "winner": {"fields": {"lam": 123.0}}}
+    bad = tune.check({"FTSPL_method": rec})
+    assert len(bad) == 1 and bad[0].startswith("FTSPL_method: TrainConfig.lam is ") and bad[0].endswith("chose 123.0")
+
+
+# -- aggregation and the bootstrap --------------------------------------------------------------------
+def _result(seed: int, values: dict[str, list[float]], groups: list[str]) -> dict:
+    return {"seed": seed, "query_groups": groups, "metrics": {m: float(np.mean(values.get(m, [0.5]))) for m in studylib.METRICS},
+            "per_query": {m: values.get(m, [0.5] * len(groups)) for m in studylib.PAIRED}}
+
+
+def test_paired_bootstrap_separates_a_shift_from_noise():
     rng = np.random.default_rng(0)
-    classes = ["box", "ball", "cone"]
-    meshes, photos = [], []
-    for c, make in zip(classes, (lambda: trimesh.creation.box((1, 2, 1)), lambda: trimesh.creation.icosphere(1),
-                                 lambda: trimesh.creation.cone(1, 2))):
-        for i in range(3):
-            p = tmp_path / "target" / c / f"{c}{i}.ply"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            make().export(p)
-            meshes.append((str(p), c))
-        for i in range(2):
-            q = tmp_path / "queries" / c / f"{c}{i}.png"
-            q.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(q)
-            photos.append((str(q), c))
-    work = tmp_path / "work"
-    for seed in (0, 1):
-        d = work / f"seed{seed}"
-        d.mkdir(parents=True)
-        for row in ("CNN", "source_only", "FT", "SPL", "FTSPL", "FTSPL_global"):
-            centres = rng.normal(size=(3, 8))
-            q = np.stack([centres[classes.index(c)] + 0.3 * rng.normal(size=8) for _, c in photos])
-            t = np.stack([centres[classes.index(c)] + 0.3 * rng.normal(size=8) for _, c in meshes])
-            emb = type("E", (), {})()
-            emb.query, emb.target = q, t
-            emb.query_labels, emb.target_labels = [c for _, c in photos], [c for _, c in meshes]
-            emb.query_paths, emb.target_paths = [p for p, _ in photos], [p for p, _ in meshes]
-            metrics, pr = quality.score(emb)
-            quality.save_embeddings(d / f"{row}.npz", emb)
-            acc = [] if row in ("CNN", "source_only") else [0.5, 0.6 + 0.01 * seed, 0.7]
-            (d / f"{row}.json").write_text(json.dumps({
-                "metrics": metrics, "pr": pr, "pseudo_acc_per_round": acc,
-                "pseudo_acc_selected_per_round": [None, 0.8, 0.75] if acc else [],
-            }))
-    return work
+    groups = [f"m{i // 4}" for i in range(80)]
+    a, b, c = [], [], []
+    for seed in (5, 6, 7):
+        base = rng.uniform(0.3, 0.7, 80)
+        vals = lambda x: {m: list(x) for m in studylib.PAIRED}  # noqa: E731
+        b.append(_result(seed, vals(base), groups))
+        a.append(_result(seed, vals(base + 0.1), groups))  # better by 0.1 on every query
+        c.append(_result(seed, vals(base + rng.normal(0, 0.05, 80)), groups))  # noise only
+    shift = studylib.paired(a, b)
+    assert shift["FT"]["mean"] == pytest.approx(0.1) and not shift["FT"]["within_noise"]
+    assert shift["FT"]["ci95"][0] > 0.09
+    assert shift["ANMRR"]["mean"] == pytest.approx(-0.1)  # higher ANMRR is worse: read as a loss
+    noise = studylib.paired(c, b)
+    assert noise["FT"]["within_noise"] and noise["FT"]["ci95"][0] < 0 < noise["FT"]["ci95"][1]
+    assert shift["seeds"] == [5, 6, 7]
 
 
-def test_figures_are_written(fake_work, tmp_path):
-    pytest.importorskip("sklearn")  # t-SNE; a dev dependency
-    import figures
-
-    out = tmp_path / "figs"
-    assert figures.main(["--work", str(fake_work), "--out", str(out), "--seeds", "0,1"]) == 0
-    for name in ("pr_curves.png", "tsne.png", "retrieval_examples.png", "pseudo_label_accuracy.png"):
-        img = Image.open(out / name)
-        assert img.size[0] > 300 and img.size[1] > 200
-        # not a blank canvas: a plotted figure has many distinct colours
-        assert len(np.unique(np.asarray(img.convert("RGB")).reshape(-1, 3), axis=0)) > 50
+def test_paired_refuses_rows_scored_on_other_queries():
+    a = [_result(5, {}, ["m1", "m2"])]
+    b = [_result(5, {}, ["m1", "m3"])]
+    with pytest.raises(ValueError, match="different queries"):
+        studylib.paired(a, b)
 
 
-def test_score_ranks_perfect_embeddings_perfectly():
-    emb = type("E", (), {})()
-    emb.query = np.eye(3)
-    emb.target = np.repeat(np.eye(3), 2, axis=0) + 0.01
-    emb.query_labels = ["a", "b", "c"]
-    emb.target_labels = ["a", "a", "b", "b", "c", "c"]
-    m, pr = quality.score(emb)
+def test_mean_std_is_the_sample_std_over_seeds():
+    rs = [{"metrics": {m: v for m in studylib.METRICS}} for v in (0.5, 0.7, 0.9)]
+    mean, std = studylib.mean_std(rs)["NN"]
+    assert mean == pytest.approx(0.7) and std == pytest.approx(0.2)
+
+
+def test_score_ranks_perfect_embeddings_perfectly_and_per_query():
+    q = np.eye(3)
+    t = np.repeat(np.eye(3), 2, axis=0) + 0.01
+    m, per, pr = studylib.score(q, ["a", "b", "c"], t, ["a", "a", "b", "b", "c", "c"])
     assert m["NN"] == 1.0 and m["FT"] == 1.0 and m["ANMRR"] == pytest.approx(0.0)
-    assert len(pr["precision"]) == 6
+    assert per["FT"] == [1.0, 1.0, 1.0] and len(pr["precision"]) == 6
 
 
-# -- slow: the real study, tiny ------------------------------------------------------------------
-@pytest.mark.slow
-def test_quick_study_on_tiny_data(tmp_path, monkeypatch):
+def test_query_groups_are_the_photographed_models():
+    assert studylib.query_groups(["/x/chair/abc__r0.jpg", "/x/chair/abc__icon.png", "/x/t/def__r3.jpg"]) == \
+        ["abc", "abc", "def"]
+
+
+def test_markdown_has_the_paper_numbers_and_marks_noise():
+    row = {m: [0.5, 0.01] for m in studylib.METRICS}
+    d = {m: {"mean": 0.01, "seed_std": 0.0, "ci95": [-0.01, 0.03], "within_noise": True} for m in studylib.PAIRED}
+    md = quality.markdown({"rows": {"source_only": row, "FTSPL": row}, "paired": {"FTSPL": {"source_only": d}},
+                           "config": {"seeds": [5, 6]}})
+    assert "0.874 0.665 0.844 0.164 0.704 0.316" not in md.split("| source_only |")[1].split("\n")[0]
+    assert "0.424 0.323 0.469 0.099 0.345 0.667" in md  # the paper's fine-tuned CNN, beside source_only
+    assert "+0.010 [-0.010, +0.030]*" in md
+
+
+# -- slow: a tiny tune and report, end to end -------------------------------------------------------
+def _tiny_builds(root: Path) -> None:
+    """s0 (a tuning build) and s5 (a report build): photos and meshes of two shape classes."""
     from test_train import SHAPES
 
     from ftspl.engine.constants import RenderSpec
     from ftspl.engine.loading.meshes import Mesh, normalize
     from ftspl.engine.rendering.renderer import Renderer
 
-    monkeypatch.setenv("FTSPL_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "data"
     rng = np.random.default_rng(0)
     with Renderer(RenderSpec()) as r:
-        for label, make in SHAPES.items():
-            for s in range(5):
-                m = make(s)
-                views = r.render(normalize(Mesh(m.vertices.astype(np.float32), m.faces.astype(np.int32)), "y"))
-                img = views[1].copy()
-                img[(img > 250).all(-1)] = rng.integers(60, 200, 3)
-                group = "source" if s < 3 else "queries"
-                p = data / group / label / f"{label}{s}.png"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(img).save(p)
-            for s in range(5, 8):
-                p = data / "target" / label / f"{label}{s}.ply"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                make(s).export(p)
-    out = tmp_path / "out"
-    rc = quality.main(["--quick", "--data", str(data), "--seeds", "0,1", "--rows", "CNN,source_only,FTSPL",
-                       "--work", str(tmp_path / "work"), "--out", str(out)])
-    assert rc == 0
+        for seed in (0, 5):
+            build = _build(root / f"s{seed}", seed)
+            for label, make in SHAPES.items():
+                for s in range(10):
+                    group = ["source", "source", "source", "val", "val", "queries", "queries", "target", "target",
+                             "target"][s]
+                    m = make(s + seed)
+                    if group == "target" or (group == "source" and s < 2):
+                        folder = "target" if group == "target" else "val_gallery"
+                        p = build / folder / label / f"{label}{s}" / f"{label}{s}.ply"
+                        p.parent.mkdir(parents=True, exist_ok=True)
+                        m.export(p)
+                    if group == "target":
+                        continue
+                    views = r.render(normalize(Mesh(m.vertices.astype(np.float32), m.faces.astype(np.int32)), "y"))
+                    for v in (1, 5):
+                        img = views[v].copy()
+                        img[(img > 250).all(-1)] = rng.integers(60, 200, 3)
+                        p = build / group / label / f"{label}{s}__r{v}.png"
+                        p.parent.mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(img).save(p)
+
+
+@pytest.mark.slow
+def test_tiny_tune_then_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTSPL_CACHE", str(tmp_path / "cache"))
+    data, work, out = tmp_path / "data", tmp_path / "work", tmp_path / "out"
+    _tiny_builds(data)
+    common = ["--bench", "folders", "--data-root", str(data), "--work", str(work), "--out", str(out), "--quick"]
+    assert tune.main(["--grids", "FTSPL_keep", "--seeds", "0", *common]) == 0
+    for name in ("FTSPL_method", "FTSPL_budget", "FTSPL_keep"):  # a stage runs the stages it starts from
+        rec = json.loads((out / f"tune_{name}.json").read_text())
+        assert rec["seeds"] == [0] and len(rec["cells"]) == len(tune.GRIDS[name].cells({}))
+        assert rec["winner"]["label"] == tune.pick(rec["cells"])["label"]
+        assert all(c["per_seed"]["0"]["FT"] >= 0 for c in rec["cells"])
+    # tuning scored only the val photos against the val gallery of the tuning build
+    results = list((work / "seed0" / "tune").glob("FTSPL-*.json"))
+    assert results and all(json.loads(p.read_text())["n_gallery"] == 4 for p in results)
+    assert not (work / "seed5").exists()
+
+    assert quality.main(["--seeds", "5", "--rows", "CNN,CNN_centred,source_only,FTSPL", *common]) == 0
     res = json.loads((out / "quality.json").read_text())
-    assert set(res["rows"]) == {"CNN", "source_only", "FTSPL"}
-    for row in res["rows"].values():
-        assert set(row) == set(quality.METRICS)
-        assert all(len(v) == 2 and 0 <= v[0] <= 1 and v[1] >= 0 for v in row.values())
-    assert res["config"]["seeds"] == [0, 1] and res["config"]["study"]["mode"] == "head"
-    assert len(res["pseudo_acc"]["0"]["FTSPL"]) == quality.QUICK.rounds + 1
-    assert "| FTSPL |" in (out / "quality.md").read_text()
-    # a second call resumes from the per-run results instead of training again
-    before = (tmp_path / "work" / "seed0" / "FTSPL.json").stat().st_mtime_ns
-    assert quality.main(["--quick", "--data", str(data), "--seeds", "0", "--rows", "FTSPL",
-                         "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
-    assert (tmp_path / "work" / "seed0" / "FTSPL.json").stat().st_mtime_ns == before
-
-
-def test_finished_row_is_reused_only_for_the_same_config(tmp_path, monkeypatch):
-    """A rerun with other flags in the same --work must train again, not report the old numbers."""
-    import types
-    from dataclasses import replace
-
-    from ftspl.train import loop
-
-    calls = []
-
-    def fake_train(cfg, return_embeddings=False, home=None):
-        calls.append(cfg.lam)
-        emb = types.SimpleNamespace(query_labels=np.zeros(3), target_labels=np.zeros(4))
-        return types.SimpleNamespace(embeddings=emb, rounds=[])
-
-    monkeypatch.setattr(loop, "train", fake_train)
-    monkeypatch.setattr(quality, "score", lambda emb: (_metrics(0.5), {}))
-    monkeypatch.setattr(quality, "save_embeddings", lambda path, emb: None)
-    split = quality.Split(source=tmp_path / "s", queries=tmp_path / "q", target=tmp_path / "t", classes=["a"], counts={})
-    study = quality.StudyConfig()
-    quality.run_row("FTSPL", 0, split, study, tmp_path)
-    quality.run_row("FTSPL", 0, split, study, tmp_path)
-    assert len(calls) == 1  # same config: the finished result is reused
-    quality.run_row("FTSPL", 0, split, replace(study, lam=study.lam / 2), tmp_path)
-    assert len(calls) == 2  # other lambda: trained again
-    quality.run_row("FTSPL", 0, replace(split, queries=tmp_path / "val"), replace(study, lam=study.lam / 2), tmp_path)
-    assert len(calls) == 3  # other query set (--eval-on val): scored again
-
-
-def test_paired_differences_are_per_seed_and_read_anmrr_as_a_gain():
-    per_seed = {s: {"CNN": {"metrics": _metrics(0.4)}, "source_only": {"metrics": _metrics(0.5 + 0.1 * s)},
-                    "FTSPL": {"metrics": _metrics(0.6 + 0.2 * s)}} for s in (0, 1, 2)}
-    del per_seed[2]["CNN"]  # a seed without the reference is left out of that pairing
-    d = quality.paired_differences(per_seed, ["CNN", "source_only", "FTSPL", "DANN"])
-    mean, std, n = d["FTSPL"]["vs_source_only"]["NN"]
-    assert (mean, n) == (pytest.approx(0.2), 3) and std == pytest.approx(0.1)  # diffs 0.1, 0.2, 0.3
-    assert d["FTSPL"]["vs_source_only"]["ANMRR"][0] == pytest.approx(0.2)  # lower ANMRR is a positive gain
-    assert d["FTSPL"]["vs_CNN"]["NN"][2] == 2 and d["FTSPL"]["vs_CNN"]["NN"][0] == pytest.approx(0.3)
-    assert "DANN" not in d and "vs_CNN" not in d["CNN"] and "vs_source_only" not in d["source_only"]
-
-
-def test_paired_differences_on_the_synthetic_work_folder(fake_work):
-    per_seed = {s: {r: json.loads((fake_work / f"seed{s}" / f"{r}.json").read_text())
-                    for r in ("CNN", "source_only", "FTSPL")} for s in (0, 1)}
-    d = quality.paired_differences(per_seed, ["CNN", "source_only", "FTSPL"])
-    for m in quality.METRICS:
-        diffs = [per_seed[s]["FTSPL"]["metrics"][m] - per_seed[s]["CNN"]["metrics"][m] for s in (0, 1)]
-        if m == "ANMRR":
-            diffs = [-x for x in diffs]
-        assert d["FTSPL"]["vs_CNN"][m][0] == pytest.approx(np.mean(diffs), abs=1e-4)
-        assert d["FTSPL"]["vs_CNN"][m][1] == pytest.approx(np.std(diffs, ddof=1), abs=1e-4)
-
-
-def test_table_i_baselines_are_rows():
-    from ftspl.train.config import PRESETS
-
-    for row in ("CORAL", "DANN", "MMD", "JAN"):
-        assert row in quality.ROWS and row in PRESETS
+    assert set(res["rows"]) == {"CNN", "CNN_centred", "source_only", "FTSPL"}
+    assert res["config"]["seeds"] == [5]
+    assert set(res["paired"]["FTSPL"]) == {"CNN", "CNN_centred", "source_only"}
+    assert all(json.loads(p.read_text())["n_gallery"] == 6 for p in (work / "seed5" / "report").glob("*.json"))
+    assert (work / "figures" / "seed5" / "FTSPL.npz").exists()
+    # a second call reuses every cell instead of training again
+    stamp = {p: p.stat().st_mtime_ns for p in (work / "seed5" / "report").glob("*.json")}
+    assert quality.main(["--seeds", "5", "--rows", "CNN,CNN_centred,source_only,FTSPL", *common]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (work / "seed5" / "report").glob("*.json")} == stamp

@@ -21,7 +21,7 @@ def _data() -> None:
     """Build benchmark data sets (a group even with one command, so ``data sh3d`` stays the path)."""
 
 
-_OUT = typer.Option(..., "--out", help="Folder for source/, val/, queries/, target/, manifest.json, NOTICE.txt.")
+_OUT = typer.Option(..., "--out", help="Folder for source/, val/, val_gallery/, queries/, target/, manifest.json, NOTICE.txt.")
 _SEED = typer.Option(0, "--seed", help="Split and render seed (same seed, same files).")
 _RENDERS = typer.Option(None, "--renders", min=0, help="Photo renders per photo model (default: the preset's).")
 _SMALL = typer.Option(False, "--small", help="The small preset: 8 models per class, 2 renders (about a minute).")
@@ -48,6 +48,7 @@ def sh3d(
 ) -> None:
     """The SH3D benchmark: photo-domain renders + icons (source/val/queries) and a mesh gallery (target)."""
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.data.protocol import SPLITS, seed_role
     from ftspl.data.variety import apply_variety
     from ftspl.engine.home import Home
 
@@ -69,6 +70,8 @@ def sh3d(
         "models": split.counts,
         "photos": split.photos,
         "failed": split.failed,
+        "seed_role": seed_role(seed),
+        "splits": {k: v["role"] for k, v in SPLITS.items()},
         "manifest": str(split.manifest),
         "notice": str(split.notice),
         "seconds": round(split.seconds, 1),
@@ -88,6 +91,10 @@ def sh3d(
         f"photos: {split.photos['source']} source, {split.photos['val']} val, {split.photos['queries']} queries "
         f"({cfg.photo_for('source')[1]} / {cfg.renders} renders per source / other model"
         f"{' + icon' if cfg.icons else ''}, variety {variety}) in {split.seconds:.1f}s"
+    )
+    console.out(
+        f"seed {seed} is a {seed_role(seed)} seed (ftspl.data.protocol): tune on val/ ranking val_gallery/ "
+        "(the source models' meshes), report queries/ ranking target/"
     )
     for key, reason in split.failed.items():
         console.warn(f"{key}: no renders ({reason})")
