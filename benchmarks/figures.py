@@ -1,6 +1,6 @@
-"""Figures of the quality study (the paper's Figs. 2-7), from ``benchmarks/quality.py``'s work folder.
+"""Figures of the quality study (the paper's Figs. 2-7), from the inputs ``benchmarks/quality.py`` exports.
 
-    python benchmarks/figures.py [--work DIR] [--out benchmarks/results] [--seeds 0,1,2]
+    python benchmarks/figures.py [--work DIR] [--out benchmarks/results] [--seeds 5,6,7,8,9]
 
 * ``pr_curves.png`` - precision/recall of every row, precision interpolated on a
   common recall grid and averaged over seeds (Figs. 4-5);
@@ -11,9 +11,14 @@
 * ``pseudo_label_accuracy.png`` - pseudo-label accuracy per round, mean ± std
   over seeds, on all shapes and on the selected ones.
 
-Only matplotlib/scikit-learn/numpy; reads the per-run ``<row>.json`` and
-``<row>.npz`` files ``quality.py`` writes (``--work``, default
-``<home>/cache/quality`` as there), never re-trains.
+Only matplotlib/scikit-learn/numpy; never re-trains. Reads what
+``quality.py`` (``export_figure_inputs``) writes under ``--work`` (default
+``<home>/cache/study/figures``): ``seed<S>/<row>.json``, a ``studylib.run_cell``
+record (``metrics``, ``pr``, ``pseudo_acc_per_round``,
+``pseudo_acc_selected_per_round``), and ``seed<S>/<row>.npz`` (``query``,
+``target``, ``query_labels``, ``target_labels``, ``query_paths``,
+``target_paths``). The seeds are every ``seed<S>`` folder there (the report
+seeds quality.py ran), or ``--seeds``.
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("CNN", "source_only", "IDCA", "ICAV", "FT", "FT_centroid_pl", "SPL", "FTSPL", "FTSPL_global")
+from common import RESULTS, study_home
+
+#: the order rows are drawn and coloured in; rows found in the work folder but not here come after
+ROWS = ("CNN", "CNN_centred", "source_only", "CORAL", "DANN", "MMD", "JAN", "IDCA", "ICAV", "FT", "FT_centroid_pl",
+        "SPL", "FTSPL", "FTSPL_global")
 PL_ROWS = ("FT", "FT_centroid_pl", "SPL", "FTSPL", "FTSPL_global")
 DPI = 110
 
@@ -50,7 +58,17 @@ def _load(work: Path, seed: int, row: str) -> dict | None:
 
 
 def _rows_present(work: Path, seeds: list[int]) -> list[str]:
-    return [r for r in ROWS if any(_load(work, s, r) for s in seeds)]
+    found = {p.stem for s in seeds for p in (work / f"seed{s}").glob("*.json")}
+    return [r for r in ROWS if r in found] + sorted(found - set(ROWS))
+
+
+def seeds_in(work: Path, wanted: str | None = None) -> list[int]:
+    """The seeds with a ``seed<S>`` folder under ``work`` (only those of ``wanted``, a comma list, when given)."""
+    have = sorted(int(p.name[4:]) for p in work.glob("seed*") if p.is_dir() and p.name[4:].isdigit())
+    if wanted:
+        keep = {int(s) for s in wanted.split(",") if s.strip()}
+        have = [s for s in have if s in keep]
+    return have
 
 
 def pr_curves(work: Path, seeds: list[int], out: Path) -> Path:
@@ -123,8 +141,6 @@ def _thumbs(paths: list[str], view: int = 1) -> dict[str, np.ndarray]:
     The study has rendered them already; what is missing is rendered in one
     render-worker pass. Shapes that cannot be rendered get no thumbnail.
     """
-    from quality import study_home
-
     from ftspl.engine.constants import RenderSpec
     from ftspl.train.viewcache import cache_views
 
@@ -218,18 +234,18 @@ def pseudo_label_accuracy(work: Path, seeds: list[int], out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", type=Path, default=None, help="quality.py's work folder (default: <home>/cache/quality)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="quality.py's figure inputs (default: <home>/cache/study/figures)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--seeds", default=None, help="default: every seed<S> folder under --work")
     ap.add_argument("--only", default="pr,tsne,examples,pseudo")
     args = ap.parse_args(argv)
     if args.work is None:
-        from quality import study_home
-
-        args.work = study_home().cache / "quality"
-    seeds = [int(s) for s in args.seeds.split(",") if (args.work / f"seed{s.strip()}").is_dir()]
+        args.work = study_home().cache / "study" / "figures"
+    seeds = seeds_in(args.work, args.seeds)
     if not seeds:
-        raise SystemExit(f"{args.work}: no seed<N> folders; run benchmarks/quality.py first")
+        raise SystemExit(f"{args.work}: no seed<N> folders{' of --seeds' if args.seeds else ''}; "
+                         "run benchmarks/quality.py first")
     args.out.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(","))
     if "pr" in only:
