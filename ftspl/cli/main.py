@@ -195,20 +195,18 @@ def index_add(
 ) -> None:
     """Index every shape under ROOT; unchanged files are skipped, changed ones re-embedded."""
     from ftspl.cli.commands import index_add_cmd
-    from ftspl.engine.index.library import IndexConfig
-    from ftspl.engine.loading.meshes import MeshLimits
 
-    cfg = IndexConfig(
-        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_ef_search=hnsw_ef, ann_m=hnsw_m, ann_ef_construction=hnsw_ef_construction, ann_backend=ann_backend,
-        commit_every=commit_every, batch_shapes=min(IndexConfig.batch_shapes, commit_every), file_timeout_s=file_timeout,
-        limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
-    )
+    options = dict(label_from=label_from, up=up, wait=wait, rebuild=rebuild, ann_backend=ann_backend, hnsw_m=hnsw_m,
+                   hnsw_ef=hnsw_ef, hnsw_ef_construction=hnsw_ef_construction, commit_every=commit_every,
+                   file_timeout=file_timeout, max_faces=max_faces, max_vertices=max_vertices,
+                   max_file_bytes=max_file_bytes)
     if ray is not None or shards is not None:
+        from ftspl.api import index_config
         from ftspl.cli.scale_cmd import index_add_scaled
 
-        index_add_scaled(root, cfg, _home(home), _runtime(device, threads), as_json, ray, shards)
+        index_add_scaled(root, index_config(**options), _home(home), _runtime(device, threads), as_json, ray, shards)
         return
-    index_add_cmd(root, cfg, _home(home), _runtime(device, threads), as_json)
+    index_add_cmd(root, options, _home(home), _runtime(device, threads), as_json)
 
 
 @index_app.command("merge")
@@ -290,6 +288,7 @@ def query(
     fusion: str = typer.Option("mean", "--fusion", help="With --fuse: mean (of the photos' embeddings), max (best photo per shape) or rank (reciprocal rank fusion)."),
     rerank: str = typer.Option(_RERANK, "--rerank", help=f"Re-rank the top {_DEPTH} by each shape's best-matching view: none (pooled order), view (best view's similarity) or blend (pooled and best view mixed by --rerank-weight)."),
     rerank_weight: float = typer.Option(_BLEND, "--rerank-weight", min=0.0, max=1.0, help="With --rerank blend: the best view's share of the score."),
+    box: Optional[str] = typer.Option(None, "--box", metavar="X0,Y0,X1,Y1", help="Search with this part of each photo: pixels, or fractions from 0 to 1 of its width and height."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -303,7 +302,7 @@ def query(
 
     query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels=max_pixels,
               max_file_bytes=max_file_bytes, hnsw_ef=hnsw_ef, started=t0, max_distance=max_distance,
-              min_score=min_score, fusion=fusion if fuse else None, rerank=(rerank, rerank_weight))
+              min_score=min_score, fusion=fusion if fuse else None, rerank=(rerank, rerank_weight), box=box)
 
 
 @app.command("eval")

@@ -6,73 +6,42 @@ group of commands; torch and the exporters are imported inside each function.
 
 from __future__ import annotations
 
-import time
-import warnings
 from pathlib import Path
 
-
 from ftspl.cli import console
-from ftspl.engine.errors import FtsplError, UsageError
+from ftspl.engine.errors import UsageError
 
 
 def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, home, as_json: bool) -> None:
-    if pretrained == (run is not None):
-        raise UsageError("give either --pretrained or a training RUN folder, not both or neither")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise FtsplError("export needs PyTorch: pip install 'ftspl[train]'") from None
-    from ftspl.export.onnx_export import ExportConfig, export_encoders
-    from ftspl.export.pretrained import pretrained_model
+    """``ftspl export``: :func:`ftspl.export`, then the verdict of the run's validation and one line."""
+    from ftspl.modelling import export
 
-    cfg = ExportConfig(exporter=exporter)
-    t0 = time.perf_counter()
-    if pretrained:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the same warning is logged once
-            img, mv, meta = pretrained_model(backbone, weights)
-    else:
-        from ftspl.export.from_run import run_model  # provided by the training layer
-
-        img, mv, meta = run_model(Path(run))
-    model_dir, man = export_encoders(img, mv, meta, home, cfg)
-    info = {
-        "model_id": man.model_id,
-        "model_dir": str(model_dir),
-        "backbone": man.backbone,
-        "embed_dim": man.embed_dim,
-        "parity_max_abs_diff": man.parity_max_abs_diff,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    sel = None if pretrained else (meta.training or {}).get("selection")
-    if sel:  # which round was exported, and whether it beats the pretrained CNN on validation
+    rep = export(run, pretrained=pretrained, backbone=backbone, weights=weights, exporter=exporter, home=home)
+    info = rep.to_dict()
+    if rep.selection and not as_json:  # which round was exported, and whether it beats the pretrained CNN
         from ftspl.train.validation import verdict_line
 
-        info.update(round=sel.get("best_round"), adapted_better=sel.get("adapted_better"))
-        if not as_json and verdict_line(sel):
-            console.warn(verdict_line(sel))
+        if verdict_line(rep.selection):
+            console.warn(verdict_line(rep.selection))
     if as_json:
         console.print_json(info)
     else:
         console.out(
-            f"exported {man.model_id} to {model_dir} (embedding {man.embed_dim}-d, "
-            f"onnxruntime vs torch max abs diff {man.parity_max_abs_diff:.2e}); it is now the active model"
+            f"exported {rep.model_id} to {rep.model_dir} (embedding {rep.embed_dim}-d, "
+            f"onnxruntime vs torch max abs diff {rep.parity_max_abs_diff:.2e}); it is now the active model"
         )
 
 
 def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool, home=None,
               nproc: int = 1, cfg=None) -> None:
     """Train as the options say (``cfg``: an already built config, e.g. a continuation's)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise FtsplError("training needs PyTorch: pip install 'ftspl[train]'") from None
     import sys
-    from dataclasses import replace
 
-    from ftspl.train.config import TrainConfig, apply_preset
+    from ftspl.modelling import require_torch, train, train_config
+
+    require_torch("training")
     from ftspl.train.distributed import launch, worker_rank, worker_world
-    from ftspl.train.loop import pick_device, train
+    from ftspl.train.loop import pick_device
 
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
@@ -84,9 +53,7 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         raise UsageError(f"--nproc {nproc} in a run of {world} processes (WORLD_SIZE); drop --nproc under torchrun")
     quiet = worker_rank() != 0  # with N processes, rank 0 alone reports
     if cfg is None:
-        cfg = replace(apply_preset(TrainConfig(**settings), preset), **overrides)
-    if overrides:
-        cfg = replace(cfg, preset=f"{preset}+custom")
+        cfg = train_config(preset, overrides, **settings)
     if not quiet:
         procs = f" x {world} processes" if world > 1 else ""
         console.info(f"training {cfg.preset} ({cfg.mode} mode) on {pick_device(cfg.device)}{procs}; run folder {cfg.out}")
@@ -107,7 +74,7 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         console.info(" | ".join(parts))
 
     with console.progress(not (as_json or quiet)) as update:
-        result = train(cfg, resume=resume, progress=update, on_round=on_round, home=home)
+        result = train(cfg=cfg, resume=resume, progress=update, on_round=on_round, home=home)
     if quiet:
         return
     for path, reason in result.skipped:

@@ -3,7 +3,8 @@
 Layers, outermost first: optional CORS (only with ``--cors-origin``), the
 :class:`Guard` (bearer token on every ``/api/`` call, body cap counted while
 the body streams in, before any parsing, and security headers), then the
-routes (:mod:`ftspl.serve.routes`). Blocking work never runs on the event
+routes (:mod:`ftspl.serve.routes`), which share the :class:`Server` state and
+the :class:`ApiError` answers through :mod:`ftspl.serve.server`. Blocking work never runs on the event
 loop: queries go to worker threads through an admission gate (``workers``
 computing, ``queue`` waiting, 503 + ``Retry-After`` beyond), metadata and
 previews through the thread pool.
@@ -15,7 +16,6 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
@@ -23,39 +23,22 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftspl.engine.errors import FtsplError
+from ftspl.serve import routes
 from ftspl.serve.config import ServeConfig
 from ftspl.serve.live import LiveIndex
+from ftspl.serve.server import STATIC, ApiError, BodyTooLarge, Server, error_response
 
 log = logging.getLogger(__name__)
-
-STATIC = Path(__file__).resolve().parent / "static"
 
 #: the page loads only its own files: no CDN, no inline script, works offline
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
-
-
-class ApiError(Exception):
-    """An answer other than 200, with the message the client sees."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-
-class BodyTooLarge(ApiError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is over the limit of {limit} bytes; send fewer or smaller photos")
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 class Guard:
@@ -113,29 +96,6 @@ class Guard:
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token)
 
 
-class Server:
-    """What the handlers share: the options, the live index and the admission gate."""
-
-    def __init__(self, cfg: ServeConfig, live: LiveIndex | None) -> None:
-        self.cfg, self.live = cfg, live
-        self.owns_live = live is None
-        self.in_flight = 0  #: queries admitted (computing or waiting); only the event loop touches it
-        self.limiter: anyio.CapacityLimiter | None = None
-
-    @contextlib.asynccontextmanager
-    async def admission(self) -> AsyncIterator[None]:
-        """Admit a query, or refuse it with 503 when ``workers + queue`` are already in."""
-        limit = self.cfg.workers + self.cfg.queue
-        if self.in_flight >= limit:
-            raise ApiError(503, f"server busy: {self.in_flight} queries running or waiting (limit {limit}); "
-                                "retry in a second", {"Retry-After": "1"})
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-
-
 def _lifespan(server: Server):
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -188,8 +148,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 def create_app(cfg: ServeConfig, live: LiveIndex | None = None) -> Starlette:
     """The application; with ``live=None`` the lifespan opens the index of ``cfg.home`` (and closes it)."""
     from starlette.middleware.cors import CORSMiddleware
-
-    from ftspl.serve import routes
 
     cfg.check()
     server = Server(cfg, live)

@@ -1,7 +1,9 @@
 """The served index: the model and index loaded once, followed while writers run.
 
-:class:`LiveIndex` owns one :class:`~ftspl.engine.index.reader.Reader` (thread
-safe: see its module) and a daemon thread that calls ``refresh`` every
+:class:`LiveIndex` owns one :class:`ftspl.api.Library` (queries go through
+the Python API, so the HTTP answers are the API's records), its
+:class:`~ftspl.engine.index.reader.Reader` (thread safe: see its module) and a
+daemon thread that calls ``refresh`` every
 ``poll_s`` seconds, so shapes that ``ftspl index add`` commits in another
 process are served within about one poll, and removed ones disappear, with no
 restart. Each query runs onnxruntime on one thread; the server bounds how
@@ -16,8 +18,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ftspl.engine.home import Home
-from ftspl.engine.index.reader import QueryResult, Reader, ReaderState
+from ftspl.engine.index.reader import Reader, ReaderState
 from ftspl.engine.scoring.fusion import DEFAULT_FUSION
+from ftspl.results import QueryAnswer
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +38,16 @@ class LiveIndex:
     """The model, the index and the thread that follows the index."""
 
     def __init__(self, home: Home, poll_s: float = 0.5, device: str = "auto") -> None:
-        from ftspl.engine.index.library import Library
-        from ftspl.engine.model.encoders import RuntimeConfig
+        from ftspl.api import Library
 
         self.home = home
         self.poll_s = poll_s
         # one intra-op thread: queries run side by side, one core each, instead of
-        # one query fanning out over every core and waiting at each operator's barrier
-        self.lib = Library(home, RuntimeConfig(device=device, intra_op_threads=1))
-        self.reader: Reader = self.lib.open_reader()
+        # one query fanning out over every core and waiting at each operator's barrier;
+        # follow=False: the thread below follows the index, not each query
+        self.library = Library(home, device=device, threads=1, follow=False)
+        self.lib = self.library.engine
+        self.reader: Reader = self.library.reader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
@@ -52,7 +56,7 @@ class LiveIndex:
             self.reader.refresh()  # labels and warnings for /api/info
             self.warm()
         except BaseException:
-            self.reader.close()
+            self.library.close()
             raise
 
     # -- lifecycle ---------------------------------------------------------------
@@ -60,7 +64,7 @@ class LiveIndex:
         """Run one query end to end so the first user's is not the one that pays for start-up."""
         from PIL import Image
 
-        self.reader.query_images([Image.new("RGB", (256, 256), (128, 128, 128))], ["warm-up"], 1)
+        self.library.query(Image.new("RGB", (256, 256), (128, 128, 128)), 1, names=["warm-up"])
 
     def start(self) -> None:
         """Start following the store in a daemon thread."""
@@ -78,7 +82,7 @@ class LiveIndex:
 
     def close(self) -> None:
         self.stop()
-        self.reader.close()
+        self.library.close()
 
     def _follow(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -115,28 +119,21 @@ class LiveIndex:
         st = self.reader.state()
         return replace(st, warnings=(*st.warnings, self.last_error)) if self.last_error else st
 
-    def query(self, images: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION,
-              match=None) -> tuple[list[QueryResult], list | None]:
-        """Embed the photos as one batch and search (blocking: call it from a worker thread).
+    def query(self, images: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION, match=None,
+              box=None, max_pixels: int | None = None) -> QueryAnswer:
+        """:meth:`ftspl.api.Library.query` on decoded photos (blocking: call it from a worker thread).
 
-        Returns each photo's hits, with their matched views and re-ranked as
-        ``match`` says (:mod:`ftspl.engine.scoring.views`), and, for several
-        photos, one fused list (:mod:`ftspl.engine.scoring.fusion`, as ``ftspl query --fuse``).
+        Each photo's hits come with their matched views, re-ranked as ``match``
+        says (:mod:`ftspl.engine.scoring.views`); several photos also get one
+        fused list (:mod:`ftspl.engine.scoring.fusion`, as ``ftspl query --fuse``).
         """
-        import numpy as np
+        from ftspl.engine.constants import MAX_IMAGE_PIXELS
+        from ftspl.engine.scoring.views import MatchConfig
 
-        from ftspl.engine.model.preprocess import to_tensor
-        from ftspl.engine.scoring.fusion import fuse_embeddings, fused_search
-        from ftspl.engine.scoring.views import MatchConfig, match_views, search_matched
-
-        enc = self.lib.encoders
-        emb = enc.embed_photos(np.stack([to_tensor(im, enc.preprocess) for im in images]))
-        hits, gen = search_matched(self.reader, emb, top, match or MatchConfig())
-        fused = None
-        if len(images) > 1:
-            fused = fused_search(self.reader, emb, top, fusion)[0]
-            fused = match_views(self.reader, fuse_embeddings(emb), [fused], top, MatchConfig(rerank="none"))[0]
-        return [QueryResult(n, h, gen) for n, h in zip(names, hits)], fused
+        match = match or MatchConfig()
+        return self.library.query(list(images), top, names=names, fusion=fusion if len(images) > 1 else None,
+                                  rerank=match.rerank, rerank_weight=match.blend_weight, box=box,
+                                  max_pixels=max_pixels or MAX_IMAGE_PIXELS)
 
     def shape(self, shape_id: int, preview: bool = False) -> Any:
         rows = self.reader.shapes([shape_id], previews=preview)

@@ -20,11 +20,11 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from ftspl.engine.errors import ImageLoadError, ImageTooLargeError
-from ftspl.engine.index.reader import QueryResult
+from ftspl.engine.errors import ImageLoadError, ImageTooLargeError, UsageError
 from ftspl.engine.scoring.fusion import DEFAULT_FUSION, FUSIONS
-from ftspl.engine.scoring.views import RERANKS, MatchConfig, view_fields, views_note
-from ftspl.serve.app import STATIC, ApiError, Server
+from ftspl.engine.scoring.views import RERANKS, MatchConfig
+from ftspl.results import Hit, QueryAnswer
+from ftspl.serve.server import STATIC, ApiError, Server
 from ftspl.serve.uploads import decode_upload, display_name
 
 DEFAULT_TOP = 10
@@ -65,39 +65,37 @@ async def info(request: Request) -> Response:
 
 # ------------------------------------------------------------------------ query
 async def query(request: Request) -> Response:
+    """``POST /api/query``: :meth:`ftspl.api.Library.query`'s answer (``QueryAnswer.to_dict``) with preview URLs."""
     srv = _server(request)
     t0 = time.perf_counter()
     async with srv.admission():
-        top, fusion, uploads, match = await _read_query(request, srv)
-        results, fused = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion, match),
-                                                        limiter=srv.limiter)
+        top, fusion, uploads, match, box = await _read_query(request, srv)
+        answer = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion, match, box),
+                                                limiter=srv.limiter)
     st = srv.live.state()
     base = str(request.base_url)
     spec = srv.live.model.render_spec_hash or ""
-    per_photo = [{"photo": r.photo, "hits": [_hit(h, base, spec) for h in r.hits]} for r in results]
-    gen = results[0].generation if results else st.generation
+    body = answer.to_dict()
+    body["hits"] = [_hit(h, base, spec) for h in answer.hits]
+    body["results"] = [{**r.to_dict(), "hits": [_hit(h, base, spec) for h in r.hits]} for r in answer.results]
+    if answer.generation is None:
+        body["generation"] = st.generation
     return JSONResponse({
-        "model": srv.live.model.model_id,
-        "generation": gen,
+        "model": answer.model_id,
         "took_ms": round((time.perf_counter() - t0) * 1000, 2),
-        "hits": per_photo[0]["hits"] if fused is None else [_hit(h, base, spec) for h in fused],
-        **({} if fused is None else {"fusion": fusion}),
-        "results": per_photo,
-        "rerank": match.rerank,
-        "views_note": views_note(srv.live.model.model_id, srv.live.lib.encoders.has_view_output,
-                                 results + ([] if fused is None else [QueryResult("fused", fused)])),
+        **body,
         "warnings": st.warnings,
     })
 
 
-async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]], MatchConfig]:
-    """``top``, ``fusion``, the uploaded ``(name, bytes)`` and the re-ranking from a multipart or JSON body."""
+async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]], MatchConfig, tuple | None]:
+    """``top``, ``fusion``, the uploaded ``(name, bytes)``, the re-ranking and the ``box`` from a multipart or JSON body."""
     cfg = srv.cfg
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     uploads: list[tuple[str, bytes]] = []
     if ctype == "multipart/form-data":
         # starlette answers 400 itself for too many files or fields and for malformed bodies
-        async with request.form(max_files=cfg.max_photos, max_fields=6, max_part_size=4096) as form:
+        async with request.form(max_files=cfg.max_photos, max_fields=7, max_part_size=4096) as form:
             for i, part in enumerate(form.getlist("photo")):
                 if not isinstance(part, UploadFile):
                     raise ApiError(400, "'photo' must be a file part (a form upload), not a text field")
@@ -106,6 +104,7 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
             fusion = form.get("fusion", request.query_params.get("fusion"))
             rerank = form.get("rerank", request.query_params.get("rerank"))
             weight = form.get("rerank_weight", request.query_params.get("rerank_weight"))
+            box_raw = form.get("box", request.query_params.get("box"))
     elif ctype == "application/json":
         try:
             doc = json.loads(await request.body())
@@ -124,6 +123,7 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
         fusion = doc.get("fusion", request.query_params.get("fusion"))
         rerank = doc.get("rerank", request.query_params.get("rerank"))
         weight = doc.get("rerank_weight", request.query_params.get("rerank_weight"))
+        box_raw = doc.get("box", request.query_params.get("box"))
     else:
         raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
     if not uploads:
@@ -132,7 +132,24 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
         fusion = DEFAULT_FUSION
     if not isinstance(fusion, str) or fusion not in FUSIONS:
         raise ApiError(422, f"fusion must be one of {', '.join(FUSIONS)}, got {str(fusion)[:40]!r}")
-    return _parse_top(top_raw, cfg.max_top), fusion, uploads, _parse_match(rerank, weight)
+    return _parse_top(top_raw, cfg.max_top), fusion, uploads, _parse_match(rerank, weight), _parse_box(box_raw)
+
+
+def _parse_box(raw: object) -> tuple | None:
+    """``box``: ``"X0,Y0,X1,Y1"`` or a JSON list of four numbers (pixels, or fractions 0 to 1); None: the whole photo."""
+    from ftspl.photo_input import BOX_RULE, parse_box
+
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, str):
+        try:
+            return parse_box(raw)
+        except UsageError as exc:
+            raise ApiError(422, str(exc)) from None
+    if isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in raw):
+        return tuple(raw)
+    raise ApiError(422, f"{BOX_RULE}; got {str(raw)[:60]!r}")
 
 
 def _parse_match(rerank: object, weight: object) -> MatchConfig:
@@ -175,7 +192,8 @@ def _parse_top(raw: object, max_top: int) -> int:
     return top
 
 
-def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: str, match: MatchConfig):
+def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: str, match: MatchConfig,
+               box: tuple | None) -> QueryAnswer:
     """(Worker thread) decode every photo with the CLI's checks, then embed and search them as one batch."""
     cfg = srv.cfg
     images, names, bad, too_large = [], [], [], []
@@ -189,17 +207,20 @@ def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: 
             bad.append(str(exc))
     if bad or too_large:
         raise ApiError(400 if bad else 413, "; ".join(bad + too_large))
-    return srv.live.query(images, names, top, fusion, match)
+    try:
+        return srv.live.query(images, names, top, fusion, match, box=box, max_pixels=cfg.max_pixels)
+    except UsageError as exc:  # a box outside a photo: the client's to fix
+        raise ApiError(422, str(exc)) from None
 
 
 def _etag(content_hash: str | None, spec_hash: str) -> str:
     return hashlib.sha256(f"{content_hash}:{spec_hash}".encode()).hexdigest()[:20]
 
 
-def _hit(h, base: str, spec_hash: str) -> dict:
+def _hit(h: Hit, base: str, spec_hash: str) -> dict:
+    """A hit's :meth:`~ftspl.results.Hit.to_dict` plus the URLs of its previews (cacheable: they carry its hash)."""
     tag = _etag(h.content_hash, spec_hash)
-    return {"rank": h.rank, "id": h.id, "path": h.path, "label": h.label, "distance": round(h.distance, 6),
-            "kind": h.kind, "preview": f"{base}api/shapes/{h.id}/preview.png?v={tag}", **view_fields(h),
+    return {**h.to_dict(), "preview": f"{base}api/shapes/{h.id}/preview.png?v={tag}",
             "view_image": None if h.view is None else f"{base}api/shapes/{h.id}/preview.png?view={h.view}&v={tag}"}
 
 

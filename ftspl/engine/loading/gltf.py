@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from ftspl.engine.errors import MeshLoadError
 
 if TYPE_CHECKING:
-    from ftspl.engine.loading.meshes import MeshLimits
+    from ftspl.engine.loading.limits import MeshLimits
 
 #: glTF extensions that replace the geometry with a compressed stream trimesh cannot decode.
 _COMPRESSION_EXTENSIONS = {

@@ -49,16 +49,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ftspl.engine.constants import (
-    MAX_FACES,
-    MAX_FILE_BYTES,
-    MAX_VERTICES,
-    NORMALIZE_RADIUS,
-    UP_AXES,
-)
+from ftspl.engine.constants import NORMALIZE_RADIUS, UP_AXES
 from ftspl.engine.errors import MeshLoadError, UnknownKeyError
 from ftspl.engine.loading import gltf, off
 from ftspl.engine.loading.inputs import check_input_file
+from ftspl.engine.loading.limits import MeshLimits  # re-exported: its long-standing home
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +85,6 @@ class Mesh:
     @property
     def n_faces(self) -> int:
         return int(self.faces.shape[0])
-
-
-@dataclass(frozen=True)
-class MeshLimits:
-    """Caps that refuse hostile or absurd files (CLI flags override the defaults)."""
-
-    max_file_bytes: int = MAX_FILE_BYTES
-    max_faces: int = MAX_FACES
-    max_vertices: int = MAX_VERTICES
 
 
 def _merge(

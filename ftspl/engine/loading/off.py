@@ -16,7 +16,7 @@ import numpy as np
 from ftspl.engine.errors import MeshLoadError
 
 if TYPE_CHECKING:
-    from ftspl.engine.loading.meshes import MeshLimits
+    from ftspl.engine.loading.limits import MeshLimits
 
 #: ``OFF``, ``COFF``, ``NOFF``, ``STCNOFF``...; the 4-D and n-D variants are refused.
 _OFF_KEYWORD = re.compile(r"(ST)?C?N?(4)?(n)?OFF", re.ASCII)

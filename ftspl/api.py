@@ -1,0 +1,311 @@
+"""The Python API: ``lib = ftspl.open(home)``, then ``lib.add``, ``lib.query``, ``lib.remove``, ``lib.stats``, ``lib.verify``.
+
+A :class:`Library` is a facade over the engine's index (:mod:`ftspl.engine.index`):
+the ``ftspl`` command and ``ftspl serve`` call it too, so the three faces
+answer the same records (:mod:`ftspl.results`). The model and the index open on
+first use, not in :func:`open`; nothing here imports PyTorch.
+
+Threads and processes. One ``Library`` may be shared by any number of threads:
+:meth:`Library.query` runs concurrently (the index reader is thread safe and
+onnxruntime sessions accept concurrent runs), and each query first brings the
+reader up to the index's last commit, so shapes that another process (or
+:meth:`Library.add` in this one) commits are found without reopening. Writes
+(:meth:`Library.add`, :meth:`Library.remove`) take the index's writer lock: one
+writer at a time across processes; a second one raises
+:class:`~ftspl.engine.errors.IndexLockedError` unless ``wait=True``. Queries
+never wait for a writer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ftspl.engine.constants import MAX_FACES, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_VERTICES
+from ftspl.engine.errors import FtsplError, ImageLoadError, UsageError
+from ftspl.results import AddReport, Failure, Hit, IndexStats, PhotoResult, QueryAnswer, VerifyReport
+
+#: ``progress(phase, done, total)``, called while shapes are added
+Progress = Callable[[str, int, int], None]
+
+
+def as_home(home):
+    """A :class:`~ftspl.engine.home.Home` from a folder, None (``$FTSPL_HOME`` or ``./.ftspl``) or a Home."""
+    from ftspl.engine.home import Home
+
+    return home if isinstance(home, Home) else Home.resolve(home)
+
+
+def index_config(*, label_from: str = "top", up: str | None = None, wait: bool = False, rebuild: bool = False,
+                 ann_backend: str | None = None, hnsw_m: int | None = None, hnsw_ef: int | None = None,
+                 hnsw_ef_construction: int | None = None, commit_every: int = 32, file_timeout: float = 60.0,
+                 max_faces: int = MAX_FACES, max_vertices: int = MAX_VERTICES,
+                 max_file_bytes: int = MAX_FILE_BYTES):
+    """The engine's index options from :meth:`Library.add`'s keywords (the ``index add`` flags, same names)."""
+    from ftspl.engine.index.library import IndexConfig
+    from ftspl.engine.loading.limits import MeshLimits
+
+    if commit_every < 1:
+        raise UsageError(f"commit_every must be at least 1, got {commit_every}")
+    return IndexConfig(
+        label_from=label_from, up=up, wait_lock=wait, rebuild=rebuild, ann_backend=ann_backend, ann_m=hnsw_m,
+        ann_ef_search=hnsw_ef, ann_ef_construction=hnsw_ef_construction, commit_every=commit_every,
+        batch_shapes=min(IndexConfig.batch_shapes, commit_every), file_timeout_s=file_timeout,
+        limits=MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices),
+    )
+
+
+class Library:
+    """A shape library: a home folder's active model and its index (see the module for threads)."""
+
+    def __init__(self, home: str | Path | None = None, device: str = "auto", threads: int = 0,
+                 follow: bool = True) -> None:
+        """``home``: the folder with ``models/`` and ``index/`` (None: ``$FTSPL_HOME`` or ``./.ftspl``).
+
+        ``device``: auto, cpu or cuda (onnxruntime); ``threads``: onnxruntime's
+        intra-op threads (0: every core). ``follow=False`` leaves bringing the
+        reader up to date to the caller (``ftspl serve`` follows in its own thread).
+        """
+        from ftspl.engine.model.encoders import RuntimeConfig
+
+        self.home = as_home(home)
+        self.runtime = RuntimeConfig(device=device, intra_op_threads=threads)
+        self.follow = follow
+        self._lock = threading.Lock()
+        self._engine: Any = None
+        self._reader: Any = None
+
+    # -- opening -------------------------------------------------------------------
+    @property
+    def engine(self):
+        """The engine's :class:`~ftspl.engine.index.library.Library` (opens the active model on first use)."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    from ftspl.engine.index.library import Library as EngineLibrary
+
+                    self._engine = EngineLibrary(self.home, self.runtime)
+        return self._engine
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.manifest.model_id
+
+    def reader(self):
+        """The index reader queries go through (opened on first use; raises when there is no index yet)."""
+        if self._reader is None:
+            engine = self.engine
+            with self._lock:
+                if self._reader is None:
+                    self._reader = engine.open_reader()
+        return self._reader
+
+    def close(self) -> None:
+        """Close the index reader (the library opens it again on the next query)."""
+        with self._lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------
+    def add(self, path: str | Path, *, progress: Progress | None = None, **options: Any) -> AddReport:
+        """Index every shape under ``path`` (a folder, searched recursively, or one file).
+
+        Unchanged files are skipped and changed ones re-embedded; a file that
+        cannot be used is listed in ``failures`` with its reason and the others
+        are indexed. Options are :func:`index_config`'s (``label_from``, ``up``,
+        ``wait``, ``rebuild``, ``ann_backend``, the caps...).
+        """
+        report = self.engine.add(path, index_config(**options), progress=progress)
+        return AddReport.from_engine(report)
+
+    def remove(self, paths: str | Path | Sequence[str | Path], *, wait: bool = False) -> list[str]:
+        """Remove shapes (files, view folders, or every shape under a folder); returns the paths removed."""
+        from ftspl.engine.index.library import IndexConfig
+
+        items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        return self.engine.remove([str(p) for p in items], IndexConfig(wait_lock=wait))
+
+    # -- reading -------------------------------------------------------------------
+    def query(self, photos: Any, top: int = 10, *, box: Sequence[float] | None = None, fuse: bool = False,
+              fusion: str | None = None, rerank: str | None = None, rerank_weight: float | None = None,
+              max_distance: float | None = None, min_score: float | None = None, hnsw_ef: int | None = None,
+              names: Sequence[str] | None = None, skip_bad: bool = False, max_pixels: int = MAX_IMAGE_PIXELS,
+              max_file_bytes: int = MAX_FILE_BYTES) -> QueryAnswer:
+        """The ``top`` nearest shapes of one photo or of several.
+
+        ``photos``: a path, a PIL image, a uint8 RGB array, or a list of them.
+        ``box``: ``(x0, y0, x1, y1)`` in pixels, or as fractions (floats 0 to 1),
+        applied to every photo before it is embedded. ``fuse=True``: the photos
+        show one object; the answer is one list by ``fusion`` (mean, max or
+        rank; default mean). ``fusion`` without ``fuse`` adds that list beside
+        the per-photo ones. ``rerank`` (none, view, blend) re-orders a photo's
+        top hits by their best-matching view. Hits beyond ``max_distance`` (or
+        below ``min_score``, or the calibrated threshold) have ``match=False``.
+        A photo that cannot be decoded raises, or with ``skip_bad=True`` is
+        listed in ``failed`` while the others are answered.
+        """
+        from ftspl.engine.scoring.fusion import DEFAULT_FUSION, FUSIONS
+        from ftspl.engine.scoring.views import MatchConfig
+
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise UsageError(f"--top must be at least 1, got {top!r}")
+        match = MatchConfig(**{k: v for k, v in (("rerank", rerank), ("blend_weight", rerank_weight))
+                               if v is not None})
+        if fuse and match.rerank != "none":
+            raise UsageError(f"--rerank {match.rerank} works on single-photo answers; "
+                             "a --fuse list keeps its fused order")
+        if fuse and fusion is None:
+            fusion = DEFAULT_FUSION
+        if fusion is not None and fusion not in FUSIONS:
+            raise UsageError(f"--fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        items = list(photos) if isinstance(photos, (list, tuple)) else [photos]
+        if not items:
+            raise UsageError("query needs at least one photo")
+        if names is not None and len(names) != len(items):
+            raise UsageError(f"{len(names)} names for {len(items)} photos; give one name per photo or none")
+
+        t0 = time.perf_counter()
+        engine = self.engine  # the model: its encoder sessions start building in the background
+        t_model = time.perf_counter()
+        images, kept, regions, decode_ms, failed = self._decode(items, names, box, skip_bad, max_pixels,
+                                                               max_file_bytes)
+        t_decoded = time.perf_counter()
+        fresh = self._reader is None
+        reader = self.reader()
+        if hnsw_ef is not None:
+            reader.ann.ef_search = hnsw_ef
+        engine.encoders.wait_warm()
+        if self.follow and not fresh:
+            reader.refresh()
+        t_open = time.perf_counter()
+        cut, cut_from = self._open_set_cut(max_distance, min_score)
+        results, fused, gen = self._search(reader, images, kept, regions, decode_ms, top, match, fuse, fusion, cut)
+        t_done = time.perf_counter()
+        from ftspl.engine.scoring.views import views_note
+
+        note = views_note(engine.manifest.model_id, engine.encoders.has_view_output,
+                          results + ([] if fused is None or fuse else [fused]))
+        return QueryAnswer(
+            model_id=engine.manifest.model_id, results=results, rerank=match.rerank, fusion=fusion if fused else None,
+            fused=fused, generation=gen, max_distance=cut, max_distance_from=cut_from, views_note=note,
+            failed=failed, open_s=(t_model - t0) + (t_open - t_decoded), decode_s=t_decoded - t_model,
+            search_s=t_done - t_open, images=tuple(images),
+        )
+
+    def _decode(self, items: list, names: Sequence[str] | None, box, skip_bad: bool, max_pixels: int,
+                max_file_bytes: int):
+        """Each photo decoded and cropped on its own: with ``skip_bad`` one bad photo does not sink the others."""
+        from ftspl.photo_input import crop, to_image
+
+        images, kept, regions, decode_ms, failed = [], [], [], [], []
+        for i, item in enumerate(items):
+            t = time.perf_counter()
+            try:
+                img, name = to_image(item, i, max_pixels, max_file_bytes, "--max-pixels", "--max-file-bytes")
+            except ImageLoadError as exc:
+                if not skip_bad:
+                    raise
+                failed.append(Failure(exc.path, exc.reason))
+                continue
+            img, region = crop(img, box)
+            images.append(img)
+            kept.append(names[i] if names is not None else name)
+            regions.append(region)
+            decode_ms.append((time.perf_counter() - t) * 1000)
+        return images, kept, regions, decode_ms, failed
+
+    def _search(self, reader, images: list, names: list[str], regions: list, decode_ms: list[float], top: int,
+                match, fuse: bool, fusion: str | None, cut: float | None):
+        """Embed the photos as one batch; per-photo lists (unless ``fuse``) and the fused list (with ``fusion``)."""
+        import numpy as np
+
+        from ftspl.engine.model.preprocess import to_tensor
+        from ftspl.engine.scoring.fusion import fuse_embeddings, fused_search
+        from ftspl.engine.scoring.views import MatchConfig, match_views, search_matched
+
+        if not images:
+            return [], None, reader.generation
+        enc = self.engine.encoders
+        emb = enc.embed_photos(np.stack([to_tensor(im, enc.preprocess) for im in images]))
+        results: list[PhotoResult] = []
+        gen = None
+        if not fuse:
+            hits, gen = search_matched(reader, emb, top, match)
+            results = [PhotoResult(n, [Hit.from_engine(h, cut, reg) for h in hs], ms, gen)
+                       for n, hs, reg, ms in zip(names, hits, regions, decode_ms)]
+        fused = None
+        if fusion is not None:
+            hits, fgen = fused_search(reader, emb, top, fusion)
+            hits = match_views(reader, fuse_embeddings(emb), [hits], top, MatchConfig(rerank="none"))[0]
+            gen = fgen if gen is None else gen
+            fused = PhotoResult(" + ".join(names), [Hit.from_engine(h, cut) for h in hits], sum(decode_ms), fgen)
+            if fuse:
+                results = [fused]
+        return results, fused, gen
+
+    def _open_set_cut(self, max_distance: float | None, min_score: float | None) -> tuple[float | None, str | None]:
+        """The distance beyond which a hit is no match, and where it comes from (argument, calibration, none)."""
+        from ftspl.engine.scoring.openset import distance_of, load_calibration
+
+        if max_distance is not None and min_score is not None:
+            raise UsageError("give --max-distance or --min-score, not both (they are one cut in two units)")
+        if max_distance is not None:
+            return float(max_distance), "--max-distance"
+        if min_score is not None:
+            return distance_of(min_score), "--min-score"
+        engine = self.engine
+        cal = load_calibration(engine.dir, engine.manifest.model_hash)
+        if cal is None:
+            return None, None
+        return cal.max_distance, f"calibrated on {cal.photos} at {cal.precision:.0%} precision"
+
+    def contact_sheet(self, answer: QueryAnswer, path: str | Path) -> Path:
+        """Draw ``answer`` as a PNG contact sheet: each photo beside its hits' previews (a fused list beside its first photo)."""
+        from ftspl.engine.rendering.sheet import rows_for, save_sheet
+
+        fused = answer.fused is not None and answer.results == [answer.fused]
+        captions = [r.photo if fused else Path(r.photo).name for r in answer.results]
+        images = list(answer.images[: len(answer.results)])
+        rows = rows_for(self.reader().store, images, captions, [None] * len(images), answer.results)
+        return save_sheet(rows, path)
+
+    def stats(self) -> IndexStats:
+        """Count, model, size on disk and labels of the index (raises when there is none yet)."""
+        from ftspl.engine.index.store import ShapeStore
+
+        engine = self.engine
+        if not engine.exists():
+            raise FtsplError(f"{engine.dir}: no index yet; run 'ftspl index add FOLDER' first")
+        with ShapeStore(engine.store_path, readonly=True) as store:
+            info = store.get_info()
+            return IndexStats(
+                count=store.count(), model_id=info.get("model_id"), active_model_id=engine.manifest.model_id,
+                embed_dim=info.get("embed_dim"), render_spec_hash=info.get("render_spec_hash"),
+                bytes=sum(p.stat().st_size for p in engine.dir.glob("*") if p.is_file()),
+                index_dir=str(engine.dir), labels=store.labels(),
+            )
+
+    def verify(self) -> VerifyReport:
+        """Check that the database and the ANN index agree (``report.ok``; ``report.problems`` otherwise)."""
+        from ftspl.engine.index.verify import verify_index
+
+        problems, facts = verify_index(self.home)
+        return VerifyReport(list(problems), dict(facts))
+
+
+def open(home: str | Path | None = None, device: str = "auto", threads: int = 0) -> Library:  # noqa: A001
+    """The library of ``home`` (None: ``$FTSPL_HOME`` or ``./.ftspl``); the model and index open on first use."""
+    return Library(home, device=device, threads=threads)
+
+
+__all__ = ["Library", "Progress", "as_home", "index_config", "open"]
