@@ -148,6 +148,16 @@ def write_result(path: Path, record: dict) -> Path:
     return path
 
 
+def update_entry(path: Path, entry: str, record: dict) -> Path:
+    """Set ``entry`` of a result file that collects named runs (a JSON object), keeping the other entries."""
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object of named runs")
+    data[entry] = record
+    return write_result(path, data)
+
+
 __all__ = ["BENCHMARKS", "RESULTS", "ROOT", "CliRun", "ann", "cli_json", "cli_run", "command_line", "git_commit",
            "graph_backends", "load_torch_before_mesa", "logger", "quiet_openmp", "result_record", "study_home",
-           "worker_command", "write_result"]
+           "update_entry", "worker_command", "write_result"]

@@ -1,7 +1,7 @@
 """``ftspl index add`` with and without ``--ray`` on the same real meshes: throughput, scaling, equality.
 
     python benchmarks/ray_index.py [--meshes 40] [--baseline-meshes 8] [--cores 1 2] [--repeat 1] [--merge-rows 0]
-                                   [--nice 0] [--json]
+                                   [--nice 0] [--model DIR] [--out FILE] [--entry NAME] [--json]
 
 Indexes the first N Sweet Home 3D models of the curated class map (the files
 ``benchmarks/run.py`` uses, extracted once under ``<home>/cache/perf``) with the real CLI,
@@ -33,6 +33,11 @@ Needs a model: the perf home's (``benchmarks/run.py``) or ``--model DIR``; else 
 exports the pretrained one (needs the ``[train]`` extra). Runs are bounded by
 ``--meshes``; the machine's other load shows in the figures, so compare runs of
 one invocation (``--repeat`` alternates the configurations).
+
+Writes entry ``--entry`` (default ``latest``) of ``--out`` (default
+``benchmarks/results/ray_index.json``, a file of named runs; the other entries
+stay): the figures with the command, date, git state and config of the run
+(``--out none``: print only).
 """
 
 from __future__ import annotations
@@ -42,24 +47,19 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, cli_run, logger, result_record, study_home, update_entry
+from perflib import machine, perf_meshes, perf_work, store_path
 
 from ftspl.engine.home import Home
 
-CACHE = Home.resolve(cwd=ROOT).cache  #: <home>/cache, where benchmarks/run.py keeps its meshes and model too
-WORK = CACHE / "bench-ray"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+WORK = study_home().cache / "bench-ray"
+log = logger("ray")
 
 
 def become_subreaper() -> None:
@@ -148,29 +148,19 @@ def ftspl(home: Path, args: list[str], cores: list[int] | None = None, timeout: 
     keeps them at the command's, so Ray and the plain path compete for a shared
     machine on equal terms.
     """
-    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore", RAY_worker_niceness="0")
-    cmd = [sys.executable, "-m", "ftspl", *args, "--json"]
-    if cores:
-        cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
-    if NICE:
-        cmd = ["nice", "-n", str(NICE), *cmd]
-    t = time.perf_counter()
+    prefix = [*(["nice", "-n", str(NICE)] if NICE else []),
+              *(["taskset", "-c", ",".join(map(str, cores))] if cores else [])]
     with TreeCpu() as tree:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-        wall = time.perf_counter() - t
+        r = cli_run(*args, home=home, env={"RAY_worker_niceness": "0"}, timeout=timeout, prefix=prefix, ok=(0, 1))
         reap_all()
-    cpu = tree.seconds
-    lines = r.stdout.strip().splitlines()
-    if r.returncode not in (0, 1) or not lines:
-        sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return json.loads(lines[-1]), wall, cpu
+    if not r.data:
+        sys.exit(f"ftspl {' '.join(args)} printed no JSON ({r.returncode}):\n{r.stderr[-3000:]}")
+    return r.data, r.wall_s, tree.seconds
 
 
 def meshes_folder(n: int) -> Path:
     """A folder of links to the first ``n`` models (label/key/model.obj), so exactly those are indexed."""
-    from benchmarks.run import perf_meshes
-
-    files = perf_meshes(CACHE / "perf", n)
+    files = perf_meshes(perf_work(), n)
     folder = WORK / f"meshes-{n}"
     if folder.exists():
         shutil.rmtree(folder)
@@ -190,7 +180,7 @@ def model_home(explicit: Path | None) -> Path:
         shutil.copytree(explicit, home / "models" / explicit.name)
         (home / "models" / "ACTIVE").write_text(explicit.name)
         return home
-    perf = CACHE / "perf" / "home"
+    perf = perf_work() / "home"
     if (perf / "models" / "ACTIVE").exists():
         return perf
     if not (home / "models" / "ACTIVE").exists():
@@ -210,7 +200,7 @@ def fresh_home(src: Path, name: str) -> Path:
 def embeddings(home: Path) -> dict[str, np.ndarray]:
     from ftspl.engine.index.store import ShapeStore
 
-    with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
+    with ShapeStore(store_path(home), readonly=True) as store:
         ids, emb = store.all_embeddings()
         paths = {r.id: r.path for r in store.get([int(i) for i in ids])}
     return {paths[int(i)]: e for i, e in zip(ids, emb)}
@@ -223,7 +213,7 @@ def merge_bench(home: Path, rows: int, src: dict[str, np.ndarray]) -> dict:
 
     from ftspl.engine.index.store import ShapeStore
 
-    with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as store:
+    with ShapeStore(store_path(home), readonly=True) as store:
         info = store.get_info()
         ids, _ = store.all_embeddings()
         previews = [r.preview for r in store.get([int(i) for i in ids], previews=True)]
@@ -268,7 +258,7 @@ def run_config(src: Path, name: str, meshes: Path, cores: list[int], extra: list
                                    "encode_actors", "cpus_per_actor") if k in ray}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--meshes", type=int, default=40)
     ap.add_argument("--baseline-meshes", type=int, default=8,
@@ -279,8 +269,10 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: the perf home's, else pretrained)")
     ap.add_argument("--nice", type=int, default=0,
                     help="run every command at this niceness (negative, as root: a fair share on a busy machine)")
+    ap.add_argument("--out", default=str(RESULTS / "ray_index.json"), help="result file (a JSON of named runs); none: print only")
+    ap.add_argument("--entry", default="latest", help="the name this run gets in --out")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     global NICE
     NICE = args.nice
 
@@ -326,14 +318,17 @@ def main() -> None:
     if args.merge_rows:
         log(f"index merge of {args.merge_rows} rows")
         summary["merge"] = merge_bench(WORK / "runs" / "plain", args.merge_rows, embeddings(WORK / "runs" / "plain"))
-    from benchmarks.run import machine
-
     summary["machine"] = machine()
     summary["load_average"] = os.getloadavg()
     summary["nice"] = args.nice
-    summary["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    summary["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    print(json.dumps(summary) if args.json else json.dumps(summary, indent=2))
+    config = {"meshes": args.meshes, "baseline_meshes": args.baseline_meshes, "cores": args.cores,
+              "repeat": args.repeat, "merge_rows": args.merge_rows, "model": str(args.model) if args.model else None,
+              "nice": args.nice}
+    record = result_record("ray_index.py", argv, config, **summary)
+    if args.out.lower() != "none":
+        update_entry(Path(args.out), args.entry, record)
+        log(f"wrote entry {args.entry!r} of {args.out}")
+    print(json.dumps(record) if args.json else json.dumps(record, indent=2))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ In one run on this machine (results in ``benchmarks/results/serve.json``):
   while a writer ran). Every answer must be 200 with ten hits and a generation
   that never goes back; afterwards the server must reach the store's generation.
 
-The index is ``run.py``'s (``build_big_index``: the real shapes' embeddings plus
-synthetic ones around them) from a ``run.py`` home (``--source-home``, default
-``.cache/perf/home``), else one built with ``run.py``'s helpers.
+The index is ``run.py``'s (``querylib.build_big_index``: the real shapes' embeddings
+plus synthetic ones around them) from a ``run.py`` home (``--source-home``, default
+``<cache>/perf/home``), else one built with the same helpers (``perflib``).
 """
 
 from __future__ import annotations
@@ -40,11 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import run as perf
+from common import RESULTS, study_home
+from perflib import ensure_perf_index, log, machine, perf_meshes, perf_work, store_path
+from querylib import build_big_index
 
 CONCURRENCY = (1, 2, 4, 8)
 TARGETS = {"http_c1_p50_over_inprocess_p50": ("<=", 1.5), "rps_c2_over_c1": (">=", 1.6),
@@ -52,19 +50,13 @@ TARGETS = {"http_c1_p50_over_inprocess_p50": ("<=", 1.5), "rps_c2_over_c1": (">=
 OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "==": lambda a, b: a == b}
 
 
-log = perf.log
-
-
 # --------------------------------------------------------------------------- inputs
 def source_home(work: Path, given: Path) -> Path:
     """A home with a model and an index of real shapes: ``given`` when it has both, else built like run.py."""
-    if (given / "models" / "ACTIVE").is_file() and (given / "index" / "shapes.sqlite").is_file():
+    if (given / "models" / "ACTIVE").is_file() and store_path(given).is_file():
         return given
     log(f"{given} has no model and index: building one with run.py's helpers")
-    perf.perf_meshes(work, 60)
-    home, _, _ = perf.train_model(work, quick=True)
-    perf.index_ours(home, work / "meshes")
-    return home
+    return ensure_perf_index(work)
 
 
 def big_index(work: Path, src: Path, size: int) -> tuple[Path, dict]:
@@ -77,18 +69,18 @@ def big_index(work: Path, src: Path, size: int) -> tuple[Path, dict]:
     built = json.loads(stamp.read_text()) if stamp.is_file() else {}
     if built.get("model") != model or built.get("shapes") != size:
         log(f"building the {size}-shape index (run.py build_big_index)")
-        built = {"model": model, **perf.build_big_index(src, pristine, size)}
+        built = {"model": model, **build_big_index(src, pristine, size)}
         stamp.write_text(json.dumps(built))
     shutil.rmtree(served, ignore_errors=True)
     shutil.copytree(pristine, served)
-    with ShapeStore(served / "index" / "shapes.sqlite", readonly=True) as st:
+    with ShapeStore(store_path(served), readonly=True) as st:
         assert st.count() == size, st.count()
     return served, built
 
 
 def add_batches(work: Path, n_batches: int, per_batch: int) -> list[Path]:
     """Folders of real SH3D meshes that are not in the index (the models after run.py's first 60)."""
-    files = perf.perf_meshes(work, 60 + n_batches * per_batch)[60:]
+    files = perf_meshes(work, 60 + n_batches * per_batch)[60:]
     out = []
     for b in range(n_batches):
         folder = work / "add" / f"batch{b}"
@@ -350,7 +342,7 @@ def wait_caught_up(base: str, home: Path, deadline_s: float = 120) -> dict:
 
     from ftspl.engine.index.store import ShapeStore
 
-    with ShapeStore(home / "index" / "shapes.sqlite", readonly=True) as st:
+    with ShapeStore(store_path(home), readonly=True) as st:
         gen, count = st.generation(), st.count()
     end = time.monotonic() + deadline_s
     while True:
@@ -370,9 +362,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=100_000, help="shapes in the served index")
     ap.add_argument("--add-batches", type=int, default=4, help="at most this many index add batches during the load")
     ap.add_argument("--batch-meshes", type=int, default=24, help="real meshes per index add batch")
-    ap.add_argument("--source-home", type=Path, default=ROOT / ".cache" / "perf" / "home")
-    ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "serve-load")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve.json")
+    ap.add_argument("--source-home", type=Path, default=None, help="default: <cache>/perf/home (run.py's)")
+    ap.add_argument("--work", type=Path, default=None, help="default: <cache>/serve-load")
+    ap.add_argument("--out", type=Path, default=RESULTS / "serve.json")
     ap.add_argument("--inprocess-worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inprocess_worker:
@@ -381,9 +373,10 @@ def main() -> None:
         return
 
     t_all = time.perf_counter()
-    work = args.work
+    args.source_home = args.source_home or perf_work() / "home"
+    work = args.work or study_home().cache / "serve-load"
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": perf.machine(), "load_avg_start": os.getloadavg()}
+    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "load_avg_start": os.getloadavg()}
     src = source_home(work, args.source_home)
     home, res["index"] = big_index(work, src, args.size)
     photo_paths = photos_for(src, work)

@@ -13,19 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def ftspl(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "ftspl", *args], check=False, capture_output=True, text=True, env=env)
+from common import cli_run, study_home
 
 
 def main() -> None:
@@ -43,7 +35,7 @@ def main() -> None:
     )
     from ftspl.engine.home import Home
 
-    repo_home = Home.resolve(cwd=ROOT)
+    repo_home = study_home()
     if args.work is None:
         args.work = repo_home.cache / "bench-sh3d"
     cache = repo_home.debian_cache
@@ -68,14 +60,9 @@ def main() -> None:
     # (e.g. 4x MSAA), which would time that spec
     if (not (home / "models" / "ACTIVE").exists()
             or ModelManifest.load(Home(home).active_model_dir()).get_render_spec() != RenderSpec()):
-        r = ftspl(home, "export", "--pretrained", "--json")
-        if r.returncode:
-            sys.exit(r.stderr)
-        res["export"] = json.loads(r.stdout.strip().splitlines()[-1])
-    t = time.perf_counter()
-    r = ftspl(home, "index", "add", str(gallery), "--rebuild", "--json")
-    wall = time.perf_counter() - t
-    add = json.loads(r.stdout.strip().splitlines()[-1])
+        res["export"] = cli_run("export", "--pretrained", home=home).data
+    r = cli_run("index", "add", str(gallery), "--rebuild", home=home, ok=(0, 1))  # 1: some files failed
+    wall, add = r.wall_s, r.data
     res["index"] = {k: add[k] for k in ("added", "failed", "seconds", "shapes_per_s")}
     res["index"]["failures"] = add["failures"]
     res["index"]["process_wall_s"] = round(wall, 2)
@@ -96,14 +83,10 @@ def main() -> None:
     res["warm_query_ms"] = {"p50": round(statistics.median(times), 2), "p95": round(times[int(0.95 * (len(times) - 1))], 2)}
     cold = []
     for p in photos[:3]:
-        t = time.perf_counter()
-        r = ftspl(home, "query", str(p), "--top", "10", "--json")
-        cold.append(time.perf_counter() - t)
-        assert r.returncode == 0, r.stderr
+        r = cli_run("query", str(p), "--top", "10", home=home)
+        cold.append(r.wall_s)
     res["cold_query_s"] = round(statistics.median(cold), 3)
-    res["top1_labels"] = {
-        Path(q["photo"]).stem: q["hits"][0]["label"] for q in json.loads(r.stdout)["results"]
-    }
+    res["top1_labels"] = {Path(q["photo"]).stem: q["hits"][0]["label"] for q in r.data["results"]}
     if args.json:
         print(json.dumps(res))
     else:

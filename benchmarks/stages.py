@@ -1,6 +1,6 @@
 """Where the indexing time goes: per-stage CPU milliseconds per mesh, each optimisation beside what it replaced.
 
-    python benchmarks/stages.py [--meshes 40] [--json]
+    python benchmarks/stages.py [--meshes 40] [--model DIR] [--out FILE --entry NAME] [--json]
 
 Runs each stage alone, single-threaded where the stage allows it (llvmpipe with
 ``LP_NUM_THREADS=1``, onnxruntime with one intra-op thread), on the same real
@@ -14,6 +14,9 @@ Sweet Home 3D meshes ``benchmarks/run.py`` indexes, and reports CPU time
   every core, the ceiling of ``index add`` throughput on this machine
 
 Needs a model in the perf home (run ``benchmarks/run.py`` once) or ``--model DIR``.
+``--out FILE --entry NAME`` also writes the figures, with the command, date and
+config, as entry NAME of a result file of named runs (``ray_index.json``'s
+``stages`` entry comes from ``--out benchmarks/results/ray_index.json --entry stages``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,8 +32,8 @@ os.environ.setdefault("LP_NUM_THREADS", "1")  # before Mesa loads: measure one c
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import result_record, update_entry
+from perflib import perf_meshes, perf_work
 
 
 def cpu_ms(fn, items) -> tuple[float, list]:
@@ -42,14 +44,15 @@ def cpu_ms(fn, items) -> tuple[float, list]:
     return (time.process_time() - t) * 1000 / len(items), out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--meshes", type=int, default=40)
     ap.add_argument("--model", type=Path, default=None, help="model folder (default: the perf home's active model)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the figures into this result file")
+    ap.add_argument("--entry", default="stages", help="their name in --out")
     ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    from benchmarks.run import perf_meshes
     from ftspl.engine.constants import RenderSpec
     from ftspl.engine.home import Home
     from ftspl.engine.loading.meshes import _trimesh_loader, load_mesh, normalize
@@ -57,7 +60,7 @@ def main() -> None:
     from ftspl.engine.model.preprocess import views_to_tensor
     from ftspl.engine.rendering.renderer import Renderer
 
-    work = Home.resolve(cwd=ROOT).cache / "perf"  # where benchmarks/run.py keeps its meshes and model
+    work = perf_work()  # where benchmarks/run.py keeps its meshes and model
     files = perf_meshes(work, args.meshes)
     model = args.model or Home(work / "home").active_model_dir()
     spec = RenderSpec()
@@ -105,6 +108,9 @@ def main() -> None:
     res = {k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()}
     res["total_before"] = round(res["load_trimesh"] + res["render_msaa4"] + res["preprocess_formula"] + res["encode_onnx_1thread"], 1)
     res["total_after"] = round(res["load_fast"] + res["render_no_msaa"] + res["preprocess_lut"] + res["encode_onnx_1thread"], 1)
+    if args.out:
+        update_entry(args.out, args.entry, result_record(
+            "stages.py", argv, {"meshes": args.meshes, "model": str(model)}, **res))
     if args.json:
         print(json.dumps(res))
     else:

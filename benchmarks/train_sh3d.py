@@ -20,22 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import cli_json, study_home
 
 
 def ftspl(home: Path, *args: str) -> dict:
-    env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore")
-    r = subprocess.run([sys.executable, "-m", "ftspl", *args, "--json"], check=False, capture_output=True, text=True,
-                       env=env)
-    if r.returncode:
-        sys.exit(f"ftspl {' '.join(args)} failed:\n{r.stderr}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return cli_json(*args, home=home)
 
 
 def serve_metrics(home: Path, split) -> dict:
@@ -49,7 +41,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="default: ftspl train's")
     ap.add_argument("--epochs", type=int, default=None, help="default: ftspl train's")
     ap.add_argument("--warmup-epochs", type=int, default=None, help="default: ftspl train's")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=5, help="a report seed (ftspl.data.protocol): its query photos are scored")
     ap.add_argument("--bench", default="full", choices=("small", "full"))
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", action="store_true")
@@ -57,17 +49,29 @@ def main() -> None:
 
     from dataclasses import replace
 
-    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
-    from ftspl.engine.home import Home
+    from ftspl.data.protocol import REPORT_SEEDS, seed_role
 
-    repo_home = Home.resolve(cwd=ROOT)
+    if seed_role(args.seed) != "report":
+        raise SystemExit(f"--seed {args.seed}: not a report seed (use {', '.join(map(str, REPORT_SEEDS))}); "
+                         "tuning seeds' query photos are never scored")
+
+    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+
+    repo_home = study_home()
     if args.work is None:
         args.work = repo_home.cache / "bench-train"
     cache = repo_home.debian_cache
     budget = [f"--{k.replace('_', '-')}={v}" for k, v in
               (("rounds", args.rounds), ("epochs", args.epochs), ("warmup_epochs", args.warmup_epochs)) if v is not None]
+    from ftspl.data.protocol import check_use
+    from ftspl.engine.errors import UsageError
+
     split = build_sh3d_benchmark(args.work / f"data-{args.bench}-s{args.seed}", cache,
                                  replace(BENCH_PRESETS[args.bench], seed=args.seed))
+    try:
+        check_use(split.root, "report", "queries")  # the query photos of a tuning seed are never reported
+    except UsageError as exc:
+        raise SystemExit(str(exc)) from None
     out: dict = {"split": split.counts, "photos": split.photos, "classes": split.classes, "rows": {}}
     home = args.work / "home-cnn"
     if not (home / "models" / "ACTIVE").exists():
