@@ -1,19 +1,30 @@
 """Beyond the paper, measured on the SH3D benchmark: multi-photo fusion and open-set answers.
 
-    python benchmarks/beyond.py --bench BENCH --home HOME [--split val|queries] [--json]
+    python benchmarks/beyond.py --bench BENCH --home HOME --split val [--out FILE] [--json]       # tune
+    python benchmarks/beyond.py --bench BENCH --home HOME --split queries [--calibration FILE]   # report
 
-``BENCH`` is a folder from ``ftspl data sh3d`` and ``HOME`` holds an exported
-model whose index holds ``BENCH/target`` (``ftspl index add BENCH/target``).
-Ranks are exact (the whole gallery), as in ``ftspl eval``.
+``BENCH`` is a folder from ``ftspl data sh3d``; ``HOME`` holds an exported
+model (trained on BENCH) and an index of the gallery the split ranks
+(:mod:`ftspl.data.protocol`): ``--split val`` (purpose ``tune``: BENCH must be a
+tuning seed's build) ranks ``BENCH/val_gallery`` (``ftspl index add
+BENCH/val_gallery``); ``--split queries`` (purpose ``report``: a report seed's
+build) ranks ``BENCH/target``. The script refuses a build or an index of the
+wrong role. Ranks are exact (the whole gallery), as in ``ftspl eval``.
 
 * **Fusion**: the split's photos grouped by the model they show (``<model>__r0.jpg``,
   ``__icon.png``...). For each rule and n in 1, 2, 3 and all, the first n photos
   of a group (sorted by name) are fused into one query; the single-photo row
   scores every photo alone. Tune on ``--split val``; report ``queries`` as it comes.
-* **Open set**: ``--holdout K`` classes (seeded) leave the gallery; the threshold
-  for ``--precision`` on known photos is calibrated on ``val`` and applied to
-  ``queries``: AUROC of known vs unknown (nearest distance), the share of
-  unknown query photos answered "no match" and of known ones kept.
+* **Open set**: ``--holdout K`` classes (seeded) leave the gallery. ``val``:
+  the threshold for ``--precision`` on known photos is calibrated on the val
+  photos against the val gallery. ``queries``: that threshold (``--calibration``,
+  the ``val`` run's result file, default ``benchmarks/results/beyond_val.json``)
+  is applied to the query photos against the target gallery: AUROC of known vs
+  unknown (nearest distance), the share of unknown query photos answered "no
+  match" and of known ones kept.
+
+Writes ``--out`` (default ``benchmarks/results/beyond_<split>.json``; ``none``:
+print only) with the command, date, git state and config.
 """
 
 from __future__ import annotations
@@ -26,9 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common import RESULTS, result_record, write_result
+
+from ftspl.data.protocol import check_use
+from ftspl.engine.errors import UsageError
 from ftspl.engine.home import Home
 from ftspl.engine.index.library import Library
-from ftspl.engine.scoring.evaluate import embed_labelled, gallery_of, labelled_photos
+from ftspl.engine.scoring.evaluate import embed_labelled, labelled_photos
 from ftspl.engine.scoring.fusion import FUSIONS, fuse
 from ftspl.engine.scoring.metrics import format_metrics, pairwise_euclidean, retrieval_metrics
 from ftspl.engine.scoring.openset import auroc, calibrate
@@ -71,59 +86,111 @@ def fusion_table(emb: np.ndarray, labels: list[str], keys: list[str], gallery: n
     return out
 
 
-def open_set(val: tuple, queries: tuple, gallery: np.ndarray, g_labels: list[str], holdout: int,
-             precision: float, seed: int) -> dict:
+def held_out(g_labels: list[str], holdout: int, seed: int) -> list[str]:
+    """The ``holdout`` classes (a seeded pick) that leave the gallery."""
     classes = sorted(set(g_labels))
-    rng = np.random.default_rng(seed)
-    held = sorted(rng.choice(classes, size=holdout, replace=False).tolist())
+    return sorted(np.random.default_rng(seed).choice(classes, size=holdout, replace=False).tolist())
+
+
+def _without(gallery: np.ndarray, g_labels: list[str], held: list[str]) -> tuple[np.ndarray, set[str]]:
     keep = np.array([g not in held for g in g_labels])
-    kept_labels = {g for g, k in zip(g_labels, keep) if k}
-    gal = gallery[keep]
-    (v_emb, v_lab, _), (q_emb, q_lab, _) = val, queries
-    v_near = pairwise_euclidean(v_emb, gal).min(axis=1)
-    cal = calibrate(v_near, v_lab, kept_labels, precision, "-", "-", "val")
+    return gallery[keep], {g for g, k in zip(g_labels, keep) if k}
+
+
+def open_set_calibrate(val: tuple, gallery: np.ndarray, g_labels: list[str], holdout: int, precision: float,
+                       seed: int) -> dict:
+    """Tune: the threshold for ``precision`` on the val photos' nearest distances to the val gallery."""
+    held = held_out(g_labels, holdout, seed)
+    gal, kept_labels = _without(gallery, g_labels, held)
+    v_emb, v_lab, _ = val
+    cal = calibrate(pairwise_euclidean(v_emb, gal).min(axis=1), v_lab, kept_labels, precision, "-", "-", "val")
+    return {"held_out_classes": held, "precision_target": precision, "threshold": round(cal.max_distance, 4),
+            "val": {"auroc": round(cal.auroc, 4), "known_kept": round(cal.known_accepted, 4),
+                    "unknown_rejected": round(cal.unknown_rejected, 4)}}
+
+
+def open_set_apply(queries: tuple, gallery: np.ndarray, g_labels: list[str], held: list[str], threshold: float) -> dict:
+    """Report: a tuned threshold applied to the query photos against the target gallery."""
+    gal, kept_labels = _without(gallery, g_labels, held)
+    q_emb, q_lab, _ = queries
     q_near = pairwise_euclidean(q_emb, gal).min(axis=1)
     known = np.array([lab in kept_labels for lab in q_lab])
     return {
-        "held_out_classes": held,
-        "precision_target": precision,
-        "threshold": round(cal.max_distance, 4),
-        "val": {"auroc": round(cal.auroc, 4), "known_kept": round(cal.known_accepted, 4),
-                "unknown_rejected": round(cal.unknown_rejected, 4)},
-        "queries": {
-            "known": int(known.sum()), "unknown": int((~known).sum()),
-            "auroc": round(auroc(q_near[known], q_near[~known]), 4),
-            "unknown_rejected": round(float((q_near[~known] > cal.max_distance).mean()), 4),
-            "known_kept": round(float((q_near[known] <= cal.max_distance).mean()), 4),
-            "precision_on_accepted": round(float(known[q_near <= cal.max_distance].mean()), 4),
-        },
+        "known": int(known.sum()), "unknown": int((~known).sum()),
+        "auroc": round(auroc(q_near[known], q_near[~known]), 4),
+        "unknown_rejected": round(float((q_near[~known] > threshold).mean()), 4),
+        "known_kept": round(float((q_near[known] <= threshold).mean()), 4),
+        "precision_on_accepted": round(float(known[q_near <= threshold].mean()), 4),
     }
+
+
+def gallery_with_paths(lib: Library) -> tuple[np.ndarray, list[str], list[str]]:
+    """Every stored shape: (embeddings, labels, paths), from one consistent read."""
+    with lib.open_reader() as reader:
+        ids, gallery = reader.store.all_embeddings()
+        rows = {r.id: r for r in reader.store.get([int(i) for i in ids])}
+    return gallery, [rows[int(i)].label for i in ids], [rows[int(i)].path for i in ids]
+
+
+def check_gallery(paths: list[str], folder: Path) -> None:
+    """Refuse an index that holds anything but ``folder``'s shapes (e.g. the target gallery while tuning)."""
+    root = folder.resolve()
+    stray = [p for p in paths if not Path(p).resolve().is_relative_to(root)]
+    if stray or not paths:
+        raise SystemExit(f"the index must hold {folder} and nothing else (ftspl index add {folder} --rebuild); "
+                         f"{len(stray)} of {len(paths)} shapes are elsewhere, e.g. {stray[0] if stray else '-'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", type=Path, required=True)
-    ap.add_argument("--home", type=Path, required=True)
-    ap.add_argument("--split", choices=("val", "queries"), default="val", help="fusion rows on this split")
+    ap.add_argument("--home", type=Path, required=True, help="a model and an index of the split's gallery")
+    ap.add_argument("--split", choices=("val", "queries"), default="val",
+                    help="val: tune (val photos vs val_gallery); queries: report (query photos vs target)")
     ap.add_argument("--holdout", type=int, default=4, help="classes left out of the gallery (open set)")
     ap.add_argument("--precision", type=float, default=0.95)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the pick of held-out classes")
+    ap.add_argument("--calibration", type=Path, default=RESULTS / "beyond_val.json",
+                    help="with --split queries: the val run's result file (its open_set threshold)")
+    ap.add_argument("--out", default=None, help="result file (default: benchmarks/results/beyond_<split>.json); none")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    purpose, gallery_dir = ("tune", "val_gallery") if args.split == "val" else ("report", "target")
+    try:
+        check_use(args.bench, purpose, args.split)
+    except UsageError as exc:
+        raise SystemExit(str(exc)) from None
+    cal = None
+    if purpose == "report":
+        try:
+            cal = json.loads(args.calibration.read_text())["open_set"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"{args.calibration}: no tuned open-set threshold ({exc}); run --split val first") from None
     lib = Library(Home.resolve(args.home))
-    _ids, gallery, g_labels = gallery_of(lib)
-    val = _split(lib, args.bench / "val")
-    queries = _split(lib, args.bench / "queries")
-    fusion_on = val if args.split == "val" else queries
+    gallery, g_labels, g_paths = gallery_with_paths(lib)
+    check_gallery(g_paths, args.bench / gallery_dir)
+    photos = _split(lib, args.bench / args.split)
     res = {
         "model_id": lib.manifest.model_id,
         "gallery": len(g_labels),
-        "fusion": {"split": args.split, **fusion_table(*fusion_on, gallery, g_labels)},
-        "open_set": open_set(val, queries, gallery, g_labels, args.holdout, args.precision, args.seed),
+        "fusion": {"split": args.split, "purpose": purpose, **fusion_table(*photos, gallery, g_labels)},
     }
+    if cal is None:
+        res["open_set"] = open_set_calibrate(photos, gallery, g_labels, args.holdout, args.precision, args.seed)
+    else:
+        res["open_set"] = {"held_out_classes": cal["held_out_classes"], "precision_target": cal["precision_target"],
+                           "threshold": cal["threshold"], "tuned_in": str(args.calibration),
+                           "queries": open_set_apply(photos, gallery, g_labels, cal["held_out_classes"], cal["threshold"])}
+    config = {"bench": str(args.bench), "home": str(args.home), "split": args.split, "purpose": purpose,
+              "gallery": gallery_dir, "holdout": args.holdout, "precision": args.precision, "seed": args.seed,
+              **({"calibration": str(args.calibration)} if cal else {})}
+    record = result_record("beyond.py", argv, config, **res)
+    out = args.out or str(RESULTS / f"beyond_{args.split}.json")
+    if out.lower() != "none":
+        write_result(Path(out), record)
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(json.dumps(record, indent=1))
     else:
         f = res["fusion"]
         print(f"fusion on {f['split']}: {f['groups']} objects, {f['photos']} photos")
