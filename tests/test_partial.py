@@ -201,36 +201,41 @@ def test_partial_mode_two_processes(tiny, tmp_path):  # noqa: F811
     shutil.rmtree(tmp_path / "out")
 
 
-def test_quality_partial_rows_train_in_partial_mode_keyed_by_their_settings(tmp_path, monkeypatch):
-    """benchmarks/quality.py: *_partial rows run their preset in partial mode; K etc. key only those rows."""
+def test_partial_study_rows_train_in_partial_mode_keyed_by_their_settings(tmp_path, monkeypatch):
+    """benchmarks/partial_study.py: *_partial rows run their preset in partial mode; K etc. key only those cells."""
     import sys
-    import types
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import quality
-
-    from ftspl.train import loop
+    import partial_study
+    import studylib
 
     calls = []
 
-    def fake_train(cfg, return_embeddings=False, home=None):
+    def fake_embed_cell(row, cfg, split, purpose, run_dir):
         calls.append((cfg.preset, cfg.mode, cfg.train_blocks, cfg.backbone_lr_mult, cfg.tail_bn))
-        emb = types.SimpleNamespace(query_labels=np.zeros(3), target_labels=np.zeros(4))
-        return types.SimpleNamespace(embeddings=emb, rounds=[{"round": 0, "seconds": 2.0}])
+        q, t = np.eye(3, 4, dtype=np.float32) + 0.1, np.eye(4, dtype=np.float32) + 0.1
+        return q, ["a", "b", "a"], ["m1__r0.jpg", "m2__r0.jpg", "m3__r0.jpg"], t, ["a", "b", "a", "b"], \
+            ["s1", "s2", "s3", "s4"], {"seconds_per_round": [2.0, 3.0]}
 
-    monkeypatch.setattr(loop, "train", fake_train)
-    monkeypatch.setattr(quality, "score", lambda emb: ({m: 0.5 for m in quality.METRICS}, {}))
-    monkeypatch.setattr(quality, "save_embeddings", lambda path, emb: None)
-    monkeypatch.setattr("ftspl.train.validation.verdict", lambda rounds: {})
-    split = quality.Split(source=tmp_path / "s", queries=tmp_path / "q", target=tmp_path / "t", classes=["a"], counts={})
-    study = quality.StudyConfig()
-    k1 = {"train_blocks": 1, "backbone_lr_mult": 0.1, "tail_bn": "frozen"}
-    res = quality.run_row("FTSPL_partial", 0, split, study, tmp_path, k1)
-    assert calls[-1] == ("FTSPL", "partial", 1, 0.1, "frozen") and res["seconds_per_round"] == [2.0]
-    quality.run_row("FTSPL", 0, split, study, tmp_path, k1)
+    monkeypatch.setattr(studylib, "embed_cell", fake_embed_cell)
+    split = studylib.Split(0, tmp_path, tmp_path / "s", tmp_path / "v", tmp_path / "vg", tmp_path / "q", tmp_path / "t",
+                           ["a", "b"], {}, {})
+    k1 = partial_study.row_cell("FTSPL_partial", 1, 0.1, "frozen")
+    assert k1 == ("FTSPL", {"mode": "partial", "train_blocks": 1, "backbone_lr_mult": 0.1, "tail_bn": "frozen"})
+    res = studylib.run_cell(k1[0], split, "tune", k1[1], tmp_path)
+    assert calls[-1] == ("FTSPL", "partial", 1, 0.1, "frozen") and res["seconds_per_round"] == [2.0, 3.0]
+    row, fields = partial_study.row_cell("FTSPL", 1, 0.1, "frozen")
+    assert fields is None
+    studylib.run_cell(row, split, "tune", fields, tmp_path)
     assert calls[-1][:2] == ("FTSPL", "head")
-    quality.run_row("FTSPL", 0, split, study, tmp_path, {**k1, "train_blocks": 2})
-    assert len(calls) == 2  # a head row ignores the partial settings: reused
-    quality.run_row("FTSPL_partial", 0, split, study, tmp_path, {**k1, "train_blocks": 2})
+    studylib.run_cell("FTSPL", split, "tune", None, tmp_path)
+    assert len(calls) == 2  # the head cell is cached, whatever the partial settings
+    studylib.run_cell("FTSPL", split, "tune", k1[1], tmp_path)
+    assert len(calls) == 2  # the same partial cell: reused
+    studylib.run_cell("FTSPL", split, "tune", partial_study.tail_fields(2, 0.1, "frozen"), tmp_path)
     assert len(calls) == 3 and calls[-1][2] == 2  # another K: trained again
-    assert "FTSPL_partial" in quality.ROWS
+    assert partial_study.seconds_per_round([res]) == {"0": {"per_round": [2.0, 3.0], "mean_1_to_L": 3.0}}
+    with pytest.raises(SystemExit, match="not report seeds"):
+        partial_study.main(["report", "--seeds", "0"])
+    with pytest.raises(SystemExit, match="not tune seeds"):
+        partial_study.main(["tail", "--seeds", "5"])
