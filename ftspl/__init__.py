@@ -18,7 +18,7 @@ import importlib as _importlib
 import types as _types
 from typing import Any
 
-__version__ = "0.1.0"
+from ftspl.version import __version__
 
 
 def open(home=None, device: str = "auto", threads: int = 0):  # noqa: A001 - ftspl.open, as the docs say

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -26,8 +26,42 @@ from ftspl.engine.errors import UnknownKeyError
 
 if TYPE_CHECKING:
     from ftspl.data.backgrounds import Background
-    from ftspl.data.bench import BenchConfig
-    from ftspl.data.photo_domain import PhotoConfig
+
+
+class PhotoConfig(Protocol):
+    """The variety knobs of :class:`ftspl.data.photo_domain.PhotoConfig` that the effects here read.
+
+    A protocol rather than an import: ``photo_domain`` imports the effects from
+    this module, so this module must not import it back.
+    """
+
+    material_prob: float
+    material_hue: float
+    material_saturation: tuple[float, float]
+    material_albedo: tuple[float, float]
+    clutter: tuple[int, int]
+    clutter_object: float
+    clutter_front: float
+    clutter_scale: tuple[float, float]
+    clutter_max_cover: float
+    vignette: tuple[float, float]
+    white_balance: float
+    motion_blur_prob: float
+    motion_blur_px: tuple[float, float]
+    lowres_prob: float
+    lowres_scale: tuple[float, float]
+
+
+class _HasPhotos(Protocol):
+    """What :func:`apply_variety` changes in a :class:`ftspl.data.bench.BenchConfig` (a dataclass)."""
+
+    photo: Any
+    source_photo: Any
+    source_renders: int | None
+
+
+#: :func:`apply_variety` returns the type it is given (a BenchConfig)
+BenchConfig = TypeVar("BenchConfig", bound=_HasPhotos)
 
 __all__ = [
     "PHOTO_VARIETY",

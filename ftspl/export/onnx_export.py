@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import ftspl
 from ftspl.engine.constants import Preprocess, RenderSpec
 from ftspl.engine.errors import FtsplError, UnknownKeyError
 from ftspl.engine.files import sha256_file
@@ -36,6 +35,7 @@ from ftspl.engine.model.manifest import (
     EncoderFile,
     ModelManifest,
 )
+from ftspl.version import __version__ as FTSPL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def export_encoders(
             metrics=meta.metrics,
             parity_max_abs_diff=worst,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            ftspl_version=ftspl.__version__,
+            ftspl_version=FTSPL_VERSION,
         )
         tag = {"pretrained": "pretrained", "random-init": "random"}.get(meta.source, "ftspl")
         manifest.model_id = f"{meta.backbone}-{tag}-{manifest.model_hash[:12]}"
