@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ftspl.engine.index.prefetch import prefetch
+from ftspl.engine.index.pipeline.prefetch import prefetch
 
 
 def test_order_and_thread_affinity():

@@ -16,7 +16,9 @@ from conftest import WRAPPER, make_gallery, run_ftspl
 from PIL import Image
 
 from ftspl.engine.home import Home
-from ftspl.engine.index.reembed import PARTS_DIR, Parts, _pack, _unpack, view_cache_key
+from ftspl.engine.index.folder import PARTS_DIR
+from ftspl.engine.index.pipeline.plan import view_cache_key
+from ftspl.engine.index.reembed_parts import Parts, _pack, _unpack
 from ftspl.engine.index.store.schema import ShapeRecord
 
 
@@ -108,7 +110,7 @@ def _unpack_bytes(tmp_path: Path, data: bytes):
 
 def test_view_cache_key_is_the_training_render_caches(tmp_path, mesh_files):
     from ftspl.engine.constants import RenderSpec
-    from ftspl.engine.index.add_pipeline import content_hash
+    from ftspl.engine.index.pipeline.plan import content_hash
     from ftspl.engine.loading.scan import ShapeSource
 
     viewcache = pytest.importorskip("ftspl.train.viewcache")  # needs the [train] extra

@@ -18,13 +18,14 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from ftspl.engine.errors import IndexStateError, InputFileError
-from ftspl.engine.index.add_pipeline import AddReport
+from ftspl.engine.index.merge import merge_rows
+from ftspl.engine.index.pipeline.commit import Committer
+from ftspl.engine.index.pipeline.records import AddReport, EncodedShape
 from ftspl.engine.index.store.schema import ShapeRecord
 from ftspl.engine.index.shards import (
     ShardIdentity,
     ShardWriter,
     iter_rows,
-    merge_rows,
     read_identity,
     shard_files,
 )
@@ -53,8 +54,8 @@ def test_writer_round_trips_every_field_bit_for_bit(tmp_path: Path) -> None:
     recs = _records(10)
     report = AddReport()
     writer = ShardWriter(tmp_path / "out", IDENT, report, rows_per_shard=4)
-    writer.commit(recs[:7], [None] * 7)
-    writer.commit(recs[7:], [None] * 3)
+    writer.commit([EncodedShape(r) for r in recs[:7]])
+    writer.commit([EncodedShape(r) for r in recs[7:]])
     writer.close()
     assert report.added == 10 and len(writer.files) == 3  # 4 + 4 + 2 rows
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
@@ -141,21 +142,21 @@ def test_mixed_models_missing_columns_and_empty_folders_are_refused(tmp_path: Pa
 
 class _ListSink:
     def __init__(self) -> None:
-        self.batches: list[tuple[list, list]] = []
+        self.batches: list[list[EncodedShape]] = []
 
-    def commit(self, records, old_ids) -> None:
-        if records:
-            self.batches.append((list(records), list(old_ids)))
+    def commit(self, shapes) -> None:
+        if shapes:
+            self.batches.append(list(shapes))
 
 
 def test_merge_rows_skips_unchanged_updates_changed_and_keeps_the_first_duplicate(tmp_path: Path) -> None:
     recs = _records(6)
     writer = ShardWriter(tmp_path / "s", IDENT, AddReport(), rows_per_shard=100)
-    writer.commit(recs, [None] * 6)
+    writer.commit([EncodedShape(r) for r in recs])
     writer.close()
     dup = ShapeRecord(**{**recs[0].__dict__, "content_hash": "9" * 64})  # same path, other content
     second = ShardWriter(tmp_path / "s", IDENT, AddReport())
-    second.commit([dup], [None])
+    second.commit([EncodedShape(dup)])
     second.close()
     from ftspl.engine.index.store.schema import normalize_path
 
@@ -163,9 +164,9 @@ def test_merge_rows_skips_unchanged_updates_changed_and_keeps_the_first_duplicat
               normalize_path(recs[2].path): (8, "old")}  # changed: keeps id 8
     sink, report = _ListSink(), AddReport()
     files = sorted(writer.files) + second.files  # the first writer's shard comes first
-    merge_rows(files, stored, sink, report, commit_every=2, dim=DIM)
-    committed = [(r.path, old) for recs_, olds in sink.batches for r, old in zip(recs_, olds)]
-    assert all(len(b[0]) <= 2 for b in sink.batches)
+    merge_rows(files, stored, Committer(sink, report, commit_every=2), dim=DIM)
+    committed = [(s.record.path, s.old_id) for batch in sink.batches for s in batch]
+    assert all(len(b) <= 2 for b in sink.batches)
     assert [p for p, _ in committed] == [recs[i].path for i in (0, 2, 3, 4, 5)]
     assert dict(committed)[recs[2].path] == 8 and dict(committed)[recs[0].path] is None
     assert report.unchanged == 1

@@ -19,13 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.engine.errors import FtsplError
-from ftspl.engine.index.add_pipeline import (
-    AddReport,
-    PendingShape,
-    ProgressFn,
-    Sink,
-    make_record,
-)
+from ftspl.engine.index.pipeline.commit import Committer
+from ftspl.engine.index.pipeline.records import AddReport, EncodedShape, PendingShape, ProgressFn, Sink
 from ftspl.engine.model.encoders import RuntimeConfig
 from ftspl.scale.cluster import (
     ActorPlan,
@@ -105,9 +100,7 @@ class RayProducer:
     def run(self, todo: list[PendingShape], sink: Sink, report: AddReport, progress: ProgressFn | None,
             should_stop: Callable[[], bool] | None) -> None:
         by_path = {str(p.source.path): p for p in todo}
-        records: list = []
-        old_ids: list[int | None] = []
-        done = 0
+        committer = Committer(sink, report, self.cfg.commit_every, len(todo))
         t0 = time.perf_counter()
         rows = self._dataset(todo).iter_batches(batch_size=None, batch_format="numpy")
         first = None  # (time, shapes) of the first results: start-up ends there
@@ -116,24 +109,13 @@ class RayProducer:
                 if first is None:
                     first = (time.perf_counter(), len(batch["path"]))
                 for i, path in enumerate(batch["path"]):
-                    done += 1
-                    pending = by_path[str(path)]
+                    committer.seen()
                     if batch["error"][i]:
-                        report.failed.append((str(path), str(batch["error"][i])))
-                        continue
-                    faces = int(batch["faces"][i])
-                    emb = np.asarray(batch["embedding"][i], np.float32)
-                    raw = bytes(batch["view_embeddings"][i]) if "view_embeddings" in batch else b""
-                    per_view = np.frombuffer(raw, np.float32).reshape(-1, len(emb)).copy() if raw else None
-                    records.append(make_record(pending, None if faces == FAILED_FACES else faces, emb,
-                                               bytes(batch["preview"][i]), per_view,
-                                               bytes(batch["view_strip"][i]) if per_view is not None else None))
-                    old_ids.append(pending.old_id)
-                    if len(records) >= self.cfg.commit_every:
-                        sink.commit(records, old_ids)
-                        records, old_ids = [], []
+                        committer.fail(str(path), str(batch["error"][i]))
+                    else:
+                        committer.add(_encoded_shape(batch, i, by_path[str(path)]))
                 if progress:
-                    progress("index", done, len(todo))
+                    progress("index", committer.done, len(todo))
                 if should_stop is not None and should_stop():
                     break
         except Exception as exc:  # noqa: BLE001 - Ray wraps actor errors; ours keep their one-line message
@@ -142,13 +124,13 @@ class RayProducer:
             close = getattr(rows, "close", None)
             if close is not None:
                 close()  # stops the pipeline when the loop left early
-        sink.commit(records, old_ids)
+        committer.flush()
         end = time.perf_counter()
         self.timings["pipeline_s"] = end - t0
         if first is not None:
             self.timings["first_result_s"] = first[0] - t0  # actor start-up (interpreters, GL, sessions)
-            if done > first[1] and end > first[0]:
-                self.timings["steady_shapes_per_s"] = (done - first[1]) / (end - first[0])
+            if committer.done > first[1] and end > first[0]:
+                self.timings["steady_shapes_per_s"] = (committer.done - first[1]) / (end - first[0])
 
     def close(self) -> None:
         if self.started_ray:
@@ -156,6 +138,16 @@ class RayProducer:
 
             ray.shutdown()
             self.started_ray = False
+
+
+def _encoded_shape(batch: dict[str, np.ndarray], i: int, pending: PendingShape) -> EncodedShape:
+    """Row ``i`` of an encode stage's output batch (:mod:`ftspl.scale.stages`) as the sinks take it."""
+    faces = int(batch["faces"][i])
+    emb = np.asarray(batch["embedding"][i], np.float32)
+    raw = bytes(batch["view_embeddings"][i]) if "view_embeddings" in batch else b""
+    per_view = np.frombuffer(raw, np.float32).reshape(-1, len(emb)).copy() if raw else None
+    return EncodedShape.of(pending, None if faces == FAILED_FACES else faces, emb, bytes(batch["preview"][i]),
+                           per_view, bytes(batch["view_strip"][i]) if per_view is not None else None)
 
 
 def _unwrap(exc: BaseException) -> BaseException:

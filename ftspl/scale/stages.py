@@ -70,7 +70,8 @@ class RenderStage:
 
 
 class EncodeStage:
-    """Embeds rendered views with one onnxruntime session (CPU or CUDA), exactly as the local path does.
+    """Embeds rendered views with one onnxruntime session (CPU or CUDA) through the engine's encode step
+    (:func:`~ftspl.engine.index.pipeline.encode.encode_views`), so they match the local path's.
 
     ``model_files`` maps file names (the manifest and the multi-view encoder) to
     their bytes; they are written to a private folder and checked against the
@@ -97,9 +98,7 @@ class EncodeStage:
             self.prep = ThreadPoolExecutor(prep_threads, thread_name_prefix="ftspl-prep")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ftspl.engine.model.preprocess import views_to_tensor
-
-        from ftspl.engine.index.store.viewcodes import make_strip
+        from ftspl.engine.index.pipeline.encode import encode_views
 
         errors = batch["error"]
         ok = np.flatnonzero(np.asarray([not e for e in errors], bool))
@@ -108,15 +107,14 @@ class EncodeStage:
         per_view = np.full(len(errors), b"", dtype=object)
         strips = np.full(len(errors), b"", dtype=object)
         if len(ok):
-            pre = self.encoders.preprocess
-            views = [batch["views"][i] for i in ok]
-            tensors = list(self.prep.map(lambda v: views_to_tensor(v, pre), views)) if self.prep else [
-                views_to_tensor(v, pre) for v in views]
-            emb[ok], by_view = self.encoders.embed_views_full(np.stack(tensors))
-            if by_view is not None:
+            # the engine's encode step; previews come from the render actors
+            out = encode_views(self.encoders, [batch["views"][i] for i in ok], previews=False,
+                               pool_map=self.prep.map if self.prep else map)
+            emb[ok] = out.embeddings
+            if out.view_embeddings is not None:
                 for j, i in enumerate(ok):
-                    per_view[i] = np.ascontiguousarray(by_view[j], np.float32).tobytes()
-                    strips[i] = make_strip(batch["views"][i])
+                    per_view[i] = np.ascontiguousarray(out.view_embeddings[j], np.float32).tobytes()
+                    strips[i] = out.strips[j]
         return {"path": batch["path"], "faces": batch["faces"], "preview": batch["preview"], "error": errors,
                 "embedding": emb, "view_embeddings": per_view, "view_strip": strips}
 

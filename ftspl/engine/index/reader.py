@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError, UsageError
+from ftspl.engine.index.anncache import AnnDelta, apply_delta, read_delta
 
 if TYPE_CHECKING:
-    from ftspl.engine.index.library import Library
     from ftspl.engine.index.store.schema import ShapeRow
 
 log = logging.getLogger(__name__)
@@ -134,9 +134,13 @@ def _file_id(path: Path) -> tuple[int, int]:
 
 
 class Reader:
-    """Read-only view of the index for queries; safe while a writer runs, and across threads."""
+    """Read-only view of the index for queries; safe while a writer runs, and across threads.
 
-    def __init__(self, lib: Library) -> None:
+    ``lib`` is the :class:`~ftspl.engine.index.library.Library` it reads (its
+    folder, model, encoders and home); :meth:`Library.open_reader` makes one.
+    """
+
+    def __init__(self, lib) -> None:
         from ftspl.engine.index.store import ShapeStore
 
         if not lib.exists():
@@ -311,37 +315,28 @@ class Reader:
             if not replaced and gen == self.generation and self.labels is not None:
                 self._set_warnings(notes)
                 return None
-            rebuild = replaced or gen < self.generation
-            if not rebuild:
-                ids, vecs, removed = self._follow.changes_since(self.generation)
-                rebuild = len(ids) + len(removed) > SWAP_OVER
-            if rebuild:
-                ids, vecs = self._follow.all_embeddings()
-                removed = np.zeros(0, np.int64)
+            # a replaced store, or one that went back: everything, built aside; so is a large delta
+            since = None if replaced or gen < self.generation else self.generation
+            delta = read_delta(self._follow, since, whole_over=SWAP_OVER)
             labels = self._follow.labels()
-        if rebuild:
-            self._swap_in(ids, vecs, gen, labels, info, fid if replaced else None)
+        if delta.whole:
+            self._swap_in(delta, labels, info, fid if replaced else None)
         else:
             with self._ann_lock.write():
-                if len(removed):
-                    self.ann.remove(removed)
-                if len(ids):
-                    self.ann.add(ids, vecs)
+                apply_delta(self.ann, delta)
                 self.generation, self.labels, self.info = gen, labels, info
                 self._publish()
         self._set_warnings(notes)
-        return RefreshReport(gen, added=len(ids), removed=len(removed), rebuilt=rebuild)
+        return RefreshReport(gen, added=len(delta.ids), removed=len(delta.removed), rebuilt=delta.whole)
 
-    def _swap_in(self, ids, vecs, gen: int, labels: dict[str, int], info: dict, new_file) -> None:
+    def _swap_in(self, delta: AnnDelta, labels: dict[str, int], info: dict, new_file) -> None:
         """Build a fresh ANN (and open the replaced store) outside the locks, then swap."""
-        from ftspl.engine.index.library import rebuilt_like
         from ftspl.engine.index.store import ShapeStore
 
-        fresh = rebuilt_like(self.ann)
-        fresh.add(ids, vecs)
+        fresh = apply_delta(self.ann, delta)
         store = ShapeStore(self.lib.store_path, readonly=True, check_same_thread=False) if new_file else None
         with self._ann_lock.write():
-            self.ann, self.generation, self.labels, self.info = fresh, gen, labels, info
+            self.ann, self.generation, self.labels, self.info = fresh, delta.generation, labels, info
             self._publish()
             if store is not None:
                 with self._store_lock:
@@ -349,7 +344,7 @@ class Reader:
                 self._file_id = new_file
         if store is not None:
             store.close()  # the old handle: swapped out under the lock, so nobody holds it
-        log.info("ANN rebuilt from the store at generation %d (%d shapes)", gen, len(ids))
+        log.info("ANN rebuilt from the store at generation %d (%d shapes)", delta.generation, len(delta.ids))
 
     def _identity_problem(self, info: dict[str, Any]) -> str | None:
         """Why the store can no longer be followed (another model or render spec), or None."""

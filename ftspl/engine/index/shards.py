@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ftspl.engine.errors import FtsplError, IndexStateError, InputFileError, WriteError
+from ftspl.engine.index.pipeline.records import EncodedShape
 from ftspl.engine.index.store.schema import ShapeRecord, normalize_path, validate_record
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class ShardIdentity:
 
 
 class ShardWriter:
-    """A sink (see :mod:`~ftspl.engine.index.add_pipeline`) that writes records to Parquet shards in ``folder``.
+    """A sink (see :mod:`~ftspl.engine.index.pipeline`) that writes records to Parquet shards in ``folder``.
 
     Buffers up to ``rows_per_shard`` records (or ``flush_every_s`` seconds) per
     file; ``report.added`` counts the shapes written; ``files`` lists the shards.
@@ -84,8 +85,8 @@ class ShardWriter:
         self._last = time.monotonic()
         self._prefix = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{secrets.token_hex(3)}"
 
-    def commit(self, records: list, old_ids: list) -> None:
-        self._buf.extend(records)
+    def commit(self, shapes: list[EncodedShape]) -> None:
+        self._buf.extend(s.record for s in shapes)
         if len(self._buf) >= self.rows_per_shard or time.monotonic() - self._last > self.flush_every_s:
             self.flush()
 
@@ -289,6 +290,12 @@ def _view_matrix(raw: bytes | None, dim: int) -> np.ndarray | None:
     return np.frombuffer(raw, np.float32).reshape(-1, dim).copy()
 
 
+def row_count(files: list[Path]) -> int:
+    """Rows in all ``files`` (from the Parquet footers)."""
+    _, _, pq = _pa()
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
 def iter_rows(files: list[Path], dim: int, batch_rows: int = 1024) -> Iterator[tuple[str, ShapeRecord | None, str | None]]:
     """``(path, record, None)`` per valid row, ``(path, None, reason)`` per invalid one, file by file."""
     _, _, pq = _pa()
@@ -323,49 +330,14 @@ def iter_rows(files: list[Path], dim: int, batch_rows: int = 1024) -> Iterator[t
                 yield path, rec, None
 
 
-def merge_rows(files: list[Path], stored: dict[str, tuple[int, str]], sink, report, commit_every: int, dim: int,
-               progress=None) -> None:
-    """Feed every new or changed row of ``files`` to ``sink`` (unchanged rows skipped by content hash).
-
-    A path listed twice keeps its first row; a second row with other content is a failure line.
-    """
-    _, _, pq = _pa()
-    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    seen: dict[str, str] = {}
-    records: list[ShapeRecord] = []
-    old_ids: list[int | None] = []
-    for done, (path, rec, error) in enumerate(iter_rows(files, dim), 1):
-        if progress:
-            progress("merge", done, total)
-        if error is not None:
-            report.failed.append((path, error))
-            continue
-        key = normalize_path(path)
-        if key in seen:
-            if seen[key] != rec.content_hash:
-                report.failed.append((path, "listed twice in the shards with different content; the first row is kept"))
-            continue
-        seen[key] = rec.content_hash
-        entry = stored.get(key)
-        if entry is not None and entry[1] == rec.content_hash:
-            report.unchanged += 1
-            continue
-        records.append(rec)
-        old_ids.append(None if entry is None else entry[0])
-        if len(records) >= commit_every:
-            sink.commit(records, old_ids)
-            records, old_ids = [], []
-    sink.commit(records, old_ids)
-
-
 __all__ = [
     "ShardIdentity",
     "ShardWriter",
     "check_model",
     "iter_rows",
     "known_shapes",
-    "merge_rows",
     "read_identity",
     "resolve_spec",
+    "row_count",
     "shard_files",
 ]
