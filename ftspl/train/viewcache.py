@@ -14,7 +14,6 @@ run. A file that cannot be used is skipped and reported as ``(path, reason)``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from collections.abc import Callable
@@ -25,7 +24,7 @@ import numpy as np
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.files import atomic_write_bytes
-from ftspl.engine.index.library import content_hash
+from ftspl.engine.index.pipeline.plan import content_hash, view_cache_key
 from ftspl.engine.loading.meshes import MeshLimits
 from ftspl.engine.loading.scan import ShapeSource
 
@@ -63,7 +62,6 @@ def cache_views(
     from ftspl.engine.rendering.worker import RenderJob, RenderWorker
 
     folder.mkdir(parents=True, exist_ok=True)
-    spec_digest = spec.digest()
     keys: list[str | None] = [None] * len(paths)
     failed: dict[int, str] = {}
     todo: list[tuple[int, str]] = []  # (input position, cache key) of shapes to render
@@ -73,7 +71,7 @@ def cache_views(
         except OSError as exc:
             failed[i] = f"cannot read ({exc.strerror or exc})"
             continue
-        key = hashlib.sha256(f"{digest}:{spec_digest}".encode()).hexdigest()[:32]
+        key = view_cache_key(digest, spec)
         if (folder / f"{key}.npz").exists():
             keys[i] = key
         else:
