@@ -149,18 +149,24 @@ def served(work: Path, half_run: Path, cont_run: Path, target: Path, queries: Pa
     }
 
 
+def check_seeds(args) -> list[int]:
+    """``--seeds`` as ints; without ``--data`` each must be a report seed (its build's queries are reported)."""
+    from ftspl.data.protocol import REPORT_SEEDS, seed_role
+
+    seeds = [int(x) for x in args.seeds.split(",")]
+    wrong = [s for s in seeds if seed_role(s) != "report"]
+    if args.data is None and wrong:
+        sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not report seeds (use {', '.join(map(str, REPORT_SEEDS))})")
+    return seeds
+
+
 def splits_for(args) -> list:
     """One (report) split per seed: its own build, or ``--data`` for every seed; refused unless reportable."""
     import studylib
 
-    from ftspl.data.protocol import REPORT_SEEDS, seed_role
     from ftspl.engine.errors import UsageError
 
-    seeds = [int(x) for x in args.seeds.split(",")]
-    if args.data is None:
-        wrong = [s for s in seeds if seed_role(s) != "report"]
-        if wrong:
-            sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not report seeds (use {', '.join(map(str, REPORT_SEEDS))})")
+    seeds = check_seeds(args)
     splits = []
     for seed in seeds:
         if args.data is not None:
@@ -191,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the result JSON")
     args = ap.parse_args(argv)
     halves = [int(x) for x in args.halves.split(",")]
+    check_seeds(args)
     load_torch_before_mesa()
     splits = splits_for(args)
 
