@@ -167,3 +167,26 @@ def test_continue_study_refuses_tuning_seeds(bench_path) -> None:
 
     with pytest.raises(SystemExit, match="not report seeds"):
         continue_study.main(["--seeds", "0"])
+
+
+@pytest.mark.slow
+def test_perf_helpers_index_build_the_big_index_and_time_queries(model_home: Path, tmp_path: Path, bench_path,
+                                                                   gl_available) -> None:
+    """run.py's pieces on a tiny library: index add through the CLI, the big index built with the registry's
+    default backend, warm queries in a helper-module worker process, cold query processes."""
+    from conftest import make_gallery
+
+    import perflib
+    import querylib
+
+    ours = perflib.index_ours(model_home, make_gallery(tmp_path / "g", 6))
+    assert ours["meshes"] == 6 and ours["failed"] == 0
+    assert len(perflib.real_embeddings(model_home)) == 6
+    big = tmp_path / "big"
+    info = querylib.build_big_index(model_home, big, 300)
+    assert info["shapes"] == 300 and info["backend"] == "hnsw"
+    photos = sorted((ROOT / "tests" / "assets").glob("*.jpg"))
+    q = querylib.query_bench(big, photos[:2])
+    assert q["queries"] == 10 and q["p50_ms"] > 0 and q["peak_rss_mb"] > 0
+    cold = querylib.cold_query(big, photos[0])
+    assert len(cold["runs_s"]) == 3 and cold["cold_query_s"] > 0
