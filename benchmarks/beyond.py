@@ -38,9 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, result_record, write_result
+from protocollib import check_build, check_gallery, gallery_with_paths
 
-from ftspl.data.protocol import check_use
-from ftspl.engine.errors import UsageError
 from ftspl.engine.home import Home
 from ftspl.engine.index.library import Library
 from ftspl.engine.scoring.evaluate import embed_labelled, labelled_photos
@@ -124,23 +123,6 @@ def open_set_apply(queries: tuple, gallery: np.ndarray, g_labels: list[str], hel
     }
 
 
-def gallery_with_paths(lib: Library) -> tuple[np.ndarray, list[str], list[str]]:
-    """Every stored shape: (embeddings, labels, paths), from one consistent read."""
-    with lib.open_reader() as reader:
-        ids, gallery = reader.store.all_embeddings()
-        rows = {r.id: r for r in reader.store.get([int(i) for i in ids])}
-    return gallery, [rows[int(i)].label for i in ids], [rows[int(i)].path for i in ids]
-
-
-def check_gallery(paths: list[str], folder: Path) -> None:
-    """Refuse an index that holds anything but ``folder``'s shapes (e.g. the target gallery while tuning)."""
-    root = folder.resolve()
-    stray = [p for p in paths if not Path(p).resolve().is_relative_to(root)]
-    if stray or not paths:
-        raise SystemExit(f"the index must hold {folder} and nothing else (ftspl index add {folder} --rebuild); "
-                         f"{len(stray)} of {len(paths)} shapes are elsewhere, e.g. {stray[0] if stray else '-'}")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", type=Path, required=True)
@@ -156,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    purpose, gallery_dir = ("tune", "val_gallery") if args.split == "val" else ("report", "target")
-    try:
-        check_use(args.bench, purpose, args.split)
-    except UsageError as exc:
-        raise SystemExit(str(exc)) from None
+    purpose, gallery_dir = check_build(args.bench, args.split)
     cal = None
     if purpose == "report":
         try:
@@ -168,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, KeyError) as exc:
             raise SystemExit(f"{args.calibration}: no tuned open-set threshold ({exc}); run --split val first") from None
     lib = Library(Home.resolve(args.home))
-    gallery, g_labels, g_paths = gallery_with_paths(lib)
+    _ids, gallery, g_labels, g_paths = gallery_with_paths(lib)
     check_gallery(g_paths, args.bench / gallery_dir)
     photos = _split(lib, args.bench / args.split)
     res = {

@@ -1,23 +1,33 @@
 """The view that matched, measured on the SH3D benchmark: re-ranking by best view, its cost, its bytes.
 
-    python benchmarks/matched_view.py --bench BENCH --home HOME [--json] [--out FILE]
+    python benchmarks/matched_view.py --bench BENCH --home HOME --split val [--out FILE] [--json]      # tune
+    python benchmarks/matched_view.py --bench BENCH --home HOME --split queries [--choice FILE]    # report
 
 ``BENCH`` is a folder from ``ftspl data sh3d``; ``HOME`` holds a model exported
-with per-view output (``ftspl export``, since issue 17) and its index of
-``BENCH/target`` (``ftspl index add BENCH/target``), so every shape has codes.
+with per-view output (``ftspl export``, since issue 17), trained on BENCH, and
+an index of the gallery the split ranks (``protocollib``, :mod:`ftspl.data.protocol`),
+so every shape has codes: ``--split val`` (purpose ``tune``, a tuning seed's
+build) ranks ``BENCH/val_gallery``; ``--split queries`` (purpose ``report``, a
+report seed's build) ranks ``BENCH/target``. A build or an index of the wrong
+role is refused.
 
 * **Re-ranking**: each photo's whole gallery is ranked by the pooled distance
   (exact, as ``ftspl eval``); the top ``--depth`` are re-ordered by a rule of
   :mod:`ftspl.engine.scoring.views` (``view``; ``blend`` at each ``--weights``)
-  from the stored int8 codes, the rest keep their order. The rule and weight
-  are chosen on ``BENCH/val`` (validation photos against the target gallery)
-  by the mean of NN, FT, ST, DCG and 1 - ANMRR; ``BENCH/queries`` are then
-  scored for every rule and reported as they come.
+  from the stored int8 codes, the rest keep their order. ``val``: the rule and
+  weight are chosen by the mean of NN, FT, ST, DCG and 1 - ANMRR (ties keep
+  ``none``), and adopted when the paired 95% interval of the mean's change
+  lies above 0. ``queries``: every rule is scored and reported as it comes,
+  with the interval of the rule the val run chose (``--choice``, its result
+  file, default ``benchmarks/results/matched_view_val.json``).
 * **Cost**: ms per query of the real path (:func:`search_matched` on the
   index's ANN, one photo at a time, after a warm-up): the plain search, plus
   matched views for the top 10, plus re-ranking of the top ``--depth``.
 * **Bytes**: the index folder per shape, the codes and view strips in it, and
   ``--baseline-home``'s index (the same gallery without codes) for comparison.
+
+Writes ``--out`` (default ``benchmarks/results/matched_view_<split>.json``;
+``none``: print only) with the command, date, git state and config.
 """
 
 from __future__ import annotations
@@ -33,7 +43,10 @@ import numpy as np
 from ftspl.engine.home import Home
 from ftspl.engine.index.store import viewcodes
 from ftspl.engine.index.library import Library
-from ftspl.engine.scoring.evaluate import embed_labelled, gallery_of
+from common import RESULTS, result_record, write_result
+from protocollib import check_build, check_gallery, gallery_with_paths
+
+from ftspl.engine.scoring.evaluate import embed_labelled
 from ftspl.engine.scoring.metrics import (
     format_metrics,
     pairwise_euclidean,
@@ -126,74 +139,85 @@ def index_bytes(home: Home) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", type=Path, required=True)
-    ap.add_argument("--home", type=Path, required=True, help="a model with per-view output and its index of BENCH/target")
+    ap.add_argument("--home", type=Path, required=True, help="a model with per-view output and an index of the split's gallery")
+    ap.add_argument("--split", choices=("val", "queries"), default="val",
+                    help="val: tune (val photos vs val_gallery); queries: report (query photos vs target)")
+    ap.add_argument("--choice", type=Path, default=RESULTS / "matched_view_val.json",
+                    help="with --split queries: the val run's result file (its chosen rule)")
     ap.add_argument("--baseline-home", type=Path, help="the same gallery indexed without codes (bytes comparison)")
     ap.add_argument("--depth", type=int, default=MatchConfig().depth, help="candidates re-ranked")
-    ap.add_argument("--repeats", type=int, default=3, help="timing passes over the val photos")
+    ap.add_argument("--repeats", type=int, default=3, help="timing passes over the split's photos")
     ap.add_argument("--bootstrap", type=int, default=500, help="resamples for the paired interval of the change")
-    ap.add_argument("--out", type=Path, help="write the JSON here too")
+    ap.add_argument("--out", default=None, help="result file (default: benchmarks/results/matched_view_<split>.json); none")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    purpose, gallery_dir = check_build(args.bench, args.split)
+    chosen = None
+    if purpose == "report":
+        try:
+            chosen = json.loads(args.choice.read_text())["chosen_on_val"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"{args.choice}: no rule chosen on val ({exc}); run --split val first") from None
     home = Home.resolve(args.home)
     lib = Library(home)
     if not lib.encoders.has_view_output:
         raise SystemExit(f"{lib.model_dir}: model {lib.manifest.model_id} has no per-view output; export it again")
-    ids, gallery, g_labels = gallery_of(lib)
+    ids, gallery, g_labels, g_paths = gallery_with_paths(lib)
+    check_gallery(g_paths, args.bench / gallery_dir)
     with lib.open_reader() as reader:
         by_id = reader.view_embeddings([int(i) for i in ids])
     missing = [int(i) for i in ids if int(i) not in by_id]
     if missing:
         raise SystemExit(f"{len(missing)} shapes have no view codes (e.g. id {missing[0]}); rebuild the index")
     codes = np.stack([by_id[int(i)] for i in ids])
-    splits = {}
-    for split in ("val", "queries"):
-        emb, labels, failed = embed_labelled(args.bench / split, lib)
-        if failed:
-            raise SystemExit(f"{args.bench / split}: {len(failed)} photos failed to load, e.g. {failed[0]}")
-        splits[split] = (emb, labels, pairwise_euclidean(emb, gallery), best_view_sims(emb, codes))
-    val = table(*[splits["val"][i] for i in (2, 3, 1)], g_labels, args.depth)
-    chosen = max(val, key=lambda k: (val[k]["mean"], k == "none"))  # ties keep the paper's order
-    queries = table(*[splits["queries"][i] for i in (2, 3, 1)], g_labels, args.depth)
+    emb, labels, failed = embed_labelled(args.bench / args.split, lib)
+    if failed:
+        raise SystemExit(f"{args.bench / args.split}: {len(failed)} photos failed to load, e.g. {failed[0]}")
+    dist, view = pairwise_euclidean(emb, gallery), best_view_sims(emb, codes)
+    rows = table(dist, view, labels, g_labels, args.depth)
+    if chosen is None:
+        chosen = max(rows, key=lambda k: (rows[k]["mean"], k == "none"))  # ties keep the paper's order
     rule, _, w = chosen.partition(" w=")
-    intervals = {}
-    for split in ("val", "queries"):
-        emb, labels, dist, view = splits[split]
-        intervals[split] = paired_interval(dist, reranked(dist, view, rule, float(w or 0), args.depth), labels,
-                                           g_labels, args.bootstrap)
-    # "improves": the paired 95% interval of the mean's change lies above 0 on both splits
-    adopt = chosen != "none" and all(lo > 0 for lo, _hi in intervals.values())
+    interval = paired_interval(dist, reranked(dist, view, rule, float(w or 0), args.depth), labels, g_labels,
+                               args.bootstrap)
     res = {
         "model_id": lib.manifest.model_id,
         "gallery": len(g_labels),
-        "photos": {k: len(v[1]) for k, v in splits.items()},
+        "photos": len(labels),
         "depth": args.depth,
         "criterion": "mean of NN, FT, ST, DCG and 1 - ANMRR on val",
         "chosen_on_val": chosen,
-        "mean_change_95ci": intervals,
+        "mean_change_95ci": interval,
         "bootstrap_rounds": args.bootstrap,
-        "adopt_as_default": bool(adopt),
-        "val": val,
-        "queries": queries,
-        "ms_per_query": cost_ms(lib, splits["val"][0], args.depth, args.repeats),
+        args.split: rows,
+        "ms_per_query": cost_ms(lib, emb, args.depth, args.repeats),
         "bytes": {"with_codes": index_bytes(home)},
     }
+    if purpose == "tune":  # "improves": the paired 95% interval of the mean's change lies above 0 on val
+        res["adopt_as_default"] = bool(chosen != "none" and interval[0] > 0)
     if args.baseline_home is not None:
         base = index_bytes(Home.resolve(args.baseline_home))
         res["bytes"]["without_codes"] = base
         res["bytes"]["ratio"] = round(res["bytes"]["with_codes"]["bytes_per_shape"] / base["bytes_per_shape"], 2)
-    if args.out is not None:
-        args.out.write_text(json.dumps(res, indent=1) + "\n")
+    config = {"bench": str(args.bench), "home": str(args.home), "split": args.split, "purpose": purpose,
+              "gallery": gallery_dir, "depth": args.depth, "repeats": args.repeats, "bootstrap": args.bootstrap,
+              "baseline_home": str(args.baseline_home) if args.baseline_home else None,
+              **({"choice": str(args.choice)} if purpose == "report" else {})}
+    record = result_record("matched_view.py", argv, config, **res)
+    out = args.out or str(RESULTS / f"matched_view_{args.split}.json")
+    if out.lower() != "none":
+        write_result(Path(out), record)
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(json.dumps(record, indent=1))
     else:
         print(f"model {res['model_id']}, gallery {res['gallery']}, photos {res['photos']}, re-rank depth {args.depth}")
-        for split in ("val", "queries"):
-            print(f"{split}:")
-            for rule, row in res[split].items():
-                mark = " <- chosen on val" if rule == chosen else ""
-                print(f"  {rule:12s} " + "  ".join(f"{k} {row[k]:.4f}" for k in (*METRICS, "mean")) + mark)
-        print(f"{chosen} vs none, mean change 95% interval:", json.dumps(intervals), "adopt:", adopt)
+        print(f"{args.split} ({purpose}):")
+        for name, row in rows.items():
+            mark = " <- chosen on val" if name == chosen else ""
+            print(f"  {name:12s} " + "  ".join(f"{k} {row[k]:.4f}" for k in (*METRICS, "mean")) + mark)
+        print(f"{chosen} vs none, mean change 95% interval:", json.dumps(interval),
+              *(["adopt:", res["adopt_as_default"]] if purpose == "tune" else []))
         print("ms per query:", json.dumps(res["ms_per_query"]))
         print("bytes:", json.dumps(res["bytes"]))
     return 0

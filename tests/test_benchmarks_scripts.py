@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 #: modules scripts share; a helper may import another helper, never a script
-HELPERS = {"common", "studylib", "varietylib", "perflib", "peerlib", "querylib", "annlib"}
+HELPERS = {"common", "studylib", "varietylib", "perflib", "peerlib", "querylib", "annlib", "protocollib"}
 SCRIPTS = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("*/*.py")] if p.stem not in HELPERS)
 
 
@@ -140,26 +140,29 @@ def test_figures_read_quality_exports(tmp_path: Path, bench_path) -> None:
     assert figures._rows_present(work, [5, 7]) == ["CNN", "JAN", "FTSPL"]
 
 
+@pytest.mark.parametrize("script", ["beyond", "matched_view"])
 @pytest.mark.parametrize("seed, split", [(5, "val"), (0, "queries")])
-def test_beyond_refuses_a_build_of_the_other_role(tmp_path: Path, seed: int, split: str, bench_path) -> None:
+def test_served_index_studies_refuse_a_build_of_the_other_role(tmp_path: Path, seed: int, split: str, script: str,
+                                                              bench_path) -> None:
+    import importlib
+
     from ftspl.data.protocol import manifest_record
 
     bench = tmp_path / "bench"
     bench.mkdir()
     (bench / "manifest.json").write_text(json.dumps({"seed": seed, **manifest_record(seed)}))
-    import beyond
-
+    mod = importlib.import_module(script)
     with pytest.raises(SystemExit, match="cannot be used to"):
-        beyond.main(["--bench", str(bench), "--home", str(tmp_path / "home"), "--split", split, "--out", "none"])
+        mod.main(["--bench", str(bench), "--home", str(tmp_path / "home"), "--split", split, "--out", "none"])
 
 
-def test_beyond_refuses_an_index_of_another_gallery(tmp_path: Path, bench_path) -> None:
-    import beyond
+def test_an_index_of_another_gallery_is_refused(tmp_path: Path, bench_path) -> None:
+    import protocollib
 
     (tmp_path / "b" / "val_gallery" / "chair").mkdir(parents=True)
-    beyond.check_gallery([str(tmp_path / "b" / "val_gallery" / "chair" / "m.obj")], tmp_path / "b" / "val_gallery")
+    protocollib.check_gallery([str(tmp_path / "b" / "val_gallery" / "chair" / "m.obj")], tmp_path / "b" / "val_gallery")
     with pytest.raises(SystemExit, match="must hold"):
-        beyond.check_gallery([str(tmp_path / "b" / "target" / "chair" / "m.obj")], tmp_path / "b" / "val_gallery")
+        protocollib.check_gallery([str(tmp_path / "b" / "target" / "chair" / "m.obj")], tmp_path / "b" / "val_gallery")
 
 
 def test_continue_study_refuses_tuning_seeds(bench_path) -> None:

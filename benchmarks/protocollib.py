@@ -1,0 +1,48 @@
+"""The protocol for scripts that score a served index (``beyond.py``, ``matched_view.py``): a helper module.
+
+A split's photos have one purpose (:mod:`ftspl.data.protocol`): ``val``
+tunes and ranks ``val_gallery`` (the source models' meshes); ``queries``
+reports and ranks ``target``. These scripts read a home's index, so besides
+the build's manifest they check that the index holds that gallery and
+nothing else: tuning against an index of the reported gallery is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: split -> (purpose, the gallery folder its photos rank)
+ROLES = {"val": ("tune", "val_gallery"), "queries": ("report", "target")}
+
+
+def check_build(bench: Path, split: str) -> tuple[str, str]:
+    """(purpose, gallery folder) of ``split``; exits unless ``bench``'s manifest gives the split and seed that role."""
+    from ftspl.data.protocol import check_use
+    from ftspl.engine.errors import UsageError
+
+    purpose, gallery = ROLES[split]
+    try:
+        check_use(bench, purpose, split)
+    except UsageError as exc:
+        raise SystemExit(str(exc)) from None
+    return purpose, gallery
+
+
+def gallery_with_paths(lib):
+    """Every stored shape of a :class:`Library`: (ids, embeddings, labels, paths), from one consistent read."""
+    with lib.open_reader() as reader:
+        ids, gallery = reader.store.all_embeddings()
+        rows = {r.id: r for r in reader.store.get([int(i) for i in ids])}
+    return ids, gallery, [rows[int(i)].label for i in ids], [rows[int(i)].path for i in ids]
+
+
+def check_gallery(paths: list[str], folder: Path) -> None:
+    """Exit unless the index holds ``folder``'s shapes and nothing else (e.g. the target gallery while tuning)."""
+    root = Path(folder).resolve()
+    stray = [p for p in paths if not Path(p).resolve().is_relative_to(root)]
+    if stray or not paths:
+        raise SystemExit(f"the index must hold {folder} and nothing else (ftspl index add {folder} --rebuild); "
+                         f"{len(stray)} of {len(paths)} shapes are elsewhere, e.g. {stray[0] if stray else '-'}")
+
+
+__all__ = ["ROLES", "check_build", "check_gallery", "gallery_with_paths"]
