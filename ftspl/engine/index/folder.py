@@ -15,25 +15,18 @@ PARTS_DIR = "reembed"  #: a re-embed's part files, until its swap
 
 @dataclass(frozen=True)
 class IndexFolder:
-    """Where an index's files live."""
+    """Where an index's files live (:meth:`at` names them all from the folder)."""
 
     dir: Path
+    store: Path
+    ann: Path
+    lock: Path
+    parts: Path
 
-    @property
-    def store(self) -> Path:
-        return self.dir / STORE_NAME
-
-    @property
-    def ann(self) -> Path:
-        return self.dir / ANN_NAME
-
-    @property
-    def lock(self) -> Path:
-        return self.dir / LOCK_NAME
-
-    @property
-    def parts(self) -> Path:
-        return self.dir / PARTS_DIR
+    @classmethod
+    def at(cls, folder: str | Path) -> IndexFolder:
+        d = Path(folder)
+        return cls(d, d / STORE_NAME, d / ANN_NAME, d / LOCK_NAME, d / PARTS_DIR)
 
     def exists(self) -> bool:
         return self.store.exists()

@@ -42,7 +42,7 @@ class Library:
 
     def __init__(self, home: Home, runtime: RuntimeConfig = RuntimeConfig(), model_dir: Path | None = None) -> None:
         self.home = home
-        self.folder = IndexFolder(home.index_dir)
+        self.folder = IndexFolder.at(home.index_dir)
         self.dir = self.folder.dir
         self.model_dir = model_dir or home.active_model_dir()
         self.encoders = Encoders(self.model_dir, runtime, graph_cache_dir=home.cache / "onnxruntime")
