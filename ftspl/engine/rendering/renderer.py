@@ -153,19 +153,28 @@ def _atlas_grid(views: int) -> tuple[int, int]:
     return cols, math.ceil(views / cols)
 
 
-def _load_torch_llvm_first() -> None:
-    """In a process that already uses torch, load Triton before Mesa's llvmpipe.
+#: What a process that already uses torch loads before its first EGL context (see below).
+LLVM_FIRST_MODULE = "torch._dynamo"
+
+
+def _load_torch_llvm_first() -> bool:
+    """In a process that already uses torch, load Triton before Mesa's llvmpipe; True if it did.
 
     Both bring their own LLVM; Triton (loaded lazily by torch._dynamo, which
     torch.optim and the ONNX exporter import) segfaults when it loads after an
     EGL context exists (seen with torch 2.14.1 + Mesa 22.3), and is safe the
     other way round. The engine never imports torch itself: this only runs
-    where the caller already did (training, export, tests).
+    where the caller already did (training, export, tests), and a torch-free
+    process (``index add``, ``query``, ``serve``) returns False here and keeps
+    ``torch`` out of ``sys.modules`` (tests/test_api.py renders and queries in
+    a fresh interpreter and checks both ways).
     """
-    if "torch" in sys.modules:
-        import importlib
+    if "torch" not in sys.modules:
+        return False
+    import importlib
 
-        importlib.import_module("torch._dynamo")
+    importlib.import_module(LLVM_FIRST_MODULE)
+    return True
 
 
 class Renderer:
@@ -180,7 +189,7 @@ class Renderer:
         self.spec = spec
         if spec.views < 1 or spec.image_size < 1:
             raise ValueError("RenderSpec needs views >= 1 and image_size >= 1")
-        _load_torch_llvm_first()
+        self.loaded_torch_llvm_first = _load_torch_llvm_first()  #: False in every torch-free process
         self._ctx = self._create_context()
         try:
             self._setup()
