@@ -84,9 +84,9 @@ def train_budget() -> dict:
     return {"mode": "head", "rounds": cfg.rounds, "epochs": cfg.epochs, "warmup_epochs": cfg.warmup_epochs}
 
 
-def train_model(work: Path, quick: bool) -> tuple[Path, dict, Path]:
+def train_model(work: Path) -> tuple[Path, dict, Path]:
     """Build the small SH3D benchmark, train FTSPL in head mode with ``ftspl train``'s default budget
-    (``quick`` changes nothing here: the budget is TrainConfig's), export it; (home, train figures, queries)."""
+    (:func:`train_budget`), export it; (home, train figures, queries)."""
     work = Path(work)
     data = work / "data"
     home = work / "home"
@@ -144,7 +144,7 @@ def ensure_perf_index(work: Path) -> Path:
         return home
     log(f"{home}: no model and index yet; training the model and indexing the benchmark meshes first")
     perf_meshes(work, 60)
-    home, _, _ = train_model(work, quick=True)
+    home, _, _ = train_model(work)
     index_ours(home, Path(work) / "meshes")
     return home
 

@@ -86,7 +86,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     res: dict = {"quick": args.quick, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine()}
     files = perf_meshes(work, args.meshes)
-    home, train, queries_dir = train_model(work, args.quick)
+    home, train, queries_dir = train_model(work)
     res["train"] = train
     photos = sorted(queries_dir.rglob("*.jpg"))[:20]
 
