@@ -1,5 +1,6 @@
 """Query latency: the big index (real shapes plus synthetic ones), warm queries in a worker process, cold
-``ftspl query`` processes. A helper module (``run.py``, ``serve_load.py``), not a script."""
+``ftspl query`` processes, and long-lived in-process query workers whose blocks interleave with HTTP load.
+A helper module (``run.py``, ``serve_load.py``), not a script."""
 
 from __future__ import annotations
 
@@ -125,4 +126,94 @@ def cold_query(home: Path, photo: Path) -> dict:
             "first_on_machine_s": round(first, 3)}
 
 
-__all__ = ["build_big_index", "cold_query", "peak_rss_mb", "query_bench", "query_worker", "query_worker_main"]
+# --------------------------------------------------------------------------- in-process baseline (serve_load.py)
+def inprocess_worker(home: str, threads: int, photos: list[str]) -> None:
+    """(Subprocess) warm :class:`Reader` queries: for each line N on stdin, N queries; their ms as a JSON line."""
+    from ftspl.engine.home import Home
+    from ftspl.engine.index.library import Library
+    from ftspl.engine.model.encoders import RuntimeConfig
+
+    lib = Library(Home(Path(home)), RuntimeConfig(device="cpu", intra_op_threads=threads))
+    i = 0
+    with lib.open_reader() as reader:
+        reader.query_photos(photos[:2], 10)
+        print("ready", flush=True)
+        for line in sys.stdin:
+            times = []
+            for _ in range(int(line)):
+                t = time.perf_counter()
+                assert len(reader.query_photos([photos[i % len(photos)]], 10)[0].hits) == 10
+                times.append(round((time.perf_counter() - t) * 1000, 3))
+                i += 1
+            print(json.dumps(times), flush=True)
+
+
+def inprocess_worker_main(argv: list[str]) -> int:
+    """(Child process) ``HOME THREADS PHOTO...``: :func:`inprocess_worker`."""
+    home, threads, *photos = argv
+    inprocess_worker(home, int(threads), photos)
+    return 0
+
+
+class InProcess:
+    """A long-lived in-process query worker, so its blocks interleave with the HTTP ones."""
+
+    def __init__(self, home: Path, photos: list[Path], threads: int) -> None:
+        self.threads = threads
+        self.times: list[float] = []
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.proc = subprocess.Popen(worker_command("querylib", "inprocess_worker_main", str(home), str(threads),
+                                                    *map(str, photos)),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise SystemExit("the in-process query worker did not start")
+
+    def send(self, n: int) -> None:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+
+    def recv(self, keep: bool = True) -> None:
+        times = json.loads(self.proc.stdout.readline())
+        if keep:
+            self.times += times
+
+    def close(self) -> dict:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+        t = np.asarray(self.times or [np.nan])
+        return {"threads": self.threads, "queries": len(self.times), "p50_ms": round(float(np.percentile(t, 50)), 2),
+                "p95_ms": round(float(np.percentile(t, 95)), 2)}
+
+
+class Baseline:
+    """In-process figures taken between the HTTP blocks: latency (one thread, all cores), and how far
+    this machine lets two query processes scale right now (no HTTP, no shared interpreter)."""
+
+    def __init__(self, home: Path, photos: list[Path]) -> None:
+        self.one, self.all, self.other = (InProcess(home, photos, t) for t in (1, 0, 1))
+        self.alone_s = self.pair_s = 0.0
+        self.n = 0
+
+    def round(self, n: int) -> None:
+        t = time.perf_counter()
+        self.one.send(n)
+        self.one.recv()
+        self.alone_s += time.perf_counter() - t
+        self.all.send(n)
+        self.all.recv()
+        t = time.perf_counter()
+        for w in (self.one, self.other):  # side by side; their latencies are not kept
+            w.send(n)
+        for w in (self.one, self.other):
+            w.recv(keep=False)
+        self.pair_s += time.perf_counter() - t
+        self.n += n
+
+    def close(self) -> dict:
+        one, all_, _ = self.one.close(), self.all.close(), self.other.close()
+        alone, pair = self.n / self.alone_s, 2 * self.n / self.pair_s
+        return {"one_thread": one, "all_cores": all_, "machine_scaling": {
+            "one_process_qps": round(alone, 2), "two_processes_qps": round(pair, 2), "ratio": round(pair / alone, 2)}}
+
+
+__all__ = ["Baseline", "InProcess", "inprocess_worker", "inprocess_worker_main", "build_big_index", "cold_query", "peak_rss_mb", "query_bench", "query_worker", "query_worker_main"]

@@ -42,7 +42,7 @@ import numpy as np
 
 from common import RESULTS, study_home
 from perflib import ensure_perf_index, log, machine, perf_meshes, perf_work, store_path
-from querylib import build_big_index
+from querylib import Baseline, build_big_index
 
 CONCURRENCY = (1, 2, 4, 8)
 TARGETS = {"http_c1_p50_over_inprocess_p50": ("<=", 1.5), "rps_c2_over_c1": (">=", 1.6),
@@ -98,88 +98,6 @@ def photos_for(src: Path, work: Path) -> list[Path]:
         if found:
             return found
     raise SystemExit("no query photos found next to the source home (run benchmarks/run.py --quick first)")
-
-
-# --------------------------------------------------------------------------- in-process baseline
-def inprocess_worker(home: str, threads: int, photos: list[str]) -> None:
-    """(Subprocess) warm :class:`Reader` queries: for each line N on stdin, N queries; their ms as a JSON line."""
-    from ftspl.engine.home import Home
-    from ftspl.engine.index.library import Library
-    from ftspl.engine.model.encoders import RuntimeConfig
-
-    lib = Library(Home(Path(home)), RuntimeConfig(device="cpu", intra_op_threads=threads))
-    i = 0
-    with lib.open_reader() as reader:
-        reader.query_photos(photos[:2], 10)
-        print("ready", flush=True)
-        for line in sys.stdin:
-            times = []
-            for _ in range(int(line)):
-                t = time.perf_counter()
-                assert len(reader.query_photos([photos[i % len(photos)]], 10)[0].hits) == 10
-                times.append(round((time.perf_counter() - t) * 1000, 3))
-                i += 1
-            print(json.dumps(times), flush=True)
-
-
-class InProcess:
-    """A long-lived in-process query worker, so its blocks interleave with the HTTP ones."""
-
-    def __init__(self, home: Path, photos: list[Path], threads: int) -> None:
-        self.threads = threads
-        self.times: list[float] = []
-        env = dict(os.environ, PYTHONWARNINGS="ignore")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--inprocess-worker", str(home), str(threads), *map(str, photos)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise SystemExit("the in-process query worker did not start")
-
-    def send(self, n: int) -> None:
-        self.proc.stdin.write(f"{n}\n")
-        self.proc.stdin.flush()
-
-    def recv(self, keep: bool = True) -> None:
-        times = json.loads(self.proc.stdout.readline())
-        if keep:
-            self.times += times
-
-    def close(self) -> dict:
-        self.proc.stdin.close()
-        self.proc.wait(60)
-        t = np.asarray(self.times or [np.nan])
-        return {"threads": self.threads, "queries": len(self.times), "p50_ms": round(float(np.percentile(t, 50)), 2),
-                "p95_ms": round(float(np.percentile(t, 95)), 2)}
-
-
-class Baseline:
-    """In-process figures taken between the HTTP blocks: latency (one thread, all cores), and how far
-    this machine lets two query processes scale right now (no HTTP, no shared interpreter)."""
-
-    def __init__(self, home: Path, photos: list[Path]) -> None:
-        self.one, self.all, self.other = (InProcess(home, photos, t) for t in (1, 0, 1))
-        self.alone_s = self.pair_s = 0.0
-        self.n = 0
-
-    def round(self, n: int) -> None:
-        t = time.perf_counter()
-        self.one.send(n)
-        self.one.recv()
-        self.alone_s += time.perf_counter() - t
-        self.all.send(n)
-        self.all.recv()
-        t = time.perf_counter()
-        for w in (self.one, self.other):  # side by side; their latencies are not kept
-            w.send(n)
-        for w in (self.one, self.other):
-            w.recv(keep=False)
-        self.pair_s += time.perf_counter() - t
-        self.n += n
-
-    def close(self) -> dict:
-        one, all_, _ = self.one.close(), self.all.close(), self.other.close()
-        alone, pair = self.n / self.alone_s, 2 * self.n / self.pair_s
-        return {"one_thread": one, "all_cores": all_, "machine_scaling": {
-            "one_process_qps": round(alone, 2), "two_processes_qps": round(pair, 2), "ratio": round(pair / alone, 2)}}
 
 
 # --------------------------------------------------------------------------- the server and the load
@@ -365,12 +283,7 @@ def main() -> None:
     ap.add_argument("--source-home", type=Path, default=None, help="default: <cache>/perf/home (run.py's)")
     ap.add_argument("--work", type=Path, default=None, help="default: <cache>/serve-load")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve.json")
-    ap.add_argument("--inprocess-worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.inprocess_worker:
-        home, threads, *photos = args.inprocess_worker
-        inprocess_worker(home, int(threads), photos)
-        return
 
     t_all = time.perf_counter()
     args.source_home = args.source_home or perf_work() / "home"

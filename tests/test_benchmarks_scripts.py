@@ -193,3 +193,7 @@ def test_perf_helpers_index_build_the_big_index_and_time_queries(model_home: Pat
     assert q["queries"] == 10 and q["p50_ms"] > 0 and q["peak_rss_mb"] > 0
     cold = querylib.cold_query(big, photos[0])
     assert len(cold["runs_s"]) == 3 and cold["cold_query_s"] > 0
+    base = querylib.Baseline(big, photos[:2])  # serve_load's long-lived in-process workers
+    base.round(3)
+    got = base.close()
+    assert got["one_thread"]["queries"] == 3 and got["machine_scaling"]["ratio"] > 0
