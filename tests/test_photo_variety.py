@@ -157,7 +157,7 @@ def test_lens_and_sensor_effects() -> None:
 
 # ------------------------------------------------------------------ linking
 def _fake_build(root: Path, cfg: BenchConfig) -> None:
-    for g in ("source", "val", "queries", "target"):
+    for g in ("source", "val", "queries", "target", "val_gallery"):
         (root / g / "chair").mkdir(parents=True)
         (root / g / "chair" / f"{g}.jpg").write_bytes(g.encode())
     (root / "manifest.json").write_text(json.dumps({"config": _config_record(cfg)}))
@@ -167,8 +167,11 @@ def test_link_from_an_earlier_build(tmp_path: Path) -> None:
     base = BenchConfig(seed=1)
     _fake_build(tmp_path / "base", base)
     out = tmp_path / "clutter"
-    assert _link_from(tmp_path / "base", out, apply_variety(base, "clutter")) == ["val", "queries", "target"]
+    linked = ["val", "queries", "target", "val_gallery"]
+    assert _link_from(tmp_path / "base", out, apply_variety(base, "clutter")) == linked
     assert os.path.samefile(out / "val" / "chair" / "val.jpg", tmp_path / "base" / "val" / "chair" / "val.jpg")
+    assert os.path.samefile(out / "val_gallery" / "chair" / "val_gallery.jpg",
+                            tmp_path / "base" / "val_gallery" / "chair" / "val_gallery.jpg")
     assert not (out / "source").exists()  # the source photos are the variety's own
     same = tmp_path / "same"
     assert "source" in _link_from(tmp_path / "base", same, base)
