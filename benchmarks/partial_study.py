@@ -34,13 +34,11 @@ import sys
 from pathlib import Path
 
 from common import RESULTS, load_torch_before_mesa, logger, quiet_openmp, result_record, study_home, write_result
+from studylib import RULE, pick
 
 quiet_openmp()
 log = logger("partial")
 PARTIAL = "_partial"
-TIE = 0.001
-RULE = (f"best mean val FT over the tuning seeds; within {TIE} FT a tie, broken by the higher mean val NN, "
-        "then by the order of --cells (the default first)")
 SHOWN = ("NN", "FT", "ST", "DCG", "ANMRR")
 
 
@@ -71,12 +69,6 @@ def seconds_per_round(recs: list[dict]) -> dict:
         s = [x for x in (r.get("seconds_per_round") or []) if x is not None]
         out[str(r["seed"])] = {"per_round": s, "mean_1_to_L": round(sum(s[1:]) / len(s[1:]), 1) if len(s) > 1 else None}
     return out
-
-
-def pick(cells: list[dict]) -> dict:
-    best = max(c["mean"]["FT"][0] for c in cells)
-    tied = [c for c in cells if best - c["mean"]["FT"][0] < TIE]
-    return max(tied, key=lambda c: (c["mean"]["NN"][0], -c["order"]))
 
 
 def tail_stage(args, splits: list, work: Path) -> dict:

@@ -211,6 +211,19 @@ def run_cell(row: str, split: Split, purpose: str, fields: dict | None, work: Pa
     return out
 
 
+# -- the tuning rule -----------------------------------------------------------------------------------
+TIE = 0.001  #: val FT differences below this are ties (the precision the tables print)
+RULE = (f"best mean val FT over the tuning seeds; cells within {TIE} FT of the best tie, broken by the higher "
+        "mean val NN, then by the grid's order (cheaper settings first)")
+
+
+def pick(cells: list[dict]) -> dict:
+    """The cell :data:`RULE` chooses among cells carrying ``mean`` ({metric: [mean, std]}) and ``order``."""
+    best_ft = max(c["mean"]["FT"][0] for c in cells)
+    tied = [c for c in cells if best_ft - c["mean"]["FT"][0] < TIE]
+    return max(tied, key=lambda c: (c["mean"]["NN"][0], -c["order"]))
+
+
 # -- aggregation -------------------------------------------------------------------------------------
 def mean_std(results: list[dict]) -> dict:
     """{metric: [mean, sample std]} over seeds."""
@@ -262,5 +275,5 @@ def paired(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> d
     return out
 
 
-__all__ = ["METRICS", "PAIRED", "PRETRAINED_ROWS", "Split", "all_rows", "build_split", "mean_std", "paired",
-           "run_cell", "score", "train_config", "trained_rows"]
+__all__ = ["METRICS", "PAIRED", "PRETRAINED_ROWS", "RULE", "TIE", "Split", "all_rows", "build_split", "mean_std",
+           "paired", "pick", "run_cell", "score", "train_config", "trained_rows"]

@@ -8,8 +8,8 @@ val photos ranking its val gallery (:mod:`ftspl.data.protocol`: never the
 reported gallery, never a report seed). Grids of one row run in stages: a
 grid with ``after`` starts from the winner of that grid.
 
-The rule, for every grid: the cell with the best mean val FT over the tuning
-seeds wins; a cell within :data:`TIE` of the best FT is a tie, broken by the
+The rule, for every grid (:data:`studylib.RULE`): the cell with the best mean val FT over the tuning
+seeds wins; a cell within :data:`studylib.TIE` of the best FT is a tie, broken by the
 higher mean val NN, then by the grid's order (cheaper settings are listed
 first). The rule is applied as is, whatever the size of the margin: the report
 (``quality.py``) says which differences are noise.
@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import RESULTS, load_torch_before_mesa, logger, quiet_openmp, study_home
+from studylib import RULE, pick
 
 quiet_openmp()
 log = logger("tune")
-TIE = 0.001  #: val FT differences below this are ties (the precision the tables print)
-RULE = (f"best mean val FT over the tuning seeds; cells within {TIE} FT of the best tie, broken by the higher "
-        "mean val NN, then by the grid's order (cheaper settings first)")
 
 
 @dataclass(frozen=True)
@@ -98,13 +96,6 @@ for _row in ("CORAL", "DANN", "MMD", "JAN"):
 def lives_in(row: str) -> str:
     """Where a row's winner is the default: TrainConfig (FTSPL, shared by the ablation presets) or the preset."""
     return "TrainConfig" if row == "FTSPL" else f"PRESETS[{row!r}]"
-
-
-def pick(cells: list[dict]) -> dict:
-    """The rule (:data:`RULE`) over cells carrying ``mean``; returns the winning cell."""
-    best_ft = max(c["mean"]["FT"][0] for c in cells)
-    tied = [c for c in cells if best_ft - c["mean"]["FT"][0] < TIE]
-    return max(tied, key=lambda c: (c["mean"]["NN"][0], -c["order"]))
 
 
 def grid_order(names: list[str]) -> list[str]:
