@@ -81,6 +81,19 @@ def mesh_files(tmp_path: Path) -> dict[str, Path]:
     return files
 
 
+#: Set to 1 (``make test`` and so CI do) to make a missing or broken GL stack fail the GL tests
+#: instead of skipping them: a CI machine without EGL must not go green with rendering broken.
+REQUIRE_GL = "FTSPL_REQUIRE_GL"
+
+
+def no_gl(exc: Exception) -> None:
+    """Skip for a missing GL stack, or fail when ``$FTSPL_REQUIRE_GL`` is 1 (always raises)."""
+    reason = f"headless OpenGL (EGL) unavailable on this machine: {exc}"
+    if os.environ.get(REQUIRE_GL) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_GL}=1: this machine must render)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def renderer():
     """A session-wide Renderer with :data:`SMALL_SPEC` (GL contexts are slow to create)."""
@@ -90,21 +103,21 @@ def renderer():
     try:
         r = Renderer(SMALL_SPEC)
     except RenderError as exc:
-        pytest.skip(f"headless OpenGL (EGL) unavailable on this machine: {exc}")
+        no_gl(exc)
     yield r
     r.close()
 
 
 @pytest.fixture(scope="session")
 def gl_available() -> None:
-    """Skip (with the reason) when no EGL context can be created; tests that make their own Renderer use it."""
+    """Skip (with the reason) when no EGL context can be created, or fail under ``$FTSPL_REQUIRE_GL=1``."""
     from ftspl.engine.errors import RenderError
     from ftspl.engine.rendering.renderer import Renderer
 
     try:
         Renderer(RenderSpec(image_size=8, views=1)).close()
     except RenderError as exc:
-        pytest.skip(f"headless OpenGL (EGL) unavailable on this machine: {exc}")
+        no_gl(exc)
 
 
 @pytest.fixture

@@ -116,3 +116,64 @@ def test_racing_writers_and_looping_readers(model_home: Path, tmp_path: Path) ->
         assert store.count() == 24
     v = run_ftspl(model_home, "index", "verify", "--json")
     assert v.returncode == 0 and json.loads(v.stdout)["shapes"] == 24, v.stdout
+
+
+@pytest.mark.slow
+def test_api_queries_from_threads_while_another_process_adds(model_home: Path, tmp_path: Path) -> None:
+    """One ``ftspl.open()`` library, four query threads, and an ``index add`` process committing meanwhile.
+
+    Every answer is whole (ranks 1..n, distinct shapes, distances in order, only
+    committed shapes); each thread sees the index only grow; and the shapes the
+    other process commits are found without reopening the library.
+    """
+    import threading
+
+    from PIL import Image
+
+    import ftspl
+
+    seed = make_gallery(tmp_path / "seed", 2)
+    big = make_gallery(tmp_path / "big", 12)
+    assert run_ftspl(model_home, "index", "add", str(seed)).returncode == 0
+    lib = ftspl.open(model_home, threads=1)
+    photo = Image.new("RGB", (64, 64), (100, 120, 140))
+    assert len(lib.query(photo, top=50).hits) == 2
+    add = AddRun(model_home, big)
+    stop = threading.Event()
+    errors: list[str] = []
+    seen: dict[int, list[tuple[int, int]]] = {i: [] for i in range(4)}
+
+    def ask(i: int) -> None:
+        while not stop.is_set():
+            try:
+                answer = lib.query(photo, top=50)
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(f"thread {i}: {type(exc).__name__}: {exc}")
+                return
+            hits = answer.hits
+            ok = ([h.rank for h in hits] == list(range(1, len(hits) + 1)) and len({h.id for h in hits}) == len(hits)
+                  and all(a.distance <= b.distance + 1e-6 for a, b in zip(hits, hits[1:]))
+                  and all(Path(h.path).exists() for h in hits))
+            if not ok:
+                errors.append(f"thread {i}: an inconsistent answer {answer.to_dict()['hits']}")
+            seen[i].append((answer.generation, len(hits)))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert add.wait_for("committed", 2)  # two batches in: the threads are querying a growing index
+        add.drain()
+        assert add.proc.wait(timeout=300) == 0, add.seen[-5:]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors, errors[:5]
+    for i, answers in seen.items():
+        assert answers, f"thread {i} never answered"
+        assert answers == sorted(answers), f"thread {i} saw the index shrink or go back: {answers}"
+    assert len({n for answers in seen.values() for _, n in answers}) > 1  # the add was seen while it ran
+    final = lib.query(photo, top=50)
+    assert len(final.hits) == 14 == lib.stats().count
+    lib.close()
