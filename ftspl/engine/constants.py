@@ -16,6 +16,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 
+from ftspl.engine.errors import UnknownKeyError
+
 # --- The paper's multi-view setting (FTSPL Sec. III, following MVCNN) -------
 VIEWS = 12  #: virtual cameras on a circle around the upright axis
 AZIMUTH_STEP_DEG = 30.0  #: one camera every 30 degrees
@@ -40,6 +42,13 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  #: a mesh or photo file larger than this is 
 MAX_FACES = 5_000_000  #: meshes with more faces are refused
 MAX_VERTICES = 5_000_000
 MAX_IMAGE_PIXELS = 64_000_000  #: decompression-bomb guard for photos and views
+
+# --- How gallery views are coloured -------------------------------------------
+#: ``grey``: one grey Phong material for every shape (the paper's shape domain).
+#: ``materials``: each shape's own colours and textures (OBJ+MTL ``Kd``/``map_Kd``, glTF
+#: base colour and texture, PLY vertex/face colours); shapes without any render grey.
+LOOKS = ("grey", "materials")
+DEFAULT_LOOK = "grey"
 
 
 @dataclass(frozen=True)
@@ -75,14 +84,35 @@ class RenderSpec:
     #: (250 vs 75 CPU-ms per mesh) while retrieval metrics did not move (SH3D, pretrained
     #: lite0: NN .792 vs .785, DCG .644 vs .647, ANMRR .381 vs .380). GPUs may raise it.
     samples: int = 0
+    #: ``grey`` or ``materials`` (:data:`LOOKS`): whether views wear the shape's own materials
+    look: str = DEFAULT_LOOK
+
+    def __post_init__(self) -> None:
+        if self.look not in LOOKS:
+            raise UnknownKeyError("render look", self.look, LOOKS)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def digest(self) -> str:
-        """Short stable hash of the spec (sorted JSON, sha256, 16 hex digits)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Short stable hash of the spec (sorted JSON, sha256, 16 hex digits).
+
+        Fields added after specs were first hashed (:data:`_HASH_NEUTRAL`) are left
+        out while they hold the value every older spec implied, so a spec that
+        renders as before hashes as before: models, manifests and indexes made
+        before the field existed keep matching, and any other value changes the hash.
+        """
+        data = {k: v for k, v in self.to_dict().items() if _HASH_NEUTRAL.get(k, _NOT_NEUTRAL) != v}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def wants_materials(self) -> bool:
+        """Whether shapes are loaded and rendered with their own materials."""
+        return self.look == "materials"
+
+    def with_look(self, look: str) -> "RenderSpec":
+        return replace(self, look=look)
 
     def with_up(self, up: str) -> "RenderSpec":
         return replace(self, up=up)
@@ -92,6 +122,11 @@ class RenderSpec:
         known = {f for f in cls.__dataclass_fields__}
         clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
         return cls(**clean)
+
+
+_NOT_NEUTRAL = object()
+#: Field -> the value that leaves it out of :meth:`RenderSpec.digest` (the look before ``look`` existed).
+_HASH_NEUTRAL: dict[str, object] = {"look": DEFAULT_LOOK}
 
 
 @dataclass(frozen=True)

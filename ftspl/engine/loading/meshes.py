@@ -9,10 +9,14 @@ rendering garbage.
 
 Security/robustness decisions (trimesh does the parsing):
 
-* Only **geometry** is loaded (``skip_materials=True``): gallery views are
-  rendered with one grey material, so MTL files and textures are never read.
-  That also means no texture image is decoded (no decompression bombs) and no
-  ``mtllib ../../etc/passwd`` style reference is followed.
+* Only **geometry** is loaded (``skip_materials=True``) unless the render
+  spec's look is ``materials``: in the grey look MTL files and textures are
+  never read, so no texture image is decoded. With ``materials=True`` trimesh
+  reads them through the same folder-confined resolver (no ``mtllib
+  ../../etc/passwd`` style reference is followed), and
+  :mod:`ftspl.engine.loading.materials` decodes textures under caps of their
+  own; a material that cannot be read costs its colour or texture, with a
+  logged warning, never the shape.
 * Files that geometry *does* depend on (a ``.gltf``'s external ``.bin``
   buffers) are read through :class:`~ftspl.engine.loading.trimesh_parse.FolderResolver`, which serves only
   regular files inside the mesh's own folder and never fetches URLs
@@ -54,6 +58,7 @@ from ftspl.engine.errors import MeshLoadError, UnknownKeyError
 from ftspl.engine.loading import gltf, off
 from ftspl.engine.loading.inputs import check_input_file
 from ftspl.engine.loading.limits import MeshLimits  # re-exported: its long-standing home
+from ftspl.engine.loading.materials import Materials, build_materials
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +74,15 @@ __all__ = [
 
 @dataclass
 class Mesh:
-    """A triangle soup ready for rendering: float32 (n, 3) vertices, int32 (m, 3) faces."""
+    """A triangle soup ready for rendering: float32 (n, 3) vertices, int32 (m, 3) faces.
+
+    ``materials`` holds the file's own colours and textures when it was loaded
+    with them and has any (the ``materials`` look); None renders grey.
+    """
 
     vertices: np.ndarray
     faces: np.ndarray
+    materials: Materials | None = None
 
     def __post_init__(self) -> None:
         self.vertices = np.ascontiguousarray(self.vertices, dtype=np.float32)
@@ -81,18 +91,22 @@ class Mesh:
             raise ValueError(f"vertices must have shape (n, 3), got {self.vertices.shape}")
         if self.faces.ndim != 2 or self.faces.shape[1] != 3:
             raise ValueError(f"faces must have shape (m, 3), got {self.faces.shape}")
+        if self.materials is not None:
+            self.materials.check(len(self.vertices), len(self.faces))
 
     @property
     def n_faces(self) -> int:
         return int(self.faces.shape[0])
 
 
-def _merge(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], saw_points: bool, path: Path, limits: MeshLimits
-) -> Mesh:
-    """Check the caps, apply transforms and concatenate the parts into one validated Mesh."""
-    n_faces = sum(len(f) for _, f, _ in parts)
-    n_vertices = sum(len(v) for v, _, _ in parts)
+def _merge(parts: list[tuple], saw_points: bool, path: Path, limits: MeshLimits) -> Mesh:
+    """Check the caps, apply transforms and concatenate the parts into one validated Mesh.
+
+    Each part is ``(vertices, faces, transform)``, or a
+    :class:`~ftspl.engine.loading.trimesh_parse.Part` that may carry a paint.
+    """
+    n_faces = sum(len(p[1]) for p in parts)
+    n_vertices = sum(len(p[0]) for p in parts)
     if n_faces == 0:
         what = "a point cloud only" if saw_points else "no triangles"
         raise MeshLoadError(path, f"file contains {what}; a surface mesh with faces is required")
@@ -108,7 +122,7 @@ def _merge(
         )
 
     vertices, faces, offset = [], [], 0
-    for v, f, transform in parts:
+    for v, f, transform, *_ in parts:
         if f.ndim != 2 or f.shape[1] != 3:
             raise MeshLoadError(path, f"faces have shape {f.shape}, expected triangles (m, 3)")
         if v.ndim != 2 or v.shape[1] != 3:  # trimesh's OBJ fallback yields (n, 2) for 'v x y' lines
@@ -121,10 +135,15 @@ def _merge(
         vertices.append(v)
         faces.append(f.astype(np.int64, copy=False) + offset)
         offset += len(v)
-    return _validated(np.concatenate(vertices), np.concatenate(faces), path)
+    paints = [getattr(p, "paint", None) for p in parts]
+    materials = (
+        None if all(paint is None for paint in paints)
+        else build_materials(paints, [len(p[0]) for p in parts], [len(p[1]) for p in parts], path)
+    )
+    return _validated(np.concatenate(vertices), np.concatenate(faces), path, materials)
 
 
-def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path) -> Mesh:
+def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path, materials: Materials | None = None) -> Mesh:
     """Drop unreferenced vertices, refuse non-finite or zero-area geometry."""
     # Stray vertices not used by any face would distort the bounding box and
     # so the normalisation; drop them (O(n), no sort).
@@ -133,6 +152,7 @@ def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path) -> Mesh:
     if not used.all():
         remap = np.cumsum(used) - 1
         vertices, faces = vertices[used], remap[faces]
+        materials = None if materials is None else materials.subset(used)
     if not np.isfinite(vertices).all():
         raise MeshLoadError(path, "vertices contain NaN or infinite coordinates")
     if np.abs(vertices).max() > np.finfo(np.float32).max / 4:
@@ -147,7 +167,7 @@ def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path) -> Mesh:
         double_area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
     if not (double_area > 1e-12).any():
         raise MeshLoadError(path, "all faces are degenerate (zero area); nothing to render")
-    return Mesh(vertices.astype(np.float32), faces.astype(np.int32))
+    return Mesh(vertices.astype(np.float32), faces.astype(np.int32), materials)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -157,13 +177,34 @@ def _read_bytes(path: Path) -> bytes:
         raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
 
 
-def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes | None = None) -> Mesh:
-    """Parse one file (or its already read ``data``) with trimesh, geometry only, and validate the result."""
+class _MaterialsFailed(Exception):
+    """trimesh failed on a file read with its materials; the loader reads its geometry alone instead."""
+
+
+def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes | None = None,
+                    materials: bool = False) -> Mesh:
+    """Parse one file (or its already read ``data``) with trimesh and validate the result.
+
+    Geometry only, unless ``materials``: then the file's colours and textures
+    come too, and a file trimesh cannot read that way is read again for its
+    geometry alone (grey, with a logged warning).
+    """
+    if materials:
+        try:
+            return _trimesh_parse_file(file_type, path, limits, data, materials=True)
+        except _MaterialsFailed as exc:
+            log.warning("%s: cannot read its materials (%s); it renders grey", path, exc)
+    return _trimesh_parse_file(file_type, path, limits, data)
+
+
+def _trimesh_parse_file(file_type: str, path: Path, limits: MeshLimits, data: bytes | None,
+                        materials: bool = False) -> Mesh:
     from ftspl.engine.loading import (
         trimesh_parse,  # here, not at the top: see the module docstring
     )
 
-    resolver = trimesh_parse.FolderResolver(path, limits.max_file_bytes)
+    kind = trimesh_parse.MaterialResolver if materials else trimesh_parse.FolderResolver
+    resolver = kind(path, limits.max_file_bytes)
     source: str | io.BytesIO = str(path) if data is None else io.BytesIO(data)
     if file_type in ("gltf", "glb"):
         data = _read_bytes(path) if data is None else data
@@ -180,7 +221,7 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes 
         source = io.BytesIO(data)
     try:
         with np.errstate(all="ignore"):  # NaN/inf files are refused below; no stray RuntimeWarnings
-            parts, saw_points = trimesh_parse.parse(source, file_type, resolver)
+            parts, saw_points = trimesh_parse.parse(source, file_type, resolver, materials, limits.max_vertices)
     except MemoryError as exc:
         raise MeshLoadError(path, "not enough memory to parse the file") from exc
     # Why a broad clause here (and only here): trimesh's parsers for hostile or
@@ -189,18 +230,33 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes 
     # corrupt gallery file must become one skip-able MeshLoadError, not a crash.
     except Exception as exc:  # third-party parser boundary (see above)
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if materials:
+            raise _MaterialsFailed(reason) from exc
         raise MeshLoadError(path, f"corrupt or unreadable {file_type.upper()} file ({reason})") from exc
+    for problem in getattr(resolver, "problems", ()):
+        log.warning("%s: material left out (%s); its faces keep their colour or render grey", path, problem)
     return _merge(parts, saw_points, path, limits)
 
 
 _INDENTED = re.compile(rb"^[ \t]+(?=\S)", re.MULTILINE)
+#: An OBJ line that gives the file colours: an MTL library, or a vertex with r g b after x y z.
+_OBJ_PAINT = re.compile(rb"^[ \t]*(?:mtllib[ \t]|v(?:[ \t]+[^ \t\r\n]+){6})", re.MULTILINE)
 
 
-def _obj_loader(path: Path, limits: MeshLimits) -> Mesh:
-    """OBJ via the fast geometry-only reader; trimesh takes the files it declines."""
+def _obj_loader(path: Path, limits: MeshLimits, materials: bool = False) -> Mesh:
+    """OBJ via the fast geometry-only reader; trimesh takes the files it declines.
+
+    With ``materials``, an OBJ that names an MTL library or has vertex colours is
+    read by trimesh with them (grey files keep the fast reader).
+    """
     from ftspl.engine.loading.obj_fast import TooManyFaces, parse_obj
 
     data = _read_bytes(path)
+    if materials and _OBJ_PAINT.search(data):
+        try:
+            return _trimesh_parse_file("obj", path, limits, data, materials=True)
+        except _MaterialsFailed as exc:
+            log.warning("%s: cannot read its materials (%s); it renders grey", path, exc)
     if not data.endswith(b"\n"):
         # the fast reader loses a last 'f'/'v' line that has no token and no newline
         # and then misaligns its per-line arrays (IndexError, found by tests/test_fuzz.py)
@@ -225,14 +281,15 @@ def _obj_loader(path: Path, limits: MeshLimits) -> Mesh:
     return _merge([(vertices, faces, None)], False, path, limits)
 
 
-def _off_loader(path: Path, limits: MeshLimits) -> Mesh:
+def _off_loader(path: Path, limits: MeshLimits, materials: bool = False) -> Mesh:
+    """OFF: geometry only in every look (OFF colours are not read)."""
     vertices, faces = off.parse_off(_read_bytes(path), path, limits)
     return _merge([(vertices, faces, None)], len(faces) == 0 and len(vertices) > 0, path, limits)
 
 
-#: Loader per lowercase file extension. Every loader takes (path, limits) and
-#: returns a validated :class:`Mesh` or raises :class:`MeshLoadError`.
-LOADERS: dict[str, Callable[[Path, MeshLimits], Mesh]] = {
+#: Loader per lowercase file extension. Every loader takes (path, limits, materials=False)
+#: and returns a validated :class:`Mesh` or raises :class:`MeshLoadError`.
+LOADERS: dict[str, Callable[..., Mesh]] = {
     ".glb": partial(_trimesh_loader, "glb"),
     ".gltf": partial(_trimesh_loader, "gltf"),
     ".obj": _obj_loader,
@@ -247,8 +304,11 @@ def mesh_extensions() -> tuple[str, ...]:
     return tuple(sorted(LOADERS))
 
 
-def load_mesh(path: str | Path, limits: MeshLimits = MeshLimits()) -> Mesh:
+def load_mesh(path: str | Path, limits: MeshLimits = MeshLimits(), materials: bool = False) -> Mesh:
     """Load a mesh file into a validated, un-normalised :class:`Mesh`.
+
+    ``materials`` (the render spec's ``materials`` look) also loads the file's
+    own colours and textures into :attr:`Mesh.materials` (None when it has none).
 
     Raises :class:`MeshLoadError` (message ``path: reason``) for an unsupported
     extension, a missing/empty/too-big file, corrupt content, no faces (point
@@ -262,8 +322,9 @@ def load_mesh(path: str | Path, limits: MeshLimits = MeshLimits()) -> Mesh:
             path, f"unsupported format '{ext or path.name}'; supported: {', '.join(mesh_extensions())}"
         )
     check_input_file(path, limits.max_file_bytes, MeshLoadError, "--max-file-bytes")
-    mesh = loader(path, limits)
-    log.debug("loaded %s: %d vertices, %d faces", path, len(mesh.vertices), mesh.n_faces)
+    mesh = loader(path, limits, materials=True) if materials else loader(path, limits)
+    log.debug("loaded %s: %d vertices, %d faces%s", path, len(mesh.vertices), mesh.n_faces,
+              "" if mesh.materials is None else f", {len(mesh.materials.groups)} materials")
     return mesh
 
 
@@ -291,4 +352,4 @@ def normalize(mesh: Mesh, up: str, radius: float = NORMALIZE_RADIUS) -> Mesh:
     if not math.isfinite(scale) or scale <= 0.0:
         raise ValueError("cannot normalise a mesh with zero extent")
     v *= radius / scale
-    return Mesh(v.astype(np.float32), mesh.faces.copy())
+    return Mesh(v.astype(np.float32), mesh.faces.copy(), mesh.materials)

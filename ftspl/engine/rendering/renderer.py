@@ -21,10 +21,18 @@ Why it looks like this:
   because many gallery meshes have inconsistent winding.
 * **Deterministic.** Same driver + same spec -> same bytes, in and across
   processes (no time, randomness or uninitialised memory is involved).
+* **Two looks, one lighting.** In the ``grey`` look every shape wears the
+  spec's grey. In the ``materials`` look a shape loaded with its own materials
+  (:class:`~ftspl.engine.loading.materials.Materials`) is drawn with a second
+  program, one draw per material run: base colour x vertex colour x texture
+  (texels with alpha under 0.5 are cut out, and a texture is not modulated by a
+  near-black colour, as in the photo domain's renderer), under the same lights.
+  A shape without materials takes the grey program in both looks, so its
+  views are the grey look's bytes.
 
-The look (grey Phong material, headlight + fixed key light, white background,
-MSAA samples) comes from :class:`~ftspl.engine.constants.RenderSpec` only, so train,
-export and serve render identical views.
+The look (grey Phong material or the shape's own, headlight + fixed key light,
+white background, MSAA samples) comes from :class:`~ftspl.engine.constants.RenderSpec`
+only, so train, export and serve render identical views.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import numpy as np
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import RenderError
+from ftspl.engine.loading.materials import Materials
 from ftspl.engine.loading.meshes import Mesh, normalize
 
 log = logging.getLogger(__name__)
@@ -55,7 +64,7 @@ uniform vec2 u_tile_offset[VIEWS];
 uniform vec2 u_tile_scale;
 in vec3 in_pos;
 out vec3 v_world;
-flat out int v_view;
+flat out int v_view;{inputs}
 void main() {{
     int i = gl_InstanceID;
     vec4 clip = u_view_proj[i] * vec4(in_pos, 1.0);
@@ -66,9 +75,19 @@ void main() {{
     gl_ClipDistance[3] = clip.w - clip.y;
     gl_Position = vec4(clip.xy * u_tile_scale + u_tile_offset[i] * clip.w, clip.zw);
     v_world = in_pos;
-    v_view = i;
+    v_view = i;{passes}
 }}
 """
+
+#: What the ``materials`` program adds to the vertex shader: UVs and colours per vertex.
+_MATERIAL_VERTEX_INPUTS = """
+in vec2 in_uv;
+in vec4 in_color;
+out vec2 v_uv;
+out vec4 v_color;"""
+_MATERIAL_VERTEX_PASSES = """
+    v_uv = in_uv;
+    v_color = in_color;"""
 
 _FRAGMENT_SHADER = """
 #version 330
@@ -83,7 +102,7 @@ uniform float u_shininess;
 uniform float u_key;
 uniform bool u_two_sided;
 in vec3 v_world;
-flat in int v_view;
+flat in int v_view;{inputs}
 out vec4 f_color;
 void main() {{
     vec3 to_eye = normalize(u_eye[v_view] - v_world);
@@ -92,14 +111,45 @@ void main() {{
     n = len > 0.0 ? n / len : to_eye;
     if (dot(n, to_eye) < 0.0) n = -n;           // face the camera ...
     if (!u_two_sided && !gl_FrontFacing) n = -n;  // ... unless one-sided
+    vec3 base = u_material;{paint}
     float headlight = max(dot(n, to_eye), 0.0);
     vec3 r = reflect(-to_eye, n);
     float spec = headlight > 0.0 ? pow(max(dot(r, to_eye), 0.0), u_shininess) : 0.0;
     float key = max(dot(n, u_key_dir), 0.0);
-    vec3 c = u_material * (u_ambient + u_diffuse * headlight + u_key * key) + vec3(u_specular * spec);
+    vec3 c = base * (u_ambient + u_diffuse * headlight + u_key * key) + vec3(u_specular * spec);
     f_color = vec4(clamp(c, 0.0, 1.0), 1.0);
 }}
 """
+
+#: What the ``materials`` program adds to the fragment shader. ``u_material`` is the
+#: material run's base colour there; the texture is sampled before any branch that
+#: depends on it (implicit derivatives need uniform control flow).
+_MATERIAL_FRAGMENT_INPUTS = """
+uniform bool u_has_tex;
+uniform sampler2D u_tex;
+in vec2 v_uv;
+in vec4 v_color;"""
+_MATERIAL_FRAGMENT_PAINT = """
+    vec4 t = texture(u_tex, v_uv);
+    if (u_has_tex) {
+        if (t.a < 0.5) discard;  // cut-out leaves, fences, lace
+        // map_Kd is modulated by Kd, except where an exporter left Kd black or near black
+        base = max(u_material.r, max(u_material.g, u_material.b)) > 0.15 ? t.rgb * u_material : t.rgb;
+    }
+    base *= v_color.rgb;"""
+
+
+def _program_sources(views: int, materials: bool) -> tuple[str, str]:
+    """(vertex, fragment) shader sources of the grey program, or of the ``materials`` one."""
+    vertex = _VERTEX_SHADER.format(
+        views=views, inputs=_MATERIAL_VERTEX_INPUTS if materials else "",
+        passes=_MATERIAL_VERTEX_PASSES if materials else "",
+    )
+    fragment = _FRAGMENT_SHADER.format(
+        views=views, inputs=_MATERIAL_FRAGMENT_INPUTS if materials else "",
+        paint=_MATERIAL_FRAGMENT_PAINT if materials else "",
+    )
+    return vertex, fragment
 
 
 def camera_positions(spec: RenderSpec) -> np.ndarray:
@@ -235,18 +285,22 @@ class Renderer:
         self._resolved = (
             ctx.framebuffer(color_attachments=[ctx.renderbuffer((width, height), 4)]) if samples else self._msaa
         )
-        self._prog = ctx.program(
-            vertex_shader=_VERTEX_SHADER.format(views=spec.views),
-            fragment_shader=_FRAGMENT_SHADER.format(views=spec.views),
-        )
-        self._set_uniforms()
+        vertex, fragment = _program_sources(spec.views, materials=False)
+        self._prog = ctx.program(vertex_shader=vertex, fragment_shader=fragment)
+        self._paint_prog = None  #: the ``materials`` look's program (None in the grey look)
+        if spec.wants_materials:
+            vertex, fragment = _program_sources(spec.views, materials=True)
+            self._paint_prog = ctx.program(vertex_shader=vertex, fragment_shader=fragment)
+        for prog in (self._prog, self._paint_prog):
+            if prog is not None:
+                self._set_uniforms(prog)
         ctx.enable(moderngl.DEPTH_TEST)
         ctx.disable(moderngl.CULL_FACE)
         for i in range(4):
             ctx.enable_direct(_GL_CLIP_DISTANCE0 + i)
         self._moderngl_error = moderngl.Error
 
-    def _set_uniforms(self) -> None:
+    def _set_uniforms(self, prog) -> None:
         spec = self.spec
         eyes = camera_positions(spec)
         r, d = spec.normalize_radius, spec.camera_distance * spec.normalize_radius
@@ -254,20 +308,20 @@ class Renderer:
         proj = perspective(spec.fov_deg, near, d + 1.05 * r)
         view_proj = np.stack([proj @ look_at(eye) for eye in eyes])
         # GLSL matrices are column-major: upload each transposed.
-        self._prog["u_view_proj"].write(np.ascontiguousarray(view_proj.transpose(0, 2, 1), dtype="f4").tobytes())
+        prog["u_view_proj"].write(np.ascontiguousarray(view_proj.transpose(0, 2, 1), dtype="f4").tobytes())
         idx = np.arange(spec.views)
         col, row = idx % self._cols, idx // self._cols  # row 0 is the top of the atlas
         offsets = np.stack([-1.0 + (2 * col + 1) / self._cols, 1.0 - (2 * row + 1) / self._rows], axis=1)
-        self._prog["u_tile_offset"].write(offsets.astype("f4").tobytes())
-        self._prog["u_tile_scale"].value = (1.0 / self._cols, 1.0 / self._rows)
-        self._prog["u_eye"].write(eyes.astype("f4").tobytes())
+        prog["u_tile_offset"].write(offsets.astype("f4").tobytes())
+        prog["u_tile_scale"].value = (1.0 / self._cols, 1.0 / self._rows)
+        prog["u_eye"].write(eyes.astype("f4").tobytes())
         key = np.asarray(spec.key_light_dir, dtype=np.float64)
-        self._prog["u_key_dir"].value = tuple(key / np.linalg.norm(key))
-        self._prog["u_material"].value = tuple(spec.material_rgb)
+        prog["u_key_dir"].value = tuple(key / np.linalg.norm(key))
+        prog["u_material"].value = tuple(spec.material_rgb)
         for name in ("ambient", "diffuse", "specular", "shininess"):
-            self._prog[f"u_{name}"].value = float(getattr(spec, name))
-        self._prog["u_key"].value = float(spec.key_light)
-        self._prog["u_two_sided"].value = bool(spec.two_sided)
+            prog[f"u_{name}"].value = float(getattr(spec, name))
+        prog["u_key"].value = float(spec.key_light)
+        prog["u_two_sided"].value = bool(spec.two_sided)
 
     def render(self, mesh: Mesh) -> np.ndarray:
         """Render an already normalised mesh: uint8 array (views, S, S, 3), row 0 on top."""
@@ -278,26 +332,67 @@ class Renderer:
             raise ValueError("cannot render a mesh without faces")
         if int(mesh.faces.min()) < 0 or int(mesh.faces.max()) >= len(mesh.vertices):
             raise ValueError("a face refers to a vertex that does not exist")  # GL would read out of bounds
-        vbo = ibo = vao = None
+        painted = mesh.materials is not None and self._paint_prog is not None
+        held: list = []  # GL objects of this mesh, released in reverse order
         try:
             vbo = ctx.buffer(np.ascontiguousarray(mesh.vertices, dtype="f4").tobytes())
+            held.append(vbo)
             ibo = ctx.buffer(np.ascontiguousarray(mesh.faces, dtype="u4").tobytes())
-            vao = ctx.vertex_array(self._prog, [(vbo, "3f", "in_pos")], ibo, index_element_size=4)
+            held.append(ibo)
+            if painted:
+                uvs = ctx.buffer(mesh.materials.uvs.tobytes())
+                held.append(uvs)
+                colors = ctx.buffer(mesh.materials.colors.tobytes())
+                held.append(colors)
+                content = [(vbo, "3f", "in_pos"), (uvs, "2f", "in_uv"), (colors, "4f1", "in_color")]
+                vao = ctx.vertex_array(self._paint_prog, content, ibo, index_element_size=4)
+            else:
+                vao = ctx.vertex_array(self._prog, [(vbo, "3f", "in_pos")], ibo, index_element_size=4)
+            held.append(vao)
             self._msaa.use()
             self._msaa.clear(*spec.background_rgb, 1.0, depth=1.0)
-            vao.render(instances=spec.views)
+            if painted:
+                self._draw_materials(vao, mesh.materials, held)
+            else:
+                vao.render(instances=spec.views)
             if self._resolved is not self._msaa:
                 ctx.copy_framebuffer(self._resolved, self._msaa)
             raw = self._resolved.read(components=3, alignment=1)
         except self._moderngl_error as exc:
             raise RenderError(f"OpenGL failed while rendering: {exc}") from exc
         finally:
-            for obj in (vao, ibo, vbo):
-                if obj is not None:
-                    obj.release()
+            for obj in reversed(held):
+                obj.release()
         atlas = np.frombuffer(raw, dtype=np.uint8).reshape(self._rows * size, self._cols * size, 3)[::-1]
         tiles = atlas.reshape(self._rows, size, self._cols, size, 3).transpose(0, 2, 1, 3, 4)
         return np.ascontiguousarray(tiles.reshape(-1, size, size, 3)[: spec.views])
+
+    def _draw_materials(self, vao, materials: Materials, held: list) -> None:
+        """One instanced draw per material run: its base colour (or the spec's grey) and texture."""
+        import moderngl
+
+        prog, spec = self._paint_prog, self.spec
+        textures: dict[int, object] = {}  # one GL texture per distinct image of this mesh
+        first = 0
+        for group in materials.groups:
+            if group.faces:
+                tex = None
+                if group.texture is not None:
+                    tex = textures.get(id(group.texture))
+                    if tex is None:
+                        img = np.ascontiguousarray(group.texture[::-1])  # GL's row 0 is the bottom (v = 0)
+                        tex = self._ctx.texture((img.shape[1], img.shape[0]), 4, img.tobytes())
+                        held.append(tex)
+                        tex.build_mipmaps()
+                        tex.filter = (moderngl.LINEAR_MIPMAP_LINEAR, moderngl.LINEAR)
+                        tex.repeat_x = tex.repeat_y = True
+                        textures[id(group.texture)] = tex
+                    tex.use(0)
+                    prog["u_tex"].value = 0
+                prog["u_has_tex"].value = tex is not None
+                prog["u_material"].value = tuple(group.color if group.color is not None else spec.material_rgb)
+                vao.render(vertices=3 * group.faces, first=3 * first, instances=spec.views)
+            first += group.faces
 
     @property
     def gl_renderer(self) -> str:

@@ -73,7 +73,8 @@ def render_one(job: RenderJob, spec: RenderSpec, limits: MeshLimits, renderer_bo
     try:
         if job.kind == "views":
             return Rendered(job, load_view_folder(job.path, spec))
-        mesh = normalize(load_mesh(job.path, limits), spec.up, radius=spec.normalize_radius)
+        mesh = normalize(load_mesh(job.path, limits, materials=spec.wants_materials), spec.up,
+                         radius=spec.normalize_radius)
         if not renderer_box:
             from ftspl.engine.rendering.renderer import Renderer
 
