@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, result_record, write_result
-from protocollib import check_build, check_gallery, gallery_with_paths
+from protocollib import check_build, check_gallery, gallery_with_paths, tuned_choice
 
 from ftspl.engine.home import Home
 from ftspl.engine.index.library import Library
@@ -139,12 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     purpose, gallery_dir = check_build(args.bench, args.split)
-    cal = None
-    if purpose == "report":
-        try:
-            cal = json.loads(args.calibration.read_text())["open_set"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise SystemExit(f"{args.calibration}: no tuned open-set threshold ({exc}); run --split val first") from None
+    cal = tuned_choice(purpose, args.calibration, "open_set", "tuned open-set threshold")
     lib = Library(Home.resolve(args.home))
     _ids, gallery, g_labels, g_paths = gallery_with_paths(lib)
     check_gallery(g_paths, args.bench / gallery_dir)

@@ -44,7 +44,7 @@ from ftspl.engine.home import Home
 from ftspl.engine.index.store import viewcodes
 from ftspl.engine.index.library import Library
 from common import RESULTS, result_record, write_result
-from protocollib import check_build, check_gallery, gallery_with_paths
+from protocollib import check_build, check_gallery, gallery_with_paths, tuned_choice
 
 from ftspl.engine.scoring.evaluate import embed_labelled
 from ftspl.engine.scoring.metrics import (
@@ -153,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     purpose, gallery_dir = check_build(args.bench, args.split)
-    chosen = None
-    if purpose == "report":
-        try:
-            chosen = json.loads(args.choice.read_text())["chosen_on_val"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise SystemExit(f"{args.choice}: no rule chosen on val ({exc}); run --split val first") from None
+    chosen = tuned_choice(purpose, args.choice, "chosen_on_val", "rule chosen on val")
     home = Home.resolve(args.home)
     lib = Library(home)
     if not lib.encoders.has_view_output:

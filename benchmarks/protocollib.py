@@ -28,6 +28,18 @@ def check_build(bench: Path, split: str) -> tuple[str, str]:
     return purpose, gallery
 
 
+def tuned_choice(purpose: str, path: Path, key: str, what: str):
+    """A report's setting: ``key`` of the val run's result file at ``path`` (None when tuning)."""
+    import json
+
+    if purpose != "report":
+        return None
+    try:
+        return json.loads(Path(path).read_text())[key]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"{path}: no {what} ({exc}); run --split val first") from None
+
+
 def gallery_with_paths(lib):
     """Every stored shape of a :class:`Library`: (ids, embeddings, labels, paths), from one consistent read."""
     with lib.open_reader() as reader:
