@@ -169,8 +169,25 @@ class AnnIndex(ABC):
     @abstractmethod
     def __len__(self) -> int: ...
 
+    def __contains__(self, id_: object) -> bool:
+        try:
+            key = int(id_)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            return False
+        return key >= 0 and self._has(key)
+
     @abstractmethod
-    def __contains__(self, id_: object) -> bool: ...
+    def _has(self, key: int) -> bool:
+        """Whether the non-negative id ``key`` is live."""
+
+    def _batch(self, ids: Iterable[int] | np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``add``'s arguments checked: ``(ids, vectors)``, or None for an empty batch."""
+        ids = as_ids(ids)
+        if len(ids) == 0:
+            return None
+        vectors = as_vectors(vectors, self.dim)
+        check_batch(ids, vectors)
+        return ids, vectors
 
     # ---- persistence ----
     @abstractmethod

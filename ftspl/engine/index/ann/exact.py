@@ -45,11 +45,8 @@ class ExactIndex(AnnIndex):
     def __len__(self) -> int:
         return self._n
 
-    def __contains__(self, id_: object) -> bool:
-        try:
-            return int(id_) in self._row  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return False
+    def _has(self, key: int) -> bool:
+        return key in self._row
 
     def ids(self) -> np.ndarray:
         return np.sort(self._ids[: self._n])

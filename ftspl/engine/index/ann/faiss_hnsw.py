@@ -34,16 +34,13 @@ import numpy as np
 from ftspl.engine.errors import IndexStateError
 from ftspl.engine.index.ann.base import (
     REBUILD,
-    AnnIndex,
     as_ids,
     as_vectors,
-    check_batch,
     check_k,
     read_manifest,
 )
 from ftspl.engine.index.ann.graph import (
-    auto_ef,
-    check_ef,
+    GraphIndex,
     drop_stale_payloads,
     huge_pages_for_new_memory,
     import_wheel,
@@ -63,11 +60,12 @@ FAISS_EF_LARGE = 448
 COMPACT_MIN_DEAD = 1024
 
 
-class FaissHnswIndex(AnnIndex):
+class FaissHnswIndex(GraphIndex):
     """Approximate k-NN graph (faiss ``IndexHNSWFlat``, squared L2) with tombstones."""
 
     backend = "faiss-hnsw"
     payload_suffix = ".faiss"
+    EF_SMALL, EF_LARGE = FAISS_EF_SMALL, FAISS_EF_LARGE
 
     def __init__(
         self,
@@ -82,11 +80,7 @@ class FaissHnswIndex(AnnIndex):
     ) -> None:
         faiss = import_wheel("faiss", "faiss-cpu", self.backend)  # only needed when this backend is used
 
-        super().__init__(dim)
-        if M < 2 or ef_construction < 1:
-            raise ValueError("need M >= 2 and ef_construction >= 1")
-        self.M, self.ef_construction = int(M), int(ef_construction)
-        self._ef = check_ef(ef_search)
+        super().__init__(dim, M, ef_construction, ef_search)
         if _index is None:
             _index = faiss.IndexHNSWFlat(self.dim, self.M)
             _index.hnsw.efConstruction = self.ef_construction
@@ -101,20 +95,6 @@ class FaissHnswIndex(AnnIndex):
             live_slots = np.flatnonzero(_live)
             self._set_bits(live_slots, True)
             self._slot = dict(zip(_labels[live_slots].tolist(), live_slots.tolist()))
-
-    # ---- knobs ----
-    @property
-    def ef_search(self) -> int:
-        """The query beam: the explicit value, or the size-aware default when unset."""
-        return self._ef if self._ef is not None else auto_ef(len(self), FAISS_EF_SMALL, FAISS_EF_LARGE)
-
-    @ef_search.setter
-    def ef_search(self, value: int | None) -> None:
-        self._ef = check_ef(value)
-
-    def config(self) -> dict[str, Any]:
-        """Constructor keywords for an empty index with the same settings."""
-        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self._ef}
 
     @property
     def dead(self) -> int:
@@ -150,21 +130,17 @@ class FaissHnswIndex(AnnIndex):
     def __len__(self) -> int:
         return len(self._slot)
 
-    def __contains__(self, id_: object) -> bool:
-        try:
-            return int(id_) in self._slot  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return False
+    def _has(self, key: int) -> bool:
+        return key in self._slot
 
     def ids(self) -> np.ndarray:
         return np.sort(np.fromiter(self._slot, dtype=np.int64, count=len(self._slot)))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids = as_ids(ids)
-        if len(ids) == 0:
+        batch = self._batch(ids, vectors)
+        if batch is None:
             return
-        vectors = as_vectors(vectors, self.dim)
-        check_batch(ids, vectors)
+        ids, vectors = batch
         old = [self._slot[i] for i in ids.tolist() if i in self._slot]
         start = int(self._index.ntotal)
         self._reserve(start + len(ids))
@@ -236,7 +212,7 @@ class FaissHnswIndex(AnnIndex):
         drop_stale_payloads(path, self.payload_suffix, keep=read_manifest(path)["payload"])
 
     def _params(self) -> dict[str, Any]:
-        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self._ef}
+        return self.config()
 
     def _write_payload(self, path: Path) -> None:
         import faiss

@@ -27,8 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any, ClassVar
 
 from ftspl.engine.errors import IndexStateError
+from ftspl.engine.index.ann.base import AnnIndex
 
 #: Sizes at which the backends' default beams were measured.
 EF_ANCHOR_SMALL = 100_000
@@ -150,3 +152,51 @@ def huge_pages_for_new_memory() -> Iterator[HugePageReport]:
                 log.debug("huge pages: %d MiB refused (errno %d)", report.refused >> 20, ctypes.get_errno())
     except (OSError, AttributeError) as exc:
         log.debug("huge pages unavailable: %s", exc)
+
+
+class GraphIndex(AnnIndex):
+    """What the HNSW-style backends share: degree ``M``, build beam ``ef_construction``, and a query beam
+    ``ef_search`` that, left unset (None), widens with the index's size (:func:`auto_ef` from
+    ``EF_SMALL`` at 100k vectors to ``EF_LARGE`` at 1M)."""
+
+    EF_SMALL: ClassVar[int]
+    EF_LARGE: ClassVar[int]
+
+    def __init__(self, dim: int, M: int, ef_construction: int, ef_search: int | None) -> None:
+        super().__init__(dim)
+        if M < 2 or ef_construction < 1:
+            raise ValueError("need M >= 2 and ef_construction >= 1")
+        self.M, self.ef_construction = int(M), int(ef_construction)
+        self._ef = check_ef(ef_search)
+
+    @property
+    def ef_search(self) -> int:
+        """The query beam: the explicit value, or the size-aware default when unset."""
+        return self._ef if self._ef is not None else auto_ef(len(self), self.EF_SMALL, self.EF_LARGE)
+
+    @ef_search.setter
+    def ef_search(self, value: int | None) -> None:
+        self._ef = check_ef(value)
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keywords for an empty index with the same settings."""
+        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self._ef}
+
+
+class ThreadedGraphIndex(GraphIndex):
+    """A graph backend whose adds and queries run on ``num_threads`` worker threads (-1: all cores)."""
+
+    def __init__(self, dim: int, M: int, ef_construction: int, ef_search: int | None, num_threads: int) -> None:
+        super().__init__(dim, M, ef_construction, ef_search)
+        self.num_threads = int(num_threads)
+
+    @property
+    def num_threads(self) -> int:
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int) -> None:
+        value = int(value)
+        if value == 0 or value < -1:
+            raise ValueError("num_threads must be -1 (all cores) or >= 1")
+        self._num_threads = value

@@ -11,13 +11,11 @@ import numpy as np
 from ftspl.engine.errors import IndexStateError, WriteError
 from ftspl.engine.index.ann.base import (
     REBUILD,
-    AnnIndex,
     as_ids,
     as_vectors,
-    check_batch,
     check_k,
 )
-from ftspl.engine.index.ann.graph import auto_ef, check_ef, huge_pages_for_new_memory
+from ftspl.engine.index.ann.graph import ThreadedGraphIndex, huge_pages_for_new_memory
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ HNSW_EF_SEARCH_1M = 384
 HNSW_INITIAL_CAPACITY = 1024
 
 
-class HnswIndex(AnnIndex):
+class HnswIndex(ThreadedGraphIndex):
     """Approximate k-NN graph (hnswlib, space 'l2') that grows and forgets in place.
 
     * Capacity doubles (``resize_index``) when full, so no size is set up front.
@@ -60,6 +58,7 @@ class HnswIndex(AnnIndex):
 
     backend = "hnsw"
     payload_suffix = ".hnsw"
+    EF_SMALL, EF_LARGE = HNSW_EF_SEARCH, HNSW_EF_SEARCH_1M
 
     def __init__(
         self,
@@ -75,12 +74,9 @@ class HnswIndex(AnnIndex):
     ) -> None:
         import hnswlib  # imported here so ExactIndex works where the wheel is absent
 
-        super().__init__(dim)
-        if M < 2 or ef_construction < 1 or initial_capacity < 1:
-            raise ValueError("need M >= 2, ef_construction >= 1, initial_capacity >= 1")
-        self.M, self.ef_construction = int(M), int(ef_construction)
-        self._ef = check_ef(ef_search)
-        self.num_threads = int(num_threads)
+        if initial_capacity < 1:
+            raise ValueError("need initial_capacity >= 1")
+        super().__init__(dim, M, ef_construction, ef_search, num_threads)
         self.seed = int(seed)
         if _index is None:
             _index = hnswlib.Index(space="l2", dim=self.dim)
@@ -96,52 +92,23 @@ class HnswIndex(AnnIndex):
         self._deleted: set[int] = set()  # labels marked deleted whose slot is not reused yet
 
     @property
-    def ef_search(self) -> int:
-        """The query beam: the explicit value, or the size-aware default when unset."""
-        return self._ef if self._ef is not None else auto_ef(len(self), HNSW_EF_SEARCH, HNSW_EF_SEARCH_1M)
-
-    @ef_search.setter
-    def ef_search(self, value: int | None) -> None:
-        self._ef = check_ef(value)
-
-    def config(self) -> dict[str, Any]:
-        """Constructor keywords for an empty index with the same settings."""
-        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self._ef}
-
-    @property
-    def num_threads(self) -> int:
-        """hnswlib worker threads for add and query (-1: all cores)."""
-        return self._num_threads
-
-    @num_threads.setter
-    def num_threads(self, value: int) -> None:
-        value = int(value)
-        if value == 0 or value < -1:
-            raise ValueError("num_threads must be -1 (all cores) or >= 1")
-        self._num_threads = value
-
-    @property
     def capacity(self) -> int:
         return int(self._index.get_max_elements())
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def __contains__(self, id_: object) -> bool:
-        try:
-            return int(id_) in self._live  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return False
+    def _has(self, key: int) -> bool:
+        return key in self._live
 
     def ids(self) -> np.ndarray:
         return np.sort(np.fromiter(self._live, dtype=np.int64, count=len(self._live)))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids = as_ids(ids)
-        if len(ids) == 0:
+        batch = self._batch(ids, vectors)
+        if batch is None:
             return
-        vectors = as_vectors(vectors, self.dim)
-        check_batch(ids, vectors)
+        ids, vectors = batch
         id_list = ids.tolist()
         known = np.fromiter((i in self._live or i in self._deleted for i in id_list), dtype=bool, count=len(ids))
         # Labels hnswlib still holds (live, or deleted but not yet overwritten) are
@@ -203,9 +170,7 @@ class HnswIndex(AnnIndex):
 
     def _params(self) -> dict[str, Any]:
         return {
-            "M": self.M,
-            "ef_construction": self.ef_construction,
-            "ef_search": self._ef,  # None: size-aware
+            **self.config(),  # ef_search None: size-aware
             "num_threads": self.num_threads,
             "seed": self.seed,
             "deleted": sorted(self._deleted),

@@ -23,16 +23,13 @@ import numpy as np
 from ftspl.engine.errors import IndexStateError, WriteError
 from ftspl.engine.index.ann.base import (
     REBUILD,
-    AnnIndex,
     as_ids,
     as_vectors,
-    check_batch,
     check_k,
     read_manifest,
 )
 from ftspl.engine.index.ann.graph import (
-    auto_ef,
-    check_ef,
+    ThreadedGraphIndex,
     drop_stale_payloads,
     huge_pages_for_new_memory,
     import_wheel,
@@ -67,11 +64,12 @@ def _unpack(found: Any, nq: int, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return keys, d2, np.array([n])
 
 
-class UsearchIndex(AnnIndex):
+class UsearchIndex(ThreadedGraphIndex):
     """Approximate k-NN graph (USearch, metric ``l2sq``, dtype ``f32``) that grows and forgets in place."""
 
     backend = "usearch"
     payload_suffix = ".usearch"
+    EF_SMALL, EF_LARGE = USEARCH_EF_SMALL, USEARCH_EF_LARGE
 
     def __init__(
         self,
@@ -85,12 +83,7 @@ class UsearchIndex(AnnIndex):
     ) -> None:
         Index = import_wheel("usearch.index", "usearch", self.backend).Index  # only needed for this backend
 
-        super().__init__(dim)
-        if M < 2 or ef_construction < 1:
-            raise ValueError("need M >= 2 and ef_construction >= 1")
-        self.M, self.ef_construction = int(M), int(ef_construction)
-        self._ef = check_ef(ef_search)
-        self.num_threads = int(num_threads)
+        super().__init__(dim, M, ef_construction, ef_search, num_threads)
         if _index is None:
             _index = Index(
                 ndim=self.dim, metric="l2sq", dtype="f32", connectivity=self.M, expansion_add=self.ef_construction
@@ -99,46 +92,17 @@ class UsearchIndex(AnnIndex):
         self._index = _index
 
     # ---- knobs ----
-    @property
-    def ef_search(self) -> int:
-        """The query beam: the explicit value, or the size-aware default when unset."""
-        return self._ef if self._ef is not None else auto_ef(len(self), USEARCH_EF_SMALL, USEARCH_EF_LARGE)
-
-    @ef_search.setter
-    def ef_search(self, value: int | None) -> None:
-        self._ef = check_ef(value)
-
-    @property
-    def num_threads(self) -> int:
-        """Worker threads for add and for batches of queries (-1: all cores)."""
-        return self._num_threads
-
-    @num_threads.setter
-    def num_threads(self, value: int) -> None:
-        value = int(value)
-        if value == 0 or value < -1:
-            raise ValueError("num_threads must be -1 (all cores) or >= 1")
-        self._num_threads = value
-
     def _threads(self, batch: int) -> int:
         if batch == 1:
             return 1
         return 0 if self._num_threads == -1 else self._num_threads  # usearch: 0 = all cores
 
-    def config(self) -> dict[str, Any]:
-        """Constructor keywords for an empty index with the same settings."""
-        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self._ef}
-
     # ---- verbs ----
     def __len__(self) -> int:
         return len(self._index)
 
-    def __contains__(self, id_: object) -> bool:
-        try:
-            key = int(id_)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return False
-        return key >= 0 and bool(self._index.contains(key))
+    def _has(self, key: int) -> bool:
+        return bool(self._index.contains(key))
 
     def ids(self) -> np.ndarray:
         if len(self._index) == 0:
@@ -149,11 +113,10 @@ class UsearchIndex(AnnIndex):
         return np.asarray(self._index.contains(ids.astype(np.uint64)), dtype=bool).reshape(len(ids))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids = as_ids(ids)
-        if len(ids) == 0:
+        batch = self._batch(ids, vectors)
+        if batch is None:
             return
-        vectors = as_vectors(vectors, self.dim)
-        check_batch(ids, vectors)
+        ids, vectors = batch
         present = self._present(ids)
         if present.any():
             self._index.remove(ids[present].astype(np.uint64))
@@ -196,7 +159,7 @@ class UsearchIndex(AnnIndex):
         drop_stale_payloads(path, self.payload_suffix, keep=read_manifest(path)["payload"])
 
     def _params(self) -> dict[str, Any]:
-        return {"M": self.M, "ef_construction": self.ef_construction, "ef_search": self._ef, "num_threads": self.num_threads}
+        return {**self.config(), "num_threads": self.num_threads}
 
     def _write_payload(self, path: Path) -> None:
         self._index.save(os.fspath(path))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError
-from ftspl.engine.index.store.schema import REBUILD_HINT, _guarded
+from ftspl.engine.index.store.schema import REBUILD_HINT, sqlite_errors
 
 
 class EmbeddingReads:
@@ -46,7 +46,7 @@ class EmbeddingReads:
             yield ids, mat.reshape(len(rows), dim).astype(np.float32)
             last = int(ids[-1])
 
-    @_guarded
+    @sqlite_errors
     def all_embeddings(self, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
         """Every ``(ids, matrix)``, id order, filled chunk by chunk into one preallocated matrix."""
         with self.snapshot():
@@ -64,7 +64,7 @@ class EmbeddingReads:
                 pos += len(cid)
         return ids[:pos], mat[:pos]
 
-    @_guarded
+    @sqlite_errors
     def changes_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What an ANN cache saved at ``generation`` must apply: ``(upsert_ids, vectors, removed_ids)``."""
         with self.snapshot() as now:

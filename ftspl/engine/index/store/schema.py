@@ -170,7 +170,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 _WRITE_FAILURES = ("database or disk is full", "disk i/o error", "attempt to write a readonly database")
 
 
-def _guarded(method: _F) -> _F:
+def sqlite_errors(method: _F) -> _F:
     """Turn SQLite's 'not a (valid) database' into IndexStateError and a refused write into WriteError.
 
     A refused write (disk full, file-size limit, I/O error) rolls the open

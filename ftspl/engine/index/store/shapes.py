@@ -35,7 +35,7 @@ from ftspl.engine.index.store.schema import (
     REBUILD_HINT,
     ShapeRecord,
     ShapeRow,
-    _guarded,
+    sqlite_errors,
     chunks,
     connect,
     normalize_path,
@@ -145,12 +145,12 @@ class ShapeStore(EmbeddingReads):
         return int(row[0]) if row else 0
 
     # ---- info ----
-    @_guarded
+    @sqlite_errors
     def get_info(self) -> dict[str, Any]:
         """All ``info`` keys: model_id, model_hash, render_spec_hash, embed_dim, created, generation."""
         return {k: v for k, v in self._conn.execute("SELECT key, value FROM info")}
 
-    @_guarded
+    @sqlite_errors
     def set_info(self, key: str | None = None, value: str | float | None = None, /,
                  **values: str | float | None) -> None:
         """Set ``info`` keys: ``set_info("k", v)`` or ``set_info(k=v, ...)`` (``generation`` is refused)."""
@@ -165,7 +165,7 @@ class ShapeStore(EmbeddingReads):
             )
             self._dirty = True
 
-    @_guarded
+    @sqlite_errors
     def ensure_compatible(
         self, model_id: str, model_hash: str, render_spec_hash: str, embed_dim: int
     ) -> dict[str, Any]:
@@ -196,16 +196,16 @@ class ShapeStore(EmbeddingReads):
         return info
 
     # ---- reads ----
-    @_guarded
+    @sqlite_errors
     def generation(self) -> int:
         """Counter bumped by every committed change (compare with an ANN cache's)."""
         return self._read_generation()
 
-    @_guarded
+    @sqlite_errors
     def count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM shapes").fetchone()[0])
 
-    @_guarded
+    @sqlite_errors
     def lookup(self, path: str | Path) -> tuple[int, str] | None:
         """``(id, content_hash)`` of the shape stored for ``path``, or None."""
         row = self._conn.execute(
@@ -213,7 +213,7 @@ class ShapeStore(EmbeddingReads):
         ).fetchone()
         return (int(row[0]), str(row[1])) if row else None
 
-    @_guarded
+    @sqlite_errors
     def entries(self, prefix: str | Path | None = None) -> dict[str, tuple[int, str]]:
         """``path -> (id, content_hash)`` for every shape (under ``prefix`` if given).
 
@@ -226,7 +226,7 @@ class ShapeStore(EmbeddingReads):
             sql += " WHERE " + where
         return {p: (int(i), str(h)) for p, i, h in self._conn.execute(sql, args)}
 
-    @_guarded
+    @sqlite_errors
     def get(self, ids: Iterable[int], previews: bool = False) -> list[ShapeRow]:
         """Rows for ``ids`` in the given order, skipping ids that no longer exist."""
         wanted = [int(i) for i in (ids.ravel() if isinstance(ids, np.ndarray) else ids)]
@@ -243,7 +243,7 @@ class ShapeStore(EmbeddingReads):
                     )
         return [found[i] for i in wanted if i in found]
 
-    @_guarded
+    @sqlite_errors
     def labels(self) -> dict[str, int]:
         """``label -> number of shapes``, most frequent first (unlabelled shapes are not listed)."""
         rows = self._conn.execute(
@@ -252,7 +252,7 @@ class ShapeStore(EmbeddingReads):
         return {str(lab): int(n) for lab, n in rows}
 
     # ---- writes ----
-    @_guarded
+    @sqlite_errors
     def upsert_batch(self, records: Sequence[ShapeRecord]) -> list[int]:
         """Insert or update shapes (keyed by resolved path) in one transaction; their ids in order.
 
@@ -290,16 +290,16 @@ class ShapeStore(EmbeddingReads):
             self._dirty = True
         return ids
 
-    @_guarded
+    @sqlite_errors
     def view_embeddings(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         """``id -> (V, D)`` per-view embeddings of the shapes that have them; ``view_strip``: their views."""
         return viewcodes.read(self._conn, ids)
 
-    @_guarded
+    @sqlite_errors
     def view_strip(self, shape_id: int) -> tuple[bytes, int] | None:
         return viewcodes.read_strip(self._conn, shape_id)
 
-    @_guarded
+    @sqlite_errors
     def remove_paths(self, paths: Iterable[str | Path]) -> list[int]:
         """Delete the shapes stored for ``paths`` (unknown paths are ignored); the ids removed."""
         keys = sorted({normalize_path(p) for p in paths})
@@ -315,7 +315,7 @@ class ShapeStore(EmbeddingReads):
             self._tombstone(removed)
         return sorted(removed)
 
-    @_guarded
+    @sqlite_errors
     def remove_under(self, prefix: str | Path) -> list[int]:
         """Delete every shape whose path is ``prefix`` or lies below that folder; the ids removed."""
         where, args = under_clause(prefix)
