@@ -165,6 +165,8 @@ def paint_of(geom: trimesh.Trimesh, max_vertices: int | None = None,
             if kd is not None and color is None:
                 color = _rgb(getattr(material, "diffuse", None))
             image = getattr(material, "image", None)
+        if getattr(image, "format", None) is None:
+            image = None  # not read from a file: trimesh's grey placeholder for UVs without a material
         uv = getattr(visual, "uv", None)
         uvs = None if uv is None or len(uv) != len(vertices) else np.asarray(uv, dtype=np.float32)
         attrs = getattr(visual, "vertex_attributes", None) or {}

@@ -333,6 +333,17 @@ class Renderer:
         if int(mesh.faces.min()) < 0 or int(mesh.faces.max()) >= len(mesh.vertices):
             raise ValueError("a face refers to a vertex that does not exist")  # GL would read out of bounds
         painted = mesh.materials is not None and self._paint_prog is not None
+        # Make this renderer's context current for the draw (and the previous one again after):
+        # a process may hold several renderers (tests, a grey and a materials one side by side).
+        with ctx:
+            raw = self._draw(mesh, painted)
+        atlas = np.frombuffer(raw, dtype=np.uint8).reshape(self._rows * size, self._cols * size, 3)[::-1]
+        tiles = atlas.reshape(self._rows, size, self._cols, size, 3).transpose(0, 2, 1, 3, 4)
+        return np.ascontiguousarray(tiles.reshape(-1, size, size, 3)[: spec.views])
+
+    def _draw(self, mesh: Mesh, painted: bool) -> bytes:
+        """Upload, draw every view into the atlas and read it back (raw RGB bytes, bottom row first)."""
+        spec, ctx = self.spec, self._ctx
         held: list = []  # GL objects of this mesh, released in reverse order
         try:
             vbo = ctx.buffer(np.ascontiguousarray(mesh.vertices, dtype="f4").tobytes())
@@ -363,9 +374,7 @@ class Renderer:
         finally:
             for obj in reversed(held):
                 obj.release()
-        atlas = np.frombuffer(raw, dtype=np.uint8).reshape(self._rows * size, self._cols * size, 3)[::-1]
-        tiles = atlas.reshape(self._rows, size, self._cols, size, 3).transpose(0, 2, 1, 3, 4)
-        return np.ascontiguousarray(tiles.reshape(-1, size, size, 3)[: spec.views])
+        return raw
 
     def _draw_materials(self, vao, materials: Materials, held: list) -> None:
         """One instanced draw per material run: its base colour (or the spec's grey) and texture."""
