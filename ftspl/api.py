@@ -152,7 +152,9 @@ class Library:
         top hits by their best-matching view. Hits beyond ``max_distance`` (or
         below ``min_score``, or the calibrated threshold) have ``match=False``.
         A photo that cannot be decoded raises, or with ``skip_bad=True`` is
-        listed in ``failed`` while the others are answered.
+        listed in ``failed`` while the others are answered. ``hnsw_ef`` widens
+        (or narrows) the graph search of this library from this query on, for
+        every thread (``index add --hnsw-ef`` stores the default).
         """
         from ftspl.engine.scoring.fusion import DEFAULT_FUSION, FUSIONS
         from ftspl.engine.scoring.views import MatchConfig

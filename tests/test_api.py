@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -280,3 +281,37 @@ def test_the_llvm_order_guard_still_runs_where_torch_is_loaded(gl_available) -> 
     r = _fresh(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["True", "True"]
+
+
+def test_box_through_the_cli_and_the_http_api(indexed) -> None:
+    from conftest import run_ftspl
+
+    home, _, photo = indexed
+    good = run_ftspl(home, "query", str(photo), "--top", "2", "--box", "0.3,0.2,0.7,0.8", "--json")
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["hits"][0]["region"] == {"x0": 60, "y0": 32, "x1": 140, "y1": 128}
+    for box in ("40,10,20,50", "0,0,500,10", "1,2,3"):
+        bad = run_ftspl(home, "query", str(photo), "--box", box)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "box is X0,Y0,X1,Y1" in bad.stderr, bad.stderr
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from ftspl.engine.home import Home
+    from ftspl.serve.app import create_app
+    from ftspl.serve.config import ServeConfig
+    from ftspl.serve.live import LiveIndex
+
+    live = LiveIndex(Home(home), poll_s=60)
+    try:
+        with TestClient(create_app(ServeConfig(home=home, workers=1), live)) as client:
+            def ask(box: object):
+                return client.post("/api/query", json={"image": base64.b64encode(photo.read_bytes()).decode(),
+                                                       "top": 2, "box": box})
+
+            assert ask([60, 32, 140, 128]).json()["hits"][0]["region"] == {"x0": 60, "y0": 32, "x1": 140, "y1": 128}
+            assert ask("0.3,0.2,0.7,0.8").json()["results"][0]["hits"][0]["region"]["x1"] == 140
+            for box in ([10, 10, 5, 5], "0,0,999,10", [1, 2], "a,b,c,d", [True, 0, 1, 1]):
+                r = ask(box)
+                assert r.status_code == 422 and "box is X0,Y0,X1,Y1" in r.json()["error"], (box, r.text)
+    finally:
+        live.close()
