@@ -365,3 +365,23 @@ def test_an_index_refuses_shapes_rendered_with_the_other_look(gl_available, mode
         lib.add(more.parent)
     message = str(refused.value)
     assert "\n" not in message and "render spec" in message and spec.digest() in message, message
+
+
+def test_a_file_trimesh_cannot_read_with_materials_is_read_for_its_geometry(painted, monkeypatch, caplog) -> None:
+    from ftspl.engine.loading import trimesh_parse
+
+    real_load = trimesh_parse.trimesh.load
+
+    def fails_with_materials(*args, **kwargs):
+        if not kwargs.get("skip_materials", True):
+            raise KeyError("a material parser bug")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(trimesh_parse.trimesh, "load", fails_with_materials)
+    for name in ("obj_kd", "glb_factor", "ply_vertex"):
+        path = painted[name][0]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ftspl"):
+            mesh = load_mesh(path, materials=True)
+        assert mesh.materials is None and mesh.n_faces == 12, name
+        assert any("cannot read it with its materials" in r.getMessage() for r in caplog.records), name

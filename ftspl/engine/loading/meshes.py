@@ -177,10 +177,6 @@ def _read_bytes(path: Path) -> bytes:
         raise MeshLoadError(path, f"cannot read file ({exc.strerror or exc})") from exc
 
 
-class _MaterialsFailed(Exception):
-    """trimesh failed on a file read with its materials; the loader reads its geometry alone instead."""
-
-
 def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes | None = None,
                     materials: bool = False) -> Mesh:
     """Parse one file (or its already read ``data``) with trimesh and validate the result.
@@ -190,15 +186,20 @@ def _trimesh_loader(file_type: str, path: Path, limits: MeshLimits, data: bytes 
     geometry alone (grey, with a logged warning).
     """
     if materials:
-        try:
-            return _trimesh_parse_file(file_type, path, limits, data, materials=True)
-        except _MaterialsFailed as exc:
-            log.warning("%s: cannot read its materials (%s); it renders grey", path, exc)
-    return _trimesh_parse_file(file_type, path, limits, data)
+        parsed = _trimesh_parts(file_type, path, limits, data, materials=True)
+        if parsed is not None:
+            return _merge(*parsed, path, limits)
+    return _merge(*_trimesh_parts(file_type, path, limits, data), path, limits)
 
 
-def _trimesh_parse_file(file_type: str, path: Path, limits: MeshLimits, data: bytes | None,
-                        materials: bool = False) -> Mesh:
+def _trimesh_parts(file_type: str, path: Path, limits: MeshLimits, data: bytes | None,
+                   materials: bool = False) -> tuple[list, bool] | None:
+    """trimesh's parts of one file and whether it saw point clouds.
+
+    Raises :class:`MeshLoadError` for a file trimesh cannot parse; with
+    ``materials``, returns None instead (after a warning), for the caller to
+    read the geometry alone.
+    """
     from ftspl.engine.loading import (
         trimesh_parse,  # here, not at the top: see the module docstring
     )
@@ -221,7 +222,7 @@ def _trimesh_parse_file(file_type: str, path: Path, limits: MeshLimits, data: by
         source = io.BytesIO(data)
     try:
         with np.errstate(all="ignore"):  # NaN/inf files are refused below; no stray RuntimeWarnings
-            parts, saw_points = trimesh_parse.parse(source, file_type, resolver, materials, limits.max_vertices)
+            parsed = trimesh_parse.parse(source, file_type, resolver, materials, limits.max_vertices)
     except MemoryError as exc:
         raise MeshLoadError(path, "not enough memory to parse the file") from exc
     # Why a broad clause here (and only here): trimesh's parsers for hostile or
@@ -231,11 +232,12 @@ def _trimesh_parse_file(file_type: str, path: Path, limits: MeshLimits, data: by
     except Exception as exc:  # third-party parser boundary (see above)
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         if materials:
-            raise _MaterialsFailed(reason) from exc
+            log.warning("%s: cannot read it with its materials (%s); it renders grey", path, reason)
+            return None
         raise MeshLoadError(path, f"corrupt or unreadable {file_type.upper()} file ({reason})") from exc
     for problem in getattr(resolver, "problems", ()):
         log.warning("%s: material left out (%s); its faces keep their colour or render grey", path, problem)
-    return _merge(parts, saw_points, path, limits)
+    return parsed
 
 
 _INDENTED = re.compile(rb"^[ \t]+(?=\S)", re.MULTILINE)
@@ -253,10 +255,9 @@ def _obj_loader(path: Path, limits: MeshLimits, materials: bool = False) -> Mesh
 
     data = _read_bytes(path)
     if materials and _OBJ_PAINT.search(data):
-        try:
-            return _trimesh_parse_file("obj", path, limits, data, materials=True)
-        except _MaterialsFailed as exc:
-            log.warning("%s: cannot read its materials (%s); it renders grey", path, exc)
+        parsed = _trimesh_parts("obj", path, limits, data, materials=True)
+        if parsed is not None:
+            return _merge(*parsed, path, limits)
     if not data.endswith(b"\n"):
         # the fast reader loses a last 'f'/'v' line that has no token and no newline
         # and then misaligns its per-line arrays (IndexError, found by tests/test_fuzz.py)
