@@ -102,10 +102,6 @@ class Materials:
         """The same materials for the vertices where ``keep`` (bool, per vertex) is True."""
         return Materials(self.colors[keep], self.uvs[keep], self.groups)
 
-    @property
-    def nbytes(self) -> int:
-        return self.colors.nbytes + self.uvs.nbytes + sum(g.texture.nbytes for g in self.groups if g.texture is not None)
-
 
 def texture_array(image: object, max_side: int = TEXTURE_MAX_SIDE, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode a (lazily opened) PIL image into (H, W, 4) uint8 RGBA, at most ``max_side`` on a side.

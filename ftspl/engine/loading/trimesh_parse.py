@@ -101,11 +101,13 @@ class MaterialResolver(FolderResolver):
             self.problems.append(str(exc))
             raise
         if name.strip().lower().endswith(_IMAGE_SUFFIXES):
-            from PIL import Image, UnidentifiedImageError
+            from PIL import Image
 
             try:
                 Image.open(io.BytesIO(data))  # reads the header only
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
+            # UnidentifiedImageError, OSError, DecompressionBombError, SyntaxError...: only noted here,
+            # trimesh then drops the image itself
+            except Exception as exc:  # noqa: BLE001 - third-party decoder boundary (see above)
                 self.problems.append(f"texture {name!r} is not a readable image ({type(exc).__name__})")
         return data
 
@@ -158,12 +160,10 @@ def paint_of(geom: trimesh.Trimesh, max_vertices: int | None = None,
             color = _rgb(factor) if factor is not None else (1.0, 1.0, 1.0)
             image = material.baseColorTexture
         else:
-            kd = (getattr(material, "kwargs", None) or {}).get("kd")  # the MTL's own Kd, when it sets one
-            if isinstance(kd, (int, float)):
-                kd = [kd, kd, kd]
-            color = None if kd is None else _rgb(np.asarray(kd, dtype=np.float64))
-            if kd is not None and color is None:
-                color = _rgb(getattr(material, "diffuse", None))
+            # The MTL's own Kd (trimesh keeps it as floats), not trimesh's default diffuse for none.
+            kd = (getattr(material, "kwargs", None) or {}).get("kd")
+            kd = None if kd is None else np.asarray(kd, dtype=np.float64).ravel()
+            color = None if kd is None else _rgb(np.repeat(kd, 3) if kd.size == 1 else kd)
             image = getattr(material, "image", None)
         if getattr(image, "format", None) is None:
             image = None  # not read from a file: trimesh's grey placeholder for UVs without a material
