@@ -44,9 +44,8 @@ class Grid:
     knobs: dict  #: knob name -> list of (label, {TrainConfig field: value})
     after: str | None = None  #: start from that grid's winner
     note: str = ""
-    #: fields every cell pins (a first stage pins the served embedding's weight, so its cells do not
-    #: move when another grid changes a default)
-    base: dict = field(default_factory=lambda: {"keep_pretrained": 0.4})
+    #: fields a first stage pins beside :data:`START`
+    base: dict = field(default_factory=dict)
 
     def cells(self, base: dict) -> list[tuple[str, dict]]:
         names = list(self.knobs)
@@ -94,8 +93,8 @@ for _row in ("CORAL", "DANN", "MMD", "JAN"):
 
 
 def lives_in(row: str) -> str:
-    """Where a row's winner is the default: TrainConfig (FTSPL, shared by the ablation presets) or the preset."""
-    return "TrainConfig" if row == "FTSPL" else f"PRESETS[{row!r}]"
+    """Where a row's winner is the default: TrainConfig (FTSPL, shared by the ablation presets) or TUNED[row]."""
+    return "TrainConfig" if row == "FTSPL" else f"TUNED[{row!r}]"
 
 
 def grid_order(names: list[str]) -> list[str]:
@@ -114,12 +113,21 @@ def grid_order(names: list[str]) -> list[str]:
     return out
 
 
+#: Where every first stage starts: the values the tuned fields had before any grid chose them, pinned
+#: in each cell (except the fields a row's preset switches set, e.g. the Table I rows' alignment),
+#: so a cell's config, and its cached result, never depend on a default another grid chose.
+START = {"lam": 0.25, "align": "jan", "align_weight": 0.3, "align_phase": "warmup", "epochs": 4, "warmup_epochs": 5,
+         "lr": 0.01, "keep_pretrained": 0.4}
 QUICK = {"rounds": 2, "epochs": 2, "warmup_epochs": 2, "augment_copies": 1, "batch_size": 8}
 EXTRA: dict = {}  #: fields every cell gets on top (``--quick``)
 
 
 def _base(g: Grid, winners: dict) -> dict:
-    return winners[g.after]["fields"] if g.after else {**g.base, **EXTRA}
+    if g.after:
+        return winners[g.after]["winner"]["fields"]
+    from ftspl.train.config import PRESETS
+
+    return {**{k: v for k, v in START.items() if k not in PRESETS[g.row]}, **g.base, **EXTRA}
 
 
 def run_grid(name: str, splits: list, work: Path, winners: dict, shard: tuple[int, int] | None) -> dict | None:
@@ -173,17 +181,20 @@ def current_defaults(row: str) -> dict:
 
 
 def check(results: dict) -> list[str]:
-    """Lines naming each default that differs from its grid's winner (empty: all agree)."""
-    from ftspl.train.config import PRESETS
+    """Lines naming each default that differs from the winner of its row's last stage (empty: all agree)."""
+    from ftspl.train.config import PRESETS, TUNED
 
     bad = []
+    earlier = {g.after for g in GRIDS.values() if g.after}
     for name, rec in results.items():
+        if name in earlier:  # a later stage of the row carries this winner forward; its last stage is checked
+            continue
         have = current_defaults(rec["row"])
         for k, v in rec["winner"]["fields"].items():
             if have[k] != v:
                 bad.append(f"{name}: {rec['lives_in']}.{k} is {have[k]!r}, the grid chose {v!r}")
-            if rec["row"] == "FTSPL" and k in PRESETS["FTSPL"]:
-                bad.append(f"{name}: PRESETS['FTSPL'] overrides {k}; the winner must be TrainConfig's default")
+            if rec["row"] == "FTSPL" and (k in PRESETS["FTSPL"] or k in TUNED.get("FTSPL", {})):
+                bad.append(f"{name}: the FTSPL preset overrides {k}; the winner must be TrainConfig's default")
     return bad
 
 

@@ -120,8 +120,9 @@ def test_every_tuned_default_is_its_committed_grids_winner():
 
 def test_check_names_a_default_that_differs(tmp_path):
     rec = {"row": "FTSPL", "lives_in": "TrainConfig", "winner": {"fields": {"lam": 123.0}}}
-    bad = tune.check({"FTSPL_method": rec})
-    assert len(bad) == 1 and bad[0].startswith("FTSPL_method: TrainConfig.lam is ") and bad[0].endswith("chose 123.0")
+    bad = tune.check({"FTSPL_keep": rec})
+    assert len(bad) == 1 and bad[0].startswith("FTSPL_keep: TrainConfig.lam is ") and bad[0].endswith("chose 123.0")
+    assert tune.check({"FTSPL_method": rec}) == []  # an earlier stage: its row's last stage is what is checked
 
 
 # -- aggregation and the bootstrap --------------------------------------------------------------------
