@@ -46,5 +46,6 @@ def run_model(run_dir: Path):
         class_names=list(info["class_names"]),
         training={**config, "round": int(ck["round"]), "selection": info.get("selection")},
         metrics=metrics,
+        data={"photos": config.get("source"), "shapes": config.get("target")},  # int8's calibration data
     )
     return img, mv, meta

@@ -4,6 +4,12 @@ The export is staged in a temporary folder inside ``models/`` and renamed into
 place only after the parity check passes, so a failed export never leaves a
 half-written model behind and never changes which model is active.
 
+``precision`` other than fp32 converts each checked fp32 graph with
+:mod:`ftspl.export.precision` (int8: calibrated on the run's own photos and
+rendered shapes, :mod:`ftspl.export.calibration`; fp16: for GPUs) before the
+manifest is written; the manifest records the precision and, for int8, the
+calibration set's digest, which are part of the model's identity.
+
 Two exporters are offered: ``dynamo`` (torch.export + onnxscript, PyTorch's
 supported path, the default) and ``torchscript`` (the legacy tracer: 20x faster
 to run, used by fast tests). Both produce a graph with a dynamic batch axis.
@@ -18,7 +24,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +68,12 @@ class ExportConfig:
     #: the multi-view graph also outputs each view's embedding (``VIEW_OUTPUT``), which the
     #: index stores compactly to say which view of a hit matched the photo
     view_embeddings: bool = True
+    #: fp32, int8 (CPU; calibrated) or fp16 (GPU): :data:`ftspl.engine.model.manifest.PRECISIONS`
+    precision: str = "fp32"
+    #: int8: a folder of photos and meshes to calibrate on instead of the run's own source and target
+    calibration: Path | None = None
+    calibration_photos: int = 64
+    calibration_shapes: int = 16
 
 
 VIEW_OUTPUT = "view_embeddings"
@@ -100,6 +112,8 @@ class ModelMeta:
     class_names: list[str]
     training: dict
     metrics: dict
+    #: the model's own data: ``photos`` and ``shapes`` folders (a run's source and target), int8's calibration
+    data: dict = field(default_factory=dict)
 
 
 def _export_one(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str, cfg: ExportConfig,
@@ -156,6 +170,34 @@ def _parity(module: torch.nn.Module, path: Path, input_name: str, examples: list
     return worst
 
 
+def _calibration(meta: ModelMeta, home: Home, cfg: ExportConfig):
+    """The int8 calibration set: ``cfg.calibration``'s photos and meshes, else the run's source and target."""
+    from ftspl.export.calibration import build_calibration, calibration_sources
+    from ftspl.export.precision import CALIBRATION_METHOD
+
+    if cfg.calibration is not None:
+        photos, shapes = calibration_sources(cfg.calibration, cfg.calibration, "--calibration")
+    else:
+        data = meta.data or {}
+        photos, shapes = calibration_sources(*(Path(data[k]) if data.get(k) else None for k in ("photos", "shapes")),
+                                             "--calibration")
+    log.info("int8 calibration: photos from %s, shapes from %s", photos, shapes)
+    return build_calibration(photos, shapes, meta.preprocess, meta.render_spec, home.cache / "views",
+                             cfg.calibration_photos, cfg.calibration_shapes, CALIBRATION_METHOD)
+
+
+def _reduce(precision: str, path: Path, input_name: str, outputs: tuple[str, ...], batches) -> dict | None:
+    """Replace the fp32 graph at ``path`` by its ``precision`` twin; the check of the twin against it."""
+    from ftspl.export.precision import reduce_encoder
+
+    reduced = path.with_suffix(f".{precision}.onnx")
+    batches = [b.numpy() if isinstance(b, torch.Tensor) else b for b in batches]
+    log.info("converting %s to %s", path.stem, precision)
+    check = reduce_encoder(precision, path, reduced, input_name, outputs, batches)
+    os.replace(reduced, path)
+    return check
+
+
 def export_encoders(
     image_encoder: torch.nn.Module,
     multiview_encoder: torch.nn.Module,
@@ -167,6 +209,10 @@ def export_encoders(
     """Export both encoders, check parity, write the manifest, make the model active."""
     if cfg.exporter not in EXPORTERS:
         raise UnknownKeyError("exporter", cfg.exporter, EXPORTERS)
+    from ftspl.export.precision import check_precision
+
+    check_precision(cfg.precision)
+    calib = _calibration(meta, home, cfg) if cfg.precision == "int8" else None  # bad data fails before the export
     image_encoder = image_encoder.eval().cpu()
     multiview_encoder = multiview_encoder.eval().cpu()
     pre, spec = meta.preprocess, meta.render_spec
@@ -179,6 +225,7 @@ def export_encoders(
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=home.models))
     try:
         files: dict[str, EncoderFile] = {}
+        checks: dict[str, dict | None] = {}
         worst = 0.0
         mv_outputs = ("embedding", VIEW_OUTPUT) if cfg.view_embeddings else ("embedding",)
         mv_module = WithViewEmbeddings(multiview_encoder).eval() if cfg.view_embeddings else multiview_encoder
@@ -201,6 +248,10 @@ def export_encoders(
                     "model not exported (try --exporter torchscript)"
                 )
             worst = max(worst, diff)
+            if cfg.precision != "fp32":
+                checks[name] = _reduce(cfg.precision, path, input_name, outputs,
+                                       examples if calib is None else
+                                       calib.photo_batches() if name == IMAGE_ENCODER else calib.view_batches())
             files[name] = EncoderFile(
                 path=path.name,
                 sha256=sha256_file(path),
@@ -224,10 +275,15 @@ def export_encoders(
             training=meta.training,
             metrics=meta.metrics,
             parity_max_abs_diff=worst,
+            precision=cfg.precision,
+            calibration=None if calib is None else calib.record,
+            precision_check=checks or None,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             ftspl_version=FTSPL_VERSION,
         )
         tag = {"pretrained": "pretrained", "random-init": "random"}.get(meta.source, "ftspl")
+        if cfg.precision != "fp32":
+            tag = f"{tag}-{cfg.precision}"
         manifest.model_id = f"{meta.backbone}-{tag}-{manifest.model_hash[:12]}"
         (stage / MANIFEST_NAME).write_text(manifest.to_json())
         final = home.model_dir(manifest.model_id)

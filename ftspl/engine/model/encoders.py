@@ -8,6 +8,12 @@ really works, otherwise the CPU, quietly (onnxruntime-gpu logs CUDA load errors
 on machines without a GPU; we silence its logger for the probe). ``cuda`` fails
 loudly with :class:`DeviceError` when the CUDA provider is not actually active.
 
+Precision: the manifest says whether the graphs are fp32, int8 (static QDQ
+quantisation, made for CPU kernels) or fp16 (made for GPUs). ``auto`` runs an
+int8 model on the CPU even where CUDA is present, and an fp16 model only on
+CUDA; an fp16 model without a working CUDA provider is refused with
+:class:`DeviceError` naming the fix (export fp32 or int8 for the CPU).
+
 Cold start: on the CPU, the optimised graph of each encoder is kept in a
 per-machine cache (``engine/model/graphcache.py``) so a fresh process skips graph
 optimisation (0.18 -> 0.04 s per session here).
@@ -67,11 +73,24 @@ class Encoders:
         self._warm_error: dict[str, BaseException] = {}
 
     # -- sessions -------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The graphs' numeric precision: ``fp32``, ``int8`` or ``fp16`` (the manifest's)."""
+        return self.manifest.precision
+
     def _providers(self) -> list[str]:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-        if self.runtime.device == "cpu":
+        if self.precision == "fp16":
+            if self.runtime.device == "cpu" or CUDA not in available:
+                raise DeviceError(
+                    f"model {self.manifest.model_id} is fp16, made for GPUs, and "
+                    + ("--device cpu was asked for" if self.runtime.device == "cpu" else "onnxruntime has no CUDA provider")
+                    + "; export it with 'ftspl export --precision int8' (or fp32) for the CPU, or pip install 'ftspl[gpu]'"
+                )
+            return [CUDA, CPU]
+        if self.runtime.device == "cpu" or (self.precision == "int8" and self.runtime.device == "auto"):
             return [CPU]
         if self.runtime.device == "cuda":
             if CUDA not in available:
@@ -143,10 +162,11 @@ class Encoders:
         if sess is None:
             sess = self._build(ort, path, name, providers, cache, key)
         active = sess.get_providers()
-        if self.runtime.device == "cuda" and active[0] != CUDA:
+        if (self.runtime.device == "cuda" or self.precision == "fp16") and active[0] != CUDA:
+            who = "--device cuda" if self.runtime.device == "cuda" else f"fp16 model {self.manifest.model_id}"
             raise DeviceError(
-                f"--device cuda: CUDA provider is installed but not active (active: {', '.join(active)}); "
-                "check the NVIDIA driver/CUDA libraries or use --device cpu"
+                f"{who}: CUDA provider is installed but not active (active: {', '.join(active)}); "
+                "check the NVIDIA driver/CUDA libraries, or use --device cpu with an fp32 or int8 model"
             )
         log.debug("loaded %s with providers %s", name, active)
         self._sessions[name] = sess

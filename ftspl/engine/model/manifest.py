@@ -4,6 +4,12 @@ Export writes it, the engine reads it. It carries the preprocessing and render
 spec the model was made with (timm's "pretrained config" idea), so the engine
 never re-hardcodes them, and the sha256 of each ONNX file, so a swapped or
 tampered model file is refused before onnxruntime parses it.
+
+It also records the numeric precision of the graphs (``fp32``, ``int8``
+quantised for CPUs, ``fp16`` for GPUs) and, for ``int8``, the digest of the
+calibration set: both enter :attr:`ModelManifest.model_hash`, the identity an
+index is bound to, so shapes encoded at one precision never join an index built
+at another.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ftspl-model/1"
 IMAGE_ENCODER = "image_encoder"
 MULTIVIEW_ENCODER = "multiview_encoder"
+#: numeric precisions of exported graphs; fp32 is what manifests without the field hold
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 @dataclass
@@ -52,17 +60,30 @@ class ModelManifest:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     parity_max_abs_diff: float | None = None
+    #: "fp32", "int8" (static QDQ quantisation, CPU) or "fp16" (GPU); see :data:`PRECISIONS`
+    precision: str = "fp32"
+    #: int8 only: what calibrated it (``digest`` of the inputs and settings, counts, sources, method)
+    calibration: dict | None = None
+    #: int8/fp16: the reduced graphs against the fp32 graphs on real inputs (cosine of the embeddings)
+    precision_check: dict | None = None
     created: str = ""
     ftspl_version: str = ""
     format: str = MANIFEST_FORMAT
 
     @property
     def model_hash(self) -> str:
-        """Hash over both encoder files: the identity an index is bound to."""
+        """Hash over both encoder files, and a reduced precision with its calibration: the identity an index is bound to.
+
+        An fp32 model hashes its files only, as before precisions existed, so the
+        indexes of models exported earlier stay bound to them.
+        """
         h = hashlib.sha256()
         for name in sorted(self.encoders):
             h.update(name.encode())
             h.update(self.encoders[name].sha256.encode())
+        if self.precision != "fp32":
+            h.update(f"precision:{self.precision}".encode())
+            h.update(f"calibration:{(self.calibration or {}).get('digest', '')}".encode())
         return h.hexdigest()
 
     def get_preprocess(self) -> Preprocess:
@@ -99,6 +120,9 @@ class ModelManifest:
             man = cls.from_dict(data)
         except (KeyError, TypeError) as exc:
             raise ModelError(f"{path}: incomplete manifest ({exc}); run 'ftspl export' again") from None
+        if man.precision not in PRECISIONS:
+            raise ModelError(f"{path}: unknown precision {man.precision!r} (known: {', '.join(PRECISIONS)}); "
+                             "this ftspl is older than the model, or export again")
         spec_hash = man.get_render_spec().digest()
         if spec_hash != man.render_spec_hash:
             raise ModelError(f"{path}: render spec hash mismatch; the manifest was edited, export again")
