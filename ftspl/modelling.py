@@ -58,10 +58,13 @@ def train(source: str | Path | None = None, target: str | Path | None = None, *,
 
 
 def export(run: str | Path | None = None, *, pretrained: bool = False, backbone: str = "efficientnet_lite0",
-           weights: str | Path | None = None, exporter: str = "dynamo", home: str | Path | None = None) -> ExportReport:
+           weights: str | Path | None = None, exporter: str = "dynamo", home: str | Path | None = None,
+           precision: str = "fp32", calibration: str | Path | None = None) -> ExportReport:
     """Export a training run's encoders (or ``pretrained=True``: ImageNet's) as ONNX; the model becomes active.
 
     The ONNX graphs are checked against PyTorch before the manifest is written.
+    ``precision``: fp32, int8 (calibrated on the run's photos and shapes, or on
+    ``calibration``, a folder of photos and meshes) or fp16 (for GPUs).
     """
     if pretrained == (run is not None):
         raise UsageError("give either --pretrained or a training RUN folder, not both or neither")
@@ -79,7 +82,9 @@ def export(run: str | Path | None = None, *, pretrained: bool = False, backbone:
         from ftspl.export.from_run import run_model
 
         img, mv, meta = run_model(Path(run))
-    model_dir, man = export_encoders(img, mv, meta, as_home(home), ExportConfig(exporter=exporter))
+    cfg = ExportConfig(exporter=exporter, precision=precision,
+                       calibration=None if calibration is None else Path(calibration))
+    model_dir, man = export_encoders(img, mv, meta, as_home(home), cfg)
     sel = None if pretrained else (meta.training or {}).get("selection")
     return ExportReport(model_id=man.model_id, model_dir=str(model_dir), backbone=man.backbone,
                         embed_dim=man.embed_dim, parity_max_abs_diff=man.parity_max_abs_diff,

@@ -12,11 +12,13 @@ from ftspl.cli import console
 from ftspl.engine.errors import UsageError
 
 
-def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, home, as_json: bool) -> None:
+def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, home, as_json: bool,
+               precision: str = "fp32", calibration=None) -> None:
     """``ftspl export``: :func:`ftspl.export`, then the verdict of the run's validation and one line."""
     from ftspl.modelling import export
 
-    rep = export(run, pretrained=pretrained, backbone=backbone, weights=weights, exporter=exporter, home=home)
+    rep = export(run, pretrained=pretrained, backbone=backbone, weights=weights, exporter=exporter, home=home,
+                 precision=precision, calibration=calibration)
     info = rep.to_dict()
     if rep.selection and not as_json:  # which round was exported, and whether it beats the pretrained CNN
         from ftspl.train.validation import verdict_line
