@@ -157,7 +157,7 @@ def markdown(out: dict) -> str:
     lines += ["", "FTSPL minus each row: mean of the per-seed differences [95% bootstrap interval over query models]; "
               "ANMRR as a gain; * = the interval holds 0 (within noise).", "",
               "| FTSPL minus | " + " | ".join(PAIRED) + " |", "|---|" + "---|" * len(PAIRED)]
-    for row, d in out["paired"]["FTSPL"].items():
+    for row, d in out["paired"].get("FTSPL", {}).items():
         cells = [f"{d[m]['mean']:+.3f} [{d[m]['ci95'][0]:+.3f}, {d[m]['ci95'][1]:+.3f}]{'*' if d[m]['within_noise'] else ''}"
                  for m in PAIRED]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")

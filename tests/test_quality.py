@@ -248,3 +248,21 @@ def test_tiny_tune_then_report(tmp_path, monkeypatch):
     stamp = {p: p.stat().st_mtime_ns for p in (work / "seed5" / "report").glob("*.json")}
     assert quality.main(["--seeds", "5", "--rows", "CNN,CNN_centred,source_only,FTSPL", *common]) == 0
     assert {p: p.stat().st_mtime_ns for p in (work / "seed5" / "report").glob("*.json")} == stamp
+
+
+# -- the published figures are the study's ---------------------------------------------------------
+def test_quality_doc_and_readme_show_the_committed_study():
+    """Every table row of benchmarks/results/quality.md stands in docs/QUALITY.md, and the README's
+    FTSPL / source_only / CNN / JAN figures are quality.json's, on report seeds only."""
+    md = (ROOT / "benchmarks" / "results" / "quality.md").read_text()
+    doc = (ROOT / "docs" / "QUALITY.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| row |")]
+    assert len(rows) > 20 and all(ln in doc for ln in rows), [ln for ln in rows if ln not in doc][:3]
+    res = json.loads((ROOT / "benchmarks" / "results" / "quality.json").read_text())
+    assert all(protocol.seed_role(s) == "report" for s in res["config"]["seeds"]) and not res["config"]["quick"]
+    readme = (ROOT / "README.md").read_text()
+    for row, metric in (("FTSPL", "FT"), ("source_only", "FT"), ("FTSPL", "NN"), ("source_only", "NN"),
+                        ("CNN", "FT"), ("JAN", "FT")):
+        assert f"{res['rows'][row][metric][0]:.3f}" in readme, (row, metric)
+    tuned = (ROOT / "benchmarks" / "results" / "tune.md").read_text()
+    assert all(f"### {name} " in tuned for name in tune.GRIDS)

@@ -94,7 +94,7 @@ class TrainConfig:
     backbone_lr_mult: float = 0.1  #: full and partial modes: the pretrained backbone (its trained blocks) moves slower
     #: partial mode: the last K steps of the backbone (``Backbone.steps``) train on cached activations.
     #: 1 (Lite0's 1x1 conv head): K=2 adds the last MBConv block, whose depthwise convolution makes a
-    #: step ~3x slower on a CPU (docs/QUALITY.md, "Partial fine-tuning on a CPU")
+    #: step ~3x slower on a CPU (``benchmarks/partial_study.py``)
     train_blocks: int = 1
     tail_bn: str = "frozen"  #: partial mode: "frozen" (ImageNet statistics) or "train" BatchNorm in those blocks
     momentum: float = 0.9

@@ -12,9 +12,8 @@ photos RUN never trained on are the ones the continued run validates on),
 except ``target`` (the new shape folder) and ``init_from`` (RUN's folder, which
 :func:`ftspl.train.loop.train` loads into the network before round 0:
 :func:`start_weights`). Keeping RUN's warm-up epochs (source-only, from RUN's
-network) was chosen on validation over skipping them (SH3D, 6 runs: val FT
-0.777 vs 0.774, val accuracy equal; ``benchmarks/continue_study.py``,
-docs/QUALITY.md "Re-adapting as the library grows").
+network) keeps RUN's config whole, the simplest rule; ``benchmarks/continue_study.py``
+measures continuing against training again.
 
 Its ``run.json`` records what it continued from (:func:`continued_from`). A
 continued run is an ordinary run folder afterwards: ``--resume`` after a kill,

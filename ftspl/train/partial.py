@@ -22,7 +22,7 @@ differ from the float32 pipeline's by less than 1e-3 (cosine), see
 
 BatchNorm in the tail keeps its ImageNet statistics (``tail_bn="frozen"``, the
 default; ``"train"`` updates them from the training batches, which mix photos
-and rendered views): see docs/QUALITY.md, "Partial fine-tuning on a CPU".
+and rendered views); ``benchmarks/partial_study.py tail`` measures both.
 
 The network keeps :class:`~ftspl.train.net.FTSPLNet`'s parameters and state-dict
 keys, so checkpoints, ``--resume``, best-round selection and ``ftspl export``

@@ -10,9 +10,7 @@ retrieving the source photos, ties broken by photo classification by the
 nearest source class centroid on the unit sphere (each validation photo's
 embedding takes the class whose source-photo centroid is closest in cosine).
 FT comes first because it ranks rounds more finely than an accuracy that moves
-in steps of one photo: on the SH3D benchmark's val split, keeping the round it
-prefers costs 0.005 FT of photo-to-shape retrieval against the best round on
-average, accuracy first 0.013 (``benchmarks/selection_study.py``; docs/QUALITY.md). With ``--val-shapes`` (labelled meshes of the source classes) the criterion is
+in steps of one photo (``benchmarks/selection_study.py`` compares the criteria). With ``--val-shapes`` (labelled meshes of the source classes) the criterion is
 photo-to-shape retrieval instead (:data:`CRITERION_SHAPES`). The same criterion is computed on the pretrained backbone's
 pooled features (what ``ftspl export --pretrained`` serves, the study's "CNN"
 row), so every round is reported beside the untrained baseline and the run can

@@ -13,8 +13,9 @@ fused distance per shape, smaller is better:
 * ``rank``: reciprocal rank fusion, ``-sum 1 / (60 + rank)`` over the photos
   (Cormack et al. 2009): scale-free, robust to one odd photo.
 
-``mean`` is the default because it was best on the SH3D validation split
-(``benchmarks/fusion.py``; docs/QUALITY.md gives the figures).
+``mean`` is the default: the unweighted rule, which ``benchmarks/beyond.py``
+measures against the others (docs/QUALITY.md, "Studies not yet re-run under
+this protocol").
 """
 
 from __future__ import annotations

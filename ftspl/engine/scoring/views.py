@@ -17,11 +17,9 @@ A candidate without codes (stored by an older model) scores its pooled cosine
 under every rule. Reported distances stay the pooled ones, so the open-set
 threshold means the same thing with or without re-ranking.
 
-The default stays ``none``: on the SH3D split (``benchmarks/matched_view.py``;
-docs/QUALITY.md, "The view that matched") ``view`` alone is worse on val and
-queries, and ``blend`` at its best validation weight (0.5, the default ``w``)
-changes the metrics' mean by amounts whose paired 95% interval straddles zero
-on both splits.
+The default is ``none`` (no re-ranking); ``benchmarks/matched_view.py``
+measures ``view`` and ``blend`` against it (docs/QUALITY.md, "Studies not yet
+re-run under this protocol").
 """
 
 from __future__ import annotations
