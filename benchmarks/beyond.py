@@ -123,6 +123,17 @@ def open_set_apply(queries: tuple, gallery: np.ndarray, g_labels: list[str], hel
     }
 
 
+FUSION_RULE = "the rule with the best mean val FT over n = 2, 3 and all photos per object; ties (< 0.001) go to mean"
+
+
+def choose_fusion(table: dict) -> dict:
+    """``--fusion``'s default as :data:`FUSION_RULE` picks it from a val fusion table."""
+    score = {how: float(np.mean([table[how][n]["FT"] for n in ("2", "3", "all")])) for how in FUSIONS}
+    best = max(score.values())
+    winner = "mean" if best - score["mean"] < 0.001 else max(score, key=score.get)
+    return {"rule": FUSION_RULE, "mean_ft": {k: round(v, 4) for k, v in score.items()}, "winner": winner}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bench", type=Path, required=True)
@@ -149,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         "gallery": len(g_labels),
         "fusion": {"split": args.split, "purpose": purpose, **fusion_table(*photos, gallery, g_labels)},
     }
+    if purpose == "tune":
+        res["fusion_choice"] = choose_fusion(res["fusion"])
     if cal is None:
         res["open_set"] = open_set_calibrate(photos, gallery, g_labels, args.holdout, args.precision, args.seed)
     else:
@@ -171,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         for how in FUSIONS:
             for n, row in f[how].items():
                 print(f"  {how:5s} n={n:3s}  " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()))
+        if "fusion_choice" in res:
+            print("fusion default:", json.dumps(res["fusion_choice"]))
         print("open set:", json.dumps(res["open_set"]))
     return 0
 
