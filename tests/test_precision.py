@@ -71,8 +71,24 @@ def test_check_precision_names_the_flag():
     from ftspl.export.precision import check_precision
 
     assert check_precision("int8") == "int8"
-    with pytest.raises(UnknownKeyError, match=r"--precision 'int4'; valid: fp16, fp32, int8"):
+    with pytest.raises(UnknownKeyError, match=r"--precision 'int4'; valid: auto, fp16, fp32, int8"):
         check_precision("int4")
+
+
+def test_auto_is_int8_on_a_cpu_with_calibration_data_else_fp32(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from ftspl.export.precision import resolve_precision
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    run_data = {"photos": str(tmp_path), "shapes": str(tmp_path)}
+    assert resolve_precision("auto", run_data, None) == "int8"
+    assert resolve_precision("auto", {}, None) == "fp32"  # --pretrained without --calibration
+    assert resolve_precision("auto", {}, tmp_path) == "int8"
+    assert resolve_precision("auto", {"photos": str(tmp_path / "gone"), "shapes": str(tmp_path)}, None) == "fp32"
+    assert resolve_precision("fp16", {}, None) == "fp16"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_precision("auto", run_data, None) == "fp32"  # a GPU machine keeps fp32
 
 
 def test_calibration_sources_name_the_flag(tmp_path):
@@ -196,7 +212,7 @@ def test_export_refuses_unknown_precision_and_missing_calibration(tmp_path):
     pytest.importorskip("torch")
     r = run_ftspl(tmp_path / "h", "export", "--pretrained", "--exporter", "torchscript", "--precision", "int4")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "unknown --precision 'int4'; valid: fp16, fp32, int8" in r.stderr
+    assert "unknown --precision 'int4'; valid: auto, fp16, fp32, int8" in r.stderr
     r = run_ftspl(tmp_path / "h", "export", "--pretrained", "--exporter", "torchscript", "--precision", "int8")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--precision int8 needs calibration photos" in r.stderr and "pass --calibration DIR" in r.stderr

@@ -68,7 +68,7 @@ class ExportConfig:
     #: the multi-view graph also outputs each view's embedding (``VIEW_OUTPUT``), which the
     #: index stores compactly to say which view of a hit matched the photo
     view_embeddings: bool = True
-    #: fp32, int8 (CPU; calibrated) or fp16 (GPU): :data:`ftspl.engine.model.manifest.PRECISIONS`
+    #: fp32, int8 (CPU; calibrated), fp16 (GPU) or auto (:func:`ftspl.export.precision.resolve_precision`)
     precision: str = "fp32"
     #: int8: a folder of photos and meshes to calibrate on instead of the run's own source and target
     calibration: Path | None = None
@@ -209,9 +209,11 @@ def export_encoders(
     """Export both encoders, check parity, write the manifest, make the model active."""
     if cfg.exporter not in EXPORTERS:
         raise UnknownKeyError("exporter", cfg.exporter, EXPORTERS)
-    from ftspl.export.precision import check_precision
+    from dataclasses import replace
 
-    check_precision(cfg.precision)
+    from ftspl.export.precision import resolve_precision
+
+    cfg = replace(cfg, precision=resolve_precision(cfg.precision, meta.data, cfg.calibration))
     calib = _calibration(meta, home, cfg) if cfg.precision == "int8" else None  # bad data fails before the export
     image_encoder = image_encoder.eval().cpu()
     multiview_encoder = multiview_encoder.eval().cpu()

@@ -40,7 +40,11 @@ from ftspl.engine.model.manifest import PRECISIONS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRECISION = "fp32"  #: what ``ftspl export`` writes without --precision
+#: what ``ftspl export`` writes without --precision: :func:`resolve_precision` picks
+DEFAULT_PRECISION = "auto"
+#: ``auto``'s choice on a machine without CUDA, when calibration data is at hand: int8 moved val FT and NN
+#: by less than 0.005 on the tuning seeds (``benchmarks/precision.py``, docs/PERFORMANCE.md "Precision")
+CPU_DEFAULT = "int8"
 QUANTIZED_OPS = ("Conv", "Clip", "Relu")  #: op types int8 quantises (see the module docstring)
 CALIBRATION_METHOD = "MinMax"
 #: the reduced graph's mean cosine to fp32 below which the export is refused (a broken conversion, not a
@@ -51,8 +55,27 @@ MIN_MEAN_COSINE = 0.8
 def check_precision(precision: str) -> str:
     """``precision`` itself, or :class:`UnknownKeyError` naming ``--precision`` and the valid values."""
     if precision not in PRECISIONS:
-        raise UnknownKeyError("--precision", precision, PRECISIONS)
+        raise UnknownKeyError("--precision", precision, ("auto", *PRECISIONS))
     return precision
+
+
+def resolve_precision(precision: str, data: dict | None, calibration: Path | None) -> str:
+    """The precision to export: ``precision`` itself, or for ``auto`` the CPU default or fp32.
+
+    ``auto`` gives :data:`CPU_DEFAULT` (int8) when onnxruntime has no CUDA
+    provider here and calibration data is at hand (``calibration``, or the run's
+    ``photos`` and ``shapes`` folders in ``data``); fp32 otherwise (a GPU
+    machine, or ``--pretrained`` without ``--calibration``).
+    """
+    if precision != "auto":
+        return check_precision(precision)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "fp32"
+    data = data or {}
+    have = calibration is not None or all(data.get(k) and Path(data[k]).is_dir() for k in ("photos", "shapes"))
+    return CPU_DEFAULT if have else "fp32"
 
 
 def quantize_int8(fp32: Path, out: Path, reader) -> None:
@@ -142,5 +165,5 @@ def reduce_encoder(precision: str, fp32: Path, out: Path, input_name: str, outpu
     return check
 
 
-__all__ = ["CALIBRATION_METHOD", "DEFAULT_PRECISION", "MIN_MEAN_COSINE", "PRECISIONS", "QUANTIZED_OPS",
-           "check_precision", "convert_fp16", "cosine_check", "quantize_int8", "reduce_encoder"]
+__all__ = ["CALIBRATION_METHOD", "CPU_DEFAULT", "DEFAULT_PRECISION", "MIN_MEAN_COSINE", "PRECISIONS", "QUANTIZED_OPS",
+           "check_precision", "convert_fp16", "resolve_precision", "cosine_check", "quantize_int8", "reduce_encoder"]
