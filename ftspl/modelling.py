@@ -59,12 +59,13 @@ def train(source: str | Path | None = None, target: str | Path | None = None, *,
 
 def export(run: str | Path | None = None, *, pretrained: bool = False, backbone: str = "efficientnet_lite0",
            weights: str | Path | None = None, exporter: str = "dynamo", home: str | Path | None = None,
-           precision: str = "fp32", calibration: str | Path | None = None) -> ExportReport:
+           precision: str = "auto", calibration: str | Path | None = None) -> ExportReport:
     """Export a training run's encoders (or ``pretrained=True``: ImageNet's) as ONNX; the model becomes active.
 
     The ONNX graphs are checked against PyTorch before the manifest is written.
     ``precision``: fp32, int8 (calibrated on the run's photos and shapes, or on
-    ``calibration``, a folder of photos and meshes) or fp16 (for GPUs).
+    ``calibration``, a folder of photos and meshes), fp16 (for GPUs) or auto
+    (int8 without a GPU when calibration data is at hand, else fp32).
     """
     if pretrained == (run is not None):
         raise UsageError("give either --pretrained or a training RUN folder, not both or neither")

@@ -73,7 +73,7 @@ def export(
     backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone for --pretrained."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet weights file (alexnet)."),
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (default) or torchscript."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 (default); int8: quantised for CPUs, calibrated on the run's photos and shapes; fp16: for GPUs."),
+    precision: str = typer.Option("auto", "--precision", help="auto (default): int8 on a machine without a GPU when the run's photos and shapes (or --calibration) can calibrate it, else fp32; fp32; int8: quantised for CPUs; fp16: for GPUs."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --precision int8: a folder of photos and meshes to calibrate on (needed with --pretrained; default: the run's source and target)."),
     home: Optional[Path] = HomeOpt,
     as_json: bool = JsonOpt,

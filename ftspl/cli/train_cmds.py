@@ -13,7 +13,7 @@ from ftspl.engine.errors import UsageError
 
 
 def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, home, as_json: bool,
-               precision: str = "fp32", calibration=None) -> None:
+               precision: str = "auto", calibration=None) -> None:
     """``ftspl export``: :func:`ftspl.export`, then the verdict of the run's validation and one line."""
     from ftspl.modelling import export
 
