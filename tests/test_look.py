@@ -385,3 +385,16 @@ def test_a_file_trimesh_cannot_read_with_materials_is_read_for_its_geometry(pain
             mesh = load_mesh(path, materials=True)
         assert mesh.materials is None and mesh.n_faces == 12, name
         assert any("cannot read it with its materials" in r.getMessage() for r in caplog.records), name
+
+
+def test_training_view_cache_renders_either_look(gl_available, painted, tmp_path: Path) -> None:
+    """``ftspl train`` renders its targets through the view cache: the spec's look decides the views."""
+    from ftspl.train.viewcache import cache_views
+
+    paths = [painted["obj_kd"][0], painted["ply_vertex"][0]]
+    cached = {look: cache_views(paths, ["mesh", "mesh"], GREY.with_look(look), tmp_path / "views") for look in LOOKS}
+    assert not set(cached["grey"].keys) & set(cached["materials"].keys)  # one cache entry per look
+    for i in range(len(paths)):
+        grey, paint = (_object_pixels(cached[look].load(i)) for look in LOOKS)
+        assert (grey.max(axis=1) - grey.min(axis=1)).max() <= 1
+        assert paint.mean(axis=0)[0] > paint.mean(axis=0)[1:].max() + 40  # both files are red
