@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +399,70 @@ def test_training_view_cache_renders_either_look(gl_available, painted, tmp_path
         grey, paint = (_object_pixels(cached[look].load(i)) for look in LOOKS)
         assert (grey.max(axis=1) - grey.min(axis=1)).max() <= 1
         assert paint.mean(axis=0)[0] > paint.mean(axis=0)[1:].max() + 40  # both files are red
+
+
+# --- hostile material references: confined to the mesh's folder, bombs refused before decoding ------
+_OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and args and isinstance(args[0], (str, Path)):
+        _OPENED.append(str(args[0]))
+    elif _OPENED is not None and event in ("socket.connect", "socket.getaddrinfo", "urllib.Request"):
+        _OPENED.append(f"network: {event}")
+
+
+sys.addaudithook(_audit)  # permanent, but records only while _OPENED is a list
+
+
+def _load_watched(path: Path) -> tuple[Mesh, list[str]]:
+    global _OPENED
+    _OPENED = []
+    try:
+        mesh = load_mesh(path, materials=True)
+    finally:
+        opened, _OPENED = _OPENED, None
+    return mesh, opened
+
+
+@pytest.mark.parametrize("ref", ["../secret.mtl", "/etc/passwd", "../../../../../../etc/passwd",
+                                 "file:///etc/passwd", "http://127.0.0.1:9/evil.mtl"])
+def test_material_references_outside_the_folder_are_not_opened(tmp_path: Path, ref: str, caplog) -> None:
+    (tmp_path / "secret.mtl").write_text("newmtl paint\nKd 1 0 0\n")
+    folder = _parent(tmp_path / "mesh")
+    (folder / "local.mtl").write_text("newmtl paint\nKd 0 0 1\nmap_Kd ../../../etc/passwd\nmap_Bump /etc/shadow\n")
+    obj = folder / "m.obj"
+    obj.write_text(f"mtllib {ref}\nmtllib local.mtl\nusemtl paint\n"
+                   "v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nvt 0 0\nf 1/1 2/1 3/1\nf 1 3 4\n")
+    with caplog.at_level(logging.WARNING, logger="ftspl"):
+        mesh, opened = _load_watched(obj)
+    assert mesh.n_faces == 2
+    allowed = {obj.resolve(), (folder / "local.mtl").resolve()}
+
+    def stray(p: str) -> bool:  # a connection, /etc, or a file of tmp_path other than the OBJ and its MTL
+        if p.startswith(("network", "/etc")):
+            return True
+        path = Path(p).resolve()
+        return path.is_relative_to(tmp_path.resolve()) and path not in allowed
+
+    assert not [p for p in opened if stray(p)]
+    assert any(r.levelno == logging.WARNING for r in caplog.records)  # what was left out is said
+
+
+def test_a_texture_bomb_is_refused_before_decoding(tmp_path: Path, caplog) -> None:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    folder = _parent(tmp_path / "bomb")
+    w = h = 9000  # 81 M pixels: over the 64 M cap, under PIL's own bomb check
+    raw = zlib.compress(b"\0" * (w * 3 + 1) * 4, 9)
+    (folder / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                                      + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    path = _obj(folder, "m", "newmtl paint\nKd 0.2 0.9 0.2\nmap_Kd bomb.png\n", uv=True)
+    with caplog.at_level(logging.WARNING, logger="ftspl"):
+        group = load_mesh(path, materials=True).materials.groups[0]
+    assert group.texture is None and group.color == pytest.approx((0.2, 0.9, 0.2))
+    assert any("9000x9000 pixels exceed the limit of 64000000" in r.getMessage() for r in caplog.records)
