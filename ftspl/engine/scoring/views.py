@@ -2,7 +2,7 @@
 
 A shape's embedding max-pools its 12 views, so a hit does not say which view
 looks like the photo. Models exported with per-view output store each view's
-embedding (int8 codes, :mod:`ftspl.engine.index.viewcodes`); for the hits of a
+embedding (int8 codes, :mod:`ftspl.engine.index.store.viewcodes`); for the hits of a
 query this module reads them, takes the view with the highest cosine
 similarity to the photo, and reports its index and similarity.
 
