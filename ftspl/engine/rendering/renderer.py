@@ -205,6 +205,7 @@ def _atlas_grid(views: int) -> tuple[int, int]:
 
 #: What a process that already uses torch loads before its first EGL context (see below).
 LLVM_FIRST_MODULE = "torch._dynamo"
+_egl_contexts_made = False  #: whether this process has made an EGL context (set by Renderer._create_context)
 
 
 def _load_torch_llvm_first() -> bool:
@@ -218,8 +219,16 @@ def _load_torch_llvm_first() -> bool:
     process (``index add``, ``query``, ``serve``) returns False here and keeps
     ``torch`` out of ``sys.modules`` (tests/test_api.py renders and queries in
     a fresh interpreter and checks both ways).
+
+    Where torch arrived only after this process made an EGL context (a test
+    session that renders, then imports torch for an export), loading Triton now
+    is the crashing order itself, so it is left out (False): nothing is loaded
+    that the caller did not load.
     """
     if "torch" not in sys.modules:
+        return False
+    if _egl_contexts_made and LLVM_FIRST_MODULE not in sys.modules:
+        log.debug("torch was imported after an EGL context was made; not loading %s now", LLVM_FIRST_MODULE)
         return False
     import importlib
 
@@ -253,8 +262,11 @@ class Renderer:
             import moderngl
         except ImportError as exc:  # the wheel is a hard dependency, but be explicit
             raise RenderError(f"cannot create a headless OpenGL (EGL) context: {exc}; {_EGL_HINT}") from exc
+        global _egl_contexts_made
         try:
-            return moderngl.create_standalone_context(backend="egl", require=330)
+            ctx = moderngl.create_standalone_context(backend="egl", require=330)
+            _egl_contexts_made = True
+            return ctx
         # glcontext raises a bare ``Exception`` (e.g. "libEGL.so not loaded",
         # "eglInitialize failed"), so nothing narrower can be caught here.
         except Exception as exc:  # noqa: BLE001 - third-party boundary, documented above
