@@ -41,6 +41,7 @@ from ftspl.engine.index.ann.base import (
 )
 from ftspl.engine.index.ann.graph import (
     GraphIndex,
+    KeyedLive,
     drop_stale_payloads,
     huge_pages_for_new_memory,
     import_wheel,
@@ -60,7 +61,7 @@ FAISS_EF_LARGE = 448
 COMPACT_MIN_DEAD = 1024
 
 
-class FaissHnswIndex(GraphIndex):
+class FaissHnswIndex(KeyedLive, GraphIndex):
     """Approximate k-NN graph (faiss ``IndexHNSWFlat``, squared L2) with tombstones."""
 
     backend = "faiss-hnsw"
@@ -127,14 +128,9 @@ class FaissHnswIndex(GraphIndex):
         return np.unpackbits(self._bits, bitorder="little")[:n].astype(bool)
 
     # ---- verbs ----
-    def __len__(self) -> int:
-        return len(self._slot)
-
-    def _has(self, key: int) -> bool:
-        return key in self._slot
-
-    def ids(self) -> np.ndarray:
-        return np.sort(np.fromiter(self._slot, dtype=np.int64, count=len(self._slot)))
+    @property
+    def _keys(self) -> dict[int, int]:
+        return self._slot
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         batch = self._batch(ids, vectors)

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ftspl.engine.errors import IndexStateError
 from ftspl.engine.index.ann.base import AnnIndex
 
@@ -152,6 +154,24 @@ def huge_pages_for_new_memory() -> Iterator[HugePageReport]:
                 log.debug("huge pages: %d MiB refused (errno %d)", report.refused >> 20, ctypes.get_errno())
     except (OSError, AttributeError) as exc:
         log.debug("huge pages unavailable: %s", exc)
+
+
+class KeyedLive:
+    """A backend that keeps its live ids in a Python set or dict (``_keys``): its size, membership
+    and sorted ids come from that container, the same way for every such backend."""
+
+    @property
+    def _keys(self):  # pragma: no cover - every user defines it
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _has(self, key: int) -> bool:
+        return key in self._keys
+
+    def ids(self) -> np.ndarray:
+        return np.sort(np.fromiter(self._keys, dtype=np.int64, count=len(self._keys)))
 
 
 class GraphIndex(AnnIndex):

@@ -15,7 +15,7 @@ from ftspl.engine.index.ann.base import (
     as_vectors,
     check_k,
 )
-from ftspl.engine.index.ann.graph import ThreadedGraphIndex, huge_pages_for_new_memory
+from ftspl.engine.index.ann.graph import KeyedLive, ThreadedGraphIndex, huge_pages_for_new_memory
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ HNSW_EF_SEARCH_1M = 384
 HNSW_INITIAL_CAPACITY = 1024
 
 
-class HnswIndex(ThreadedGraphIndex):
+class HnswIndex(KeyedLive, ThreadedGraphIndex):
     """Approximate k-NN graph (hnswlib, space 'l2') that grows and forgets in place.
 
     * Capacity doubles (``resize_index``) when full, so no size is set up front.
@@ -95,14 +95,9 @@ class HnswIndex(ThreadedGraphIndex):
     def capacity(self) -> int:
         return int(self._index.get_max_elements())
 
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def _has(self, key: int) -> bool:
-        return key in self._live
-
-    def ids(self) -> np.ndarray:
-        return np.sort(np.fromiter(self._live, dtype=np.int64, count=len(self._live)))
+    @property
+    def _keys(self) -> set[int]:
+        return self._live
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         batch = self._batch(ids, vectors)
