@@ -25,13 +25,20 @@ def require_torch(what: str) -> None:
         raise FtsplError(f"{what} needs PyTorch: pip install 'ftspl[train]'") from None
 
 
-def train_config(preset: str = "FTSPL", overrides: dict[str, Any] | None = None, **settings: Any):
-    """The :class:`~ftspl.train.config.TrainConfig` of ``settings`` under ``preset``, then ``overrides`` (the preset's switches)."""
+def train_config(preset: str = "FTSPL", overrides: dict[str, Any] | None = None, explicit: set[str] | None = None,
+                 **settings: Any):
+    """The :class:`~ftspl.train.config.TrainConfig` of ``settings`` under ``preset``, then ``overrides`` (the preset's switches).
+
+    A preset brings its switches and its tuned values (``ftspl.train.config.TUNED``); a setting the
+    caller chose (``explicit``: those names; None: every setting given) wins over a tuned value.
+    """
     from dataclasses import replace
 
     from ftspl.train.config import TrainConfig, apply_preset
 
-    cfg = replace(apply_preset(TrainConfig(**settings), preset), **(overrides or {}))
+    cfg = apply_preset(TrainConfig(**settings), preset)
+    chosen = settings if explicit is None else {k: v for k, v in settings.items() if k in explicit}
+    cfg = replace(cfg, **chosen, **(overrides or {}))
     return replace(cfg, preset=f"{preset}+custom") if overrides else cfg
 
 

@@ -266,3 +266,29 @@ def test_quality_doc_and_readme_show_the_committed_study():
         assert f"{res['rows'][row][metric][0]:.3f}" in readme, (row, metric)
     tuned = (ROOT / "benchmarks" / "results" / "tune.md").read_text()
     assert all(f"### {name} " in tuned for name in tune.GRIDS)
+
+
+def test_a_flag_the_user_typed_wins_over_a_presets_tuned_value(tmp_path, monkeypatch):
+    """A preset brings its tuned values (config.TUNED); what the user chose explicitly still wins."""
+    from typer.testing import CliRunner
+
+    import ftspl.cli.train_cmds as train_cmds
+    from ftspl.cli.main import app
+    from ftspl.modelling import train_config
+    from ftspl.train.config import TUNED, TrainConfig
+
+    jan = TUNED["JAN"]
+    cfg = train_config("JAN", None, set(), lr=TrainConfig().lr, epochs=TrainConfig().epochs)  # untyped defaults
+    assert (cfg.lr, cfg.keep_pretrained, cfg.align_weight) == (jan["lr"], jan["keep_pretrained"], jan["align_weight"])
+    cfg = train_config("JAN", None, {"lr"}, lr=0.05)  # typed
+    assert cfg.lr == 0.05 and cfg.keep_pretrained == jan["keep_pretrained"] and cfg.preset == "JAN"
+    assert train_config("JAN", lr=0.05).lr == 0.05  # the Python API: every setting given is chosen
+
+    seen = {}
+    monkeypatch.setattr(train_cmds, "train_cmd", lambda preset, settings, overrides, *a, explicit=None, **k:
+                        seen.update(cfg=train_config(preset, overrides, explicit, **settings)))
+    args = ["train", "--source", str(tmp_path), "--target", str(tmp_path), "--preset", "JAN"]
+    assert CliRunner().invoke(app, [*args, "--lr", "0.05"]).exit_code == 0
+    assert seen["cfg"].lr == 0.05 and seen["cfg"].epochs == jan["epochs"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert seen["cfg"].lr == jan["lr"] and seen["cfg"].keep_pretrained == jan["keep_pretrained"]

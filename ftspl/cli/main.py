@@ -95,6 +95,13 @@ _PRESET_HELP = (
 _TRAIN = {f.name: f.default for f in fields(TrainConfig)}
 
 
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (not its default). By the source's name: typer ships its own
+    click, whose ParameterSource is not click.core's."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -141,12 +148,9 @@ def train(
     from ftspl.cli.train_cmds import train_cmd
 
     if continue_run is not None:  # RUN's config with the new target (ftspl.train.continuation)
-        from click.core import ParameterSource
-
         from ftspl.cli.train_cmds import train_continue_cmd
 
-        DEFAULT = ParameterSource.DEFAULT
-        given = {n: v for n, v in (("out", out), ("backbone", backbone)) if ctx.get_parameter_source(n) != DEFAULT}
+        given = {n: v for n, v in (("out", out), ("backbone", backbone)) if _typed(ctx, n)}
         train_continue_cmd(continue_run, target, given.get("out"), source, given.get("backbone"), device, as_json,
                            _home(home), nproc=nproc, resume=resume)
         return
@@ -168,7 +172,9 @@ def train(
     )
     if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
         settings["up"] = up
-    train_cmd(preset, settings, overrides, resume, as_json, _home(home), nproc=nproc)
+    # flags the user typed win over the preset's tuned values; the rest keep the preset's
+    explicit = {k for k in settings if k in ctx.params and _typed(ctx, k)}
+    train_cmd(preset, settings, overrides, resume, as_json, _home(home), nproc=nproc, explicit=explicit | {"up"})
 
 
 # ---------------------------------------------------------------------- index

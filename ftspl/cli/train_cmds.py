@@ -35,7 +35,7 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
 
 
 def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_json: bool, home=None,
-              nproc: int = 1, cfg=None) -> None:
+              nproc: int = 1, cfg=None, explicit: set[str] | None = None) -> None:
     """Train as the options say (``cfg``: an already built config, e.g. a continuation's)."""
     import sys
 
@@ -55,7 +55,7 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         raise UsageError(f"--nproc {nproc} in a run of {world} processes (WORLD_SIZE); drop --nproc under torchrun")
     quiet = worker_rank() != 0  # with N processes, rank 0 alone reports
     if cfg is None:
-        cfg = train_config(preset, overrides, **settings)
+        cfg = train_config(preset, overrides, explicit, **settings)
     if not quiet:
         procs = f" x {world} processes" if world > 1 else ""
         console.info(f"training {cfg.preset} ({cfg.mode} mode) on {pick_device(cfg.device)}{procs}; run folder {cfg.out}")
