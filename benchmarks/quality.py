@@ -133,7 +133,9 @@ def served_check(row: str, split, work: Path, fields: dict | None) -> dict:
         cli_json("export", "--pretrained", home=home)
     else:
         key = cell_key(row, train_config(row, split, fields), "report")
-        cli_json("export", str(work / f"seed{split.seed}" / "report" / f"run-{row}-{key}"), home=home)
+        # fp32: the check is that serving reproduces the in-process network (int8 is measured by precision.py)
+        cli_json("export", str(work / f"seed{split.seed}" / "report" / f"run-{row}-{key}"), "--precision", "fp32",
+                 home=home)
     cli_json("index", "add", str(split.target), "--rebuild", home=home)
     served = cli_json("eval", str(split.queries), home=home)["metrics"]
     from studylib import METRICS
