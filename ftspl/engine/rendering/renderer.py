@@ -48,6 +48,7 @@ from ftspl.engine.constants import RenderSpec
 from ftspl.engine.errors import RenderError
 from ftspl.engine.loading.materials import Materials
 from ftspl.engine.loading.meshes import Mesh, normalize
+from ftspl.engine.rendering.shaders import program_sources
 
 log = logging.getLogger(__name__)
 
@@ -55,102 +56,6 @@ __all__ = ["Renderer", "camera_positions", "make_preview", "reference_mesh", "re
 
 _EGL_HINT = "install the EGL/Mesa libraries: apt-get install libegl1 libgl1-mesa-dri libegl-mesa0"
 _GL_CLIP_DISTANCE0 = 0x3000  # GL enum; moderngl has no named flag for it
-
-_VERTEX_SHADER = """
-#version 330
-#define VIEWS {views}
-uniform mat4 u_view_proj[VIEWS];
-uniform vec2 u_tile_offset[VIEWS];
-uniform vec2 u_tile_scale;
-in vec3 in_pos;
-out vec3 v_world;
-flat out int v_view;{inputs}
-void main() {{
-    int i = gl_InstanceID;
-    vec4 clip = u_view_proj[i] * vec4(in_pos, 1.0);
-    // Clip to this camera's own frustum sides before moving it into its tile.
-    gl_ClipDistance[0] = clip.w + clip.x;
-    gl_ClipDistance[1] = clip.w - clip.x;
-    gl_ClipDistance[2] = clip.w + clip.y;
-    gl_ClipDistance[3] = clip.w - clip.y;
-    gl_Position = vec4(clip.xy * u_tile_scale + u_tile_offset[i] * clip.w, clip.zw);
-    v_world = in_pos;
-    v_view = i;{passes}
-}}
-"""
-
-#: What the ``materials`` program adds to the vertex shader: UVs and colours per vertex.
-_MATERIAL_VERTEX_INPUTS = """
-in vec2 in_uv;
-in vec4 in_color;
-out vec2 v_uv;
-out vec4 v_color;"""
-_MATERIAL_VERTEX_PASSES = """
-    v_uv = in_uv;
-    v_color = in_color;"""
-
-_FRAGMENT_SHADER = """
-#version 330
-#define VIEWS {views}
-uniform vec3 u_eye[VIEWS];
-uniform vec3 u_material;
-uniform vec3 u_key_dir;
-uniform float u_ambient;
-uniform float u_diffuse;
-uniform float u_specular;
-uniform float u_shininess;
-uniform float u_key;
-uniform bool u_two_sided;
-in vec3 v_world;
-flat in int v_view;{inputs}
-out vec4 f_color;
-void main() {{
-    vec3 to_eye = normalize(u_eye[v_view] - v_world);
-    vec3 n = cross(dFdx(v_world), dFdy(v_world));
-    float len = length(n);
-    n = len > 0.0 ? n / len : to_eye;
-    if (dot(n, to_eye) < 0.0) n = -n;           // face the camera ...
-    if (!u_two_sided && !gl_FrontFacing) n = -n;  // ... unless one-sided
-    vec3 base = u_material;{paint}
-    float headlight = max(dot(n, to_eye), 0.0);
-    vec3 r = reflect(-to_eye, n);
-    float spec = headlight > 0.0 ? pow(max(dot(r, to_eye), 0.0), u_shininess) : 0.0;
-    float key = max(dot(n, u_key_dir), 0.0);
-    vec3 c = base * (u_ambient + u_diffuse * headlight + u_key * key) + vec3(u_specular * spec);
-    f_color = vec4(clamp(c, 0.0, 1.0), 1.0);
-}}
-"""
-
-#: What the ``materials`` program adds to the fragment shader. ``u_material`` is the
-#: material run's base colour there; the texture is sampled before any branch that
-#: depends on it (implicit derivatives need uniform control flow).
-_MATERIAL_FRAGMENT_INPUTS = """
-uniform bool u_has_tex;
-uniform sampler2D u_tex;
-in vec2 v_uv;
-in vec4 v_color;"""
-_MATERIAL_FRAGMENT_PAINT = """
-    vec4 t = texture(u_tex, v_uv);
-    if (u_has_tex) {
-        if (t.a < 0.5) discard;  // cut-out leaves, fences, lace
-        // map_Kd is modulated by Kd, except where an exporter left Kd black or near black
-        base = max(u_material.r, max(u_material.g, u_material.b)) > 0.15 ? t.rgb * u_material : t.rgb;
-    }
-    base *= v_color.rgb;"""
-
-
-def _program_sources(views: int, materials: bool) -> tuple[str, str]:
-    """(vertex, fragment) shader sources of the grey program, or of the ``materials`` one."""
-    vertex = _VERTEX_SHADER.format(
-        views=views, inputs=_MATERIAL_VERTEX_INPUTS if materials else "",
-        passes=_MATERIAL_VERTEX_PASSES if materials else "",
-    )
-    fragment = _FRAGMENT_SHADER.format(
-        views=views, inputs=_MATERIAL_FRAGMENT_INPUTS if materials else "",
-        paint=_MATERIAL_FRAGMENT_PAINT if materials else "",
-    )
-    return vertex, fragment
-
 
 def camera_positions(spec: RenderSpec) -> np.ndarray:
     """World positions (V, 3) of the cameras.
@@ -297,11 +202,11 @@ class Renderer:
         self._resolved = (
             ctx.framebuffer(color_attachments=[ctx.renderbuffer((width, height), 4)]) if samples else self._msaa
         )
-        vertex, fragment = _program_sources(spec.views, materials=False)
+        vertex, fragment = program_sources(spec.views, materials=False)
         self._prog = ctx.program(vertex_shader=vertex, fragment_shader=fragment)
         self._paint_prog = None  #: the ``materials`` look's program (None in the grey look)
         if spec.wants_materials:
-            vertex, fragment = _program_sources(spec.views, materials=True)
+            vertex, fragment = program_sources(spec.views, materials=True)
             self._paint_prog = ctx.program(vertex_shader=vertex, fragment_shader=fragment)
         for prog in (self._prog, self._paint_prog):
             if prog is not None:
