@@ -79,31 +79,17 @@ def real_photo_sets(src: Path, classes: list[str], dest: Path) -> dict[str, Path
 
 def real_photo_cell(row: str, split, photos: Path, work: Path, fields: dict | None) -> dict:
     """One row of one seed on real photos: the report run's network (trained by ``run_cell``) ranks the target."""
-    from dataclasses import replace
-
-    from studylib import PRETRAINED_ROWS, _centred, cell_key, score, train_config
-
-    from ftspl.train.loop import pretrained_embeddings
+    from studylib import cell_key, embed_finished, run_dir_of, score, train_config
 
     cfg = train_config(row, split, fields)
-    key = cell_key(row, cfg, "report")
-    done = work / f"seed{split.seed}" / "real" / f"{row}-{key}-{photos.name}.json"
+    done = work / f"seed{split.seed}" / "real" / f"{row}-{cell_key(row, cfg, 'report')}-{photos.name}.json"
     if done.exists():
         return json.loads(done.read_text())
-    if row in PRETRAINED_ROWS:
-        emb = pretrained_embeddings(replace(cfg, queries=str(photos)), home=study_home())
-        q, t = emb.query, emb.target
-        if row == "CNN_centred":
-            q, t = _centred(emb.target, cfg.keep_pretrained_dims, q, t)
-    else:
-        from ftspl.train.apply import embed_run
-
-        emb = embed_run(work / f"seed{split.seed}" / "report" / f"run-{row}-{key}", photos, split.target,
-                        home=study_home())
-        q, t = emb.query, emb.target
-    metrics, per, _ = score(q, emb.query_labels, t, emb.target_labels)
+    q, ql, qp, t, tl, _ = embed_finished(row, cfg, split, photos, split.target,
+                                         run_dir_of(row, cfg, split, "report", work))
+    metrics, per, _ = score(q, ql, t, tl)
     out = {"row": row, "seed": split.seed, "photos": photos.name, "metrics": metrics, "per_query": per,
-           "query_groups": [Path(p).name for p in emb.query_paths], "n_query": len(q)}
+           "query_groups": [Path(p).name for p in qp], "n_query": len(q)}
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(out))
     return out
@@ -123,7 +109,7 @@ def export_figure_inputs(results: dict, work: Path) -> None:
 
 def served_check(row: str, split, work: Path, fields: dict | None) -> dict:
     """``ftspl export`` + ``index add`` + ``eval`` for ``row``: served vs in-process metrics."""
-    from studylib import cell_key, run_cell, train_config
+    from studylib import run_cell, run_dir_of, train_config
 
     res = run_cell(row, split, "report", fields, work)
     home = work / f"seed{split.seed}" / f"served-{row}"
@@ -132,10 +118,9 @@ def served_check(row: str, split, work: Path, fields: dict | None) -> dict:
     if row == "CNN":
         cli_json("export", "--pretrained", home=home)
     else:
-        key = cell_key(row, train_config(row, split, fields), "report")
+        run = run_dir_of(row, train_config(row, split, fields), split, "report", work)
         # fp32: the check is that serving reproduces the in-process network (int8 is measured by precision.py)
-        cli_json("export", str(work / f"seed{split.seed}" / "report" / f"run-{row}-{key}"), "--precision", "fp32",
-                 home=home)
+        cli_json("export", str(run), "--precision", "fp32", home=home)
     cli_json("index", "add", str(split.target), "--rebuild", home=home)
     served = cli_json("eval", str(split.queries), home=home)["metrics"]
     from studylib import METRICS

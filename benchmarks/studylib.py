@@ -117,6 +117,11 @@ def train_config(row: str, split: Split, fields: dict | None = None, out: Path |
     return replace(cfg, **(fields or {}))
 
 
+def run_dir_of(row: str, cfg, split: Split, purpose: str, work: Path) -> Path:
+    """The run folder a trained cell leaves under ``work``."""
+    return work / f"seed{split.seed}" / purpose / f"run-{row}-{cell_key(row, cfg, purpose)}"
+
+
 def cell_key(row: str, cfg, purpose: str) -> str:
     ident = {"row": row, "purpose": purpose, "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "queries")}}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
@@ -151,37 +156,48 @@ def _centred(fit_on: np.ndarray, dims: int, *xs: np.ndarray) -> list[np.ndarray]
         return [keep(torch.from_numpy(x)).numpy() for x in xs]
 
 
-def embed_cell(row: str, cfg, split: Split, purpose: str, run_dir: Path):
-    """(query embeddings, labels, paths, gallery embeddings, labels, paths, training record) of one cell."""
-    from ftspl.train.loop import pretrained_embeddings, train
+def embed_finished(row: str, cfg, split: Split, photos: Path, gallery: Path, run_dir: Path | None):
+    """(query embeddings, labels, paths, gallery embeddings, labels, paths) of ``photos`` ranking ``gallery``:
+    a pretrained row, or a trained row through its finished ``run_dir`` (the round export would serve).
+    ``CNN_centred`` is fitted on the split's unlabelled target shapes, as training's branch is."""
+    from ftspl.train.loop import pretrained_embeddings
 
     home = study_home()
-    photos, gallery = split.scored(purpose)
-    record: dict = {}
     if row in PRETRAINED_ROWS:
         emb = pretrained_embeddings(replace(cfg, target=str(gallery), queries=str(photos)), home=home)
         q, t = emb.query, emb.target
         if row == "CNN_centred":
             fit = emb.target if gallery == split.target else pretrained_embeddings(cfg, home=home).target
             q, t = _centred(fit, cfg.keep_pretrained_dims, q, t)
-        return q, emb.query_labels, emb.query_paths, t, emb.target_labels, emb.target_paths, record
+    else:
+        from ftspl.train.apply import embed_run
+
+        emb = embed_run(run_dir, photos, gallery, home=home)
+        q, t = emb.query, emb.target
+    return q, emb.query_labels, emb.query_paths, t, emb.target_labels, emb.target_paths
+
+
+def embed_cell(row: str, cfg, split: Split, purpose: str, run_dir: Path):
+    """(query embeddings, labels, paths, gallery embeddings, labels, paths, training record) of one cell."""
+    from ftspl.train.loop import train
+
+    photos, gallery = split.scored(purpose)
+    if row in PRETRAINED_ROWS:
+        return (*embed_finished(row, cfg, split, photos, gallery, None), {})
     if run_dir.exists():  # a run killed before its result was written: start again
         shutil.rmtree(run_dir)
     res = train(replace(cfg, out=str(run_dir), queries=str(photos) if purpose == "report" else None),
-                return_embeddings=purpose == "report", home=home)
+                return_embeddings=purpose == "report", home=study_home())
     from ftspl.train.validation import verdict
 
     record = {"pseudo_acc_per_round": [r.get("pseudo_acc") for r in res.rounds],
               "pseudo_acc_selected_per_round": [r.get("pseudo_acc_selected") for r in res.rounds],
               "val_per_round": [r.get("val") for r in res.rounds], "selection": verdict(res.rounds),
               "seconds_per_round": [r.get("seconds") for r in res.rounds]}
-    if purpose == "report":
+    if purpose == "report":  # the run already embedded its queries and target with the served network
         emb = res.embeddings
-    else:
-        from ftspl.train.apply import embed_run
-
-        emb = embed_run(run_dir, photos, gallery, home=home)
-    return emb.query, emb.query_labels, emb.query_paths, emb.target, emb.target_labels, emb.target_paths, record
+        return emb.query, emb.query_labels, emb.query_paths, emb.target, emb.target_labels, emb.target_paths, record
+    return (*embed_finished(row, cfg, split, photos, gallery, run_dir), record)
 
 
 def run_cell(row: str, split: Split, purpose: str, fields: dict | None, work: Path, keep_embeddings: bool = False) -> dict:
@@ -194,7 +210,7 @@ def run_cell(row: str, split: Split, purpose: str, fields: dict | None, work: Pa
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    q, ql, qp, t, tl, tp, record = embed_cell(row, cfg, split, purpose, folder / f"run-{row}-{key}")
+    q, ql, qp, t, tl, tp, record = embed_cell(row, cfg, split, purpose, run_dir_of(row, cfg, split, purpose, work))
     metrics, per, pr = score(q, ql, t, tl)
     out = {"row": row, "seed": split.seed, "purpose": purpose, "fields": fields or {}, "key": key,
            "seconds": round(time.perf_counter() - t0, 2), "metrics": metrics, "per_query": per,

@@ -35,9 +35,9 @@ def embed_run(run_dir: Path, photos: str | Path, shapes: str | Path, home: Home 
     cfg = saved_config(run_dir)
     if cfg is None:
         raise UsageError(f"{run_dir}: no config.json; is it a training run folder?")
-    cfg = replace(cfg, target=str(shapes), queries=str(photos), device="cpu" if pick_device("auto").type == "cpu" else cfg.device)
+    cfg = replace(cfg, target=str(shapes), queries=str(photos))
     cache = (home or Home.resolve()).cache
-    device = pick_device(cfg.device)
+    device = pick_device("auto")  # this machine's, whatever the run trained on
     inp = _load_inputs(cfg, cache, None)
     with _torch_threads():
         net = _build_net(cfg, len(inp.src.class_names), device)
