@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, cli_json, load_torch_before_mesa, logger, quiet_openmp, study_home
+from studylib import QUICK
 
 quiet_openmp()
 log = logger("quality")
@@ -57,7 +58,6 @@ PAPER_MI3DOR: dict[str, tuple[float, ...]] = {
     "FTSPL": (0.874, 0.665, 0.844, 0.164, 0.704, 0.316),
 }
 REAL_ROWS = ("CNN", "CNN_centred", "source_only", "FTSPL")
-QUICK = {"rounds": 2, "epochs": 2, "warmup_epochs": 2, "augment_copies": 1, "batch_size": 8}
 
 
 def real_photo_sets(src: Path, classes: list[str], dest: Path) -> dict[str, Path]:

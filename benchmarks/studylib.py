@@ -37,6 +37,8 @@ from common import logger, study_home
 METRICS = ("NN", "FT", "ST", "F", "DCG", "ANMRR", "AUC")
 PAIRED = ("NN", "FT", "ST", "DCG", "ANMRR")  #: per-query metrics (bootstrap); ANMRR is lower-better
 PRETRAINED_ROWS = ("CNN", "CNN_centred")
+#: ``--quick``: a tiny training budget in every cell (a smoke test of tune.py and quality.py, never a choice)
+QUICK = {"rounds": 2, "epochs": 2, "warmup_epochs": 2, "augment_copies": 1, "batch_size": 8}
 log = logger("study")
 
 

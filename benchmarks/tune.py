@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import RESULTS, load_torch_before_mesa, logger, quiet_openmp, study_home
-from studylib import RULE, pick
+from studylib import QUICK, RULE, pick
 
 quiet_openmp()
 log = logger("tune")
@@ -118,7 +118,6 @@ def grid_order(names: list[str]) -> list[str]:
 #: so a cell's config, and its cached result, never depend on a default another grid chose.
 START = {"lam": 0.25, "align": "jan", "align_weight": 0.3, "align_phase": "warmup", "epochs": 4, "warmup_epochs": 5,
          "lr": 0.01, "keep_pretrained": 0.4}
-QUICK = {"rounds": 2, "epochs": 2, "warmup_epochs": 2, "augment_copies": 1, "batch_size": 8}
 EXTRA: dict = {}  #: fields every cell gets on top (``--quick``)
 
 
