@@ -31,6 +31,7 @@ import numpy as np
 from ftspl.engine.errors import IndexStateError
 from ftspl.engine.index.store import viewcodes
 from ftspl.engine.index.store.embeddings import EmbeddingReads
+from ftspl.engine.index.store.housekeeping import Housekeeping
 from ftspl.engine.index.store.schema import (
     REBUILD_HINT,
     ShapeRecord,
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 _SQL_CHUNK = 500  # stay well below SQLite's bound-variable limit
 
-class ShapeStore(EmbeddingReads):
+class ShapeStore(EmbeddingReads, Housekeeping):
     """Shapes, their embeddings and the index's model identity, in one SQLite file.
 
     Write verbs run in one transaction each (or join an enclosing
