@@ -28,14 +28,6 @@ def index_add_cmd(root: Path, options: dict, home, runtime, as_json: bool) -> No
                f"failed {len(report.failures)} in {report.seconds:.1f} s ({report.shapes_per_s:.2f} shapes/s)")
 
 
-def add_summary(report, extra: dict | None = None) -> dict:
-    """The JSON of an add (plain, Ray or shards): :class:`ftspl.results.AddReport`'s, plus ``extra``."""
-    from ftspl.results import AddReport
-
-    rep = report if isinstance(report, AddReport) else AddReport.from_engine(report)
-    return {**rep.to_dict(), **(extra or {})}
-
-
 def finish_add(report, summary: dict, as_json: bool, line: str) -> None:
     """One line per failed file, then the summary (JSON or one line); exit 1 when a file failed."""
     failures = summary["failures"]
@@ -61,15 +53,15 @@ def index_remove_cmd(paths, wait: bool, home, as_json: bool) -> None:
         raise FtsplError(f"{', '.join(str(p) for p in paths)}: not in the index; see 'ftspl index stats'")
 
 
-def index_reembed_cmd(cfg, drop_missing: bool, home, runtime, as_json: bool) -> None:
+def index_reembed_cmd(options: dict, home, runtime, as_json: bool) -> None:
     """One line per shape that could not be re-encoded, then the summary; exit 1 when one failed."""
     from dataclasses import asdict
 
-    from ftspl.engine.index.library import Library
+    from ftspl.api import Library
 
-    lib = Library(home, runtime)
+    lib = Library(home, device=runtime.device, threads=runtime.intra_op_threads)
     with console.progress(not as_json) as update:
-        rep = lib.reembed(cfg, progress=update, drop_missing=drop_missing)
+        rep = lib.reembed(progress=update, **options)
     for path, reason in rep.failed:
         console.warn(f"{path}: {reason}")
     if as_json:
