@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftspl.engine.constants import MAX_FILE_BYTES, MAX_IMAGE_PIXELS
+from ftspl.engine.constants import MAX_FACES, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_VERTICES
 from ftspl.engine.errors import UsageError
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  #: 8 phone photos, or base64 JSON of 6
@@ -41,6 +41,11 @@ class ServeConfig:
     #: holds bodies in memory or spools them, so it is far below the per-photo file cap)
     max_body_bytes: int = DEFAULT_MAX_BODY
     poll_s: float = 0.5  #: how often the index is checked for new commits
+    #: an uploaded mesh (a shape query) gets ``index add``'s caps: ``max_file_bytes`` above, these
+    #: two, and the per-file load + render time limit (in the render worker's child process)
+    max_faces: int = MAX_FACES
+    max_vertices: int = MAX_VERTICES
+    file_timeout: float = 60.0
     device: str = "auto"
 
 
@@ -54,6 +59,8 @@ class ServeConfig:
             raise UsageError("--max-photos, --max-file-bytes, --max-pixels, --max-body-bytes and the largest top must be at least 1")
         if self.poll_s <= 0:
             raise UsageError("--poll must be positive")
+        if min(self.max_faces, self.max_vertices) < 1 or not self.file_timeout > 0:
+            raise UsageError("the mesh caps (faces, vertices) must be at least 1 and the file time limit positive")
         if self.token is not None and len(self.token) < 16:
             raise UsageError("--token must be at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
         if not is_loopback(self.host) and self.token is None and not self.insecure:

@@ -135,6 +135,16 @@ class LiveIndex:
                                   rerank=match.rerank, rerank_weight=match.blend_weight, box=box,
                                   max_pixels=max_pixels or MAX_IMAGE_PIXELS)
 
+    def query_shapes(self, items: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION, fuse: bool = False,
+                     **caps: Any) -> QueryAnswer:
+        """:meth:`ftspl.api.Library.query` with mesh paths among ``items`` (blocking: a worker thread).
+
+        ``caps``: ``max_file_bytes``, ``max_faces``, ``max_vertices`` and
+        ``file_timeout``; the meshes render in the library's render child.
+        """
+        return self.library.query(list(items), top, names=names, fuse=fuse,
+                                  fusion=fusion if fuse or len(items) > 1 else None, **caps)
+
     def shape(self, shape_id: int, preview: bool = False) -> Any:
         rows = self.reader.shapes([shape_id], previews=preview)
         return rows[0] if rows else None

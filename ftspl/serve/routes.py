@@ -28,7 +28,8 @@ from ftspl.serve.server import STATIC, ApiError, Server
 from ftspl.serve.uploads import decode_upload, display_name
 
 DEFAULT_TOP = 10
-NO_PHOTO = "no photo: send multipart field(s) 'photo', or JSON {\"image\": BASE64} / {\"images\": [BASE64, ...]}"
+NO_PHOTO = ("no photo: send multipart field(s) 'photo' (or 'shape': a mesh file), or JSON {\"image\": BASE64} / "
+            "{\"images\": [BASE64, ...]} (or {\"shape\": {\"name\": \"chair.glb\", \"data\": BASE64}})")
 
 
 def _server(request: Request) -> Server:
@@ -69,9 +70,9 @@ async def query(request: Request) -> Response:
     srv = _server(request)
     t0 = time.perf_counter()
     async with srv.admission():
-        top, fusion, uploads, match, box = await _read_query(request, srv)
-        answer = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion, match, box),
-                                                limiter=srv.limiter)
+        top, fusion, uploads, match, box, shapes, fuse = await _read_query(request, srv)
+        answer = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion, match, box, shapes,
+                                                        fuse), limiter=srv.limiter)
     st = srv.live.state()
     base = str(request.base_url)
     spec = srv.live.model.render_spec_hash or ""
@@ -88,18 +89,26 @@ async def query(request: Request) -> Response:
     })
 
 
-async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]], MatchConfig, tuple | None]:
-    """``top``, ``fusion``, the uploaded ``(name, bytes)``, the re-ranking and the ``box`` from a multipart or JSON body."""
+async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]], MatchConfig, tuple | None,
+                                                              list[tuple[str, bytes]], bool]:
+    """``top``, ``fusion``, the uploaded photos ``(name, bytes)``, the re-ranking, the ``box``, the uploaded
+    meshes ``(name, bytes)`` and ``fuse`` from a multipart or JSON body."""
     cfg = srv.cfg
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     uploads: list[tuple[str, bytes]] = []
+    shapes: list[tuple[str, bytes]] = []
     if ctype == "multipart/form-data":
         # starlette answers 400 itself for too many files or fields and for malformed bodies
-        async with request.form(max_files=cfg.max_photos, max_fields=7, max_part_size=4096) as form:
+        async with request.form(max_files=cfg.max_photos, max_fields=8, max_part_size=4096) as form:
             for i, part in enumerate(form.getlist("photo")):
                 if not isinstance(part, UploadFile):
                     raise ApiError(400, "'photo' must be a file part (a form upload), not a text field")
                 uploads.append((display_name(part.filename, i), await part.read()))
+            for i, part in enumerate(form.getlist("shape")):
+                if not isinstance(part, UploadFile):
+                    raise ApiError(400, "'shape' must be a file part (a form upload of a mesh file), not a text field")
+                shapes.append((display_name(part.filename, i), await part.read()))
+            fuse_raw = form.get("fuse", request.query_params.get("fuse"))
             top_raw = form.get("top", request.query_params.get("top"))
             fusion = form.get("fusion", request.query_params.get("fusion"))
             rerank = form.get("rerank", request.query_params.get("rerank"))
@@ -119,6 +128,8 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
             raise ApiError(400, f"{len(images)} photos in one request; the limit is {cfg.max_photos}")
         for i, text in enumerate(images):
             uploads.append((f"image-{i + 1}", _b64(text, i)))
+        shapes = _json_shapes(doc, cfg.max_photos - len(uploads))
+        fuse_raw = doc.get("fuse", request.query_params.get("fuse"))
         top_raw = doc.get("top", request.query_params.get("top"))
         fusion = doc.get("fusion", request.query_params.get("fusion"))
         rerank = doc.get("rerank", request.query_params.get("rerank"))
@@ -126,13 +137,40 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
         box_raw = doc.get("box", request.query_params.get("box"))
     else:
         raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
-    if not uploads:
+    if not uploads and not shapes:
         raise ApiError(400, NO_PHOTO)
     if fusion in (None, ""):
         fusion = DEFAULT_FUSION
     if not isinstance(fusion, str) or fusion not in FUSIONS:
         raise ApiError(422, f"fusion must be one of {', '.join(FUSIONS)}, got {str(fusion)[:40]!r}")
-    return _parse_top(top_raw, cfg.max_top), fusion, uploads, _parse_match(rerank, weight), _parse_box(box_raw)
+    return (_parse_top(top_raw, cfg.max_top), fusion, uploads, _parse_match(rerank, weight), _parse_box(box_raw),
+            shapes, _parse_flag("fuse", fuse_raw))
+
+
+def _json_shapes(doc: dict, room: int) -> list[tuple[str, bytes]]:
+    """``"shape": {"name": "chair.glb", "data": BASE64}`` or ``"shapes": [...]`` of them, as ``(name, bytes)``."""
+    items = [doc["shape"]] if "shape" in doc else doc.get("shapes", [])
+    if not isinstance(items, list) or not all(isinstance(d, dict) and isinstance(d.get("name"), str)
+                                              and isinstance(d.get("data"), str) for d in items):
+        raise ApiError(400, "'shape' must be {\"name\": \"chair.glb\", \"data\": BASE64} and 'shapes' a list of them")
+    if len(items) > room:
+        raise ApiError(400, f"too many photos and shapes in one request; the limit is {room + len(items)} in all")
+    out = []
+    for i, d in enumerate(items):
+        name = display_name(d["name"], i)
+        try:
+            out.append((name, base64.b64decode(d["data"], validate=True)))
+        except (binascii.Error, ValueError):
+            raise ApiError(400, f"{name}: not valid base64") from None
+    return out
+
+
+def _parse_flag(name: str, raw: object) -> bool:
+    if raw in (None, "", False, "0", "false"):
+        return False
+    if raw in (True, "1", "true"):
+        return True
+    raise ApiError(422, f"{name} must be true or false, got {str(raw)[:40]!r}")
 
 
 def _parse_box(raw: object) -> tuple | None:
@@ -193,7 +231,7 @@ def _parse_top(raw: object, max_top: int) -> int:
 
 
 def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: str, match: MatchConfig,
-               box: tuple | None) -> QueryAnswer:
+               box: tuple | None, shapes: list[tuple[str, bytes]] = (), fuse: bool = False) -> QueryAnswer:
     """(Worker thread) decode every photo with the CLI's checks, then embed and search them as one batch."""
     cfg = srv.cfg
     images, names, bad, too_large = [], [], [], []
@@ -207,6 +245,10 @@ def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: 
             bad.append(str(exc))
     if bad or too_large:
         raise ApiError(400 if bad else 413, "; ".join(bad + too_large))
+    if shapes:
+        from ftspl.serve.shape_uploads import query_with_shapes
+
+        return query_with_shapes(srv, images, names, list(shapes), top, fusion, fuse, box)
     try:
         return srv.live.query(images, names, top, fusion, match, box=box, max_pixels=cfg.max_pixels)
     except UsageError as exc:  # a box outside a photo: the client's to fix

@@ -5,6 +5,7 @@
 const $ = (sel) => document.querySelector(sel);
 const state = { token: sessionStorage.getItem("ftspl-token") || "", info: null, lastHit: null };
 const BUSY_RETRIES = 3;
+const MESH_FILE = /\.(obj|off|ply|stl|glb|gltf)$/i; // a 3D model: the shapes that look like it
 
 class ApiError extends Error {
   constructor(status, message, retryAfter) {
@@ -94,9 +95,10 @@ function topValue() {
 async function queryFile(file) {
   const node = $("#result-template").content.firstElementChild.cloneNode(true);
   const photo = node.querySelector(".query-photo");
-  const url = URL.createObjectURL(file);
-  photo.src = url;
-  photo.alt = "Your photo " + file.name;
+  const isShape = MESH_FILE.test(file.name);
+  if (isShape) photo.classList.add("broken"); // no picture of a mesh here: the server renders it
+  else photo.src = URL.createObjectURL(file);
+  photo.alt = (isShape ? "Your 3D model " : "Your photo ") + file.name;
   photo.addEventListener("error", () => photo.classList.add("broken"), { once: true });
   node.querySelector(".result-title").textContent = file.name;
   const status = node.querySelector(".result-status");
@@ -104,9 +106,9 @@ async function queryFile(file) {
   $("#results").prepend(node);
 
   const form = new FormData();
-  form.append("photo", file, file.name);
+  form.append(isShape ? "shape" : "photo", file, file.name);
   form.append("top", String(topValue()));
-  if ($("#rerank").value) form.append("rerank", $("#rerank").value);
+  if ($("#rerank").value && !isShape) form.append("rerank", $("#rerank").value);
   for (let attempt = 0; ; attempt++) {
     try {
       const answer = await api("api/query", { method: "POST", body: form });
