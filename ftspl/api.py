@@ -26,6 +26,7 @@ from typing import Any
 
 from ftspl.engine.constants import MAX_FACES, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_VERTICES
 from ftspl.engine.errors import FtsplError, ImageLoadError, UsageError
+from ftspl.library_care import LibraryCare
 from ftspl.results import AddReport, Failure, Hit, IndexStats, PhotoResult, QueryAnswer, VerifyReport
 
 #: ``progress(phase, done, total)``, called while shapes are added
@@ -58,8 +59,13 @@ def index_config(*, label_from: str = "top", up: str | None = None, wait: bool =
     )
 
 
-class Library:
-    """A shape library: a home folder's active model and its index (see the module for threads)."""
+class Library(LibraryCare):
+    """A shape library: a home folder's active model and its index (see the module for threads).
+
+    :class:`~ftspl.library_care.LibraryCare` adds ``sync``, ``duplicates`` and ``duplicates_sheet``.
+    """
+
+    index_config = staticmethod(index_config)
 
     def __init__(self, home: str | Path | None = None, device: str = "auto", threads: int = 0,
                  follow: bool = True) -> None:
@@ -77,6 +83,7 @@ class Library:
         self._lock = threading.Lock()
         self._engine: Any = None
         self._reader: Any = None
+        self._embedder: Any = None  #: renders query shapes (ftspl.shape_query); its child lives until close()
 
     # -- opening -------------------------------------------------------------------
     @property
@@ -107,6 +114,9 @@ class Library:
         """Close the index reader (the library opens it again on the next query)."""
         with self._lock:
             reader, self._reader = self._reader, None
+            embedder, self._embedder = self._embedder, None
+        if embedder is not None:
+            embedder.close()
         if reader is not None:
             reader.close()
 
@@ -140,8 +150,14 @@ class Library:
               fusion: str | None = None, rerank: str | None = None, rerank_weight: float | None = None,
               max_distance: float | None = None, min_score: float | None = None, hnsw_ef: int | None = None,
               names: Sequence[str] | None = None, skip_bad: bool = False, max_pixels: int = MAX_IMAGE_PIXELS,
-              max_file_bytes: int = MAX_FILE_BYTES) -> QueryAnswer:
-        """The ``top`` nearest shapes of one photo or of several.
+              max_file_bytes: int = MAX_FILE_BYTES, max_faces: int = MAX_FACES, max_vertices: int = MAX_VERTICES,
+              file_timeout: float = 60.0, exclude_self: bool = True) -> QueryAnswer:
+        """The ``top`` nearest shapes of one photo or of several, or of a shape (:mod:`ftspl.shape_query`).
+
+        A mesh path or a view folder is a shape: rendered and encoded as
+        ``index add`` does (its caps: ``max_file_bytes``, ``max_faces``,
+        ``max_vertices``, ``file_timeout``), its own stored copies left out
+        unless ``exclude_self=False``; mixing photos and shapes needs ``fuse``.
 
         ``photos``: a path, a PIL image, a uint8 RGB array, or a list of them.
         ``box``: ``(x0, y0, x1, y1)`` in pixels, or as fractions (floats 0 to 1),
@@ -175,6 +191,18 @@ class Library:
             raise UsageError("query needs at least one photo")
         if names is not None and len(names) != len(items):
             raise UsageError(f"{len(names)} names for {len(items)} photos; give one name per photo or none")
+        from ftspl import shape_query
+
+        kinds = shape_query.shape_kinds(items)
+        if any(kinds):
+            from ftspl.engine.loading.limits import MeshLimits
+
+            limits = MeshLimits(max_file_bytes=max_file_bytes, max_faces=max_faces, max_vertices=max_vertices)
+            return shape_query.answer(
+                self, items, kinds, top, names=names, box=box, fuse=fuse, fusion=fusion, rerank=match.rerank,
+                max_distance=max_distance, min_score=min_score, hnsw_ef=hnsw_ef, skip_bad=skip_bad,
+                max_pixels=max_pixels, max_file_bytes=max_file_bytes, limits=limits, file_timeout=file_timeout,
+                exclude_self=exclude_self)
 
         t0 = time.perf_counter()
         engine = self.engine  # the model: its encoder sessions start building in the background

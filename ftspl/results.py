@@ -240,4 +240,89 @@ class ExportReport:
         return out
 
 
-__all__ = ["AddReport", "ExportReport", "Failure", "Hit", "IndexStats", "PhotoResult", "QueryAnswer", "Region", "VerifyReport"]
+@dataclass(frozen=True)
+class DuplicateMember:
+    """One shape of a duplicate group and its distance to the group's representative (0 for exact copies)."""
+
+    id: int
+    path: str
+    label: str | None
+    distance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "label": self.label, "distance": _round(self.distance)}
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Shapes that are one model: ``exact`` (the same file content) or ``near`` (embeddings within the cut).
+
+    ``members[0]`` is the representative: the first indexed copy of an exact
+    group, the medoid of a near one.
+    """
+
+    kind: str
+    members: list[DuplicateMember]
+
+    @property
+    def representative(self) -> DuplicateMember:
+        return self.members[0]
+
+    @classmethod
+    def from_engine(cls, g: Any) -> DuplicateGroup:
+        """From :class:`ftspl.engine.index.duplicates.Group`."""
+        return cls(g.kind, [DuplicateMember(m.id, m.path, m.label, float(m.distance)) for m in g.members])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "size": len(self.members), "representative": self.representative.to_dict(),
+                "members": [m.to_dict() for m in self.members]}
+
+
+@dataclass(frozen=True)
+class DuplicateReport:
+    """What :meth:`ftspl.api.Library.duplicates` found: exact groups first, then near ones, largest first."""
+
+    shapes: int
+    max_distance: float
+    neighbours: int
+    exact: list[DuplicateGroup]
+    near: list[DuplicateGroup]
+    seconds: float
+    searches: int = 0  #: k-NN searches run (one per distinct content, more where lists were crowded)
+    generation: int | None = None
+
+    @property
+    def groups(self) -> list[DuplicateGroup]:
+        return self.exact + self.near
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shapes": self.shapes, "max_distance": _round(self.max_distance), "neighbours": self.neighbours,
+                "generation": self.generation, "exact_groups": len(self.exact), "near_groups": len(self.near),
+                "seconds": round(self.seconds, 3), "searches": self.searches,
+                "exact": [g.to_dict() for g in self.exact], "near": [g.to_dict() for g in self.near]}
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What :meth:`ftspl.api.Library.sync` did (or, ``dry_run``, would do): the add's counts, the paths
+    pruned because their files are gone, and the moved files re-pointed (``(old, new)``) without a render."""
+
+    add: AddReport
+    removed: list[str]
+    moved: list[tuple[str, str]]
+    dry_run: bool = False
+
+    @classmethod
+    def from_engine(cls, report: Any) -> SyncReport:
+        """From :class:`ftspl.engine.index.sync.SyncReport`."""
+        return cls(AddReport.from_engine(report), list(report.removed), [tuple(m) for m in report.moved],
+                   bool(report.dry_run))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.add.to_dict(), "dry_run": self.dry_run, "removed": len(self.removed),
+                "moved": len(self.moved), "removed_paths": list(self.removed),
+                "moves": [{"from": a, "to": b} for a, b in self.moved]}
+
+
+__all__ = ["AddReport", "DuplicateGroup", "DuplicateMember", "DuplicateReport", "ExportReport", "Failure", "Hit",
+           "IndexStats", "PhotoResult", "QueryAnswer", "Region", "SyncReport", "VerifyReport"]

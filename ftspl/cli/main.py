@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from ftspl.cli import console
+from ftspl.cli import care_cmds, console
 from ftspl.cli.data_cmd import data_app
 from ftspl.engine.constants import (
     MAX_FACES,
@@ -23,7 +23,7 @@ from ftspl.engine.constants import (
     MAX_IMAGE_PIXELS,
     MAX_VERTICES,
 )
-from ftspl.engine.errors import FtsplError
+from ftspl.engine.errors import FtsplError, UsageError as FtsplUsage
 from ftspl.engine.scoring.views import DEFAULT_BLEND_WEIGHT as _BLEND, DEFAULT_DEPTH as _DEPTH, DEFAULT_RERANK as _RERANK
 from ftspl.train.config import TrainConfig  # torch-free: the defaults of `ftspl train`
 
@@ -196,6 +196,8 @@ def index_add(
     max_file_bytes: int = typer.Option(MAX_FILE_BYTES, "--max-file-bytes", min=1, help="Refuse larger mesh files (and the assets they reference)."),
     ray: Optional[str] = typer.Option(None, "--ray", metavar="auto|ADDRESS|local", help="Render and encode on a Ray cluster: auto (the running one), HOST:PORT, or local (start one here). Needs ftspl[ray]."),
     shards: Optional[Path] = typer.Option(None, "--shards", help="Write Parquet shards to this folder instead of the index (ingest with 'index merge')."),
+    prune: bool = typer.Option(False, "--prune", help="Also remove the shapes under ROOT whose files are gone, and re-point moved files (same content) without rendering them."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be added, updated, moved and (with --prune) removed; write nothing."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -208,13 +210,23 @@ def index_add(
                    hnsw_ef=hnsw_ef, hnsw_ef_construction=hnsw_ef_construction, commit_every=commit_every,
                    file_timeout=file_timeout, max_faces=max_faces, max_vertices=max_vertices,
                    max_file_bytes=max_file_bytes)
+    if (prune or dry_run) and (ray is not None or shards is not None):
+        raise FtsplUsage("--prune and --dry-run work on this machine's index: leave out --ray and --shards")
     if ray is not None or shards is not None:
         from ftspl.api import index_config
         from ftspl.cli.scale_cmd import index_add_scaled
 
         index_add_scaled(root, index_config(**options), _home(home), _runtime(device, threads), as_json, ray, shards)
         return
+    if prune or dry_run:
+        from ftspl.cli.care_cmds import index_sync_cmd
+
+        index_sync_cmd(root, options, prune, dry_run, _home(home), _runtime(device, threads), as_json)
+        return
     index_add_cmd(root, options, _home(home), _runtime(device, threads), as_json)
+
+
+index_app.command("duplicates")(care_cmds.index_duplicates)
 
 
 @index_app.command("merge")
@@ -284,7 +296,7 @@ def index_reembed(
 # ---------------------------------------------------------------------- query
 @app.command()
 def query(
-    photos: list[Path] = typer.Argument(..., help="One or more photos (JPEG, PNG, WebP, BMP)."),
+    photos: list[Path] = typer.Argument(..., help="One or more photos (JPEG, PNG, WebP, BMP), or shapes (a mesh file or view folder: the shapes that look like it)."),
     top: int = typer.Option(10, "--top", "-k", help="How many shapes to return per photo."),
     sheet: Optional[Path] = typer.Option(None, "--sheet", help="Write a PNG contact sheet here."),
     max_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-pixels", min=1, help="Refuse larger photos (decompression-bomb guard)."),
