@@ -2,7 +2,8 @@
 
 ``onnxruntime`` and ``onnxruntime-gpu`` install the same ``onnxruntime`` module; with
 both, one overwrites the other's files and CUDA may silently be gone (``ftspl doctor``
-reports it). The goal: exactly one of them for each command, the GPU one for ``[gpu]``.
+reports it). pyproject gives exactly one of them to each command: the GPU build in the base
+on Linux x86_64 (it runs on a CPU too), so ``[gpu]`` only adds the CUDA libraries.
 
 pip is run offline (``--dry-run --report --no-index``) on stand-ins: tiny wheels named
 ``onnxruntime`` and ``onnxruntime-gpu`` and a stand-in project whose requirements are the
@@ -25,18 +26,6 @@ pytestmark = pytest.mark.slow  # a dozen offline pip runs: about a minute
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu")
-
-#: The arrangement under which both commands resolve one runtime: the GPU build, which also
-#: runs on a CPU, wherever PyPI has it (Linux x86_64), the CPU build elsewhere; ``[gpu]``
-#: adds the CUDA and cuDNN libraries as wheels (onnxruntime-gpu's own extras).
-ONE_RUNTIME = {
-    "dependencies": [
-        'onnxruntime-gpu>=1.21; sys_platform == "linux" and platform_machine == "x86_64"',
-        'onnxruntime>=1.17; sys_platform != "linux" or platform_machine != "x86_64"',
-    ],
-    "gpu": ['onnxruntime-gpu[cuda,cudnn]>=1.21; sys_platform == "linux" and platform_machine == "x86_64"'],
-}
-
 
 def _pip(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
@@ -89,13 +78,6 @@ def runtime_lines(pyproject: Path = ROOT / "pyproject.toml") -> tuple[list[str],
     return ort(project["dependencies"]), ort(project["optional-dependencies"]["gpu"])
 
 
-@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="the markers name Linux x86_64")
-def test_one_runtime_arrangement_gives_one_build_to_each_command(wheels: Path, tmp_path: Path) -> None:
-    deps, gpu = ONE_RUNTIME["dependencies"], ONE_RUNTIME["gpu"]
-    assert resolved_runtimes(wheels, tmp_path / "plain", deps, gpu, "") == ["onnxruntime-gpu"]
-    assert resolved_runtimes(wheels, tmp_path / "gpu", deps, gpu, "[gpu]") == ["onnxruntime-gpu"]
-
-
 def test_an_extra_cannot_take_a_base_requirement_away(wheels: Path, tmp_path: Path) -> None:
     """Why ``[gpu]`` alone cannot swap the build: pip keeps every base requirement, markers and all."""
     deps, gpu = ['onnxruntime; extra != "gpu"'], ["onnxruntime-gpu"]
@@ -103,15 +85,17 @@ def test_an_extra_cannot_take_a_base_requirement_away(wheels: Path, tmp_path: Pa
     assert resolved_runtimes(wheels, tmp_path / "gpu", deps, gpu, "[gpu]") == ["onnxruntime", "onnxruntime-gpu"]
 
 
+LINUX_X86_64 = sys.platform == "linux" and os.uname().machine == "x86_64"
+
+
 def test_plain_install_of_this_project_resolves_one_runtime(wheels: Path, tmp_path: Path) -> None:
+    """One build: the GPU one (it runs on a CPU) where PyPI has it, Linux x86_64; the CPU one elsewhere."""
     deps, gpu = runtime_lines()
-    assert len(resolved_runtimes(wheels, tmp_path, deps, gpu, "")) == 1
+    assert resolved_runtimes(wheels, tmp_path, deps, gpu, "") == (
+        ["onnxruntime-gpu"] if LINUX_X86_64 else ["onnxruntime"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pyproject keeps onnxruntime in the base and adds onnxruntime-gpu in [gpu]: pip installs both "
-    "(ftspl doctor reports the clash); the ONE_RUNTIME lines above fix it, at the price of the GPU wheel "
-    "(255 MB, CUDA provider included) for every Linux x86_64 install"))
+@pytest.mark.skipif(not LINUX_X86_64, reason="[gpu] resolves on Linux x86_64, where PyPI has the GPU build")
 def test_gpu_install_of_this_project_resolves_only_the_gpu_runtime(wheels: Path, tmp_path: Path) -> None:
     deps, gpu = runtime_lines()
     assert resolved_runtimes(wheels, tmp_path, deps, gpu, "[gpu]") == ["onnxruntime-gpu"]

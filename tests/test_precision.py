@@ -76,18 +76,17 @@ def test_check_precision_names_the_flag():
 
 
 def test_auto_is_int8_on_a_cpu_with_calibration_data_else_fp32(tmp_path, monkeypatch):
-    import onnxruntime as ort
-
+    from ftspl.engine.model import cuda
     from ftspl.export.precision import resolve_precision
 
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr(cuda, "cuda_usable", lambda: False)
     run_data = {"photos": str(tmp_path), "shapes": str(tmp_path)}
     assert resolve_precision("auto", run_data, None) == "int8"
     assert resolve_precision("auto", {}, None) == "fp32"  # --pretrained without --calibration
     assert resolve_precision("auto", {}, tmp_path) == "int8"
     assert resolve_precision("auto", {"photos": str(tmp_path / "gone"), "shapes": str(tmp_path)}, None) == "fp32"
     assert resolve_precision("fp16", {}, None) == "fp16"
-    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(cuda, "cuda_usable", lambda: True)
     assert resolve_precision("auto", run_data, None) == "fp32"  # a GPU machine keeps fp32
 
 
@@ -186,8 +185,10 @@ def test_engine_refuses_fp16_without_cuda(tiny_onnx, tmp_path):
     enc = Encoders(folder, RuntimeConfig(device="cpu"))
     with pytest.raises(DeviceError, match=r"is fp16, made for GPUs.*--precision int8"):
         enc.session("image_encoder")
-    if CUDA not in ort.get_available_providers():
-        with pytest.raises(DeviceError, match="onnxruntime has no CUDA provider"):
+    from ftspl.engine.model.cuda import cuda_usable
+
+    if not cuda_usable():
+        with pytest.raises(DeviceError, match="CUDA provider cannot run here"):
             Encoders(folder, RuntimeConfig(device="auto")).session("image_encoder")
 
 
@@ -263,3 +264,23 @@ def test_int8_export_and_an_fp32_index_refuses_it(model_home, tmp_path, gl_avail
     photo = next((cal / "photos").rglob("*.png"))
     r = run_ftspl(model_home, "query", str(photo), "--top", "2", "--json")
     assert r.returncode == 0, r.stderr
+
+
+def test_cuda_probe_needs_a_device_not_only_the_provider_name(monkeypatch):
+    """The GPU build lists CUDA on every machine; auto takes it only with a driver, a device and loadable libraries."""
+    from ftspl.engine.model import cuda
+
+    cuda.cuda_usable.cache_clear()
+    monkeypatch.setattr(cuda, "_driver_devices", lambda: 0)
+    try:
+        assert cuda.cuda_usable() is False
+    finally:
+        cuda.cuda_usable.cache_clear()
+    monkeypatch.setattr(cuda, "_driver_devices", lambda: 1)
+    monkeypatch.setattr(cuda, "_provider_loads", lambda ort: True)
+    import onnxruntime as ort
+
+    try:
+        assert cuda.cuda_usable() is (cuda.CUDA in ort.get_available_providers())
+    finally:
+        cuda.cuda_usable.cache_clear()

@@ -71,9 +71,9 @@ def onnxruntime_check(installed: set[str] | None = None) -> tuple[str, bool, str
 
     ``onnxruntime`` and ``onnxruntime-gpu`` install the same ``onnxruntime``
     module; with both present whichever was installed last wins, and CUDA
-    silently falls back to the CPU. ``pip install 'ftspl[gpu]'`` leaves both
-    (the CPU one is a core dependency), so this line names the command that
-    keeps only the GPU build. ``installed`` (distribution names) is for tests.
+    silently falls back to the CPU. pyproject installs one of them (the GPU
+    build on Linux x86_64), but a hand-made environment may hold both, so this
+    line names the command that keeps only the GPU build. ``installed`` (distribution names) is for tests.
     """
     if installed is None:
         from importlib.metadata import distributions
@@ -92,5 +92,12 @@ def onnxruntime_check(installed: set[str] | None = None) -> tuple[str, bool, str
         return ("onnxruntime", False, f"cannot import onnxruntime ({exc}); reinstall it: pip install onnxruntime, "
                                       f"or for CUDA: {GPU_RUNTIME_FIX}")
 
+    from ftspl.engine.model.cuda import CUDA, cuda_usable
+
     prov = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
-    return ("onnxruntime", True, f"version {ort.__version__}, providers {', '.join(prov)}")
+    line = f"version {ort.__version__}, providers {', '.join(prov)}"
+    if CUDA in prov:
+        line += ("; CUDA usable here (--device auto uses it)" if cuda_usable() else
+                 "; CUDA not usable here (no GPU, or its libraries do not load: pip install '.[gpu]'), "
+                 "so --device auto runs on the CPU")
+    return ("onnxruntime", True, line)

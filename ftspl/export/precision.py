@@ -62,16 +62,16 @@ def check_precision(precision: str) -> str:
 def resolve_precision(precision: str, data: dict | None, calibration: Path | None) -> str:
     """The precision to export: ``precision`` itself, or for ``auto`` the CPU default or fp32.
 
-    ``auto`` gives :data:`CPU_DEFAULT` (int8) when onnxruntime has no CUDA
-    provider here and calibration data is at hand (``calibration``, or the run's
+    ``auto`` gives :data:`CPU_DEFAULT` (int8) when onnxruntime's CUDA provider
+    cannot run here (:func:`~ftspl.engine.model.cuda.cuda_usable`) and calibration data is at hand (``calibration``, or the run's
     ``photos`` and ``shapes`` folders in ``data``); fp32 otherwise (a GPU
     machine, or ``--pretrained`` without ``--calibration``).
     """
     if precision != "auto":
         return check_precision(precision)
-    import onnxruntime as ort
+    from ftspl.engine.model.cuda import cuda_usable
 
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    if cuda_usable():
         return "fp32"
     data = data or {}
     have = calibration is not None or all(data.get(k) and Path(data[k]).is_dir() for k in ("photos", "shapes"))
