@@ -35,7 +35,7 @@ def embed_run(run_dir: Path, photos: str | Path, shapes: str | Path, home: Home 
     cfg = saved_config(run_dir)
     if cfg is None:
         raise UsageError(f"{run_dir}: no config.json; is it a training run folder?")
-    cfg = replace(cfg, target=str(shapes), queries=str(photos))
+    cfg = replace(cfg, target=str(shapes), queries=str(photos), queries_shapes=None)
     cache = (home or Home.resolve()).cache
     device = pick_device("auto")  # this machine's, whatever the run trained on
     inp = _load_inputs(cfg, cache, None)

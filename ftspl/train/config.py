@@ -67,6 +67,10 @@ class TrainConfig:
     out: str = "runs/ftspl"
     queries: str | None = None  #: optional held-out labelled photos for per-round retrieval metrics
     #: labelled validation photos (never trained on); None: carve ``val_frac`` of ``source`` per class
+    #: labelled shapes (label folders of meshes) the ``queries`` rank every round instead of the target,
+    #: recorded as the round's ``reference`` (studies: a tuning split's val gallery, so rounds are judged
+    #: without the reported gallery's labels); None: the queries rank the target's own labels
+    queries_shapes: str | None = None
     val: str | None = None
     #: share of each class's source photos held out for validation when ``val`` is None (0: no validation)
     val_frac: float = 0.15
@@ -222,3 +226,5 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"--keep-pretrained-dims must be at least 1, got {cfg.keep_pretrained_dims}")
     if cfg.epochs < 0 or cfg.warmup_epochs < 0:
         raise UsageError("--epochs and --warmup-epochs must be >= 0")
+    if cfg.queries_shapes and not cfg.queries:
+        raise UsageError(f"queries_shapes ({cfg.queries_shapes}) needs queries: the labelled photos that rank them")

@@ -82,6 +82,7 @@ class HeadFeed:
         self, net: FTSPLNet, pre: Preprocess, photos: PhotoList, views: CachedViews, copies: int, seed: int,
         device: torch.device, queries: PhotoList | None = None, batch: int = 32, progress: ProgressFn | None = None,
         cache: FeatureCache | None = None, dist=None, val: PhotoList | None = None, val_shapes=None,
+        query_shapes=None,
     ) -> None:
         from ftspl.train.distributed import Dist
 
@@ -112,6 +113,10 @@ class HeadFeed:
         if val_shapes is not None:
             self.val_shapes = self._shapes(val_shapes[0])
             self.val_shapes_y = torch.as_tensor(val_shapes[1], dtype=torch.long)
+        self.query_shapes, self.query_shapes_y = None, None
+        if query_shapes is not None:  # the labelled shapes the queries rank each round (``reference``)
+            self.query_shapes = self._shapes(query_shapes[0])
+            self.query_shapes_y = torch.as_tensor(query_shapes[1], dtype=torch.long)
         self.net = None  # the feed must not keep the network alive
         self.dist = None
 
@@ -136,6 +141,7 @@ class HeadFeed:
         feed.val = None if val is None else val.float()
         feed.val_y = None if val_y is None else torch.as_tensor(val_y).long()
         feed.val_shapes, feed.val_shapes_y = None, None
+        feed.query_shapes, feed.query_shapes_y = None, None
         return feed
 
     def _cached(self, keys: list[str], compute, what: str) -> list[np.ndarray]:
@@ -244,35 +250,39 @@ class HeadFeed:
     def target_batch(self, idx: np.ndarray) -> torch.Tensor:
         return self.tgt[torch.as_tensor(idx)].to(self.device)
 
-    def query_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
-        if self.query is None:
+    def _rows(self, t: torch.Tensor | None, batch: int, start: int, stop: int | None) -> Iterator[torch.Tensor]:
+        """Batches of the cached rows ``start:stop`` of ``t`` (nothing when ``t`` is None)."""
+        if t is None:
             return iter(())
-        q = self.query
-        return (q[torch.as_tensor(idx)].to(self.device) for idx in _batches(start, _stop(stop, len(q)), batch))
+        return (t[torch.as_tensor(idx)].to(self.device) for idx in _batches(start, _stop(stop, len(t)), batch))
+
+    def query_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        return self._rows(self.query, batch, start, stop)
 
     @property
     def n_query(self) -> int:
         return 0 if self.query is None else len(self.query)
 
     def val_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
-        if self.val is None:
-            return iter(())
-        v = self.val
-        return (v[torch.as_tensor(idx)].to(self.device) for idx in _batches(start, _stop(stop, len(v)), batch))
+        return self._rows(self.val, batch, start, stop)
 
     @property
     def n_val(self) -> int:
         return 0 if self.val is None else len(self.val)
 
     def val_shapes_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
-        if self.val_shapes is None:
-            return iter(())
-        v = self.val_shapes
-        return (v[torch.as_tensor(idx)].to(self.device) for idx in _batches(start, _stop(stop, len(v)), batch))
+        return self._rows(self.val_shapes, batch, start, stop)
 
     @property
     def n_val_shapes(self) -> int:
         return 0 if self.val_shapes is None else len(self.val_shapes)
+
+    def query_shapes_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        return self._rows(self.query_shapes, batch, start, stop)
+
+    @property
+    def n_query_shapes(self) -> int:
+        return 0 if self.query_shapes is None else len(self.query_shapes)
 
     def photo_trunk(self, net: FTSPLNet, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -296,13 +306,15 @@ class FullFeed:
 
     def __init__(
         self, pre: Preprocess, photos: PhotoList, views: CachedViews, device: torch.device,
-        queries: PhotoList | None = None, val: PhotoList | None = None, val_shapes=None,
+        queries: PhotoList | None = None, val: PhotoList | None = None, val_shapes=None, query_shapes=None,
     ) -> None:
         self.pre, self.photos, self.views, self.device = pre, photos, views, device
         self.val_photos = val if val is not None and len(val) else None
         self.val_y = torch.as_tensor(val.labels, dtype=torch.long) if self.val_photos else None
         self.val_views = val_shapes[0] if val_shapes is not None else None
         self.val_shapes_y = torch.as_tensor(val_shapes[1], dtype=torch.long) if val_shapes is not None else None
+        self.query_views = query_shapes[0] if query_shapes is not None else None
+        self.query_shapes_y = torch.as_tensor(query_shapes[1], dtype=torch.long) if query_shapes is not None else None
         self.queries = queries if queries is not None and len(queries) else None
         self.query_y = list(queries.labels) if self.queries else None
         self.src_y = torch.as_tensor(photos.labels, dtype=torch.long)
@@ -332,7 +344,7 @@ class FullFeed:
 
     def eval_step(self, which: str, batch: int) -> int:
         """Items per batch of ``*_eval(batch)``: fewer shapes than photos (12 views each)."""
-        return max(1, batch // 4) if which in ("target", "val_shapes") else batch
+        return max(1, batch // 4) if which in ("target", "val_shapes", "query_shapes") else batch
 
     def shapes_per_step(self, batch: int) -> int:
         """Pseudo-labelled shapes beside each batch of ``batch`` photos in a training step."""
@@ -355,17 +367,26 @@ class FullFeed:
     def n_val(self) -> int:
         return len(self.val_photos) if self.val_photos else 0
 
-    def val_shapes_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
-        if self.val_views is None:
+    def _shape_views(self, v: CachedViews | None, batch: int, start: int, stop: int | None) -> Iterator[torch.Tensor]:
+        if v is None:
             return iter(())
         step = self.eval_step("val_shapes", batch)
-        v = self.val_views
         return (torch.from_numpy(np.stack([views_to_tensor(v.load(int(i)), self.pre) for i in idx])).to(self.device)
                 for idx in _batches(start, _stop(stop, len(v.keys)), step))
+
+    def val_shapes_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        return self._shape_views(self.val_views, batch, start, stop)
 
     @property
     def n_val_shapes(self) -> int:
         return len(self.val_views.keys) if self.val_views is not None else 0
+
+    def query_shapes_eval(self, batch: int, start: int = 0, stop: int | None = None) -> Iterator[torch.Tensor]:
+        return self._shape_views(self.query_views, batch, start, stop)
+
+    @property
+    def n_query_shapes(self) -> int:
+        return len(self.query_views.keys) if self.query_views is not None else 0
 
     def target_batch(self, idx: np.ndarray) -> torch.Tensor:
         x = np.stack([views_to_tensor(self.views.load(int(i)), self.pre) for i in idx])

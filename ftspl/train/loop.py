@@ -105,6 +105,7 @@ class _Inputs:
     spec: RenderSpec
     val: object = None  #: validation PhotoList (``--val`` or carved from the source), or None
     val_shapes: object = None  #: (CachedViews, class ids) of ``--val-shapes``, or None
+    queries_shapes: object = None  #: (CachedViews, class ids) of ``queries_shapes``, or None
 
 
 def render_spec_for(cfg: TrainConfig) -> RenderSpec:
@@ -162,23 +163,26 @@ def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None, dis
         seen = [views.keys, [str(p) for p in photos.paths], photos.labels,
                 [str(p) for p in queries.paths] if queries else [], [str(p) for p in val.paths] if val else []]
         dist.check_same("inputs (photos, usable shapes, queries)", json.dumps(seen))
-    return _Inputs(src, tgt, views, photos, queries, pre, spec, val, val_shapes)
+    queries_shapes = (_load_val_shapes(cfg, src.class_names, spec, cache, progress, dist, cfg.queries_shapes,
+                                       "queries_shapes") if cfg.queries_shapes else None)
+    return _Inputs(src, tgt, views, photos, queries, pre, spec, val, val_shapes, queries_shapes)
 
 
 def _load_val_shapes(cfg: TrainConfig, class_names: list[str], spec: RenderSpec, cache: Path,
-                     progress: ProgressFn | None, dist: Dist):
-    """``--val-shapes``: labelled meshes of the source classes, rendered through the view cache."""
+                     progress: ProgressFn | None, dist: Dist, folder: str | None = None, option: str = "--val-shapes"):
+    """Labelled meshes of the source classes (``--val-shapes``, or ``option``'s ``folder``), via the view cache."""
     from ftspl.train.data import load_target
     from ftspl.train.viewcache import cache_views_split
 
-    vt = load_target(cfg.val_shapes, cfg.label_from)
+    folder = folder or cfg.val_shapes
+    vt = load_target(folder, cfg.label_from)
     if not vt.has_labels:
-        raise UsageError(f"{cfg.val_shapes}: --val-shapes needs label folders (VAL_SHAPES/<class>/<mesh>)")
+        raise UsageError(f"{folder}: {option} needs label folders (<folder>/<class>/<mesh>)")
     views = cache_views_split(vt.paths, vt.kinds, spec, cache / "views", progress, dist)
     index = {n: k for k, n in enumerate(class_names)}
     labels = [index.get(vt.labels[i], -1) for i in views.index]
     if not any(k >= 0 for k in labels):
-        raise UsageError(f"{cfg.val_shapes}: no validation shape belongs to a --source class ({', '.join(class_names)})")
+        raise UsageError(f"{folder}: no {option} shape belongs to a --source class ({', '.join(class_names)})")
     return views, labels
 
 
@@ -189,7 +193,8 @@ def _head_feed(cfg: TrainConfig, net, inp: _Inputs, cache: Path, device: torch.d
 
     features = FeatureCache(cache / "features", backbone_id(cfg.backbone, cfg.weights), inp.pre)
     return HeadFeed(net, inp.pre, inp.photos, inp.views, cfg.augment_copies, cfg.seed, device, inp.queries,
-                    cfg.batch_size, progress, features, dist, val=inp.val, val_shapes=inp.val_shapes)
+                    cfg.batch_size, progress, features, dist, val=inp.val, val_shapes=inp.val_shapes,
+                    query_shapes=inp.queries_shapes)
 
 
 def _build_net(cfg: TrainConfig, n_classes: int, device: torch.device):
@@ -338,7 +343,8 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
 
             feed = partial_feed(cfg, net, inp, cache, device, progress, dist)
         else:
-            feed = FullFeed(inp.pre, photos, views, device, queries, val=inp.val, val_shapes=inp.val_shapes)
+            feed = FullFeed(inp.pre, photos, views, device, queries, val=inp.val, val_shapes=inp.val_shapes,
+                            query_shapes=inp.queries_shapes)
         target_labels = [tgt.labels[i] if tgt.labels else None for i in views.index]
         trainer = Trainer(cfg, net, feed, src.class_names, target_labels, device, run_dir, dist)
         if cfg.mode == "head" and device.type == "cpu":

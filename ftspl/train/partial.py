@@ -177,7 +177,7 @@ class PartialFeed(HeadFeed):
 
     def nbytes(self) -> int:
         """Bytes of the activations held in memory (photo copies, clean crops, shapes, queries, validation)."""
-        parts = (self.src_aug, self.src_clean, self.tgt, self.query, self.val, self.val_shapes)
+        parts = (self.src_aug, self.src_clean, self.tgt, self.query, self.val, self.val_shapes, self.query_shapes)
         return sum(t.numel() * t.element_size() for t in parts if t is not None)
 
 
@@ -187,4 +187,5 @@ def partial_feed(cfg: TrainConfig, net: PartialNet, inp, cache: Path, device: to
     bid = f"{backbone_id(cfg.backbone, cfg.weights)}|trunk{net.n_trunk}|{np.dtype(ACT_DTYPE).name}"
     acts = FeatureCache(cache / "activations", bid, inp.pre, ACT_DTYPE)
     return PartialFeed(net, inp.pre, inp.photos, inp.views, cfg.augment_copies, cfg.seed, device, inp.queries,
-                       cfg.batch_size, progress, acts, dist, val=inp.val, val_shapes=inp.val_shapes)
+                       cfg.batch_size, progress, acts, dist, val=inp.val, val_shapes=inp.val_shapes,
+                       query_shapes=inp.queries_shapes)

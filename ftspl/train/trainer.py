@@ -52,11 +52,12 @@ def trunk_all(net, feed, which: str, batch: int, dist: Dist | None = None) -> to
 def _pass_all(net, feed, which: str, batch: int, dist: Dist | None, head: bool, served: bool = False) -> torch.Tensor:
     dist = dist if dist is not None else Dist()
     n = {"source": feed.n_source, "target": feed.n_target, "query": feed.n_query, "val": feed.n_val,
-         "val_shapes": feed.n_val_shapes}[which]
+         "val_shapes": feed.n_val_shapes, "query_shapes": feed.n_query_shapes}[which]
     start, stop = dist.block(n, feed.eval_step(which, batch))
     it = {"source": feed.source_eval, "target": feed.target_eval, "query": feed.query_eval,
-          "val": feed.val_eval, "val_shapes": feed.val_shapes_eval}[which](batch, start, stop)
-    trunk = feed.shape_trunk if which in ("target", "val_shapes") else feed.photo_trunk
+          "val": feed.val_eval, "val_shapes": feed.val_shapes_eval, "query_shapes": feed.query_shapes_eval,
+          }[which](batch, start, stop)
+    trunk = feed.shape_trunk if which in ("target", "val_shapes", "query_shapes") else feed.photo_trunk
     out = []
     with torch.no_grad():
         for x in it:
@@ -304,6 +305,13 @@ class Trainer:
         tgt_all = served_all(self.net, self.feed, "target", self.cfg.batch_size, self.dist)
         rec["unsup"] = criteria(src, self.feed.src_y, tgt_all, self.K)
         names = self.class_names
+        own_shapes = bool(getattr(self.feed, "n_query_shapes", 0)) and bool(getattr(self.feed, "query_y", None))
+        if own_shapes:  # the queries rank their own labelled shapes (queries_shapes), not the target
+            q = served_all(self.net, self.feed, "query", self.cfg.batch_size, self.dist)
+            shapes = served_all(self.net, self.feed, "query_shapes", self.cfg.batch_size, self.dist)
+            rec["reference"] = {k: round(v, 4) for k, v in _retrieval(
+                q, list(self.feed.query_y), shapes, self.feed.query_shapes_y.tolist()).items()}
+            rec["reference_on"] = "queries ranking queries_shapes"
         tl = self.target_labels
         known = [i for i, lab in enumerate(tl) if lab is not None]
         if known and labels is not None:
@@ -318,7 +326,7 @@ class Trainer:
         if known:
             tgt = tgt_all[torch.as_tensor(known)]
             t_lab = [tl[i] for i in known]
-            if getattr(self.feed, "query_y", None):
+            if getattr(self.feed, "query_y", None) and not own_shapes:
                 q = served_all(self.net, self.feed, "query", self.cfg.batch_size, self.dist)
                 q_lab = [names[k] for k in self.feed.query_y]
                 rec["metrics_on"] = "queries"
