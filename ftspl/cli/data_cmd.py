@@ -21,14 +21,20 @@ def _data() -> None:
     """Build benchmark data sets (a group even with one command, so ``data sh3d`` stays the path)."""
 
 
-_OUT = typer.Option(..., "--out", help="Folder for source/, val/, val_gallery/, queries/, target/, manifest.json, NOTICE.txt.")
+_OUT = typer.Option(..., "--out", help="Folder for source/, val/, val_gallery/, queries/, target/ (val_scenes/), "
+                    "manifest.json, NOTICE.txt.")
 _SEED = typer.Option(0, "--seed", help="Split and render seed (same seed, same files).")
 _RENDERS = typer.Option(None, "--renders", min=0, help="Photo renders per photo model (default: the preset's).")
 _SMALL = typer.Option(False, "--small", help="The small preset: 8 models per class, 2 renders (about a minute).")
 _VARIETY = typer.Option(
     "base", "--variety",
     help="Widen the source (training) photos with a ftspl.data.variety preset: base, clutter, materials, camera, "
-         "more_renders, all. val/ and queries/ keep the base photos.",
+         "more_renders, all, scenes (the model in furnished rooms). val/ and queries/ keep the base photos.",
+)
+_SCENES = typer.Option(
+    False, "--scenes",
+    help="Also write val_scenes/: scene photos of the val models in furnished rooms among source models "
+         "(a tuning split ranking val_gallery/, like val/).",
 )
 _CACHE = typer.Option(None, "--cache", help="Debian package cache (default: <home>/cache/debian).")
 _HOME = typer.Option(None, "--home", help="Home folder whose cache holds the packages (default: $FTSPL_HOME or ./.ftspl).")
@@ -42,6 +48,7 @@ def sh3d(
     renders: int | None = _RENDERS,
     small: bool = _SMALL,
     variety: str = _VARIETY,
+    scenes: bool = _SCENES,
     cache: Path | None = _CACHE,
     home: Path | None = _HOME,
     as_json: bool = _JSON,
@@ -49,11 +56,14 @@ def sh3d(
     """The SH3D benchmark: photo-domain renders + icons (source/val/queries) and a mesh gallery (target)."""
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
     from ftspl.data.protocol import SPLITS, seed_role
-    from ftspl.data.variety import apply_variety
+    from ftspl.data.scene_build import SCENE_FOLDER
+    from ftspl.data.variety import PHOTO_VARIETY, apply_variety
     from ftspl.engine.home import Home
 
     cfg = BENCH_PRESETS["small" if small else "full"]
     cfg = replace(cfg, seed=seed, **({"renders": renders} if renders is not None else {}))
+    if scenes:
+        cfg = replace(cfg, val_scenes=int(PHOTO_VARIETY["scenes"]["scenes"]))
     try:
         cfg = apply_variety(cfg, variety)
         with console.progress(not as_json) as update:
@@ -66,12 +76,13 @@ def sh3d(
         "seed": seed,
         "preset": "small" if small else "full",
         "variety": variety,
+        "scenes": scenes,
         "classes": split.classes,
         "models": split.counts,
         "photos": split.photos,
         "failed": split.failed,
         "seed_role": seed_role(seed),
-        "splits": {k: v["role"] for k, v in SPLITS.items()},
+        "splits": {k: v["role"] for k, v in SPLITS.items() if k != SCENE_FOLDER or scenes},
         "manifest": str(split.manifest),
         "notice": str(split.notice),
         "seconds": round(split.seconds, 1),
@@ -88,12 +99,16 @@ def sh3d(
         f"SH3D benchmark (seed {seed}): models per group", ["class", "source", "val", "queries", "target"], rows
     )
     console.out(
-        f"photos: {split.photos['source']} source, {split.photos['val']} val, {split.photos['queries']} queries "
+        f"photos: {split.photos['source']} source, {split.photos['val']} val, {split.photos['queries']} queries"
+        f"{f', {split.photos.get(SCENE_FOLDER, 0)} val scenes' if scenes else ''} "
         f"({cfg.photo_for('source')[1]} / {cfg.renders} renders per source / other model"
-        f"{' + icon' if cfg.icons else ''}, variety {variety}) in {split.seconds:.1f}s"
+        f"{' + icon' if cfg.icons else ''}"
+        f"{f' + {cfg.source_scenes} scenes per source model' if cfg.source_scenes else ''}, variety {variety}) "
+        f"in {split.seconds:.1f}s"
     )
     console.out(
-        f"seed {seed} is a {seed_role(seed)} seed (ftspl.data.protocol): tune on val/ ranking val_gallery/ "
+        f"seed {seed} is a {seed_role(seed)} seed (ftspl.data.protocol): tune on val/"
+        f"{' and val_scenes/' if scenes else ''} ranking val_gallery/ "
         "(the source models' meshes), report queries/ ranking target/"
     )
     for key, reason in split.failed.items():

@@ -15,7 +15,10 @@ permutation splits the models into disjoint groups:
 * ``val_gallery`` -- the meshes of the ``source`` models: the labelled gallery
   the ``val`` photos rank while tuning, so tuning never reads the labels of the
   reported ``target`` gallery (:mod:`ftspl.data.protocol` holds the roles, and
-  the manifest records them).
+  the manifest records them);
+* ``val_scenes`` (``val_scenes`` > 0) -- scene photos of the val models in
+  furnished rooms among source models, a second tuning set; ``source_scenes``
+  adds scene photos of the source models to ``source`` (:mod:`ftspl.data.scene_build`).
 
 A model is in exactly one group, so no query's own object is ever in the
 gallery (category-level retrieval, as in the paper). Every random draw comes
@@ -35,14 +38,20 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ftspl.data.backgrounds import fetch_backgrounds
+from ftspl.data.buildfiles import GROUPS, MANIFEST_VERSION, PHOTO_GROUPS
+from ftspl.data.buildfiles import config_record as _config_record
+from ftspl.data.buildfiles import link_from as _link_from
+from ftspl.data.buildfiles import reuse_or_reset as _reuse_or_reset
 from ftspl.data.photo_domain import PhotoConfig, PhotoRenderer
 from ftspl.data.protocol import manifest_record
+from ftspl.data.room import SceneConfig
+from ftspl.data.scene_build import SCENE_FOLDER, SIDECAR, build_scene_photos
 from ftspl.data.sh3d import (
     CATALOG_PACKAGE,
     FURNITURE_PACKAGE,
@@ -56,16 +65,11 @@ from ftspl.data.sh3d import (
     package_version,
 )
 from ftspl.data.textured import TextureLoadError, load_textured_mesh
-from ftspl.data.variety import VARIETY_FIELDS
 from ftspl.engine.errors import UsageError
 from ftspl.engine.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("source", "val", "queries", "target")  #: disjoint model groups
-FOLDERS = (*GROUPS, "val_gallery")  #: folders of a build (val_gallery: the source models' meshes)
-PHOTO_GROUPS = ("source", "val", "queries")
-MANIFEST_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,9 @@ class BenchConfig:
     #: variety of a seed is scored on the same images.
     source_photo: PhotoConfig | None = None
     source_renders: int | None = None  #: renders per source model; None: ``renders``
+    source_scenes: int = 0  #: scene photos per source model added to source/ (the ``scenes`` variety)
+    val_scenes: int = 0  #: scene photos per val model in val_scenes/ (``ftspl data sh3d --scenes``); 0: none
+    scene: SceneConfig = field(default_factory=SceneConfig)  #: the rooms of both
 
     def check(self) -> None:
         if self.renders < 0 or (self.renders == 0 and not self.icons):
@@ -103,6 +110,10 @@ class BenchConfig:
             raise UsageError("max_per_class must be >= 4")
         if self.source_renders is not None and self.source_renders < 1:
             raise UsageError("source_renders must be >= 1")
+        if self.source_scenes < 0 or self.val_scenes < 0:
+            raise UsageError("source_scenes and val_scenes must be >= 0 (scene photos per model)")
+        if self.val_scenes and self.val == 0:
+            raise UsageError("val_scenes needs val models: set val > 0")
 
     def photo_for(self, group: str) -> tuple[PhotoConfig, int]:
         """(photo settings, renders per model) of a photo group, at this build's image size."""
@@ -134,6 +145,7 @@ class Split:
     manifest: Path
     notice: Path
     val_gallery: Path | None = None  #: val_gallery/<class>/<model>/...: the source models' meshes (tuning gallery)
+    val_scenes: Path | None = None  #: val_scenes/<class>/<model>__scene<k>.jpg, when the build has them
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  #: model key -> why its renders are missing
 
@@ -168,66 +180,6 @@ def split_models(models: list[Sh3dModel], cfg: BenchConfig) -> dict[str, dict[st
         out["queries"][c] = ms[ns : ns + nq]
         out["target"][c] = ms[ns + nq :]
     return out
-
-
-def _config_record(cfg: BenchConfig) -> dict:
-    """The config as the manifest keeps it. Variety settings at their defaults are left out, so a
-    default build's manifest (and its reuse check) is what it was before they existed."""
-    rec = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as read back from JSON
-    photo_defaults = json.loads(json.dumps(asdict(PhotoConfig())))
-    for key in ("source_photo", "source_renders"):
-        if rec[key] is None:
-            del rec[key]
-    for photo in (rec["photo"], rec.get("source_photo")):
-        for key in VARIETY_FIELDS:
-            if photo is not None and photo[key] == photo_defaults[key]:
-                del photo[key]
-    return rec
-
-
-def _link_from(base: Path, out: Path, cfg: BenchConfig) -> list[str]:
-    """Hard-link (copy across file systems) an earlier build's files that this build would make
-    byte for byte: val/, queries/ and target/ when the split and base photo settings match, and
-    source/ too when the source settings match. Returns the groups linked."""
-    try:
-        old = json.loads((base / "manifest.json").read_text())["config"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"{base}: not a finished benchmark build to link from ({exc})") from None
-    new = _config_record(cfg)
-    source_keys = ("source_photo", "source_renders")
-    if {k: v for k, v in old.items() if k not in source_keys} != {k: v for k, v in new.items() if k not in source_keys}:
-        raise UsageError(f"{base}: built with another split or val/query photo settings; link from a build of "
-                         "the same seed and preset")
-    groups = ["val", "queries", "target", "val_gallery"]
-    if all(old.get(k) == new.get(k) for k in source_keys):
-        groups.append("source")
-    for g in groups:
-        for src in sorted((base / g).rglob("*")):
-            dest = out / src.relative_to(base)
-            if src.is_dir() or dest.exists():
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(src, dest)
-            except OSError:
-                shutil.copy2(src, dest)
-    return groups
-
-
-def _reuse_or_reset(out: Path, cfg: BenchConfig) -> None:
-    """Keep files of an earlier build with the same config; otherwise remove the group folders."""
-    manifest = out / "manifest.json"
-    try:
-        old = json.loads(manifest.read_text())
-        same = old.get("config") == _config_record(cfg) and old.get("version") == MANIFEST_VERSION
-    except (OSError, ValueError):
-        same = False
-    if same:
-        return
-    for g in FOLDERS:
-        if (out / g).is_dir():
-            shutil.rmtree(out / g)
-    manifest.unlink(missing_ok=True)
 
 
 def build_sh3d_benchmark(
@@ -285,6 +237,12 @@ def build_sh3d_benchmark(
                     continue
             n_photos[g] += len(names)
         report("photos", len(photo_models), len(photo_models))
+    scenes, scene_failed = build_scene_photos(out, libdir, backgrounds, groups, cfg.seed, cfg.source_scenes,
+                                              cfg.val_scenes, photo_cfg, cfg.scene, report)
+    n_photos["source"] += scenes.get("source", 0)
+    failed.update({f"{key} (scene photos)": why for key, why in scene_failed.items()})
+    if cfg.val_scenes:
+        n_photos[SCENE_FOLDER] = scenes.get(SCENE_FOLDER, 0)
 
     meshes = [("target", c, m) for c, ms in groups["target"].items() for m in ms]
     meshes += [("val_gallery", c, m) for c, ms in groups["source"].items() for m in ms]
@@ -304,6 +262,7 @@ def build_sh3d_benchmark(
         CATALOG_PACKAGE: package_version(cache, CATALOG_PACKAGE),
         **bg_versions,
     }
+    photo_counts = {g: n_photos[g] for g in (*PHOTO_GROUPS, SCENE_FOLDER) if g in n_photos}
     classes = sorted(groups["target"])
     keys = {g: {c: [m.key for m in ms] for c, ms in groups[g].items()} for g in GROUPS}
     counts = {g: sum(len(v) for v in keys[g].values()) for g in GROUPS}
@@ -314,9 +273,9 @@ def build_sh3d_benchmark(
         "packages": versions,
         "classes": classes,
         "counts": counts,
-        "photos": {g: n_photos[g] for g in PHOTO_GROUPS},
+        "photos": photo_counts,
         "groups": keys,
-        **manifest_record(cfg.seed),
+        **manifest_record(cfg.seed, scenes=bool(cfg.val_scenes)),
         "models": {
             m.key: {"class": m.label, "name": m.name, "source": m.source, "catalog_id": m.catalog_id,
                     "model_path": m.model_path, "license": m.license, "creator": m.creator}
@@ -324,14 +283,16 @@ def build_sh3d_benchmark(
         },
         "failed": failed,
         "backgrounds": [b.name for b in backgrounds],
+        **({"scenes": {"sidecar": SIDECAR, "photos": scenes}} if scenes else {}),
     }
     notice = out / "NOTICE.txt"
     atomic_write_bytes(notice, bench_notice(used, backgrounds, versions).encode())
     atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     return Split(
         root=out, source=out / "source", val=out / "val", queries=out / "queries", target=out / "target",
-        classes=classes, groups=keys, counts=counts, photos={g: n_photos[g] for g in PHOTO_GROUPS},
-        manifest=out / "manifest.json", notice=notice, val_gallery=out / "val_gallery", seconds=time.perf_counter() - t0, failed=failed,
+        classes=classes, groups=keys, counts=counts, photos=photo_counts, manifest=out / "manifest.json",
+        notice=notice, val_gallery=out / "val_gallery", seconds=time.perf_counter() - t0, failed=failed,
+        val_scenes=out / SCENE_FOLDER if cfg.val_scenes else None,
     )
 
 

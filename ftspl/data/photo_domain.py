@@ -274,7 +274,7 @@ class PhotoRenderer:
 
     def _rgba(self, uploaded: list, rng: np.random.Generator, cfg: PhotoConfig) -> tuple[np.ndarray, np.ndarray]:
         """One random view at the supersampled size: (premultiplied RGBA uint8, key light direction)."""
-        mgl, ctx, prog = self._moderngl, self._ctx, self._prog
+        prog = self._prog
         # camera
         if rng.random() < cfg.front_bias:
             az = float(np.clip(rng.normal(0.0, cfg.front_sigma_deg), -100.0, 100.0))
@@ -311,6 +311,12 @@ class PhotoRenderer:
         prog["u_ground"].value = tuple(ground)
         prog["u_fill_col"].value = tuple(tint * float(rng.uniform(0.05, 0.2)))
         recolour = [draw_material(rng, cfg) for _ in uploaded] if cfg.material_prob > 0 else [None] * len(uploaded)
+        return self._draw_all(uploaded, recolour), light_dir
+
+    def _draw_all(self, uploaded: list, recolour: list) -> np.ndarray:
+        """Draw uploaded parts with the uniforms already set (opaque, then glass blended over them);
+        the frame as premultiplied RGBA uint8 at the supersampled size, row 0 at the top."""
+        mgl, ctx = self._moderngl, self._ctx
         self._msaa.use()
         self._msaa.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         ctx.enable(mgl.DEPTH_TEST)
@@ -331,8 +337,7 @@ class PhotoRenderer:
         if self._resolved is not self._msaa:
             ctx.copy_framebuffer(self._resolved, self._msaa)
         raw = self._resolved.read(components=4, alignment=1)
-        rgba = np.frombuffer(raw, dtype=np.uint8).reshape(self._size, self._size, 4)[::-1]
-        return rgba, light_dir
+        return np.frombuffer(raw, dtype=np.uint8).reshape(self._size, self._size, 4)[::-1]
 
     def _draw(self, part: Part, vao, tex, colmat: np.ndarray | None = None) -> None:
         prog = self._prog

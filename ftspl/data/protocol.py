@@ -9,7 +9,10 @@ the build has one too (``seed_role``):
   models: source-side shapes whose labels the report never uses) - ``tune``;
 * ``queries`` photos ranking the ``target`` gallery - ``report``. The target
   meshes are also every run's unlabelled training shapes; their labels are read
-  only by a report.
+  only by a report;
+* ``val_scenes`` (``ftspl data sh3d --scenes``) - scene photos of the val
+  models in furnished rooms among source models, ranking the ``val_gallery``
+  like ``val`` does - ``tune``.
 
 Seeds are split the same way: :data:`TUNE_SEEDS` choose defaults (their val
 photos against their val gallery), :data:`REPORT_SEEDS` are reported (their
@@ -38,6 +41,7 @@ SPLITS: dict[str, dict] = {
     "source": {"role": "train", "ranks": None},
     "val": {"role": "tune", "ranks": "val_gallery"},
     "val_gallery": {"role": "tune", "ranks": None},
+    "val_scenes": {"role": "tune", "ranks": "val_gallery"},
     "queries": {"role": "report", "ranks": "target"},
     "target": {"role": "report", "ranks": None},
 }
@@ -52,9 +56,10 @@ def seed_role(seed: int) -> str:
     return "free"
 
 
-def manifest_record(seed: int) -> dict:
-    """What a build's manifest says about the protocol."""
-    return {"seed_role": seed_role(seed), "splits": SPLITS,
+def manifest_record(seed: int, scenes: bool = False) -> dict:
+    """What a build's manifest says about the protocol (``val_scenes`` only when the build has it)."""
+    splits = {k: v for k, v in SPLITS.items() if k != "val_scenes" or scenes}
+    return {"seed_role": seed_role(seed), "splits": splits,
             "tune_seeds": list(TUNE_SEEDS), "report_seeds": list(REPORT_SEEDS)}
 
 
@@ -73,6 +78,8 @@ def check_use(root: Path, purpose: str, photos: str) -> None:
     splits = manifest.get("splits")
     if not isinstance(splits, dict) or "seed_role" not in manifest:
         raise UsageError(f"{path}: built before splits carried roles; build it again with `ftspl data sh3d`")
+    if photos == "val_scenes" and photos not in splits:
+        raise UsageError(f"{root}/val_scenes: this build has no scene split; build it with `ftspl data sh3d --scenes`")
     role = splits.get(photos, {}).get("role")
     if role != purpose:
         raise UsageError(f"{root}/{photos}: a {role or 'unknown'} split cannot be used to {purpose}; "

@@ -4,9 +4,11 @@ The benchmark's labelled "photos" are renders (:mod:`ftspl.data.photo_domain`); 
 hidden real photographs they stand in for have other furniture in the frame,
 materials in other colours, off-centre close framing, vignetting, motion blur,
 white-balance errors and low resolution. Each preset of :data:`PHOTO_VARIETY`
-switches on one family of :class:`~ftspl.data.photo_domain.PhotoConfig` knobs (or
-more renders per model) for the **source** photos only: val/ and queries/ keep
-the base settings, so every variety is scored on the very same images.
+switches on one family of :class:`~ftspl.data.photo_domain.PhotoConfig` knobs, more
+renders per model, or scene photos (:mod:`ftspl.data.scenes`: the model in a
+furnished room among other source models) for the **source** photos only: val/
+and queries/ keep the base settings, so every variety is scored on the very same
+images.
 
 The image-space effects the knobs enable live here too (occluders, the material
 colour transform, vignetting, white balance, motion blur, downscale-upscale);
@@ -58,6 +60,7 @@ class _HasPhotos(Protocol):
     photo: Any
     source_photo: Any
     source_renders: int | None
+    source_scenes: int
 
 
 #: :func:`apply_variety` returns the type it is given (a BenchConfig)
@@ -105,8 +108,10 @@ _CAMERA = {
     "jpeg_quality": (30, 95),
 }
 
-#: name -> {"photo": PhotoConfig overrides, "renders": renders per source model}, applied to the
-#: source photos only (:func:`apply_variety`); ``base`` is today's benchmark.
+#: name -> {"photo": PhotoConfig overrides, "renders": renders per source model, "scenes": scene
+#: photos per source model added to its renders}, applied to the source photos only
+#: (:func:`apply_variety`); ``base`` is today's benchmark. ``scenes`` is also how many scene
+#: photos per val model ``ftspl data sh3d --scenes`` writes to val_scenes/.
 PHOTO_VARIETY: dict[str, dict] = {
     "base": {},
     "clutter": {"photo": _CLUTTER},
@@ -114,14 +119,15 @@ PHOTO_VARIETY: dict[str, dict] = {
     "camera": {"photo": _CAMERA},
     "more_renders": {"renders": 8},
     "all": {"photo": {**_CLUTTER, **_MATERIALS, **_CAMERA}, "renders": 8},
+    "scenes": {"scenes": 4},
 }
 
 
 def apply_variety(cfg: BenchConfig, name: str) -> BenchConfig:
     """``cfg`` with the source photos widened by preset ``name`` (``base``: ``cfg`` unchanged).
 
-    Only ``source_photo`` / ``source_renders`` change, so the split, the gallery and
-    the val/query photos stay those of ``cfg``.
+    Only ``source_photo`` / ``source_renders`` / ``source_scenes`` change, so the split, the
+    gallery and the val/query photos stay those of ``cfg``.
     """
     if name not in PHOTO_VARIETY:
         raise UnknownKeyError("variety", name, PHOTO_VARIETY)
@@ -131,6 +137,8 @@ def apply_variety(cfg: BenchConfig, name: str) -> BenchConfig:
         out = replace(out, source_photo=replace(cfg.source_photo or cfg.photo, **spec["photo"]))
     if "renders" in spec:
         out = replace(out, source_renders=int(spec["renders"]))
+    if "scenes" in spec:
+        out = replace(out, source_scenes=int(spec["scenes"]))
     return out
 
 
