@@ -151,7 +151,8 @@ class Library(LibraryCare):
               max_distance: float | None = None, min_score: float | None = None, hnsw_ef: int | None = None,
               names: Sequence[str] | None = None, skip_bad: bool = False, max_pixels: int = MAX_IMAGE_PIXELS,
               max_file_bytes: int = MAX_FILE_BYTES, max_faces: int = MAX_FACES, max_vertices: int = MAX_VERTICES,
-              file_timeout: float = 60.0, exclude_self: bool = True) -> QueryAnswer:
+              file_timeout: float = 60.0, exclude_self: bool = True, regions: str | None = None,
+              region_fusion: str | None = None) -> QueryAnswer:
         """The ``top`` nearest shapes of one photo or of several, or of a shape (:mod:`ftspl.shape_query`).
 
         A mesh path or a view folder is a shape: rendered and encoded as
@@ -170,7 +171,11 @@ class Library(LibraryCare):
         A photo that cannot be decoded raises, or with ``skip_bad=True`` is
         listed in ``failed`` while the others are answered. ``hnsw_ef`` widens
         (or narrows) the graph search of this library from this query on, for
-        every thread (``index add --hnsw-ef`` stores the default).
+        every thread (``index add --hnsw-ef`` stores the default). ``regions``
+        (none, crops, rmac; None: the default) also searches windows of each
+        photo and fuses them per shape by ``region_fusion`` (max, mean, top3);
+        each hit's ``region`` is the window it matched
+        (:mod:`ftspl.engine.scoring.regions`).
         """
         from ftspl.engine.scoring.fusion import DEFAULT_FUSION, FUSIONS
         from ftspl.engine.scoring.views import MatchConfig
@@ -194,6 +199,9 @@ class Library(LibraryCare):
         from ftspl import shape_query
 
         kinds = shape_query.shape_kinds(items)
+        if any(kinds) and regions not in (None, "none"):
+            raise UsageError(f"--regions {regions} searches windows of photos; a shape query has none: "
+                             "leave --regions out")
         if any(kinds):
             from ftspl.engine.loading.limits import MeshLimits
 
@@ -206,9 +214,13 @@ class Library(LibraryCare):
 
         t0 = time.perf_counter()
         engine = self.engine  # the model: its encoder sessions start building in the background
+        from ftspl.engine.scoring.regions import resolve
+
+        rcfg = resolve(regions, region_fusion, fuse=fuse, rerank=match.rerank,
+                       has_output=engine.encoders.has_region_output, model_id=engine.manifest.model_id)
         t_model = time.perf_counter()
-        images, kept, regions, decode_ms, failed = self._decode(items, names, box, skip_bad, max_pixels,
-                                                               max_file_bytes)
+        images, kept, boxes, decode_ms, failed = self._decode(items, names, box, skip_bad, max_pixels,
+                                                             max_file_bytes)
         t_decoded = time.perf_counter()
         fresh = self._reader is None
         reader = self.reader()
@@ -219,17 +231,20 @@ class Library(LibraryCare):
             reader.refresh()
         t_open = time.perf_counter()
         cut, cut_from = self._open_set_cut(max_distance, min_score)
-        results, fused, gen = self._search(reader, images, kept, regions, decode_ms, top, match, fuse, fusion, cut)
+        results, fused, gen = self._search(reader, images, kept, boxes, decode_ms, top, match, fuse, fusion, cut,
+                                           rcfg)
         t_done = time.perf_counter()
         from ftspl.engine.scoring.views import views_note
 
         note = views_note(engine.manifest.model_id, engine.encoders.has_view_output,
                           results + ([] if fused is None or fuse else [fused]))
         return QueryAnswer(
-            model_id=engine.manifest.model_id, results=results, rerank=match.rerank, fusion=fusion if fused else None,
+            model_id=engine.manifest.model_id, results=results, rerank=match.rerank, regions=rcfg.mode,
+            fusion=fusion if fused else None,
             fused=fused, generation=gen, max_distance=cut, max_distance_from=cut_from, views_note=note,
             failed=failed, open_s=(t_model - t0) + (t_open - t_decoded), decode_s=t_decoded - t_model,
             search_s=t_done - t_open, images=tuple(images),
+            origins=tuple((0, 0) if b is None else (b.x0, b.y0) for b in boxes),
         )
 
     def _decode(self, items: list, names: Sequence[str] | None, box, skip_bad: bool, max_pixels: int,
@@ -254,9 +269,13 @@ class Library(LibraryCare):
             decode_ms.append((time.perf_counter() - t) * 1000)
         return images, kept, regions, decode_ms, failed
 
-    def _search(self, reader, images: list, names: list[str], regions: list, decode_ms: list[float], top: int,
-                match, fuse: bool, fusion: str | None, cut: float | None):
-        """Embed the photos as one batch; per-photo lists (unless ``fuse``) and the fused list (with ``fusion``)."""
+    def _search(self, reader, images: list, names: list[str], boxes: list, decode_ms: list[float], top: int,
+                match, fuse: bool, fusion: str | None, cut: float | None, rcfg):
+        """Embed the photos as one batch; per-photo lists (unless ``fuse``) and the fused list (with ``fusion``).
+
+        With regions (``rcfg.mode`` other than none) each photo's windows are
+        embedded with it and its list is :func:`~ftspl.engine.scoring.regions.region_search`'s.
+        """
         import numpy as np
 
         from ftspl.engine.model.preprocess import to_tensor
@@ -266,13 +285,22 @@ class Library(LibraryCare):
         if not images:
             return [], None, reader.generation
         enc = self.engine.encoders
-        emb = enc.embed_photos(np.stack([to_tensor(im, enc.preprocess) for im in images]))
+        sets = None
+        if rcfg.mode == "none":
+            emb = enc.embed_photos(np.stack([to_tensor(im, enc.preprocess) for im in images]))
+        else:
+            from ftspl.engine.scoring.regions import embed_regions
+
+            sets = embed_regions(enc, images, rcfg)
+            emb = np.stack([rows[0] for rows, _ in sets])  # row 0: the whole photo
         results: list[PhotoResult] = []
         gen = None
-        if not fuse:
+        if not fuse and sets is not None:
+            results, gen = self._search_regions(reader, sets, names, boxes, decode_ms, top, cut, rcfg.fusion)
+        elif not fuse:
             hits, gen = search_matched(reader, emb, top, match)
             results = [PhotoResult(n, [Hit.from_engine(h, cut, reg) for h in hs], ms, gen)
-                       for n, hs, reg, ms in zip(names, hits, regions, decode_ms)]
+                       for n, hs, reg, ms in zip(names, hits, boxes, decode_ms)]
         fused = None
         if fusion is not None:
             hits, fgen = fused_search(reader, emb, top, fusion)
@@ -282,6 +310,23 @@ class Library(LibraryCare):
             if fuse:
                 results = [fused]
         return results, fused, gen
+
+    @staticmethod
+    def _search_regions(reader, sets: list, names: list[str], boxes: list, decode_ms: list[float], top: int,
+                        cut: float | None, how: str) -> tuple[list[PhotoResult], int | None]:
+        """Each photo's regional list; a hit's ``region`` in the photo's pixels (None: the whole photo)."""
+        from ftspl.engine.scoring.regions import region_search, with_views
+        from ftspl.results import Region
+
+        results, gen = [], None
+        for (rows, windows), name, box, ms in zip(sets, names, boxes, decode_ms):
+            hits, picked, gen = region_search(reader, rows, top, how)
+            hits = with_views(reader, rows, hits, picked)
+            dx, dy = (box.x0, box.y0) if box is not None else (0, 0)
+            where = [box if w is None else Region(w[0] + dx, w[1] + dy, w[2] + dx, w[3] + dy) for w in windows]
+            results.append(PhotoResult(name, [Hit.from_engine(h, cut, where[r]) for h, r in zip(hits, picked)],
+                                       ms, gen))
+        return results, gen
 
     def _open_set_cut(self, max_distance: float | None, min_score: float | None) -> tuple[float | None, str | None]:
         """The distance beyond which a hit is no match, and where it comes from (argument, calibration, none)."""
@@ -306,7 +351,8 @@ class Library(LibraryCare):
         fused = answer.fused is not None and answer.results == [answer.fused]
         captions = [r.photo if fused else Path(r.photo).name for r in answer.results]
         images = list(answer.images[: len(answer.results)])
-        rows = rows_for(self.reader().store, images, captions, [None] * len(images), answer.results)
+        rows = rows_for(self.reader().store, images, captions, [None] * len(images), answer.results,
+                        list(answer.origins[: len(answer.results)]) or None)
         return save_sheet(rows, path)
 
     def stats(self) -> IndexStats:

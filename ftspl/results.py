@@ -235,10 +235,11 @@ class ExportReport:
         out = {"model_id": self.model_id, "model_dir": self.model_dir, "backbone": self.backbone,
                "embed_dim": self.embed_dim, "parity_max_abs_diff": self.parity_max_abs_diff,
                "seconds": round(self.seconds, 2)}
+    look: str = "grey"  #: how the model's gallery views are coloured (``grey`` or ``materials``)
         if self.selection:
             out.update(round=self.selection.get("best_round"), adapted_better=self.selection.get("adapted_better"))
         return out
-
+               "embed_dim": self.embed_dim, "look": self.look, "parity_max_abs_diff": self.parity_max_abs_diff,
 
 @dataclass(frozen=True)
 class DuplicateMember:

@@ -115,7 +115,8 @@ def index_verify_cmd(home, as_json: bool) -> None:
 def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels: int = MAX_IMAGE_PIXELS,
               max_file_bytes: int = MAX_FILE_BYTES, hnsw_ef: int | None = None, started: float | None = None,
               max_distance: float | None = None, min_score: float | None = None, fusion: str | None = None,
-              rerank: tuple[str, float] | None = None, box: str | None = None) -> None:
+              rerank: tuple[str, float] | None = None, box: str | None = None,
+              regions: tuple[str | None, str | None] = (None, None)) -> None:
     """``ftspl query``: :meth:`ftspl.api.Library.query`; JSON keeps start-up (model, index) apart from the query."""
     from ftspl.api import Library
 
@@ -131,7 +132,7 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
                            rerank=None if rerank is None else rerank[0],
                            rerank_weight=None if rerank is None else rerank[1], max_distance=max_distance,
                            min_score=min_score, hnsw_ef=hnsw_ef, skip_bad=True, max_pixels=max_pixels,
-                           max_file_bytes=max_file_bytes)
+                           max_file_bytes=max_file_bytes, regions=regions[0], region_fusion=regions[1])
         if sheet is not None and answer.results:
             lib.contact_sheet(answer, sheet)
     finally:
@@ -151,10 +152,12 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
             title = f"{r.photo}"
             if cut is not None and not r.match:
                 title += f": no match (every shape is farther than {cut:.4f}, {cut_from})"
+            where = answer.regions != "none"  # which window of the photo each hit matched
             console.print_table(
-                title, ["rank", "distance", "view (similarity)", "label", "path"],
+                title, ["rank", "distance", "view (similarity)", *(["region"] if where else []), "label", "path"],
                 [[h.rank, f"{h.distance:.4f}" + ("" if h.match else " (no match)"),
-                  "-" if h.view is None else f"{h.view} ({h.view_similarity:.3f})", h.label or "-", h.path]
+                  "-" if h.view is None else f"{h.view} ({h.view_similarity:.3f})",
+                  *([_region_text(h.region)] if where else []), h.label or "-", h.path]
                  for h in r.hits],
             )
         if answer.views_note and results:
@@ -163,6 +166,10 @@ def query_cmd(photos, top: int, sheet, home, runtime, as_json: bool, max_pixels:
             console.out(f"contact sheet: {sheet}")
     if answer.failed:
         raise typer.Exit(1)
+
+
+def _region_text(region) -> str:
+    return "whole photo" if region is None else f"{region.x0},{region.y0},{region.x1},{region.y1}"
 
 
 def calibrate_cmd(queries: Path, home, runtime, precision: float, as_json: bool) -> None:

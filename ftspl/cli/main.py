@@ -76,13 +76,14 @@ def export(
     precision: str = typer.Option("auto", "--precision", help="auto (default): int8 on a machine without a GPU when the run's photos and shapes (or --calibration) can calibrate it, else fp32; fp32; int8: quantised for CPUs; fp16: for GPUs."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --precision int8: a folder of photos and meshes to calibrate on (needed with --pretrained; default: the run's source and target)."),
     home: Optional[Path] = HomeOpt,
+    look: Optional[str] = typer.Option(None, "--look", help=f"How gallery views are coloured: grey or materials (the shapes' own colours and textures). A run serves the look it trained with; --pretrained defaults to {TrainConfig.look}."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write the image and multi-view encoders as ONNX + manifest, checked against torch."""
     from ftspl.cli.train_cmds import export_cmd
 
     export_cmd(run, pretrained, backbone, weights, exporter, _home(home), as_json, precision, calibration)
-
+    export_cmd(run, pretrained, backbone, weights, exporter, _home(home), as_json, precision, calibration, look)
 
 # ---------------------------------------------------------------------- train
 _PRESET_HELP = (
@@ -120,6 +121,7 @@ def train(
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet weights file for the backbone (alexnet)."),
     up: Optional[str] = typer.Option(None, "--up", help=UP_HELP),
     idca: Optional[bool] = typer.Option(None, "--idca/--no-idca", help="Inter-domain centroid alignment (Eq. 4 mean term)."),
+    look: str = typer.Option(_TRAIN["look"], "--look", help="How the target shapes' views are coloured: grey or materials (their own colours and textures; grey where they have none). Export and index add follow the run's look."),
     icav: Optional[bool] = typer.Option(None, "--icav/--no-icav", help="Intra-class attribute variation (Eq. 4 covariance term)."),
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
@@ -169,7 +171,7 @@ def train(
         keep_pretrained=keep_pretrained, keep_pretrained_dims=keep_pretrained_dims,
         seed=seed, device=device, val=str(val) if val else None, val_frac=val_frac,
         val_shapes=str(val_shapes) if val_shapes else None,
-    )
+        val_shapes=str(val_shapes) if val_shapes else None, look=look,
     if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
         settings["up"] = up
     # flags the user typed win over the preset's tuned values; the rest keep the preset's

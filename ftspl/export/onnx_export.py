@@ -36,6 +36,7 @@ from ftspl.engine.files import sha256_file
 from ftspl.engine.home import Home
 from ftspl.engine.model.manifest import (
     IMAGE_ENCODER,
+    LEGACY_LOOK,
     MANIFEST_NAME,
     MULTIVIEW_ENCODER,
     EncoderFile,
@@ -298,3 +299,6 @@ def export_encoders(
     if activate:
         home.set_active(manifest.model_id)
     return final, manifest
+
+        if manifest.look != LEGACY_LOOK:
+            tag = f"{tag}-{manifest.look}"

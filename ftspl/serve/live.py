@@ -120,12 +120,13 @@ class LiveIndex:
         return replace(st, warnings=(*st.warnings, self.last_error)) if self.last_error else st
 
     def query(self, images: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION, match=None,
-              box=None, max_pixels: int | None = None) -> QueryAnswer:
+              box=None, max_pixels: int | None = None, regions: tuple = (None, None)) -> QueryAnswer:
         """:meth:`ftspl.api.Library.query` on decoded photos (blocking: call it from a worker thread).
 
         Each photo's hits come with their matched views, re-ranked as ``match``
         says (:mod:`ftspl.engine.scoring.views`); several photos also get one
         fused list (:mod:`ftspl.engine.scoring.fusion`, as ``ftspl query --fuse``).
+        ``regions``: ``(mode, fusion)`` of the regional search (None: the defaults).
         """
         from ftspl.engine.constants import MAX_IMAGE_PIXELS
         from ftspl.engine.scoring.views import MatchConfig
@@ -133,7 +134,8 @@ class LiveIndex:
         match = match or MatchConfig()
         return self.library.query(list(images), top, names=names, fusion=fusion if len(images) > 1 else None,
                                   rerank=match.rerank, rerank_weight=match.blend_weight, box=box,
-                                  max_pixels=max_pixels or MAX_IMAGE_PIXELS)
+                                  max_pixels=max_pixels or MAX_IMAGE_PIXELS, regions=regions[0],
+                                  region_fusion=regions[1])
 
     def query_shapes(self, items: list, names: list[str], top: int, fusion: str = DEFAULT_FUSION, fuse: bool = False,
                      **caps: Any) -> QueryAnswer:

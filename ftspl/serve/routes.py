@@ -70,9 +70,9 @@ async def query(request: Request) -> Response:
     srv = _server(request)
     t0 = time.perf_counter()
     async with srv.admission():
-        top, fusion, uploads, match, box, shapes, fuse = await _read_query(request, srv)
+        top, fusion, uploads, match, box, shapes, fuse, regions = await _read_query(request, srv)
         answer = await anyio.to_thread.run_sync(partial(_run_query, srv, uploads, top, fusion, match, box, shapes,
-                                                        fuse), limiter=srv.limiter)
+                                                        fuse, regions), limiter=srv.limiter)
     st = srv.live.state()
     base = str(request.base_url)
     spec = srv.live.model.render_spec_hash or ""
@@ -90,16 +90,16 @@ async def query(request: Request) -> Response:
 
 
 async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tuple[str, bytes]], MatchConfig, tuple | None,
-                                                              list[tuple[str, bytes]], bool]:
+                                                              list[tuple[str, bytes]], bool, tuple]:
     """``top``, ``fusion``, the uploaded photos ``(name, bytes)``, the re-ranking, the ``box``, the uploaded
-    meshes ``(name, bytes)`` and ``fuse`` from a multipart or JSON body."""
+    meshes ``(name, bytes)``, ``fuse`` and ``(regions, region_fusion)`` from a multipart or JSON body."""
     cfg = srv.cfg
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     uploads: list[tuple[str, bytes]] = []
     shapes: list[tuple[str, bytes]] = []
     if ctype == "multipart/form-data":
         # starlette answers 400 itself for too many files or fields and for malformed bodies
-        async with request.form(max_files=cfg.max_photos, max_fields=8, max_part_size=4096) as form:
+        async with request.form(max_files=cfg.max_photos, max_fields=10, max_part_size=4096) as form:
             for i, part in enumerate(form.getlist("photo")):
                 if not isinstance(part, UploadFile):
                     raise ApiError(400, "'photo' must be a file part (a form upload), not a text field")
@@ -114,6 +114,7 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
             rerank = form.get("rerank", request.query_params.get("rerank"))
             weight = form.get("rerank_weight", request.query_params.get("rerank_weight"))
             box_raw = form.get("box", request.query_params.get("box"))
+            regions_raw = [form.get(k, request.query_params.get(k)) for k in ("regions", "region_fusion")]
     elif ctype == "application/json":
         try:
             doc = json.loads(await request.body())
@@ -135,6 +136,7 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
         rerank = doc.get("rerank", request.query_params.get("rerank"))
         weight = doc.get("rerank_weight", request.query_params.get("rerank_weight"))
         box_raw = doc.get("box", request.query_params.get("box"))
+        regions_raw = [doc.get(k, request.query_params.get(k)) for k in ("regions", "region_fusion")]
     else:
         raise ApiError(415, f"unsupported Content-Type {ctype or '(none)'!r}: use multipart/form-data or application/json")
     if not uploads and not shapes:
@@ -144,7 +146,22 @@ async def _read_query(request: Request, srv: Server) -> tuple[int, str, list[tup
     if not isinstance(fusion, str) or fusion not in FUSIONS:
         raise ApiError(422, f"fusion must be one of {', '.join(FUSIONS)}, got {str(fusion)[:40]!r}")
     return (_parse_top(top_raw, cfg.max_top), fusion, uploads, _parse_match(rerank, weight), _parse_box(box_raw),
-            shapes, _parse_flag("fuse", fuse_raw))
+            shapes, _parse_flag("fuse", fuse_raw), _parse_regions(*regions_raw))
+
+
+def _parse_regions(mode: object, fusion: object) -> tuple[str | None, str | None]:
+    """``regions`` (none, crops, rmac) and ``region_fusion`` (max, mean, top3); None where not given (the defaults)."""
+    from ftspl.engine.scoring.regions import REGION_FUSIONS, REGION_MODES
+
+    out = []
+    for name, raw, valid in (("regions", mode, REGION_MODES), ("region_fusion", fusion, REGION_FUSIONS)):
+        if raw in (None, ""):
+            out.append(None)
+        elif isinstance(raw, str) and raw in valid:
+            out.append(raw)
+        else:
+            raise ApiError(422, f"{name} must be one of {', '.join(valid)}, got {str(raw)[:40]!r}")
+    return out[0], out[1]
 
 
 def _json_shapes(doc: dict, room: int) -> list[tuple[str, bytes]]:
@@ -231,7 +248,8 @@ def _parse_top(raw: object, max_top: int) -> int:
 
 
 def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: str, match: MatchConfig,
-               box: tuple | None, shapes: list[tuple[str, bytes]] = (), fuse: bool = False) -> QueryAnswer:
+               box: tuple | None, shapes: list[tuple[str, bytes]] = (), fuse: bool = False,
+               regions: tuple = (None, None)) -> QueryAnswer:
     """(Worker thread) decode every photo with the CLI's checks, then embed and search them as one batch."""
     cfg = srv.cfg
     images, names, bad, too_large = [], [], [], []
@@ -250,7 +268,7 @@ def _run_query(srv: Server, uploads: list[tuple[str, bytes]], top: int, fusion: 
 
         return query_with_shapes(srv, images, names, list(shapes), top, fusion, fuse, box)
     try:
-        return srv.live.query(images, names, top, fusion, match, box=box, max_pixels=cfg.max_pixels)
+        return srv.live.query(images, names, top, fusion, match, box=box, max_pixels=cfg.max_pixels, regions=regions)
     except UsageError as exc:  # a box outside a photo: the client's to fix
         raise ApiError(422, str(exc)) from None
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from ftspl.engine.constants import EMBED_DIM, UP_AXES
+from ftspl.engine.constants import EMBED_DIM, LOOKS, UP_AXES
 from ftspl.engine.errors import UnknownKeyError
 
 MODES = ("head", "partial", "full")
@@ -56,6 +56,7 @@ PL_SPACES = ("embedding", "unit")
 ALIGNS = ("none", "coral", "dann", "mmd", "jan")  #: domain-alignment losses (``ftspl.train.align``)
 ALIGN_PHASES = ("all", "warmup")
 DEFAULT_BACKBONE = "efficientnet_lite0"  #: a key of ``ftspl.train.backbones.BACKBONES``
+LEGACY_LOOK = "grey"  #: the look of runs saved before ``TrainConfig.look`` existed
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ class TrainConfig:
     #: which axis of the target meshes points up ("y" or "z"); None: the render spec's default.
     #: Recorded in the run's render spec, so export, the manifest and ``index add`` follow it.
     up: str | None = None
+    #: how the target shapes' views are coloured: "grey" (one grey material) or "materials" (each shape's
+    #: own colours and textures, grey where it has none). The one default of the product's look: training
+    #: renders with it, ``ftspl export --pretrained`` serves it, and export and ``index add`` follow a run's.
+    #: Chosen on the tuning splits (benchmarks/looks.py, benchmarks/results/looks.json)
+    look: str = "grey"
     # method switches
     idca: bool = True
     icav: bool = True
@@ -145,8 +151,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        """A saved ``config.json``; one written before ``look`` existed rendered grey, and keeps doing so."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{"look": LEGACY_LOOK, **{k: v for k, v in data.items() if k in known}})
 
 
 #: preset name -> the switches it sets
@@ -209,6 +216,8 @@ def validate(cfg: TrainConfig) -> None:
         raise UnknownKeyError("--align-phase", cfg.align_phase, ALIGN_PHASES)
     if cfg.up is not None and cfg.up not in UP_AXES:
         raise UnknownKeyError("--up", cfg.up, UP_AXES)
+    if cfg.look not in LOOKS:
+        raise UnknownKeyError("--look", cfg.look, LOOKS)
     from ftspl.engine.errors import UsageError
 
     if cfg.tail_bn not in TAIL_BNS:

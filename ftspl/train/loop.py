@@ -109,8 +109,12 @@ class _Inputs:
 
 
 def render_spec_for(cfg: TrainConfig) -> RenderSpec:
-    """The render spec of ``cfg``'s target shapes: the default one, turned to ``cfg.up``."""
-    spec = RenderSpec()
+    """The render spec of ``cfg``'s target shapes: the default one in ``cfg.look``, turned to ``cfg.up``.
+
+    The look enters the spec's digest (unless grey), so the view cache, the feature
+    cache and the exported manifest keep grey and coloured views apart.
+    """
+    spec = RenderSpec().with_look(cfg.look)
     return spec.with_up(cfg.up) if cfg.up is not None else spec
 
 

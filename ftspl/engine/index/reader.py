@@ -245,6 +245,11 @@ class Reader:
         with self._store_lock:
             return self.store.view_embeddings(ids)
 
+    def embeddings(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """``id -> stored embedding`` of the shapes still stored; safe from any thread."""
+        with self._store_lock:
+            return self.store.embeddings_of(ids)
+
     def view_strip(self, shape_id: int) -> tuple[bytes, int] | None:
         """``(strip of the views, views)`` of one shape, or None; safe from any thread."""
         with self._store_lock:

@@ -260,6 +260,27 @@ class Encoders:
         return self._run(MULTIVIEW_ENCODER, batch)
 
     @property
+    def has_region_output(self) -> bool:
+        """True when the image graph also returns regional embeddings (``--regions rmac``)."""
+        enc = self.manifest.encoders[IMAGE_ENCODER]
+        return enc.region_output_name is not None and bool(enc.regions)
+
+    @property
+    def regions(self) -> list[dict]:
+        """The image graph's regional windows (``box`` in fractions of the input square, ``scale``); [] without."""
+        return list(self.manifest.encoders[IMAGE_ENCODER].regions or []) if self.has_region_output else []
+
+    def embed_photos_regions(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, S, S) photos -> (N, D) whole-photo and (N, R, D) regional embeddings, in one run."""
+        enc = self.manifest.encoders[IMAGE_ENCODER]
+        if not self.has_region_output:
+            raise ModelError(f"model {self.manifest.model_id} was exported without regional embeddings; export it again")
+        sess = self.session(IMAGE_ENCODER)
+        full, regional = sess.run([enc.output_name, enc.region_output_name],
+                                  {enc.input_name: np.ascontiguousarray(batch, np.float32)})
+        return np.asarray(full, np.float32), np.asarray(regional, np.float32)
+
+    @property
     def has_view_output(self) -> bool:
         """True when the multi-view graph also returns per-view embeddings (models exported since issue 17)."""
         return self.manifest.encoders[MULTIVIEW_ENCODER].view_output_name is not None

@@ -9,7 +9,9 @@ It also records the numeric precision of the graphs (``fp32``, ``int8``
 quantised for CPUs, ``fp16`` for GPUs) and, for ``int8``, the digest of the
 calibration set: both enter :attr:`ModelManifest.model_hash`, the identity an
 index is bound to, so shapes encoded at one precision never join an index built
-at another.
+at another. So does the render spec's look (``grey`` or ``materials``): one pair
+of graphs served with grey and with coloured views is two models. A manifest
+written before looks existed has no ``look`` in its render spec and reads as grey.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from ftspl.engine.constants import Preprocess, RenderSpec
 from ftspl.engine.errors import ModelError
 from ftspl.engine.files import sha256_file
 
+#: the look of every manifest written before render specs had one
+LEGACY_LOOK = "grey"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "ftspl-model/1"
 IMAGE_ENCODER = "image_encoder"
@@ -77,10 +81,11 @@ class ModelManifest:
         An fp32 model hashes its files only, as before precisions existed, so the
         indexes of models exported earlier stay bound to them.
         """
-        h = hashlib.sha256()
+        """Hash over both encoder files, a reduced precision with its calibration, and a look other than grey:
+        the identity an index is bound to.
         for name in sorted(self.encoders):
-            h.update(name.encode())
-            h.update(self.encoders[name].sha256.encode())
+        An fp32 grey model hashes its files only, as before precisions and looks
+        existed, so the indexes of models exported earlier stay bound to them.
         if self.precision != "fp32":
             h.update(f"precision:{self.precision}".encode())
             h.update(f"calibration:{(self.calibration or {}).get('digest', '')}".encode())
@@ -89,8 +94,15 @@ class ModelManifest:
     def get_preprocess(self) -> Preprocess:
         return Preprocess.from_dict(self.preprocess)
 
+        if self.look != LEGACY_LOOK:
+            h.update(f"look:{self.look}".encode())
     def get_render_spec(self) -> RenderSpec:
         return RenderSpec.from_dict(self.render_spec)
+    @property
+    def look(self) -> str:
+        """How the model's gallery views are coloured (the render spec's ``look``; grey in older manifests)."""
+        return str(self.render_spec.get("look", LEGACY_LOOK))
+
 
     def to_json(self) -> str:
         data = asdict(self)

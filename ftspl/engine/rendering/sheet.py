@@ -31,6 +31,8 @@ class SheetRow:
     hits: list[tuple[bytes | None, str | None, float]]  #: (preview PNG, label, distance)
     #: per hit: (matched view image, view index, similarity), or None where unknown
     views: list[tuple[Image.Image, int, float] | None] | None = None
+    #: per hit: the window of ``photo`` it matched (``x0, y0, x1, y1`` pixels; regional search), or None
+    regions: list[tuple[int, int, int, int] | None] | None = None
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont:
@@ -58,6 +60,26 @@ def _cell(img: Image.Image | None, lines: list[str], frame: tuple[int, int, int]
     return tile
 
 
+REGION_COLOUR = (255, 140, 0)
+
+
+def _framed(photo: Image.Image, box: tuple[int, int, int, int] | None) -> Image.Image:
+    """The photo with ``box`` outlined (the first hit's region), thick enough to survive the thumbnail."""
+    if box is None:
+        return photo
+    out = photo.convert("RGB").copy()
+    width = max(2, round(max(out.size) / CELL * 2))
+    ImageDraw.Draw(out).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=REGION_COLOUR, width=width)
+    return out
+
+
+def _region_inset(tile: Image.Image, photo: Image.Image, box: tuple[int, int, int, int]) -> None:
+    """The matched window of the photo, small, top left of a hit's tile, framed in the region colour."""
+    small = ImageOps.contain(photo.convert("RGB").crop(box), (CELL // 3, CELL // 3))
+    tile.paste(small, (4, 4))
+    ImageDraw.Draw(tile).rectangle([3, 3, 4 + small.width, 4 + small.height], outline=REGION_COLOUR, width=1)
+
+
 def render_sheet(rows: list[SheetRow]) -> Image.Image:
     """One row per photo: the photo, then its hits left to right."""
     ncols = 1 + max((len(r.hits) for r in rows), default=0)
@@ -66,7 +88,9 @@ def render_sheet(rows: list[SheetRow]) -> Image.Image:
     sheet = Image.new("RGB", (w, max(h, CELL)), (235, 235, 235))
     for r, row in enumerate(rows):
         y = PAD + r * (CELL + CAPTION + PAD)
-        sheet.paste(_cell(row.photo, [row.photo_caption, f"label: {row.photo_label or '?'}"], (40, 90, 200)), (PAD, y))
+        regions = row.regions or [None] * len(row.hits)
+        photo = _framed(row.photo, regions[0] if regions else None)
+        sheet.paste(_cell(photo, [row.photo_caption, f"label: {row.photo_label or '?'}"], (40, 90, 200)), (PAD, y))
         for c, (png, label, dist) in enumerate(row.hits, start=1):
             img = Image.open(io.BytesIO(png)) if png else None
             frame = None
@@ -78,12 +102,19 @@ def render_sheet(rows: list[SheetRow]) -> Image.Image:
             else:
                 view, i, sim = matched
                 tile = _cell(view, [f"#{c} {label or '-'}", f"d={dist:.3f} v{i} s={sim:.2f}"], frame, inset=img)
+            if regions[c - 1] is not None:
+                _region_inset(tile, row.photo, regions[c - 1])
             sheet.paste(tile, (PAD + c * (CELL + PAD), y))
     return sheet
 
 
-def rows_for(store, photos: list[Image.Image], captions: list[str], labels: list[str | None], results) -> list[SheetRow]:
-    """Sheet rows for query results, fetching the hits' previews from the store in one call."""
+def rows_for(store, photos: list[Image.Image], captions: list[str], labels: list[str | None], results,
+             origins: list[tuple[int, int]] | None = None) -> list[SheetRow]:
+    """Sheet rows for query results, fetching the hits' previews from the store in one call.
+
+    A hit's ``region`` (photo pixels) is drawn on the photo shown, whose top
+    left corner lies at ``origins[i]`` in the photo (a ``box`` crop; default 0, 0).
+    """
     from ftspl.engine.index.store.viewcodes import crop_view
 
     ids = [h.id for res in results for h in res.hits]
@@ -94,10 +125,19 @@ def rows_for(store, photos: list[Image.Image], captions: list[str], labels: list
         got = strips.get(h.id)
         return None if got is None else (crop_view(got[0], h.view, got[1]), h.view, h.view_similarity)
 
+    def window(h, origin: tuple[int, int], img: Image.Image) -> tuple[int, int, int, int] | None:
+        r = getattr(h, "region", None)
+        if r is None:
+            return None
+        box = (r.x0 - origin[0], r.y0 - origin[1], r.x1 - origin[0], r.y1 - origin[1])
+        whole = box == (0, 0, *img.size)
+        return None if whole or box[0] < 0 or box[1] < 0 else box
+
+    origins = origins or [(0, 0)] * len(photos)
     return [
         SheetRow(img, cap, lab, [(previews.get(h.id), h.label, h.distance) for h in res.hits],
-                 [matched(h) for h in res.hits])
-        for img, cap, lab, res in zip(photos, captions, labels, results)
+                 [matched(h) for h in res.hits], [window(h, o, img) for h in res.hits])
+        for img, cap, lab, res, o in zip(photos, captions, labels, results, origins)
     ]
 
 

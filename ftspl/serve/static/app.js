@@ -109,6 +109,7 @@ async function queryFile(file) {
   form.append(isShape ? "shape" : "photo", file, file.name);
   form.append("top", String(topValue()));
   if ($("#rerank").value && !isShape) form.append("rerank", $("#rerank").value);
+  if ($("#regions") && $("#regions").value && !isShape) form.append("regions", $("#regions").value);
   for (let attempt = 0; ; attempt++) {
     try {
       const answer = await api("api/query", { method: "POST", body: form });
@@ -116,7 +117,7 @@ async function queryFile(file) {
         (answer.rerank && answer.rerank !== "none" ? ` · re-ranked by ${answer.rerank}` : "") +
         (answer.views_note ? " · " + answer.views_note : "") +
         (answer.warnings.length ? " · " + answer.warnings.join(" ") : "");
-      renderHits(node.querySelector(".hits"), answer.hits);
+      renderHits(node.querySelector(".hits"), answer.hits, isShape ? null : photo);
       return;
     } catch (err) {
       if (err.status === 503 && attempt < BUSY_RETRIES) {
@@ -149,7 +150,20 @@ function basename(path) {
   return path.split(/[\\/]/).pop();
 }
 
-function renderHits(list, hits) {
+// the part of the photo a hit matched (regional search), cut from the photo itself
+function regionThumb(photo, r) {
+  const canvas = document.createElement("canvas");
+  canvas.className = "region";
+  const w = r.x1 - r.x0, h = r.y1 - r.y0, scale = 40 / Math.max(w, h);
+  canvas.width = Math.max(1, Math.round(w * scale));
+  canvas.height = Math.max(1, Math.round(h * scale));
+  canvas.setAttribute("aria-hidden", "true");
+  const draw = () => canvas.getContext("2d").drawImage(photo, r.x0, r.y0, w, h, 0, 0, canvas.width, canvas.height);
+  if (photo.complete && photo.naturalWidth) draw(); else photo.addEventListener("load", draw, { once: true });
+  return canvas;
+}
+
+function renderHits(list, hits, photo = null) {
   list.replaceChildren();
   for (const hit of hits) {
     const li = document.createElement("li");
@@ -157,8 +171,10 @@ function renderHits(list, hits) {
     button.type = "button";
     button.className = "hit";
     const matched = hit.view == null ? "" : `, best matching view ${hit.view} (similarity ${hit.view_similarity.toFixed(3)})`;
+    const r = hit.region;
+    const where = r ? `, matched in your photo from ${r.x0},${r.y0} to ${r.x1},${r.y1}` : "";
     button.setAttribute("aria-label",
-      `Rank ${hit.rank}: ${hit.label || "unlabelled"}, distance ${hit.distance.toFixed(3)}${matched}, ${basename(hit.path)}. Open its views.`);
+      `Rank ${hit.rank}: ${hit.label || "unlabelled"}, distance ${hit.distance.toFixed(3)}${matched}${where}, ${basename(hit.path)}. Open its views.`);
     const img = document.createElement("img");
     img.alt = "";
     img.loading = "lazy";
@@ -179,6 +195,7 @@ function renderHits(list, hits) {
       ["path", basename(hit.path)],
     ];
     button.append(img);
+    if (r && photo) button.append(regionThumb(photo, r));
     for (const [cls, text] of parts) {
       const span = document.createElement("span");
       span.className = cls;

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ftspl.engine.errors import IndexStateError
-from ftspl.engine.index.store.schema import REBUILD_HINT, sqlite_errors
+from ftspl.engine.index.store.schema import REBUILD_HINT, chunks, sqlite_errors
 
 
 class EmbeddingReads:
@@ -63,6 +63,17 @@ class EmbeddingReads:
                 mat[pos : pos + len(cid)] = cmat
                 pos += len(cid)
         return ids[:pos], mat[:pos]
+
+    @sqlite_errors
+    def embeddings_of(self, ids: list[int]) -> dict[int, np.ndarray]:
+        """``id -> embedding`` of the given shapes (ids no longer stored are left out): exact distances
+        for a handful of candidates (regional search) without reading the whole matrix."""
+        out: dict[int, np.ndarray] = {}
+        for chunk in chunks(sorted({int(i) for i in ids}), 500):
+            marks = ",".join("?" * len(chunk))
+            for i, blob in self._conn.execute(f"SELECT id, embedding FROM shapes WHERE id IN ({marks})", chunk):
+                out[int(i)] = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+        return out
 
     @sqlite_errors
     def changes_since(self, generation: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
