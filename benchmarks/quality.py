@@ -29,7 +29,6 @@ Writes ``OUT/NAME.json`` and ``OUT/NAME.md``; per-cell results stay under
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, cli_json, load_torch_before_mesa, logger, quiet_openmp, study_home
-from studylib import QUICK
+from studylib import QUICK, real_photo_cell, real_photo_sets
 
 quiet_openmp()
 log = logger("quality")
@@ -58,41 +57,6 @@ PAPER_MI3DOR: dict[str, tuple[float, ...]] = {
     "FTSPL": (0.874, 0.665, 0.844, 0.164, 0.704, 0.316),
 }
 REAL_ROWS = ("CNN", "CNN_centred", "source_only", "FTSPL")
-
-
-def real_photo_sets(src: Path, classes: list[str], dest: Path) -> dict[str, Path]:
-    """Label folders (symlinks) of the real photos whose class the benchmark has: {"interior": DIR, "object": DIR}."""
-    rows = list(csv.DictReader((src / "labels.csv").open()))
-    out = {}
-    for kind in ("interior", "object"):
-        folder = dest / kind
-        if folder.exists():
-            shutil.rmtree(folder)
-        for r in rows:
-            is_interior = "pexels" in r["file"]
-            if r["class"] in classes and is_interior == (kind == "interior"):
-                (folder / r["class"]).mkdir(parents=True, exist_ok=True)
-                (folder / r["class"] / r["file"]).symlink_to((src / r["file"]).resolve())
-        out[kind] = folder
-    return out
-
-
-def real_photo_cell(row: str, split, photos: Path, work: Path, fields: dict | None) -> dict:
-    """One row of one seed on real photos: the report run's network (trained by ``run_cell``) ranks the target."""
-    from studylib import cell_key, embed_finished, run_dir_of, score, train_config
-
-    cfg = train_config(row, split, fields)
-    done = work / f"seed{split.seed}" / "real" / f"{row}-{cell_key(row, cfg, 'report')}-{photos.name}.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    q, ql, qp, t, tl, _ = embed_finished(row, cfg, split, photos, split.target,
-                                         run_dir_of(row, cfg, split, "report", work))
-    metrics, per, _ = score(q, ql, t, tl)
-    out = {"row": row, "seed": split.seed, "photos": photos.name, "metrics": metrics, "per_query": per,
-           "query_groups": [Path(p).name for p in qp], "n_query": len(q)}
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps(out))
-    return out
 
 
 def export_figure_inputs(results: dict, work: Path) -> None:

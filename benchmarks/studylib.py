@@ -22,6 +22,7 @@ default never reuses an old number.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import shutil
@@ -124,8 +125,15 @@ def run_dir_of(row: str, cfg, split: Split, purpose: str, work: Path) -> Path:
     return work / f"seed{split.seed}" / purpose / f"run-{row}-{cell_key(row, cfg, purpose)}"
 
 
+#: config fields left out of a cell's key while they hold the value every config had before the field existed
+_KEY_NEUTRAL = {"look": "grey"}
+_ABSENT = object()
+
+
 def cell_key(row: str, cfg, purpose: str) -> str:
-    ident = {"row": row, "purpose": purpose, "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "queries")}}
+    config = {k: v for k, v in asdict(cfg).items()
+              if k not in ("out", "queries") and _KEY_NEUTRAL.get(k, _ABSENT) != v}
+    ident = {"row": row, "purpose": purpose, "config": config}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -229,6 +237,49 @@ def run_cell(row: str, split: Split, purpose: str, fields: dict | None, work: Pa
     return out
 
 
+# -- real photos ---------------------------------------------------------------------------------------
+def real_photo_sets(src: Path, classes: list[str], dest: Path) -> dict[str, Path]:
+    """Label folders (symlinks) of the real photos whose class the benchmark has: {"interior": DIR, "object": DIR}.
+
+    ``src/labels.csv`` (``file``, ``class``) lists them; interior scenes are the ``pexels`` files.
+    """
+    rows = list(csv.DictReader((src / "labels.csv").open()))
+    out = {}
+    for kind in ("interior", "object"):
+        folder = dest / kind
+        if folder.exists():
+            shutil.rmtree(folder)
+        for r in rows:
+            is_interior = "pexels" in r["file"]
+            if r["class"] in classes and is_interior == (kind == "interior"):
+                (folder / r["class"]).mkdir(parents=True, exist_ok=True)
+                (folder / r["class"] / r["file"]).symlink_to((src / r["file"]).resolve())
+        out[kind] = folder
+    return out
+
+
+def real_photo_cell(row: str, split: Split, photos: Path, work: Path, fields: dict | None,
+                    purpose: str = "report") -> dict:
+    """One row of one seed on real photos: the network ``run_cell`` trained for ``purpose`` ranks the target.
+
+    Reported only: real photos choose nothing. Cached under ``work/seed<S>/real`` (``real-<purpose>``
+    for another purpose than ``report``).
+    """
+    cfg = train_config(row, split, fields)
+    folder = work / f"seed{split.seed}" / ("real" if purpose == "report" else f"real-{purpose}")
+    done = folder / f"{row}-{cell_key(row, cfg, purpose)}-{photos.name}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    q, ql, qp, t, tl, _ = embed_finished(row, cfg, split, photos, split.target,
+                                         run_dir_of(row, cfg, split, purpose, work))
+    metrics, per, _ = score(q, ql, t, tl)
+    out = {"row": row, "seed": split.seed, "photos": photos.name, "metrics": metrics, "per_query": per,
+           "query_groups": [Path(p).name for p in qp], "n_query": len(q)}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(out))
+    return out
+
+
 # -- the tuning rule -----------------------------------------------------------------------------------
 TIE = 0.001  #: val FT differences below this are ties (the precision the tables print)
 RULE = (f"best mean val FT over the tuning seeds; cells within {TIE} FT of the best tie, broken by the higher "
@@ -294,4 +345,4 @@ def paired(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> d
 
 
 __all__ = ["METRICS", "PAIRED", "PRETRAINED_ROWS", "RULE", "TIE", "Split", "all_rows", "build_split", "mean_std",
-           "paired", "pick", "run_cell", "score", "train_config", "trained_rows"]
+           "paired", "pick", "real_photo_cell", "real_photo_sets", "run_cell", "score", "train_config", "trained_rows"]

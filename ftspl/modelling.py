@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ftspl.engine.errors import FtsplError, UsageError
+from ftspl.engine.errors import FtsplError, UnknownKeyError, UsageError
 from ftspl.api import as_home
 from ftspl.results import ExportReport
 
@@ -66,16 +66,23 @@ def train(source: str | Path | None = None, target: str | Path | None = None, *,
 
 def export(run: str | Path | None = None, *, pretrained: bool = False, backbone: str = "efficientnet_lite0",
            weights: str | Path | None = None, exporter: str = "dynamo", home: str | Path | None = None,
-           precision: str = "auto", calibration: str | Path | None = None) -> ExportReport:
+           precision: str = "auto", calibration: str | Path | None = None, look: str | None = None) -> ExportReport:
     """Export a training run's encoders (or ``pretrained=True``: ImageNet's) as ONNX; the model becomes active.
 
     The ONNX graphs are checked against PyTorch before the manifest is written.
     ``precision``: fp32, int8 (calibrated on the run's photos and shapes, or on
     ``calibration``, a folder of photos and meshes), fp16 (for GPUs) or auto
-    (int8 without a GPU when calibration data is at hand, else fp32).
+    (int8 without a GPU when calibration data is at hand, else fp32). ``look``:
+    how gallery views are coloured, ``grey`` or ``materials`` (None: a run's own
+    look; for ``pretrained``, ``TrainConfig.look``); a run serves only the look it trained with.
     """
     if pretrained == (run is not None):
         raise UsageError("give either --pretrained or a training RUN folder, not both or neither")
+    if look is not None:
+        from ftspl.engine.constants import LOOKS
+
+        if look not in LOOKS:
+            raise UnknownKeyError("--look", look, LOOKS)
     require_torch("export")
     from ftspl.export.onnx_export import ExportConfig, export_encoders
 
@@ -85,17 +92,17 @@ def export(run: str | Path | None = None, *, pretrained: bool = False, backbone:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # the same warning is logged once
-            img, mv, meta = pretrained_model(backbone, None if weights is None else Path(weights))
+            img, mv, meta = pretrained_model(backbone, None if weights is None else Path(weights), look)
     else:
         from ftspl.export.from_run import run_model
 
-        img, mv, meta = run_model(Path(run))
+        img, mv, meta = run_model(Path(run), look)
     cfg = ExportConfig(exporter=exporter, precision=precision,
                        calibration=None if calibration is None else Path(calibration))
     model_dir, man = export_encoders(img, mv, meta, as_home(home), cfg)
     sel = None if pretrained else (meta.training or {}).get("selection")
     return ExportReport(model_id=man.model_id, model_dir=str(model_dir), backbone=man.backbone,
-                        embed_dim=man.embed_dim, parity_max_abs_diff=man.parity_max_abs_diff,
+                        embed_dim=man.embed_dim, look=man.look, parity_max_abs_diff=man.parity_max_abs_diff,
                         seconds=time.perf_counter() - t0, selection=sel or None)
 
 

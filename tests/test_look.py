@@ -331,12 +331,16 @@ def test_renderers_of_both_looks_side_by_side(gl_available, painted) -> None:
 
 # --- an index of one look refuses a model of the other --------------------------------------------
 def _set_active_look(home: Path, look: str) -> RenderSpec:
-    """Rewrite the active model's manifest to render with ``look`` (as ``ftspl export`` with that look would)."""
+    """Rewrite the active model's manifest to render with ``look`` (as ``ftspl export`` with that look would:
+    the look enters the model's identity too)."""
+    from ftspl.engine.model.manifest import ModelManifest
+
     model_dir = home / "models" / (home / "models" / "ACTIVE").read_text().strip()
     manifest = model_dir / "manifest.json"
     data = json.loads(manifest.read_text())
     spec = RenderSpec.from_dict(data["render_spec"]).with_look(look)
     data["render_spec"], data["render_spec_hash"] = spec.to_dict(), spec.digest()
+    data["model_hash"] = ModelManifest.from_dict(data).model_hash
     manifest.write_text(json.dumps(data, indent=2, sort_keys=True))
     return spec
 
@@ -365,7 +369,7 @@ def test_an_index_refuses_shapes_rendered_with_the_other_look(gl_available, mode
     with ftspl.open(model_home) as lib, pytest.raises(IndexStateError) as refused:
         lib.add(more.parent)
     message = str(refused.value)
-    assert "\n" not in message and "render spec" in message and spec.digest() in message, message
+    assert "\n" not in message and f"in the {first} look" in message and f"renders the {second} look" in message, message
 
 
 def test_a_file_trimesh_cannot_read_with_materials_is_read_for_its_geometry(painted, monkeypatch, caplog) -> None:

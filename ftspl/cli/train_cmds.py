@@ -13,12 +13,12 @@ from ftspl.engine.errors import UsageError
 
 
 def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, home, as_json: bool,
-               precision: str = "auto", calibration=None) -> None:
+               precision: str = "auto", calibration=None, look: str | None = None) -> None:
     """``ftspl export``: :func:`ftspl.export`, then the verdict of the run's validation and one line."""
     from ftspl.modelling import export
 
     rep = export(run, pretrained=pretrained, backbone=backbone, weights=weights, exporter=exporter, home=home,
-                 precision=precision, calibration=calibration)
+                 precision=precision, calibration=calibration, look=look)
     info = rep.to_dict()
     if rep.selection and not as_json:  # which round was exported, and whether it beats the pretrained CNN
         from ftspl.train.validation import verdict_line
@@ -29,7 +29,7 @@ def export_cmd(run, pretrained: bool, backbone: str, weights, exporter: str, hom
         console.print_json(info)
     else:
         console.out(
-            f"exported {rep.model_id} to {rep.model_dir} (embedding {rep.embed_dim}-d, "
+            f"exported {rep.model_id} to {rep.model_dir} (embedding {rep.embed_dim}-d, {rep.look} views, "
             f"onnxruntime vs torch max abs diff {rep.parity_max_abs_diff:.2e}); it is now the active model"
         )
 
@@ -58,7 +58,8 @@ def train_cmd(preset: str, settings: dict, overrides: dict, resume: bool, as_jso
         cfg = train_config(preset, overrides, explicit, **settings)
     if not quiet:
         procs = f" x {world} processes" if world > 1 else ""
-        console.info(f"training {cfg.preset} ({cfg.mode} mode) on {pick_device(cfg.device)}{procs}; run folder {cfg.out}")
+        console.info(f"training {cfg.preset} ({cfg.mode} mode, {cfg.look} views) on {pick_device(cfg.device)}{procs}; "
+                     f"run folder {cfg.out}")
 
     def on_round(rec: dict) -> None:
         if as_json or quiet:

@@ -67,6 +67,22 @@ class IndexStateError(FtsplError):
     """The on-disk index is missing, corrupt, or belongs to another model/spec."""
 
 
+class LookMismatchError(IndexStateError):
+    """An index holds shapes rendered in one look (grey or materials) and the model renders the other.
+
+    Views of the two looks give embeddings that do not compare, so one index never mixes them.
+    """
+
+    def __init__(self, where: str | Path, index_look: str, model_look: str) -> None:
+        self.index_look, self.model_look = index_look, model_look
+        super().__init__(
+            f"{where}: this index holds shapes rendered in the {index_look} look and the active model renders "
+            f"the {model_look} look; one index never mixes looks. Re-embed it in the {model_look} look with "
+            f"'ftspl index reembed', rebuild it with 'ftspl index add FOLDER --rebuild', or make a "
+            f"{index_look} model active (ftspl export --look {index_look})"
+        )
+
+
 class IndexLockedError(IndexStateError):
     """Another process is writing to the index."""
 

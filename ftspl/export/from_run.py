@@ -10,8 +10,12 @@ from ftspl.engine.errors import UsageError
 from ftspl.export.onnx_export import ModelMeta
 
 
-def run_model(run_dir: Path):
-    """(image encoder, multi-view encoder, meta) of the trained FTSPLNet in ``run_dir``."""
+def run_model(run_dir: Path, look: str | None = None):
+    """(image encoder, multi-view encoder, meta) of the trained FTSPLNet in ``run_dir``.
+
+    The render spec (and so the look) is the one the run trained with; a ``look``
+    other than it is refused, since the network learnt from views of that look.
+    """
     from ftspl.train.backbones import build_backbone
     from ftspl.train.net import FTSPLNet
     from ftspl.train.runio import CONFIG, METRICS, RUN_INFO, load_best
@@ -22,6 +26,10 @@ def run_model(run_dir: Path):
         config = json.loads((run_dir / CONFIG).read_text())
     except FileNotFoundError:
         raise UsageError(f"{run_dir}: not a training run folder (no {RUN_INFO}/{CONFIG}); run 'ftspl train' first") from None
+    spec = RenderSpec.from_dict(info["render_spec"])
+    if look is not None and look != spec.look:
+        raise UsageError(f"{run_dir}: the run trained on {spec.look} views, so its model serves the {spec.look} look, "
+                         f"not {look}; drop --look, or train with 'ftspl train --look {look}'")
     ck = load_best(run_dir)  # the round chosen on validation (run.json's selection says which and why)
     backbone = build_backbone(info["backbone"], pretrained=False)
     net = FTSPLNet(backbone, len(info["class_names"]), int(info["embed_dim"]))
@@ -41,7 +49,7 @@ def run_model(run_dir: Path):
         backbone=info["backbone"],
         embed_dim=img.embed_dim,
         preprocess=Preprocess.from_dict(info["preprocess"]),
-        render_spec=RenderSpec.from_dict(info["render_spec"]),
+        render_spec=spec,
         source=str(run_dir.resolve()),
         class_names=list(info["class_names"]),
         training={**config, "round": int(ck["round"]), "selection": info.get("selection")},

@@ -16,12 +16,15 @@ from ftspl.train.backbones import build_backbone, get_spec
 from ftspl.train.model import ImageEncoder, MultiViewEncoder
 
 
-def pretrained_model(backbone: str, weights: Path | None = None):
+def pretrained_model(backbone: str, weights: Path | None = None, look: str | None = None):
     """(image encoder, multi-view encoder, meta) sharing one pretrained backbone.
 
     The manifest's preprocessing is the backbone's registry entry, so the engine
-    feeds the encoders exactly what the ImageNet weights expect.
+    feeds the encoders exactly what the ImageNet weights expect. ``look``: how
+    the gallery's views are coloured (None: ``TrainConfig.look``, the product's default).
     """
+    from ftspl.train.config import TrainConfig
+
     spec = get_spec(backbone)
     net = build_backbone(backbone, pretrained=True, weights_path=weights).eval()
     img = ImageEncoder(net, head=None, l2_normalize=True).eval()
@@ -31,7 +34,7 @@ def pretrained_model(backbone: str, weights: Path | None = None):
         backbone=backbone,
         embed_dim=img.embed_dim,
         preprocess=spec.preprocess,
-        render_spec=RenderSpec(),
+        render_spec=RenderSpec().with_look(look or TrainConfig.look),
         source="random-init" if weights_kind == "random" else "pretrained",
         class_names=[],
         training={"weights": weights_kind},

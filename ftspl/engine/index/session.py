@@ -17,21 +17,31 @@ import time
 from collections.abc import Iterator
 
 from ftspl.engine.constants import RenderSpec
-from ftspl.engine.errors import IndexStateError
+from ftspl.engine.errors import IndexStateError, LookMismatchError
 from ftspl.engine.index.anncache import AnnCache
 from ftspl.engine.index.ann.base import AnnIndex
 from ftspl.engine.index.config import IndexConfig
 from ftspl.engine.index.folder import IndexFolder
 from ftspl.engine.index.pipeline.commit import IndexSink
+from ftspl.engine.index.pipeline.plan import stored_spec
 from ftspl.engine.index.pipeline.records import AddReport
 from ftspl.engine.index.store.lock import WriterLock
 from ftspl.engine.index.store.shapes import ShapeStore
 
 
+def index_look(info: dict) -> str | None:
+    """The look of the views an index was built from (None: no shapes rendered yet; grey before looks existed)."""
+    spec = stored_spec(info)
+    return None if spec is None else spec.look
+
+
 def check_model(store, manifest, where) -> None:
-    """Refuse an index built by another model than ``manifest``'s (the active one)."""
+    """Refuse an index built by another model than ``manifest``'s (the active one); another look says so."""
     info = store.get_info()
     if info.get("model_hash") and info["model_hash"] != manifest.model_hash:
+        look = index_look(info)
+        if look is not None and look != manifest.look:
+            raise LookMismatchError(where, look, manifest.look)
         raise IndexStateError(
             f"{where}: index was built by model {info.get('model_id')}, not the active model "
             f"{manifest.model_id}; re-embed it with 'ftspl index reembed' (or rebuild it with "
@@ -48,8 +58,12 @@ class WriteSession:
         self.ann: AnnIndex | None = None  #: set by open_ann; saved when the session ends well
 
     def claim(self, spec: RenderSpec) -> None:
-        """Bind the store to the model and ``spec`` (an empty store is claimed, another model's refused)."""
+        """Bind the store to the model and ``spec`` (an empty store is claimed, another model's refused:
+        shapes of another look by name)."""
         man = self.manifest
+        look = index_look(self.store.get_info())
+        if look is not None and look != spec.look and self.store.count() > 0:
+            raise LookMismatchError(self.folder.dir, look, spec.look)
         self.store.ensure_compatible(man.model_id, man.model_hash, spec.digest(), man.embed_dim)
         spec_json = json.dumps(spec.to_dict(), sort_keys=True)
         if self.store.get_info().get("render_spec") != spec_json:
@@ -96,4 +110,4 @@ def timed(report) -> Iterator[None]:
         report.seconds = time.perf_counter() - t0
 
 
-__all__ = ["WriteSession", "check_model", "timed", "write_session"]
+__all__ = ["WriteSession", "check_model", "index_look", "timed", "write_session"]
