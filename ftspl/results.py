@@ -43,7 +43,8 @@ class Hit:
     (``max_distance``, ``min_score`` or the calibrated threshold). ``view`` is
     the rendered view closest to the photo (None for models without per-view
     output). ``region`` is the part of the photo searched with (the ``box``), or
-    None for the whole photo.
+    None for the whole photo; with regional search, the window of the photo
+    the hit matched best.
     """
 
     rank: int
@@ -127,6 +128,9 @@ class QueryAnswer:
     search_s: float = 0.0  #: embedding and searching
     #: the decoded (and cropped) photos, for :meth:`ftspl.api.Library.contact_sheet`; never serialised
     images: tuple = field(default=(), repr=False, compare=False)
+    regions: str = "none"  #: the regions searched (none, crops, rmac: :mod:`ftspl.engine.scoring.regions`)
+    #: where each of ``images`` lies in its photo (a ``box``'s top left corner; 0, 0 uncropped); never serialised
+    origins: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def hits(self) -> list[Hit]:
@@ -146,6 +150,7 @@ class QueryAnswer:
             "max_distance": _round(self.max_distance),
             "max_distance_from": self.max_distance_from,
             "rerank": self.rerank,
+            "regions": self.regions,
             **({} if self.fusion is None else {"fusion": self.fusion}),
             "views_note": self.views_note,
             "match": self.match,
@@ -164,6 +169,8 @@ class AddReport:
     unchanged: int
     failures: list[Failure]
     seconds: float
+    shards: list[str] | None = None  #: the Parquet files written (``shards=`` mode), else None
+    ray: dict[str, Any] | None = None  #: the Ray plan and timings (``ray=`` mode), else None
 
     @property
     def processed(self) -> int:
@@ -174,15 +181,20 @@ class AddReport:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
     @classmethod
-    def from_engine(cls, report: Any) -> AddReport:
+    def from_engine(cls, report: Any, shards: list[str] | None = None, ray: dict[str, Any] | None = None) -> AddReport:
         """From the index's own report (``added, updated, unchanged, failed: [(path, reason)], seconds``)."""
         return cls(report.added, report.updated, report.unchanged, [Failure(p, r) for p, r in report.failed],
-                   float(report.seconds))
+                   float(report.seconds), shards, ray)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"added": self.added, "updated": self.updated, "unchanged": self.unchanged,
-                "failed": len(self.failures), "failures": [f.to_dict() for f in self.failures],
-                "seconds": round(self.seconds, 3), "shapes_per_s": round(self.shapes_per_s, 3)}
+        out = {"added": self.added, "updated": self.updated, "unchanged": self.unchanged,
+               "failed": len(self.failures), "failures": [f.to_dict() for f in self.failures],
+               "seconds": round(self.seconds, 3), "shapes_per_s": round(self.shapes_per_s, 3)}
+        if self.shards is not None:
+            out["shards"] = list(self.shards)
+        if self.ray is not None:
+            out["ray"] = dict(self.ray)
+        return out
 
 
 @dataclass(frozen=True)
@@ -230,16 +242,16 @@ class ExportReport:
     parity_max_abs_diff: float
     seconds: float
     selection: dict | None = None  #: a run's choice of round on validation (None: pretrained, or none made)
+    look: str = "grey"  #: how the model's gallery views are coloured (``grey`` or ``materials``)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"model_id": self.model_id, "model_dir": self.model_dir, "backbone": self.backbone,
-               "embed_dim": self.embed_dim, "parity_max_abs_diff": self.parity_max_abs_diff,
+               "embed_dim": self.embed_dim, "look": self.look, "parity_max_abs_diff": self.parity_max_abs_diff,
                "seconds": round(self.seconds, 2)}
-    look: str = "grey"  #: how the model's gallery views are coloured (``grey`` or ``materials``)
         if self.selection:
             out.update(round=self.selection.get("best_round"), adapted_better=self.selection.get("adapted_better"))
         return out
-               "embed_dim": self.embed_dim, "look": self.look, "parity_max_abs_diff": self.parity_max_abs_diff,
+
 
 @dataclass(frozen=True)
 class DuplicateMember:

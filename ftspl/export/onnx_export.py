@@ -42,6 +42,7 @@ from ftspl.engine.model.manifest import (
     EncoderFile,
     ModelManifest,
 )
+from ftspl.engine.scoring.regions import DEFAULT_SCALES, grid_cells
 from ftspl.version import __version__ as FTSPL_VERSION
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,14 @@ class ExportConfig:
     calibration: Path | None = None
     calibration_photos: int = 64
     calibration_shapes: int = 16
+    #: the image graph also outputs embeddings of windows of its last feature map (``REGION_OUTPUT``,
+    #: ``--regions rmac``), for backbones that expose one; ``region_scales``: the windows' scales
+    region_embeddings: bool = True
+    region_scales: tuple[float, ...] = DEFAULT_SCALES
 
 
 VIEW_OUTPUT = "view_embeddings"
+REGION_OUTPUT = "region_embeddings"
 
 
 class WithViewEmbeddings(torch.nn.Module):
@@ -99,6 +105,45 @@ class WithViewEmbeddings(torch.nn.Module):
         pooled = enc._finish(per_view.amax(dim=1))
         views = enc._finish(feats).reshape(x.shape[0], -1, pooled.shape[-1])
         return pooled, views
+
+
+class WithRegionEmbeddings(torch.nn.Module):
+    """An image encoder whose graph returns ``(whole photo (B, D), regions (B, R, D))``.
+
+    The whole-photo output is the encoder's own forward (the backbone's mean
+    over its last feature map, then the head); each region averages the same
+    map over a window of cells and goes through the same head and L2
+    normalisation (R-MAC-like regional pooling, one forward pass).
+    """
+
+    def __init__(self, encoder: torch.nn.Module, cells: list[tuple[int, int, int, int]]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.cells = [tuple(int(v) for v in c) for c in cells]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.encoder
+        fmap = enc.backbone.feature_map(x)  # (B, C, h, w), computed once for both outputs
+        whole = enc._finish(fmap.mean(dim=(2, 3)))
+        parts = torch.stack([fmap[:, :, y0:y1, x0:x1].mean(dim=(2, 3)) for x0, y0, x1, y1 in self.cells], dim=1)
+        regions = enc._finish(parts.flatten(0, 1)).reshape(x.shape[0], len(self.cells), whole.shape[-1])
+        return whole, regions
+
+
+def region_module(encoder: torch.nn.Module, size: int, scales) -> tuple[torch.nn.Module, list[dict]] | None:
+    """The image encoder with its regional output and the windows' manifest entries, or None where its
+    backbone has no feature map to pool (AlexNet's features are fully connected) or the map is one cell."""
+    backbone = encoder.backbone
+    if not callable(getattr(backbone, "feature_map", None)):
+        return None
+    with torch.no_grad():
+        h, w = backbone.feature_map(torch.zeros(1, 3, size, size)).shape[-2:]
+    cells = grid_cells(scales, int(w), int(h))
+    if not cells:
+        return None
+    entries = [{"box": [round(x0 / w, 6), round(y0 / h, 6), round(x1 / w, 6), round(y1 / h, 6)], "scale": s}
+               for (x0, y0, x1, y1), s in cells]
+    return WithRegionEmbeddings(encoder, [c for c, _ in cells]).eval(), entries
 
 
 @dataclass
@@ -232,8 +277,11 @@ def export_encoders(
         worst = 0.0
         mv_outputs = ("embedding", VIEW_OUTPUT) if cfg.view_embeddings else ("embedding",)
         mv_module = WithViewEmbeddings(multiview_encoder).eval() if cfg.view_embeddings else multiview_encoder
+        regional = region_module(image_encoder, s, cfg.region_scales) if cfg.region_embeddings else None
+        img_module, img_outputs = (image_encoder, ("embedding",)) if regional is None else \
+            (regional[0], ("embedding", REGION_OUTPUT))
         for name, module, examples, input_name, shape, outputs in (
-            (IMAGE_ENCODER, image_encoder, img_examples, "images", ["batch", 3, s, s], ("embedding",)),
+            (IMAGE_ENCODER, img_module, img_examples, "images", ["batch", 3, s, s], img_outputs),
             (MULTIVIEW_ENCODER, mv_module, mv_examples, "views", ["batch", v, 3, s, s], mv_outputs),
         ):
             path = stage / f"{name}.onnx"
@@ -261,7 +309,9 @@ def export_encoders(
                 input_name=input_name,
                 input_shape=shape,
                 output_name="embedding",
-                view_output_name=VIEW_OUTPUT if len(outputs) > 1 else None,
+                view_output_name=VIEW_OUTPUT if name == MULTIVIEW_ENCODER and len(outputs) > 1 else None,
+                region_output_name=REGION_OUTPUT if name == IMAGE_ENCODER and len(outputs) > 1 else None,
+                regions=regional[1] if name == IMAGE_ENCODER and regional is not None else None,
             )
         manifest = ModelManifest(
             model_id="",
@@ -285,6 +335,8 @@ def export_encoders(
             ftspl_version=FTSPL_VERSION,
         )
         tag = {"pretrained": "pretrained", "random-init": "random"}.get(meta.source, "ftspl")
+        if manifest.look != LEGACY_LOOK:
+            tag = f"{tag}-{manifest.look}"
         if cfg.precision != "fp32":
             tag = f"{tag}-{cfg.precision}"
         manifest.model_id = f"{meta.backbone}-{tag}-{manifest.model_hash[:12]}"
@@ -299,6 +351,3 @@ def export_encoders(
     if activate:
         home.set_active(manifest.model_id)
     return final, manifest
-
-        if manifest.look != LEGACY_LOOK:
-            tag = f"{tag}-{manifest.look}"

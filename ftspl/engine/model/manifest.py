@@ -44,6 +44,11 @@ class EncoderFile:
     output_name: str
     #: the multi-view graph's second output, (batch, views, D) per-view embeddings; None in older models
     view_output_name: str | None = None
+    #: the image graph's second output, (batch, R, D) embeddings of R windows of its last feature map
+    #: (:mod:`ftspl.engine.scoring.regions`); None in older models
+    region_output_name: str | None = None
+    #: those windows, in output order: ``{"box": [x0, y0, x1, y1] fractions of the input square, "scale": s}``
+    regions: list | None = None
 
 
 @dataclass
@@ -76,33 +81,33 @@ class ModelManifest:
 
     @property
     def model_hash(self) -> str:
-        """Hash over both encoder files, and a reduced precision with its calibration: the identity an index is bound to.
-
-        An fp32 model hashes its files only, as before precisions existed, so the
-        indexes of models exported earlier stay bound to them.
-        """
         """Hash over both encoder files, a reduced precision with its calibration, and a look other than grey:
         the identity an index is bound to.
-        for name in sorted(self.encoders):
+
         An fp32 grey model hashes its files only, as before precisions and looks
         existed, so the indexes of models exported earlier stay bound to them.
+        """
+        h = hashlib.sha256()
+        for name in sorted(self.encoders):
+            h.update(name.encode())
+            h.update(self.encoders[name].sha256.encode())
         if self.precision != "fp32":
             h.update(f"precision:{self.precision}".encode())
             h.update(f"calibration:{(self.calibration or {}).get('digest', '')}".encode())
-        return h.hexdigest()
-
-    def get_preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.preprocess)
-
         if self.look != LEGACY_LOOK:
             h.update(f"look:{self.look}".encode())
-    def get_render_spec(self) -> RenderSpec:
-        return RenderSpec.from_dict(self.render_spec)
+        return h.hexdigest()
+
     @property
     def look(self) -> str:
         """How the model's gallery views are coloured (the render spec's ``look``; grey in older manifests)."""
         return str(self.render_spec.get("look", LEGACY_LOOK))
 
+    def get_preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.preprocess)
+
+    def get_render_spec(self) -> RenderSpec:
+        return RenderSpec.from_dict(self.render_spec)
 
     def to_json(self) -> str:
         data = asdict(self)
