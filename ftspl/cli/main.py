@@ -25,6 +25,7 @@ from ftspl.engine.constants import (
 )
 from ftspl.engine.errors import FtsplError, UsageError as FtsplUsage
 from ftspl.engine.scoring.views import DEFAULT_BLEND_WEIGHT as _BLEND, DEFAULT_DEPTH as _DEPTH, DEFAULT_RERANK as _RERANK
+from ftspl.engine.scoring.regions import DEFAULT_REGION_FUSION as _REGION_FUSION, DEFAULT_REGIONS as _REGIONS
 from ftspl.train.config import TrainConfig  # torch-free: the defaults of `ftspl train`
 
 app = typer.Typer(
@@ -75,15 +76,15 @@ def export(
     exporter: str = typer.Option("dynamo", "--exporter", help="dynamo (default) or torchscript."),
     precision: str = typer.Option("auto", "--precision", help="auto (default): int8 on a machine without a GPU when the run's photos and shapes (or --calibration) can calibrate it, else fp32; fp32; int8: quantised for CPUs; fp16: for GPUs."),
     calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --precision int8: a folder of photos and meshes to calibrate on (needed with --pretrained; default: the run's source and target)."),
-    home: Optional[Path] = HomeOpt,
     look: Optional[str] = typer.Option(None, "--look", help=f"How gallery views are coloured: grey or materials (the shapes' own colours and textures). A run serves the look it trained with; --pretrained defaults to {TrainConfig.look}."),
+    home: Optional[Path] = HomeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Write the image and multi-view encoders as ONNX + manifest, checked against torch."""
     from ftspl.cli.train_cmds import export_cmd
 
-    export_cmd(run, pretrained, backbone, weights, exporter, _home(home), as_json, precision, calibration)
     export_cmd(run, pretrained, backbone, weights, exporter, _home(home), as_json, precision, calibration, look)
+
 
 # ---------------------------------------------------------------------- train
 _PRESET_HELP = (
@@ -120,8 +121,8 @@ def train(
     backbone: str = typer.Option(_TRAIN["backbone"], "--backbone", help="efficientnet_lite0 or alexnet."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="ImageNet weights file for the backbone (alexnet)."),
     up: Optional[str] = typer.Option(None, "--up", help=UP_HELP),
-    idca: Optional[bool] = typer.Option(None, "--idca/--no-idca", help="Inter-domain centroid alignment (Eq. 4 mean term)."),
     look: str = typer.Option(_TRAIN["look"], "--look", help="How the target shapes' views are coloured: grey or materials (their own colours and textures; grey where they have none). Export and index add follow the run's look."),
+    idca: Optional[bool] = typer.Option(None, "--idca/--no-idca", help="Inter-domain centroid alignment (Eq. 4 mean term)."),
     icav: Optional[bool] = typer.Option(None, "--icav/--no-icav", help="Intra-class attribute variation (Eq. 4 covariance term)."),
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
@@ -170,8 +171,8 @@ def train(
         train_blocks=train_blocks, backbone_lr_mult=backbone_lr_mult,
         keep_pretrained=keep_pretrained, keep_pretrained_dims=keep_pretrained_dims,
         seed=seed, device=device, val=str(val) if val else None, val_frac=val_frac,
-        val_shapes=str(val_shapes) if val_shapes else None,
         val_shapes=str(val_shapes) if val_shapes else None, look=look,
+    )
     if up is not None:  # TrainConfig.up (None: the render spec's default); export and index add follow it
         settings["up"] = up
     # flags the user typed win over the preset's tuned values; the rest keep the preset's
@@ -215,10 +216,9 @@ def index_add(
     if (prune or dry_run) and (ray is not None or shards is not None):
         raise FtsplUsage("--prune and --dry-run work on this machine's index: leave out --ray and --shards")
     if ray is not None or shards is not None:
-        from ftspl.api import index_config
         from ftspl.cli.scale_cmd import index_add_scaled
 
-        index_add_scaled(root, index_config(**options), _home(home), _runtime(device, threads), as_json, ray, shards)
+        index_add_scaled(root, options, _home(home), _runtime(device, threads), as_json, ray, shards)
         return
     if prune or dry_run:
         from ftspl.cli.care_cmds import index_sync_cmd
@@ -241,9 +241,8 @@ def index_merge(
 ) -> None:
     """Ingest Parquet shards into the index (refuses shards of another model or render spec)."""
     from ftspl.cli.scale_cmd import index_merge_cmd
-    from ftspl.engine.index.library import IndexConfig
 
-    index_merge_cmd(folders, IndexConfig(wait_lock=wait, commit_every=commit_every), _home(home), as_json)
+    index_merge_cmd(folders, wait, commit_every, _home(home), as_json)
 
 
 @index_app.command("remove")
@@ -288,11 +287,9 @@ def index_reembed(
 ) -> None:
     """Re-encode every indexed shape with the active model (after 'ftspl export'): resumable, swapped in one commit."""
     from ftspl.cli.commands import index_reembed_cmd
-    from ftspl.engine.index.library import IndexConfig
 
-    cfg = IndexConfig(wait_lock=wait, commit_every=commit_every, file_timeout_s=file_timeout,
-                      batch_shapes=min(IndexConfig.batch_shapes, commit_every))
-    index_reembed_cmd(cfg, drop_missing, _home(home), _runtime(device, threads), as_json)
+    options = dict(drop_missing=drop_missing, wait=wait, commit_every=commit_every, file_timeout=file_timeout)
+    index_reembed_cmd(options, _home(home), _runtime(device, threads), as_json)
 
 
 # ---------------------------------------------------------------------- query
@@ -311,6 +308,8 @@ def query(
     rerank: str = typer.Option(_RERANK, "--rerank", help=f"Re-rank the top {_DEPTH} by each shape's best-matching view: none (pooled order), view (best view's similarity) or blend (pooled and best view mixed by --rerank-weight)."),
     rerank_weight: float = typer.Option(_BLEND, "--rerank-weight", min=0.0, max=1.0, help="With --rerank blend: the best view's share of the score."),
     box: Optional[str] = typer.Option(None, "--box", metavar="X0,Y0,X1,Y1", help="Search with this part of each photo: pixels, or fractions from 0 to 1 of its width and height."),
+    regions: Optional[str] = typer.Option(None, "--regions", help=f"Also search windows of each photo and fuse them per shape: none (the whole photo), crops (windows cut out and embedded) or rmac (windows of the encoder's feature map, one pass). Default: {_REGIONS}."),
+    region_fusion: Optional[str] = typer.Option(None, "--region-fusion", help=f"With --regions: how a shape's region distances combine: max (its best region), mean (every region) or top3 (its three best). Default: {_REGION_FUSION}."),
     device: str = DeviceOpt,
     threads: int = ThreadsOpt,
     home: Optional[Path] = HomeOpt,
@@ -324,7 +323,8 @@ def query(
 
     query_cmd(photos, top, sheet, _home(home), _runtime(device, threads), as_json, max_pixels=max_pixels,
               max_file_bytes=max_file_bytes, hnsw_ef=hnsw_ef, started=t0, max_distance=max_distance,
-              min_score=min_score, fusion=fusion if fuse else None, rerank=(rerank, rerank_weight), box=box)
+              min_score=min_score, fusion=fusion if fuse else None, rerank=(rerank, rerank_weight), box=box,
+              regions=(regions, region_fusion))
 
 
 @app.command("eval")
