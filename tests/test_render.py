@@ -18,6 +18,7 @@ from PIL import Image
 import ftspl
 from ftspl.engine.constants import IMAGE_SIZE, VIEWS, RenderSpec
 from ftspl.engine.errors import RenderError
+from ftspl.engine.index.store.viewcodes import make_strip, strip_tiles
 from ftspl.engine.loading.meshes import Mesh, load_mesh, normalize
 from ftspl.engine.rendering.renderer import (
     Renderer,
@@ -261,11 +262,17 @@ def test_make_preview_is_a_deterministic_png(renderer: Renderer, asym_mesh) -> N
     image = Image.open(io.BytesIO(png))
     assert image.size == (128, 128) and image.mode == "RGB"
     grid = np.asarray(image).astype(int)
-    # quadrants are views 0, 3, 6, 9 (0/90/180/270 degrees)
+    # quadrants are views 0, 3, 6, 9 (0/90/180/270 degrees), downsampled by area like the view strip's
+    tiles = strip_tiles(views)
     for k, view in enumerate((0, 3, 6, 9)):
-        tile = np.asarray(Image.fromarray(views[view]).resize((64, 64), Image.Resampling.BICUBIC)).astype(int)
+        tile = np.asarray(Image.fromarray(views[view]).resize((64, 64), Image.Resampling.BOX)).astype(int)
         quad = grid[(k // 2) * 64 : (k // 2 + 1) * 64, (k % 2) * 64 : (k % 2 + 1) * 64]
         assert np.abs(quad - tile).max() == 0
+        assert np.array_equal(np.asarray(tiles[view]), tile)
+    # the strip's tiles given by the caller (index add resizes each view once) make the same bytes
+    assert make_preview(views, size=128, tiles=tiles) == png
+    assert make_preview(views, size=64, tiles=tiles) == make_preview(views, size=64)  # other size: ignored
+    assert make_strip(views, tiles=tiles) == make_strip(views)
 
 
 def test_make_preview_with_few_views_and_bad_input() -> None:

@@ -24,6 +24,8 @@ class IndexConfig:
     #: a query never imports the mesh loaders and trimesh)
     limits: object | None = None
     file_timeout_s: float = 60.0  #: per-file load+render limit; slower files are skipped
+    #: render children side by side (0: one per core, at most 4; see ftspl.engine.rendering.pool)
+    render_processes: int = 0
 
     def graph_params(self) -> dict:
         """The ``--hnsw-*`` settings that were given, by the constructor keyword of the graph backends."""

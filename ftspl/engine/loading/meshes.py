@@ -162,12 +162,23 @@ def _validated(vertices: np.ndarray, faces: np.ndarray, path: Path, materials: M
         raise MeshLoadError(path, "all vertices coincide; the mesh has zero size")
     # Face areas relative to the size of the mesh: a mesh whose faces are all
     # slivers (lines/points) would render as nothing at all.
-    a, b, c = (vertices[faces[:, i]] / extent for i in range(3))
-    with np.errstate(over="ignore", invalid="ignore"):  # huge but finite coordinates
-        double_area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
-    if not (double_area > 1e-12).any():
+    if not _any_face_with_area(vertices, faces, extent):
         raise MeshLoadError(path, "all faces are degenerate (zero area); nothing to render")
     return Mesh(vertices.astype(np.float32), faces.astype(np.int32), materials)
+
+
+def _any_face_with_area(vertices: np.ndarray, faces: np.ndarray, extent: float, first: int = 256) -> bool:
+    """Whether any face has a (relative) area above 1e-12; the first ``first`` faces are tried alone,
+    since nearly every mesh has a proper face among them (checking every face of a 17,000-face mesh
+    takes about 4 CPU-ms of its load)."""
+    for chunk in (faces[:first], faces[first:]):
+        if len(chunk):
+            a, b, c = (vertices[chunk[:, i]] / extent for i in range(3))
+            with np.errstate(over="ignore", invalid="ignore"):  # huge but finite coordinates
+                double_area = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+            if (double_area > 1e-12).any():
+                return True
+    return False
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -356,13 +356,16 @@ def render_reference(spec: RenderSpec = RenderSpec()) -> np.ndarray:
         return renderer.render(normalize(reference_mesh(), "y", spec.normalize_radius))
 
 
-def make_preview(views: np.ndarray, size: int = 128) -> bytes:
+def make_preview(views: np.ndarray, size: int = 128, tiles: list | None = None) -> bytes:
     """PNG bytes of a ``size x size`` thumbnail: a 2x2 grid of four views 90 degrees apart.
 
     Why a grid and not one view: gallery meshes often come with an unknown
     "front", so a single view may show the back or a thin side; views
     0, V/4, V/2, 3V/4 (0/90/180/270 degrees for 12 views) always show the
     shape's silhouette from two axes. With fewer than 4 views, view 0 is used.
+    The four are downsampled by area (BOX), as the stored view strip's views
+    are, so ``tiles`` (every view already at ``size // 2`` pixels: the strip's,
+    :func:`~ftspl.engine.index.store.viewcodes.strip_tiles`) are pasted as they are.
     """
     from PIL import Image
 
@@ -376,9 +379,12 @@ def make_preview(views: np.ndarray, size: int = 128) -> bytes:
         image = Image.fromarray(views[0]).resize((size, size), Image.Resampling.BICUBIC)
     else:
         half = size // 2
+        if tiles is not None and (len(tiles) != n or tiles[0].size != (half, half)):
+            tiles = None  # another size than this preview's tiles
         image = Image.new("RGB", (size, size), (255, 255, 255))
         for k in range(4):
-            tile = Image.fromarray(views[(k * n) // 4]).resize((half, half), Image.Resampling.BICUBIC)
+            i = (k * n) // 4
+            tile = tiles[i] if tiles is not None else Image.fromarray(views[i]).resize((half, half), Image.Resampling.BOX)
             image.paste(tile, ((k % 2) * half, (k // 2) * half))
     buf = io.BytesIO()
     image.save(buf, format="PNG")

@@ -40,7 +40,7 @@ class CachedFirstProducer(LocalProducer):
             else:
                 self.render.append(p)
         if self.render:
-            self.worker = render_worker(spec, self.cfg)
+            self.worker = render_worker(spec, self.cfg, jobs=len(self.render))
             self.worker.start()
         if todo:
             self.encoders.warm(MULTIVIEW_ENCODER)
@@ -57,7 +57,7 @@ class CachedFirstProducer(LocalProducer):
             yield PreparedShape(p, views, self.faces.get(str(p.source.path)), None)
         if self.render:
             if self.worker is None:
-                self.worker = render_worker(self._spec, self.cfg)
+                self.worker = render_worker(self._spec, self.cfg, jobs=len(self.render))
                 self.worker.start()
             yield from render_all(self.render, self.worker)
 

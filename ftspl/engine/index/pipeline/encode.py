@@ -35,18 +35,28 @@ def encode_views(encoders, views: Sequence[np.ndarray], previews: bool = True,
                  pool_map: Callable[[Callable, Iterable], Iterator] = map) -> EncodedViews:
     """Preprocess and embed a batch of uint8 ``(V, S, S, 3)`` view stacks; strips and previews beside them.
 
-    ``pool_map`` spreads the preprocessing (numpy's take releases the GIL) over
-    threads, e.g. an executor's ``map``.
+    Each shape is preprocessed straight into its slot of the batch (no stacking
+    copy); ``pool_map`` spreads that (numpy's take releases the GIL) over
+    threads, e.g. an executor's ``map``. A shape's views are downsampled once,
+    for its strip and its preview alike.
     """
-    from ftspl.engine.index.store.viewcodes import make_strip
+    from ftspl.engine.index.store.viewcodes import make_strip, strip_tiles
     from ftspl.engine.model.preprocess import views_to_tensor
     from ftspl.engine.rendering.renderer import make_preview
 
     pre = encoders.preprocess
-    batch = np.stack(list(pool_map(lambda v: views_to_tensor(v, pre), views)))
+    if not views:
+        raise ValueError("encode_views needs at least one shape")
+    v, s = views[0].shape[0], pre.image_size
+    batch = np.empty((len(views), v, 3, s, s), np.float32)
+    for _ in pool_map(lambda j: views_to_tensor(views[j], pre, out=batch[j]), range(len(views))):
+        pass
     emb, per_view = encoders.embed_views_full(batch)
-    strips = None if per_view is None else [make_strip(v) for v in views]
-    return EncodedViews(emb, per_view, strips, [make_preview(v) for v in views] if previews else None)
+    # a strip needs every view downsampled, a preview four of them: the strip's, when there is one
+    tiles = [None] * len(views) if per_view is None else [strip_tiles(x) for x in views]
+    strips = None if per_view is None else [make_strip(x, tiles=t) for x, t in zip(views, tiles)]
+    return EncodedViews(emb, per_view, strips,
+                        [make_preview(x, tiles=t) for x, t in zip(views, tiles)] if previews else None)
 
 
 __all__ = ["EncodedViews", "encode_views"]

@@ -1,7 +1,8 @@
-"""This machine's producer: a render child process, then encode threads, in the order the shapes arrive.
+"""This machine's producer: render children, then encode threads, in the order the shapes arrive.
 
-:class:`LocalProducer` overlaps three workers so both cores stay busy: the
-render child (fed by a prefetch thread) loads and renders, a small thread pool
+:class:`LocalProducer` overlaps three kinds of worker so every core stays busy:
+render children (:class:`~ftspl.engine.rendering.pool.RenderPool`, one per core
+by default, fed by a prefetch thread) load and render, a small thread pool
 preprocesses and encodes batches side by side (onnxruntime, numpy and PIL
 release the GIL), and the calling thread hands finished shapes to the
 :class:`~ftspl.engine.index.pipeline.commit.Committer` in the order they came.
@@ -26,17 +27,21 @@ from ftspl.engine.index.pipeline.records import AddReport, PendingShape, Prepare
 log = logging.getLogger(__name__)
 
 
-def render_worker(spec, cfg, depth: int = 4):
-    """The child process that loads and renders (see :mod:`ftspl.engine.rendering.worker`)."""
+def render_worker(spec, cfg, depth: int = 4, jobs: int | None = None):
+    """The child processes that load and render (:mod:`ftspl.engine.rendering.pool`): ``cfg.render_processes``
+    of them (0: one per core, at most 4), never more than ``jobs``."""
     from ftspl.engine.loading.meshes import MeshLimits
-    from ftspl.engine.rendering.worker import RenderWorker
+    from ftspl.engine.rendering.pool import RenderPool, auto_processes
 
     limits = cfg.limits if cfg.limits is not None else MeshLimits()
-    return RenderWorker(spec, limits, cfg.file_timeout_s, depth=depth)
+    processes = cfg.render_processes or auto_processes()
+    if jobs is not None:
+        processes = max(1, min(processes, jobs))
+    return RenderPool(spec, limits, cfg.file_timeout_s, depth=depth, processes=processes)
 
 
 def render_all(todo: list[PendingShape], worker) -> Iterator[PreparedShape]:
-    """Render every pending shape in the worker's child process, in order."""
+    """Render every pending shape in the worker's child processes, in order."""
     from ftspl.engine.rendering.worker import RenderJob
 
     jobs = [RenderJob(Path(p.source.path), p.source.kind) for p in todo]
@@ -46,7 +51,7 @@ def render_all(todo: list[PendingShape], worker) -> Iterator[PreparedShape]:
 
 
 class LocalProducer:
-    """This machine: a render child (per-file time limit, crash isolation) and encode threads."""
+    """This machine: render children (per-file time limit, crash isolation) and encode threads."""
 
     def __init__(self, encoders, cfg) -> None:
         self.encoders, self.cfg = encoders, cfg
@@ -55,7 +60,7 @@ class LocalProducer:
     def start(self, todo: list[PendingShape], spec) -> None:
         from ftspl.engine.model.encoders import MULTIVIEW_ENCODER
 
-        self.worker = render_worker(spec, self.cfg)
+        self.worker = render_worker(spec, self.cfg, jobs=len(todo))
         if todo:  # start-ups overlap: the render child, the encoder session, the caller's HNSW load
             self.worker.start()
             self.encoders.warm(MULTIVIEW_ENCODER)
@@ -107,16 +112,32 @@ class EncodeThreads:
                     self.committer.fail(str(shape.pending.source.path), shape.error)
                 else:
                     self.pending.append(shape)
-                    if len(self.pending) >= self.batch_shapes:
+                    # a full batch, or any shapes at all while no batch is being encoded (the
+                    # first shapes of a run: the encoder starts on the first one rendered)
+                    if len(self.pending) >= self.batch_shapes or not self._busy():
                         self._encode_pending(pool)
+                while self.inflight and self.inflight[0].result.done():
+                    self._collect_oldest()
                 if should_stop is not None and should_stop():
                     break
-            self._encode_pending(pool)
+            # the last shapes, split over the pool's threads rather than one batch on one core
+            n, parts = len(self.pending), min(self.runs, len(self.pending))
+            for k in range(parts):
+                self._submit(pool, self.pending[k * n // parts : (k + 1) * n // parts])
+            self.pending.clear()
             while self.inflight:
                 self._collect_oldest()
             self.committer.flush()
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _busy(self) -> int:
+        """Batches being encoded now (submitted and not finished)."""
+        return sum(not b.result.done() for b in self.inflight)
+
+    def _submit(self, pool: ThreadPoolExecutor, shapes: list[PreparedShape]) -> None:
+        log.debug("phase encode %d", len(shapes))
+        self.inflight.append(_Batch(shapes, pool.submit(self._encode, shapes)))
 
     def _encode(self, shapes: list[PreparedShape]) -> EncodedViews:
         """Runs in a pool thread: preprocess, embed and make previews (and view strips) for one batch."""
@@ -124,9 +145,7 @@ class EncodeThreads:
 
     def _encode_pending(self, pool: ThreadPoolExecutor) -> None:
         if self.pending:
-            log.debug("phase encode %d", len(self.pending))
-            shapes = list(self.pending)
-            self.inflight.append(_Batch(shapes, pool.submit(self._encode, shapes)))
+            self._submit(pool, list(self.pending))
             self.pending.clear()
         while len(self.inflight) >= self.runs:
             # every pool thread is busy: take the oldest batch's results (in order)

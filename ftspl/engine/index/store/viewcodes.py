@@ -65,16 +65,32 @@ def dequantize(scale: float, codes: bytes, views: int, dim: int) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def make_strip(views: np.ndarray, px: int = STRIP_PX) -> bytes:
-    """WebP bytes of the (V, S, S, 3) uint8 views side by side, ``px`` pixels each, view 0 on the left."""
+def strip_tiles(views: np.ndarray, px: int = STRIP_PX) -> list:
+    """Each of the (V, S, S, 3) uint8 views as a ``px`` x ``px`` PIL image (area, i.e. BOX, downsampling).
+
+    The strip is made of them, and the stored preview takes four of them
+    (:func:`~ftspl.engine.rendering.renderer.make_preview`), so ``index add``
+    resizes each view once for both.
+    """
     from PIL import Image
 
     views = np.asarray(views)
     if views.ndim != 4 or views.shape[-1] != 3 or views.dtype != np.uint8 or len(views) == 0:
         raise ValueError(f"views must be uint8 (V, S, S, 3), got {views.dtype} {views.shape}")
-    strip = Image.new("RGB", (px * len(views), px), (255, 255, 255))
-    for i, v in enumerate(views):
-        strip.paste(Image.fromarray(v).resize((px, px), Image.Resampling.BOX), (i * px, 0))
+    return [Image.fromarray(v).resize((px, px), Image.Resampling.BOX) for v in views]
+
+
+def make_strip(views: np.ndarray, px: int = STRIP_PX, tiles: list | None = None) -> bytes:
+    """WebP bytes of the (V, S, S, 3) uint8 views side by side, ``px`` pixels each, view 0 on the left.
+
+    ``tiles``: the views' :func:`strip_tiles` when the caller has them already.
+    """
+    from PIL import Image
+
+    tiles = strip_tiles(views, px) if tiles is None else tiles
+    strip = Image.new("RGB", (px * len(tiles), px), (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        strip.paste(tile, (i * px, 0))
     buf = io.BytesIO()
     strip.save(buf, format="WEBP", quality=STRIP_QUALITY, method=STRIP_METHOD)
     return buf.getvalue()
