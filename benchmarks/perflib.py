@@ -110,6 +110,24 @@ def train_model(work: Path) -> tuple[Path, dict, Path]:
     }, data / "queries"
 
 
+def export_to(work: Path, home: Path, precision: str) -> dict:
+    """``ftspl export <work>/run --precision P`` into a fresh ``home`` (the same run as :func:`train_model`'s
+    export, at another precision); its model id, precision and export time."""
+    home = Path(home)
+    shutil.rmtree(home, ignore_errors=True)
+    log(f"exporting the same run at {precision} (ftspl export RUN --precision {precision})")
+    exp = cli_run("export", str(Path(work) / "run"), "--precision", precision, home=home)
+    return {"model_id": exp.data.get("model_id"), "precision": model_precision(home), "export_s": round(exp.wall_s, 1)}
+
+
+def model_precision(home: Path) -> str:
+    """The numeric precision (fp32, int8, fp16) of a home's active model."""
+    from ftspl.engine.home import Home
+    from ftspl.engine.model.manifest import ModelManifest
+
+    return ModelManifest.load(Home(Path(home)).active_model_dir()).precision
+
+
 def index_ours(home: Path, meshes_dir: Path, device: str = "cpu") -> dict:
     """``ftspl index add MESHES --rebuild``: meshes/s by the command's own clock, and the process wall time."""
     r = cli_run("index", "add", str(meshes_dir), "--rebuild", "--device", device, home=home)
@@ -149,5 +167,5 @@ def ensure_perf_index(work: Path) -> Path:
     return home
 
 
-__all__ = ["ensure_perf_index", "gpu_name", "index_ours", "log", "machine", "perf_meshes", "perf_work", "real_embeddings",
-           "store_path", "train_budget", "train_model"]
+__all__ = ["ensure_perf_index", "export_to", "gpu_name", "index_ours", "log", "machine", "model_precision", "perf_meshes",
+           "perf_work", "real_embeddings", "store_path", "train_budget", "train_model"]
