@@ -60,7 +60,8 @@ async def info(request: Request) -> Response:
         "warnings": st.warnings,
         "limits": {"max_photos": cfg.max_photos, "max_top": cfg.max_top, "default_top": DEFAULT_TOP,
                    "max_file_bytes": cfg.max_file_bytes, "max_pixels": cfg.max_pixels,
-                   "max_body_bytes": cfg.max_body_bytes, "workers": cfg.workers, "queue": cfg.queue},
+                   "max_body_bytes": cfg.max_body_bytes, "workers": cfg.workers, "queue": cfg.queue,
+                   "max_faces": cfg.max_faces, "max_vertices": cfg.max_vertices, "file_timeout": cfg.file_timeout},
     })
 
 
