@@ -17,7 +17,7 @@ from ftspl.data.backgrounds import Background
 from ftspl.data.bench import BenchConfig, _config_record, _link_from
 from ftspl.data.catalogue import CatalogueSize, Texture, catalogue_sizes, parse_properties
 from ftspl.data.protocol import check_use, manifest_record
-from ftspl.data.room import Candidate, Layout, Placed, SceneConfig, overlap, plan_room
+from ftspl.data.room import SUPPORTS, Candidate, Layout, Placed, SceneConfig, overlap, plan_room
 from ftspl.data.scene_build import rule_breaks
 from ftspl.data.sh3d import Sh3dModel
 from ftspl.data.textured import Part, TexturedMesh
@@ -100,7 +100,7 @@ def test_room_layout_is_deterministic_and_physically_sound() -> None:
         for p in lay.items:
             if p.on is not None:  # on top of its host, at the height things rest on it
                 host = lay.items[p.on]
-                assert p.y == pytest.approx(host.y + host.size.drop_on_top)
+                assert p.y == pytest.approx(host.y + host.size.drop_on_top) and host.label in SUPPORTS
         n_others.append(len(lay.items) - 1 - (lay.main.on is not None))
     assert max(n_others) <= 6 and np.mean(n_others) >= 2
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ftspl.data.catalogue import CatalogueSize
 
-__all__ = ["AGAINST_WALL", "Candidate", "Layout", "Opening", "Placed", "SceneConfig", "overlap", "plan_room"]
+__all__ = ["AGAINST_WALL", "SUPPORTS", "Candidate", "Layout", "Opening", "Placed", "SceneConfig", "overlap", "plan_room"]
 
 #: Classes that stand with their back to a wall (the others stand free)
 AGAINST_WALL = frozenset({
@@ -32,6 +32,8 @@ AGAINST_WALL = frozenset({
     "range_hood", "refrigerator", "sink", "sofa", "stove", "toilet", "tv_stand", "wardrobe", "washing_machine",
     "window",
 })
+#: Classes that things are put on (a bottle on a table, a plant on a cabinet)
+SUPPORTS = frozenset({"cabinet", "desk", "dresser", "night_stand", "stool", "table", "tv_stand"})
 WALLS = ("back", "left", "right", "front")
 
 
@@ -40,7 +42,7 @@ class SceneConfig:
     """Ranges of a scene photo's random choices (uniform unless said otherwise)."""
 
     others: tuple[int, int] = (2, 6)  #: other models per scene, each of another class than the main one
-    fill: tuple[float, float] = (0.35, 0.75)  #: the main model's bounding-sphere diameter / frame height
+    fill: tuple[float, float] = (0.5, 0.95)  #: the main model's bounding-sphere diameter / frame height
     fov_deg: tuple[float, float] = (40.0, 65.0)  #: vertical field of view (a phone's main camera, cropped square)
     eye_height: tuple[float, float] = (1.0, 1.7)  #: camera height in metres: sitting to standing
     max_pitch_deg: float = 55.0  #: the steepest look down at the main model
@@ -58,6 +60,7 @@ class SceneConfig:
     front_clear: float = 0.8  #: metres between the camera and a model in front of it, at least
     small: float = 0.6  #: metres: a model lower than this may stand on a table or cabinet
     on_top_prob: float = 0.8  #: probability that a small model stands on something (when something fits)
+    max_main_height: float = 3.0  #: a taller main model (a tree) gets no scene photos: no room holds it
     max_other_height: float = 2.3  #: other models taller than this (trees, street lamps) stay out of rooms
     max_other_side: float = 2.5  #: ... and longer than this (cars)
     min_visible: float = 0.5  #: models in front are dropped until this share of the main model shows
@@ -222,7 +225,8 @@ def _square(x: float, z: float, h: float) -> np.ndarray:
 
 def _on_top(p: Placed, lay: Layout, rng: np.random.Generator) -> bool:
     """Put ``p`` on a model that takes things on top and is wide enough; False when none is."""
-    hosts = [i for i, q in enumerate(lay.items) if q.size.drop_on_top and q.on is None and q.role != "front"
+    hosts = [i for i, q in enumerate(lay.items) if q.label in SUPPORTS and q.size.drop_on_top and q.on is None
+             and q.role != "front"
              and min(q.size.width, q.size.depth) > 0.9 * max(p.size.width, p.size.depth)
              and q.y + q.size.drop_on_top + p.size.height < lay.height - 0.1]
     for i in rng.permutation(hosts) if hosts else []:
@@ -319,14 +323,16 @@ def plan_room(main: Candidate, others: list[Candidate], supports: list[Candidate
     """A room around ``main`` with some of ``others`` in it and the camera that photographs it.
 
     ``others``: models of other classes (the pool, already filtered by the caller's split rules);
-    ``supports``: those of them a small main model may stand on. Deterministic in ``rng``.
+    ``supports``: those a small main model may stand on (of the :data:`SUPPORTS` classes, wider
+    than it). Deterministic in ``rng``.
     """
     s = main.size
     m = Placed(main.key, main.label, s, "main", y=s.elevation)
     items = [m]
     support = None
     if s.height < cfg.small and not s.door_or_window and supports and rng.random() < cfg.on_top_prob:
-        fit = [c for c in supports if c.size.drop_on_top and min(c.size.width, c.size.depth) > max(s.width, s.depth)]
+        fit = [c for c in supports if c.label in SUPPORTS and c.size.drop_on_top
+               and min(c.size.width, c.size.depth) > max(s.width, s.depth)]
         if fit:
             c = fit[int(rng.integers(len(fit)))]
             support = Placed(c.key, c.label, c.size, "support")

@@ -138,7 +138,7 @@ def build_scene_photos(
     others = [Candidate(m.key, m.label, sizes[m.key]) for m in source if m.key in sizes
               and m.faces <= cfg.other_max_faces and sizes[m.key].height <= cfg.max_other_height
               and max(sizes[m.key].width, sizes[m.key].depth) <= cfg.max_other_side]
-    supports = [c for c in others if c.size.drop_on_top and 0.35 <= c.size.height <= 1.3 and not c.size.door_or_window]
+    supports = [c for c in others if c.size.drop_on_top and 0.35 <= c.size.height <= 1.3]
     textures = room_textures(libdir)
     sidecar = out / SIDECAR
     record = _read_sidecar(sidecar)
@@ -152,6 +152,9 @@ def build_scene_photos(
             report("scenes", i, len(jobs))
             if m.key not in sizes:
                 failed[m.key] = "no size in its Sweet Home 3D catalogue entry"
+                continue
+            if sizes[m.key].height > cfg.max_main_height:
+                failed[m.key] = f"{sizes[m.key].height:.1f} m tall: no room holds it (max_main_height)"
                 continue
             path = out / folder / m.label / scene_name(m.key, k)
             rel = path.relative_to(out).as_posix()
