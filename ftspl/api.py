@@ -127,16 +127,65 @@ class Library(LibraryCare):
         self.close()
 
     # -- writing -------------------------------------------------------------------
-    def add(self, path: str | Path, *, progress: Progress | None = None, **options: Any) -> AddReport:
+    def add(self, path: str | Path, *, progress: Progress | None = None, ray: str | None = None,
+            shards: str | Path | None = None, **options: Any) -> AddReport:
         """Index every shape under ``path`` (a folder, searched recursively, or one file).
 
         Unchanged files are skipped and changed ones re-embedded; a file that
         cannot be used is listed in ``failures`` with its reason and the others
         are indexed. Options are :func:`index_config`'s (``label_from``, ``up``,
         ``wait``, ``rebuild``, ``ann_backend``, the caps...).
+
+        ``ray`` (``auto``, ``HOST:PORT`` or ``local``; needs ``ftspl[ray]``)
+        renders and encodes on a Ray cluster while this process stays the only
+        writer. ``shards`` writes Parquet shards to that folder instead of the
+        index (ingest them with :meth:`merge`; a rerun skips what they hold).
         """
-        report = self.engine.add(path, index_config(**options), progress=progress)
+        cfg = index_config(**options)
+        if shards is not None and cfg.rebuild:
+            raise UsageError("rebuild does not apply to shards: shards mode never opens the index")
+        producer = None
+        if ray is not None:
+            from ftspl.scale.driver import RayProducer
+
+            producer = RayProducer(ray, self.engine.model_dir, self.runtime, cfg)
+        files = None
+        if shards is not None:
+            report, written = self.engine.write_shards(path, shards, cfg, progress=progress, producer=producer)
+            files = [str(f) for f in written]
+        else:
+            report = self.engine.add(path, cfg, progress=progress, producer=producer)
+        plan = producer.plan if producer is not None else None
+        ray_info = None if plan is None else {
+            "render_actors": plan.render_actors, "encode_actors": plan.encode_actors,
+            "cpus_per_actor": plan.cpus_per_actor, "encode_device": plan.encode_device,
+            **{k: round(v, 3) for k, v in producer.timings.items()}}
+        return AddReport.from_engine(report, files, ray_info)
+
+    def merge(self, folders: str | Path | Sequence[str | Path], *, wait: bool = False, commit_every: int = 1024,
+              progress: Progress | None = None) -> AddReport:
+        """Ingest Parquet shards (from ``add(..., shards=DIR)`` or any engine); refuses another model's or spec's."""
+        from ftspl.engine.index.library import IndexConfig
+
+        if commit_every < 1:
+            raise UsageError(f"commit_every must be at least 1, got {commit_every}")
+        items = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        report = self.engine.merge(items, IndexConfig(wait_lock=wait, commit_every=commit_every), progress=progress)
         return AddReport.from_engine(report)
+
+    def reembed(self, *, drop_missing: bool = False, wait: bool = False, commit_every: int = 32,
+                file_timeout: float = 60.0, progress: Progress | None = None):
+        """Re-encode every indexed shape with the active model (after an export): resumable, swapped in one commit.
+
+        Returns the engine's :class:`~ftspl.engine.index.reembed.ReembedReport`.
+        """
+        from ftspl.engine.index.library import IndexConfig
+
+        if commit_every < 1:
+            raise UsageError(f"commit_every must be at least 1, got {commit_every}")
+        cfg = IndexConfig(wait_lock=wait, commit_every=commit_every, file_timeout_s=file_timeout,
+                          batch_shapes=min(IndexConfig.batch_shapes, commit_every))
+        return self.engine.reembed(cfg, progress=progress, drop_missing=drop_missing)
 
     def remove(self, paths: str | Path | Sequence[str | Path], *, wait: bool = False) -> list[str]:
         """Remove shapes (files, view folders, or every shape under a folder); returns the paths removed."""

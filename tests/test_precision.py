@@ -249,7 +249,10 @@ def test_int8_export_and_an_fp32_index_refuses_it(model_home, tmp_path, gl_avail
     assert man.precision == "int8" and len(man.calibration["digest"]) == 64
     assert man.calibration["photos"] == 6 and man.calibration["shapes"] == 4
     assert man.preprocess == ModelManifest.load(model_home / "models" / fp32_id).preprocess  # travels with the model
-    for name, outputs in (("image_encoder", ["embedding"]), ("multiview_encoder", ["embedding", "view_embeddings"])):
+    from ftspl.export.onnx_export import REGION_OUTPUT
+
+    image_outputs = ["embedding", REGION_OUTPUT]  # the regional output (R-MAC windows) is quantized too
+    for name, outputs in (("image_encoder", image_outputs), ("multiview_encoder", ["embedding", "view_embeddings"])):
         assert sorted(man.precision_check[name]) == sorted(outputs)
         assert all(v["mean"] > 0.9 for v in man.precision_check[name].values()), man.precision_check
 

@@ -81,12 +81,15 @@ class Encoders:
     def _providers(self) -> list[str]:
         import onnxruntime as ort
 
+        from ftspl.engine.model.cuda import cuda_usable
+
         available = ort.get_available_providers()
         if self.precision == "fp16":
-            if self.runtime.device == "cpu" or CUDA not in available:
+            if self.runtime.device == "cpu" or not cuda_usable():
                 raise DeviceError(
                     f"model {self.manifest.model_id} is fp16, made for GPUs, and "
-                    + ("--device cpu was asked for" if self.runtime.device == "cpu" else "onnxruntime has no CUDA provider")
+                    + ("--device cpu was asked for" if self.runtime.device == "cpu"
+                       else "onnxruntime's CUDA provider cannot run here (no GPU, or its libraries do not load)")
                     + "; export it with 'ftspl export --precision int8' (or fp32) for the CPU, or pip install 'ftspl[gpu]'"
                 )
             return [CUDA, CPU]
@@ -99,7 +102,7 @@ class Encoders:
                     "(onnxruntime-gpu) or use --device cpu"
                 )
             return [CUDA, CPU]
-        return [CUDA, CPU] if CUDA in available else [CPU]
+        return [CUDA, CPU] if cuda_usable() else [CPU]
 
     def warm(self, name: str) -> None:
         """Start creating ``name``'s session in a thread (a cold query overlaps it with opening the index).
@@ -298,11 +301,4 @@ class Encoders:
         return np.asarray(pooled, np.float32), np.asarray(views, np.float32)
 
 
-def cuda_available() -> bool:
-    """True when onnxruntime lists the CUDA provider (the GPU itself is checked on use)."""
-    import onnxruntime as ort
-
-    return CUDA in ort.get_available_providers()
-
-
-__all__ = ["Encoders", "RuntimeConfig", "DEVICES", "IMAGE_ENCODER", "MULTIVIEW_ENCODER", "cuda_available"]
+__all__ = ["Encoders", "RuntimeConfig", "DEVICES", "IMAGE_ENCODER", "MULTIVIEW_ENCODER"]
