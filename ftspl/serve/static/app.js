@@ -92,15 +92,23 @@ function topValue() {
   return Number.isInteger(n) && n >= 1 && n <= max ? n : 10;
 }
 
-async function queryFile(file) {
+// box: [x0, y0, x1, y1] in the photo's pixels (ask with that part only), or null for the whole photo
+async function queryFile(file, box = null) {
   const node = $("#result-template").content.firstElementChild.cloneNode(true);
   const photo = node.querySelector(".query-photo");
   const isShape = MESH_FILE.test(file.name);
   if (isShape) photo.classList.add("broken"); // no picture of a mesh here: the server renders it
   else photo.src = URL.createObjectURL(file);
-  photo.alt = (isShape ? "Your 3D model " : "Your photo ") + file.name;
+  photo.alt = (isShape ? "Your 3D model " : "Your photo ") + file.name + (box ? `, the part from ${box[0]},${box[1]} to ${box[2]},${box[3]}` : "");
   photo.addEventListener("error", () => photo.classList.add("broken"), { once: true });
-  node.querySelector(".result-title").textContent = file.name;
+  node.querySelector(".result-title").textContent = file.name + (box ? ` · box ${box.join(",")}` : "");
+  const hint = node.querySelector(".box-hint");
+  if (!isShape) enableBoxDrag(node.querySelector(".photo-frame"), photo, file);
+  if (hint) {
+    hint.hidden = isShape;
+    photo.addEventListener("error", () => { hint.hidden = true; }, { once: true }); // nothing to point at
+  }
+  if (box) whenLoaded(photo, () => placeBox(node.querySelector(".photo-frame"), photo, box));
   const status = node.querySelector(".result-status");
   status.textContent = "Searching…";
   $("#results").prepend(node);
@@ -110,10 +118,12 @@ async function queryFile(file) {
   form.append("top", String(topValue()));
   if ($("#rerank").value && !isShape) form.append("rerank", $("#rerank").value);
   if ($("#regions") && $("#regions").value && !isShape) form.append("regions", $("#regions").value);
+  if (box) form.append("box", box.join(","));
   for (let attempt = 0; ; attempt++) {
     try {
       const answer = await api("api/query", { method: "POST", body: form });
       status.textContent = `${answer.hits.length} hits in ${Math.round(answer.took_ms)} ms · generation ${answer.generation}` +
+        (box ? ` · searched the box ${box[0]},${box[1]} to ${box[2]},${box[3]}` : "") +
         (answer.rerank && answer.rerank !== "none" ? ` · re-ranked by ${answer.rerank}` : "") +
         (answer.views_note ? " · " + answer.views_note : "") +
         (answer.warnings.length ? " · " + answer.warnings.join(" ") : "");
@@ -132,6 +142,64 @@ async function queryFile(file) {
       return;
     }
   }
+}
+
+// ---------------------------------------------------------------- point at the object
+// Drag a rectangle on a result's photo to ask again with that part only (the request's box, in the
+// photo's own pixels). The box is drawn on the new result's photo in percentages, so it scales with it.
+const MIN_BOX_PX = 6; // a smaller drag (on screen) is a click, not a box
+
+function whenLoaded(img, fn) {
+  if (img.complete && img.naturalWidth) fn(); else img.addEventListener("load", fn, { once: true });
+}
+
+function placeBox(frame, img, box, cls = "box") {
+  let el = frame.querySelector("." + cls.split(" ").join("."));
+  if (!el) {
+    el = document.createElement("div");
+    el.className = cls;
+    el.setAttribute("aria-hidden", "true");
+    frame.append(el);
+  }
+  const w = img.naturalWidth, h = img.naturalHeight;
+  Object.assign(el.style, { left: `${(100 * box[0]) / w}%`, top: `${(100 * box[1]) / h}%`,
+    width: `${(100 * (box[2] - box[0])) / w}%`, height: `${(100 * (box[3] - box[1])) / h}%` });
+  return el;
+}
+
+function enableBoxDrag(frame, img, file) {
+  frame.classList.add("croppable");
+  let start = null;
+  // the pointer in the photo's own pixels, kept inside the photo
+  const at = (e) => {
+    const r = img.getBoundingClientRect();
+    const x = Math.min(Math.max(e.clientX - r.left, 0), r.width), y = Math.min(Math.max(e.clientY - r.top, 0), r.height);
+    return { x: (x * img.naturalWidth) / r.width, y: (y * img.naturalHeight) / r.height, sx: x, sy: y };
+  };
+  const span = (a, b) => [Math.min(a.x, b.x), Math.min(a.y, b.y), Math.max(a.x, b.x), Math.max(a.y, b.y)];
+  frame.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0 || !img.naturalWidth) return;
+    e.preventDefault();
+    frame.setPointerCapture(e.pointerId);
+    start = at(e);
+  });
+  frame.addEventListener("pointermove", (e) => {
+    if (start) placeBox(frame, img, span(start, at(e)), "box draft");
+  });
+  const finish = (e, ask) => {
+    if (!start) return;
+    const end = at(e), first = start;
+    start = null;
+    const draft = frame.querySelector(".box.draft");
+    if (draft) draft.remove();
+    if (!ask || Math.abs(end.sx - first.sx) < MIN_BOX_PX || Math.abs(end.sy - first.sy) < MIN_BOX_PX) return;
+    const [x0, y0, x1, y1] = span(first, end);
+    const box = [Math.floor(x0), Math.floor(y0), Math.min(Math.ceil(x1), img.naturalWidth),
+      Math.min(Math.ceil(y1), img.naturalHeight)];
+    queryFile(file, box);
+  };
+  frame.addEventListener("pointerup", (e) => finish(e, true));
+  frame.addEventListener("pointercancel", (e) => finish(e, false));
 }
 
 function setImage(img, src) {
