@@ -126,7 +126,7 @@ def run_dir_of(row: str, cfg, split: Split, purpose: str, work: Path) -> Path:
 
 
 #: config fields left out of a cell's key while they hold the value every config had before the field existed
-_KEY_NEUTRAL = {"look": "grey"}
+_KEY_NEUTRAL = {"look": "grey", "queries_shapes": None}
 _ABSENT = object()
 
 

@@ -67,11 +67,11 @@ class TrainConfig:
     target: str = ""
     out: str = "runs/ftspl"
     queries: str | None = None  #: optional held-out labelled photos for per-round retrieval metrics
-    #: labelled validation photos (never trained on); None: carve ``val_frac`` of ``source`` per class
     #: labelled shapes (label folders of meshes) the ``queries`` rank every round instead of the target,
     #: recorded as the round's ``reference`` (studies: a tuning split's val gallery, so rounds are judged
     #: without the reported gallery's labels); None: the queries rank the target's own labels
     queries_shapes: str | None = None
+    #: labelled validation photos (never trained on); None: carve ``val_frac`` of ``source`` per class
     val: str | None = None
     #: share of each class's source photos held out for validation when ``val`` is None (0: no validation)
     val_frac: float = 0.15

@@ -163,12 +163,12 @@ def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None, dis
     if cfg.queries:
         qs = load_source(cfg.queries, class_names=src.class_names, every_class=False)
         queries = PhotoList(qs.paths, qs.labels)
+    queries_shapes = (_load_val_shapes(cfg, src.class_names, spec, cache, progress, dist, cfg.queries_shapes,
+                                       "queries_shapes") if cfg.queries_shapes else None)
     if dist.world > 1:
         seen = [views.keys, [str(p) for p in photos.paths], photos.labels,
                 [str(p) for p in queries.paths] if queries else [], [str(p) for p in val.paths] if val else []]
         dist.check_same("inputs (photos, usable shapes, queries)", json.dumps(seen))
-    queries_shapes = (_load_val_shapes(cfg, src.class_names, spec, cache, progress, dist, cfg.queries_shapes,
-                                       "queries_shapes") if cfg.queries_shapes else None)
     return _Inputs(src, tgt, views, photos, queries, pre, spec, val, val_shapes, queries_shapes)
 
 
