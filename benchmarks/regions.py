@@ -24,7 +24,9 @@ The decision (:data:`studylib.RULE`): the best mean val FT over the tuning
 seeds, ties (< 0.001) to the higher NN, then the cheaper variant (none, rmac,
 crops; fewer windows first). ``regions`` takes the winner's mode; the fusion
 and scales defaults are those of the best regional variant. A scene val split
-(``val_scenes/`` in a build) is scored beside val when a build has one.
+(``val_scenes/``: the val models in furnished rooms, ``ftspl data sh3d --scenes``, as
+``benchmarks/scenes.py`` builds it) is scored beside val when there is one for every
+seed, and then the decision takes the mean FT (and NN) of val and val_scenes.
 
 Real photos (``--real``; ``labels.csv``: file, class; interior scenes are the
 ``pexels`` files) are reported only, per seed, against the target gallery.
@@ -142,6 +144,15 @@ def labelled(folder: Path) -> list[tuple[Path, str]]:
     return labelled_photos(folder)
 
 
+def scene_split(split, root: Path) -> Path | None:
+    """The seed's scene val photos (``val_scenes/``, the val models in furnished rooms, ranking the same val
+    gallery): in the study's build, else in the scenes build of ``root``; None when neither has one."""
+    for folder in (split.root / "val_scenes", Path(root) / f"scenes-s{split.seed}" / "val_scenes"):
+        if folder.is_dir() and any(folder.rglob("*.jpg")):
+            return folder
+    return None
+
+
 def real_sets(src: Path, classes: list[str]) -> dict[str, list[tuple[Path, str]]]:
     """The real photos of a benchmark class: {"interior": [(path, class)], "object": [...]}."""
     rows = list(csv.DictReader((src / "labels.csv").open()))
@@ -251,16 +262,18 @@ def served_check(home: Path, photos: list[tuple[Path, str]], sets: dict, gal_ids
 
 
 # -- the decision ----------------------------------------------------------------------------------------
-def decide(per_seed: list[dict], block: str = "val") -> dict:
+def decide(per_seed: list[dict], *blocks: str) -> dict:
+    """:data:`studylib.RULE` over the mean of ``blocks`` (val, and val_scenes where every seed has it)."""
     from studylib import RULE, pick
 
+    blocks = blocks or ("val",)
     cells = []
     for var in variants():
-        vals = [s[block]["variants"][var["name"]]["metrics"] for s in per_seed]
+        vals = [s[b]["variants"][var["name"]]["metrics"] for s in per_seed for b in blocks]
         cells.append({**var, "mean": {k: [round(float(np.mean([v[k] for v in vals])), 4)] for k in ("NN", "FT", "ST")}})
     best = pick(cells)
     regional = pick([c for c in cells if c["mode"] != "none"])
-    return {"rule": RULE, "regions": best["mode"], "winner": best["name"], "best_regional": regional["name"],
+    return {"rule": RULE, "blocks": list(blocks), "regions": best["mode"], "winner": best["name"], "best_regional": regional["name"],
             "region_fusion": regional["fusion"], "scales": list(regional["scales"]),
             "table": {c["name"]: c["mean"] for c in cells}}
 
@@ -324,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--exporter", default="torchscript", help="ftspl export --exporter (torchscript: faster)")
     ap.add_argument("--data-root", type=Path, default=None, help="default: <cache>/quality-data")
+    ap.add_argument("--scenes-root", type=Path, default=None,
+                    help="builds with val_scenes/ (scenes-s<seed>/, benchmarks/scenes.py); default <cache>/scenes-data")
     ap.add_argument("--out", type=Path, default=RESULTS / "regions.json")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--cost-worker", nargs="+", help=argparse.SUPPRESS)
@@ -352,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         rec: dict = {"seed": seed, "run": str(run), "run_origin": origin, "model_id": model_id,
                      "gallery": len(ids)}
         blocks = [("val", split.scored("tune")[0])]
-        if (split.root / "val_scenes").is_dir():
-            blocks.append(("val_scenes", split.root / "val_scenes"))
+        scenes = scene_split(split, args.scenes_root or cache / "scenes-data")
+        if scenes is not None:
+            blocks.append(("val_scenes", scenes))
         for name, folder in blocks:
             photos = labelled(folder)
             log(f"seed {seed} {name}: {len(photos)} photos vs {len(ids)} shapes")
@@ -371,16 +387,23 @@ def main(argv: list[str] | None = None) -> int:
                 sets = region_embeddings(thome, photos, work / f"seed{seed}" / f"real-{kind}.npz")
                 entry[kind] = score_block(sets, [c for _, c in photos], [p.name for p, _ in photos], tgal, tlab)
             real_out.append(entry)
-    decision = decide(per_seed)
-    summary = {"val": decision["table"]}
+    decision = decide(per_seed, *(("val", "val_scenes") if all("val_scenes" in s for s in per_seed) else ("val",)))
+    summary = {"val": decide(per_seed, "val")["table"]}
     if all("val_scenes" in s for s in per_seed):
         summary["val_scenes"] = decide(per_seed, "val_scenes")["table"]
+        decision["val_alone"] = {k: v for k, v in decide(per_seed, "val").items() if k != "table"}
     for kind in ("interior", "object"):
         if real_out:
             summary[f"real_{kind}"] = {v["name"]: {k: round(float(np.mean([e[kind]["variants"][v["name"]]["metrics"][k]
                                                                           for e in real_out])), 4)
                                                    for k in ("NN", "FT", "ST")} for v in variants()}
-    gains = {"val": paired_vs_none(per_seed, decision["best_regional"], "val")}
+    best = decision["best_regional"]
+    gains = {"variant": best, "val": paired_vs_none(per_seed, best, "val")}
+    if "val_scenes" in summary:
+        gains["val_scenes"] = paired_vs_none(per_seed, best, "val_scenes")
+    for kind in ("interior", "object"):
+        if real_out:
+            gains[f"real_{kind}"] = paired_vs_none(real_out, best, kind)
     cost_out = None
     if args.cost_size:
         split0 = build_split(seeds[0], data_root)
