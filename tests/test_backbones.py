@@ -20,14 +20,12 @@ from torch import nn  # noqa: E402
 
 from ftspl.engine.constants import EMBED_DIM, Preprocess  # noqa: E402
 from ftspl.engine.errors import InputFileError, UnknownKeyError  # noqa: E402
+from ftspl.train.backbone_registry import BACKBONES, build_backbone, get_spec  # noqa: E402
 from ftspl.train.backbones import (  # noqa: E402
-    BACKBONES,
     LITE0_STAGES,
     AlexNetFc7,
     EfficientNetLite0,
     SamePadConv2d,
-    build_backbone,
-    get_spec,
     lite0_weights_path,
 )
 from ftspl.train.model import Bottleneck, Classifier, ImageEncoder, MultiViewEncoder  # noqa: E402

@@ -30,7 +30,7 @@ def test_defaults_follow_the_paper():
 def test_manifest_carries_the_constants(model_home):
     """The exported manifest holds exactly what the trainer uses, and the engine reads it."""
     torch = pytest.importorskip("torch")
-    from ftspl.train.backbones import get_spec
+    from ftspl.train.backbone_registry import get_spec
 
     model_dir = (model_home / "models" / (model_home / "models" / "ACTIVE").read_text().strip())
     man = ModelManifest.load(model_dir)
@@ -46,7 +46,7 @@ def test_manifest_carries_the_constants(model_home):
 def test_unknown_backbone_lists_valid():
     pytest.importorskip("torch")
     from ftspl.engine.errors import UnknownKeyError
-    from ftspl.train.backbones import get_spec
+    from ftspl.train.backbone_registry import get_spec
 
     with pytest.raises(UnknownKeyError, match="valid: alexnet, efficientnet_lite0"):
         get_spec("resnet9000")

@@ -342,7 +342,7 @@ def test_two_processes_end_to_end_kill_and_resume(tiny, tmp_path):  # noqa: F811
 @pytest.mark.slow
 def test_full_mode_two_processes(tiny, tmp_path):  # noqa: F811
     """Fine-tuning the backbone too: the ranks end with the same network, and the backbone moved."""
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
 
     cfg = cfg_for(tiny, tmp_path / "run", mode="full", rounds=1, epochs=1, warmup_epochs=1, device="cpu")
     r0, r1 = train_on_ranks(tmp_path, cfg, tmp_path / "out")

@@ -430,7 +430,7 @@ def _evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
 def test_torch_weights_are_loaded_weights_only(tmp_path: Path) -> None:
     evil, marker = _evil_checkpoint(tmp_path)
     from ftspl.engine.errors import InputFileError
-    from ftspl.train.backbones import build_backbone, load_weights
+    from ftspl.train.backbone_registry import build_backbone, load_weights
 
     backbone = build_backbone("alexnet", pretrained=False)
     with pytest.raises(InputFileError, match="not a readable torch state dict"):

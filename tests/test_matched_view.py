@@ -160,7 +160,7 @@ def test_export_adds_per_view_output_and_keeps_the_pooled_one(tmp_path: Path) ->
         WithViewEmbeddings,
         export_encoders,
     )
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
     from ftspl.train.model import Bottleneck, ImageEncoder, MultiViewEncoder
 
     torch.manual_seed(0)

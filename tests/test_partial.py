@@ -25,7 +25,7 @@ from ftspl.train.config import TrainConfig, validate
 
 @pytest.fixture(scope="module")
 def lite0():
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
 
     return build_backbone("efficientnet_lite0")
 
@@ -68,7 +68,7 @@ def test_float16_activations_change_the_embedding_by_less_than_1e3(lite0):
 
 
 def test_only_the_tail_trains_and_a_frozen_tail_batchnorm_stays_in_eval(lite0):
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
 
     net = _pnet(build_backbone("efficientnet_lite0", pretrained=False), 2)
     tail = {id(p) for m in net.tail_modules() for p in m.parameters()}
@@ -121,7 +121,7 @@ def _pcfg(data: Path, out: Path, **kw) -> TrainConfig:
 
 @pytest.mark.slow
 def test_partial_run_moves_only_the_tail_caches_float16_and_resumes(tiny, tmp_path):  # noqa: F811
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
     from ftspl.train.loop import train
     from ftspl.train.partial import PartialNet
 
@@ -178,7 +178,7 @@ def test_exported_partial_model_serves_the_embeddings_training_computed(tiny, tm
     assert d_src < 5e-3 and d_tgt < 5e-3, (d_src, d_tgt)
     before = {k: v for k, v in weights(tmp_path / "run").items() if "running_mean" in k and "_bn1" in k}
     assert before  # the conv head's BatchNorm is in the tail; with tail_bn=train its statistics moved
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
 
     assert not torch.equal(build_backbone("efficientnet_lite0").state_dict()["_bn1.running_mean"],
                            before["backbone._bn1.running_mean"])
@@ -189,7 +189,7 @@ def test_partial_mode_two_processes(tiny, tmp_path):  # noqa: F811
     """gloo on CPU: both ranks end with the same embeddings, and the tail moved."""
     from test_ddp import train_on_ranks
 
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
 
     cfg = _pcfg(tiny, tmp_path / "run", rounds=1, epochs=1, warmup_epochs=1)
     r0, r1 = train_on_ranks(tmp_path, cfg, tmp_path / "out")

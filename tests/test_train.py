@@ -136,7 +136,7 @@ def test_full_mode_on_cpu(tiny, tmp_path):
     from ftspl.train.loop import train
 
     cfg = cfg_for(tiny, tmp_path / "full", mode="full", rounds=1, epochs=1, warmup_epochs=1, batch_size=4)
-    before = {k: v.clone() for k, v in __import__("ftspl.train.backbones", fromlist=["x"]).build_backbone("efficientnet_lite0").state_dict().items()}
+    before = {k: v.clone() for k, v in __import__("ftspl.train.backbone_registry", fromlist=["x"]).build_backbone("efficientnet_lite0").state_dict().items()}
     res = train(cfg)
     assert res.device == "cpu" and len(res.rounds) == 2
     after = weights(tmp_path / "full")
@@ -219,7 +219,7 @@ def test_pl_space_is_validated():
 
 def test_feature_cache_keys_roundtrip_and_corruption(tmp_path):
     from ftspl.engine.files import sha256_file
-    from ftspl.train.backbones import get_spec
+    from ftspl.train.backbone_registry import get_spec
     from ftspl.train.featcache import FeatureCache, backbone_id
 
     pre = get_spec("efficientnet_lite0").preprocess

@@ -16,7 +16,7 @@ def run_model(run_dir: Path, look: str | None = None):
     The render spec (and so the look) is the one the run trained with; a ``look``
     other than it is refused, since the network learnt from views of that look.
     """
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
     from ftspl.train.net import FTSPLNet
     from ftspl.train.runio import CONFIG, METRICS, RUN_INFO, load_best
 

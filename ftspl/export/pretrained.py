@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ftspl.engine.constants import RenderSpec
 from ftspl.export.onnx_export import ModelMeta
-from ftspl.train.backbones import build_backbone, get_spec
+from ftspl.train.backbone_registry import build_backbone, get_spec
 from ftspl.train.model import ImageEncoder, MultiViewEncoder
 
 

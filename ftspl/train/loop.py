@@ -124,7 +124,7 @@ def _load_inputs(cfg: TrainConfig, cache: Path, progress: ProgressFn | None, dis
     With N processes each renders a share of the shapes, and all of them must
     end up with the same inputs (checked).
     """
-    from ftspl.train.backbones import get_spec
+    from ftspl.train.backbone_registry import get_spec
     from ftspl.train.data import load_source, load_target
     from ftspl.train.feeds import PhotoList
     from ftspl.train.viewcache import cache_views_split
@@ -202,7 +202,7 @@ def _head_feed(cfg: TrainConfig, net, inp: _Inputs, cache: Path, device: torch.d
 
 
 def _build_net(cfg: TrainConfig, n_classes: int, device: torch.device):
-    from ftspl.train.backbones import build_backbone
+    from ftspl.train.backbone_registry import build_backbone
     from ftspl.train.net import FTSPLNet
 
     backbone = build_backbone(cfg.backbone, pretrained=True, weights_path=Path(cfg.weights) if cfg.weights else None)

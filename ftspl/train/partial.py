@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from ftspl.engine.errors import UsageError
-from ftspl.train.backbones import Backbone, get_spec
+from ftspl.train.backbone_registry import get_spec
+from ftspl.train.backbones import Backbone
 from ftspl.train.config import TrainConfig
 from ftspl.train.featcache import FeatureCache, backbone_id
 from ftspl.train.feeds import HeadFeed
