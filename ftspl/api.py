@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from ftspl.engine.constants import MAX_FACES, MAX_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_VERTICES
-from ftspl.engine.errors import FtsplError, ImageLoadError, UsageError
+from ftspl.engine.errors import FtsplError, UsageError
 from ftspl.library_care import LibraryCare
-from ftspl.results import AddReport, Failure, Hit, IndexStats, PhotoResult, QueryAnswer, VerifyReport
+from ftspl.photo_search import decode_photos, open_set_cut, search_photos
+from ftspl.results import AddReport, IndexStats, QueryAnswer, VerifyReport
 
 #: ``progress(phase, done, total)``, called while shapes are added
 Progress = Callable[[str, int, int], None]
@@ -268,8 +269,8 @@ class Library(LibraryCare):
         rcfg = resolve(regions, region_fusion, fuse=fuse, rerank=match.rerank,
                        has_output=engine.encoders.has_region_output, model_id=engine.manifest.model_id)
         t_model = time.perf_counter()
-        images, kept, boxes, decode_ms, failed = self._decode(items, names, box, skip_bad, max_pixels,
-                                                             max_file_bytes)
+        images, kept, boxes, decode_ms, failed = decode_photos(items, names, box, skip_bad, max_pixels,
+                                                               max_file_bytes)
         t_decoded = time.perf_counter()
         fresh = self._reader is None
         reader = self.reader()
@@ -279,9 +280,9 @@ class Library(LibraryCare):
         if self.follow and not fresh:
             reader.refresh()
         t_open = time.perf_counter()
-        cut, cut_from = self._open_set_cut(max_distance, min_score)
-        results, fused, gen = self._search(reader, images, kept, boxes, decode_ms, top, match, fuse, fusion, cut,
-                                           rcfg)
+        cut, cut_from = open_set_cut(engine, max_distance, min_score)
+        results, fused, gen = search_photos(engine.encoders, reader, images, kept, boxes, decode_ms, top, match,
+                                            fuse, fusion, cut, rcfg)
         t_done = time.perf_counter()
         from ftspl.engine.scoring.views import views_note
 
@@ -295,103 +296,6 @@ class Library(LibraryCare):
             search_s=t_done - t_open, images=tuple(images),
             origins=tuple((0, 0) if b is None else (b.x0, b.y0) for b in boxes),
         )
-
-    def _decode(self, items: list, names: Sequence[str] | None, box, skip_bad: bool, max_pixels: int,
-                max_file_bytes: int):
-        """Each photo decoded and cropped on its own: with ``skip_bad`` one bad photo does not sink the others."""
-        from ftspl.photo_input import crop, to_image
-
-        images, kept, regions, decode_ms, failed = [], [], [], [], []
-        for i, item in enumerate(items):
-            t = time.perf_counter()
-            try:
-                img, name = to_image(item, i, max_pixels, max_file_bytes, "--max-pixels", "--max-file-bytes")
-            except ImageLoadError as exc:
-                if not skip_bad:
-                    raise
-                failed.append(Failure(exc.path, exc.reason))
-                continue
-            img, region = crop(img, box)
-            images.append(img)
-            kept.append(names[i] if names is not None else name)
-            regions.append(region)
-            decode_ms.append((time.perf_counter() - t) * 1000)
-        return images, kept, regions, decode_ms, failed
-
-    def _search(self, reader, images: list, names: list[str], boxes: list, decode_ms: list[float], top: int,
-                match, fuse: bool, fusion: str | None, cut: float | None, rcfg):
-        """Embed the photos as one batch; per-photo lists (unless ``fuse``) and the fused list (with ``fusion``).
-
-        With regions (``rcfg.mode`` other than none) each photo's windows are
-        embedded with it and its list is :func:`~ftspl.engine.scoring.regions.region_search`'s.
-        """
-        import numpy as np
-
-        from ftspl.engine.model.preprocess import to_tensor
-        from ftspl.engine.scoring.fusion import fuse_embeddings, fused_search
-        from ftspl.engine.scoring.views import MatchConfig, match_views, search_matched
-
-        if not images:
-            return [], None, reader.generation
-        enc = self.engine.encoders
-        sets = None
-        if rcfg.mode == "none":
-            emb = enc.embed_photos(np.stack([to_tensor(im, enc.preprocess) for im in images]))
-        else:
-            from ftspl.engine.scoring.regions import embed_regions
-
-            sets = embed_regions(enc, images, rcfg)
-            emb = np.stack([rows[0] for rows, _ in sets])  # row 0: the whole photo
-        results: list[PhotoResult] = []
-        gen = None
-        if not fuse and sets is not None:
-            results, gen = self._search_regions(reader, sets, names, boxes, decode_ms, top, cut, rcfg.fusion)
-        elif not fuse:
-            hits, gen = search_matched(reader, emb, top, match)
-            results = [PhotoResult(n, [Hit.from_engine(h, cut, reg) for h in hs], ms, gen)
-                       for n, hs, reg, ms in zip(names, hits, boxes, decode_ms)]
-        fused = None
-        if fusion is not None:
-            hits, fgen = fused_search(reader, emb, top, fusion)
-            hits = match_views(reader, fuse_embeddings(emb), [hits], top, MatchConfig(rerank="none"))[0]
-            gen = fgen if gen is None else gen
-            fused = PhotoResult(" + ".join(names), [Hit.from_engine(h, cut) for h in hits], sum(decode_ms), fgen)
-            if fuse:
-                results = [fused]
-        return results, fused, gen
-
-    @staticmethod
-    def _search_regions(reader, sets: list, names: list[str], boxes: list, decode_ms: list[float], top: int,
-                        cut: float | None, how: str) -> tuple[list[PhotoResult], int | None]:
-        """Each photo's regional list; a hit's ``region`` in the photo's pixels (None: the whole photo)."""
-        from ftspl.engine.scoring.regions import region_search, with_views
-        from ftspl.results import Region
-
-        results, gen = [], None
-        for (rows, windows), name, box, ms in zip(sets, names, boxes, decode_ms):
-            hits, picked, gen = region_search(reader, rows, top, how)
-            hits = with_views(reader, rows, hits, picked)
-            dx, dy = (box.x0, box.y0) if box is not None else (0, 0)
-            where = [box if w is None else Region(w[0] + dx, w[1] + dy, w[2] + dx, w[3] + dy) for w in windows]
-            results.append(PhotoResult(name, [Hit.from_engine(h, cut, where[r]) for h, r in zip(hits, picked)],
-                                       ms, gen))
-        return results, gen
-
-    def _open_set_cut(self, max_distance: float | None, min_score: float | None) -> tuple[float | None, str | None]:
-        """The distance beyond which a hit is no match, and where it comes from (argument, calibration, none)."""
-        from ftspl.engine.scoring.openset import distance_of, load_calibration
-
-        if max_distance is not None and min_score is not None:
-            raise UsageError("give --max-distance or --min-score, not both (they are one cut in two units)")
-        if max_distance is not None:
-            return float(max_distance), "--max-distance"
-        if min_score is not None:
-            return distance_of(min_score), "--min-score"
-        engine = self.engine
-        cal = load_calibration(engine.dir, engine.manifest.model_hash)
-        if cal is None:
-            return None, None
-        return cal.max_distance, f"calibrated on {cal.photos} at {cal.precision:.0%} precision"
 
     def contact_sheet(self, answer: QueryAnswer, path: str | Path) -> Path:
         """Draw ``answer`` as a PNG contact sheet: each photo beside its hits' previews (a fused list beside its first photo)."""

@@ -26,6 +26,7 @@ import numpy as np
 from ftspl.engine.errors import MeshLoadError, UsageError
 from ftspl.engine.index.shapequery import QueryShape, ShapeEmbedder, shape_kind
 from ftspl.engine.index.store.schema import normalize_path
+from ftspl.photo_search import decode_photos, open_set_cut
 from ftspl.results import Failure, Hit, PhotoResult, QueryAnswer
 
 MIXED = ("{photo} is a photo and {shape} a shape: a query mixes them only with --fuse (one list for one "
@@ -87,8 +88,8 @@ def answer(lib, items: list, kinds: list[str | None], top: int, *, names: Sequen
                          "its order (use --rerank none)")
     t0 = time.perf_counter()
     engine = lib.engine
-    images, kept, _, decode_ms, failed = lib._decode([items[i] for i in photos], [label(i) for i in photos],
-                                                     box, skip_bad, max_pixels, max_file_bytes)
+    images, kept, _, decode_ms, failed = decode_photos([items[i] for i in photos], [label(i) for i in photos],
+                                                       box, skip_bad, max_pixels, max_file_bytes)
     reader = lib.reader()
     if hnsw_ef is not None:
         reader.ann.ef_search = hnsw_ef
@@ -106,7 +107,7 @@ def answer(lib, items: list, kinds: list[str | None], top: int, *, names: Sequen
         else:
             raise MeshLoadError(label(i), shape.error)
     t_rendered = time.perf_counter()
-    cut, cut_from = lib._open_set_cut(max_distance, min_score) if (max_distance, min_score) != (None, None) \
+    cut, cut_from = open_set_cut(lib.engine, max_distance, min_score) if (max_distance, min_score) != (None, None) \
         else (None, None)
     selves = [_self_test(s) for _, s in good] if exclude_self else []
     is_self = (lambda h: any(t(h) for t in selves)) if selves else (lambda h: False)
