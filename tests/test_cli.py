@@ -236,13 +236,21 @@ def test_view_folders_are_indexed_without_rendering(home, tmp_path, photo):
     assert [h["label"] for h in hits] == ["red", "red"]
 
 
-def test_device_cuda_fails_loudly_without_cuda(home, photo):
-    import onnxruntime as ort
+def test_device_cuda_fails_loudly_without_cuda(home, photo, tmp_path):
+    from ftspl.engine.model.cuda import cuda_usable
 
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("CUDA provider present: the loud-failure path cannot be shown here")
-    r = run(home, "query", str(photo), "--device", "cuda")
-    assert r.returncode == 1 and "--device cuda" in r.stderr and "Traceback" not in r.stderr
+    if cuda_usable():
+        pytest.skip("a usable GPU: the loud-failure path cannot be shown here")
+    import shutil
+
+    h2 = tmp_path / "h"
+    shutil.copytree(home / "models", h2 / "models")
+    make_gallery(tmp_path / "g")
+    r = run(h2, "index", "add", str(tmp_path / "g"), "--device", "cuda")  # a listed provider is not enough
+    assert r.returncode == 1 and "--device cuda" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert run(h2, "index", "add", str(tmp_path / "g")).returncode == 0  # --device auto: the CPU
+    r = run(h2, "query", str(photo), "--device", "cuda")
+    assert r.returncode == 1 and "--device cuda" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run(home, "query", str(photo), "--device", "tpu")
     assert r.returncode == 2 and "valid: auto, cpu, cuda" in r.stderr
 

@@ -96,10 +96,13 @@ class Encoders:
         if self.runtime.device == "cpu" or (self.precision == "int8" and self.runtime.device == "auto"):
             return [CPU]
         if self.runtime.device == "cuda":
-            if CUDA not in available:
+            if not cuda_usable():  # a listed provider without a GPU would run on the CPU, silently
                 raise DeviceError(
-                    "--device cuda: onnxruntime has no CUDA provider; pip install 'ftspl[gpu]' "
-                    "(onnxruntime-gpu) or use --device cpu"
+                    "--device cuda: " + ("onnxruntime has no CUDA provider; pip install 'ftspl[gpu]'"
+                                         if CUDA not in available else
+                                         "onnxruntime's CUDA provider cannot run here (no GPU, or its CUDA/cuDNN "
+                                         "libraries do not load: pip install 'ftspl[gpu]')")
+                    + " or use --device cpu"
                 )
             return [CUDA, CPU]
         return [CUDA, CPU] if cuda_usable() else [CPU]
