@@ -124,7 +124,9 @@ def cosine_check(fp32: Path, reduced: Path, input_name: str, outputs: tuple[str,
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     ref = ort.InferenceSession(str(fp32), sess_options=opts, providers=["CPUExecutionProvider"])
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    from ftspl.engine.model.cuda import cuda_usable
+
+    providers = (["CUDAExecutionProvider"] if cuda_usable() else []) + ["CPUExecutionProvider"]
     try:
         got = ort.InferenceSession(str(reduced), sess_options=opts, providers=providers)
         runs = [(ref.run(list(outputs), {input_name: b}), got.run(list(outputs), {input_name: b})) for b in batches]
