@@ -18,9 +18,9 @@ import torch
 
 from ftspl.engine.errors import UsageError
 from ftspl.engine.home import Home
-from ftspl.train.loop import Embeddings, _build_net, _embeddings_of, _head_feed, _load_inputs, _torch_threads, pick_device
+from ftspl.train.prepare import Embeddings, _build_net, _embeddings_of, _head_feed, _load_inputs, _torch_threads
 from ftspl.train.runio import load_best, saved_config
-from ftspl.train.trainer import served_all
+from ftspl.train.trainer import pick_device, served_all
 
 
 def embed_run(run_dir: Path, photos: str | Path, shapes: str | Path, home: Home | None = None) -> Embeddings:
