@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from ftspl.data.protocol import TUNE_SEEDS, seed_role
+    from protocollib import tuning_seeds
     from studylib import all_rows
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -140,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad or DECIDING_ROW not in rows:
         sys.exit(f"--rows: unknown {', '.join(bad)}; valid: {', '.join(all_rows())} ({DECIDING_ROW} must be among them)"
                  if bad else f"--rows must include {DECIDING_ROW}, the row that decides")
-    wrong = [s for s in args.seeds if seed_role(s) != "tune"]
-    if wrong:
-        sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not tuning seeds ({', '.join(map(str, TUNE_SEEDS))})")
+    args.seeds = tuning_seeds(args.seeds)
     real = None if str(args.real).lower() == "none" else args.real
     if real is not None and not (real / "labels.csv").exists():
         sys.exit(f"--real {real}: no labels.csv (pass --real none to skip the real photos)")

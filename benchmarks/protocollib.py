@@ -1,4 +1,5 @@
-"""The protocol for scripts that score a served index (``beyond.py``, ``matched_view.py``): a helper module.
+"""The protocol for the scripts: which seeds may tune (:func:`tuning_seeds`), and for scripts that score a
+served index (``beyond.py``, ``matched_view.py``) the check of its build and gallery: a helper module.
 
 A split's photos have one purpose (:mod:`ftspl.data.protocol`): ``val``
 tunes and ranks ``val_gallery`` (the source models' meshes); ``queries``
@@ -9,6 +10,7 @@ nothing else: tuning against an index of the reported gallery is refused.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 #: split -> (purpose, the gallery folder its photos rank)
@@ -58,3 +60,19 @@ def check_gallery(paths: list[str], folder: Path) -> None:
 
 
 __all__ = ["ROLES", "check_build", "check_gallery", "gallery_with_paths"]
+
+
+def tuning_seeds(text: str | list[int] | None) -> list[int]:
+    """``--seeds`` of a script that chooses something: "0,1" (or a parsed list) of tuning seeds, None: all of
+    :data:`ftspl.data.protocol.TUNE_SEEDS`. A report seed, or none at all, exits with the rule."""
+    from ftspl.data.protocol import TUNE_SEEDS, seed_role
+
+    if text is None:
+        return list(TUNE_SEEDS)
+    seeds = list(text) if isinstance(text, list) else [int(s) for s in str(text).split(",") if s.strip()]
+    wrong = [s for s in seeds if seed_role(s) != "tune"]
+    if not seeds or wrong:
+        what = f"{', '.join(map(str, wrong))} are not tuning seeds" if wrong else "none given"
+        sys.exit(f"--seeds: {what}; choices are made on tuning seeds only ({', '.join(map(str, TUNE_SEEDS))}), "
+                 "report seeds are for the report")
+    return seeds

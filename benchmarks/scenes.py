@@ -51,14 +51,9 @@ UNTRAINED = ("CNN", "CNN_centred")
 
 
 def parse_seeds(text: str) -> list[int]:
-    from ftspl.data.protocol import TUNE_SEEDS, seed_role
+    from protocollib import tuning_seeds
 
-    seeds = [int(s) for s in text.split(",") if s.strip()]
-    wrong = [s for s in seeds if seed_role(s) != "tune"]
-    if not seeds or wrong:
-        sys.exit(f"--seeds: {', '.join(map(str, wrong)) or 'none given'}: use tuning seeds "
-                 f"({', '.join(map(str, TUNE_SEEDS))}); this study chooses nothing on report seeds")
-    return seeds
+    return tuning_seeds(text)
 
 
 def scene_config(seed: int):

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from ftspl.data.protocol import TUNE_SEEDS, seed_role
+    from protocollib import tuning_seeds
     from ftspl.engine.errors import UsageError
     from ftspl.train.config import PRESETS
     from studylib import QUICK, build_split, folder_split
@@ -210,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--rows: unknown {', '.join(bad)}; valid: {', '.join(PRESETS)}")
     if args.metric not in ("FT", "NN", "ST", "DCG"):
         sys.exit(f"--metric: unknown {args.metric}; valid: FT, NN, ST, DCG")
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(TUNE_SEEDS)
-    wrong = [s for s in seeds if seed_role(s) != "tune"]
-    if wrong:
-        sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not tuning seeds (tune on {', '.join(map(str, TUNE_SEEDS))})")
+    seeds = tuning_seeds(args.seeds or None)
     home = study_home()
     work = (args.work or home.cache / "study").resolve()
     data_root = (args.data_root or home.cache / "quality-data").resolve()

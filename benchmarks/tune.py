@@ -235,13 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(bad) if bad else "every tuned default equals its grid's winner")
         return 1 if bad else 0
 
-    from ftspl.data.protocol import TUNE_SEEDS, seed_role
+    from protocollib import tuning_seeds
     from studylib import build_split
 
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(TUNE_SEEDS)
-    wrong = [s for s in seeds if seed_role(s) != "tune"]
-    if wrong:
-        sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not tuning seeds (tune on {', '.join(map(str, TUNE_SEEDS))})")
+    seeds = tuning_seeds(args.seeds or None)
     home = study_home()
     work = (args.work or home.cache / "study").resolve()
     data_root = (args.data_root or home.cache / "quality-data").resolve()
