@@ -54,7 +54,7 @@ def embed_run(run_dir: Path, photos: str | Path, shapes: str | Path, home: Home 
 
             feed = partial_feed(cfg, net, inp, cache, device, None)
         else:
-            from ftspl.train.feeds import FullFeed
+            from ftspl.train.full_feed import FullFeed
 
             feed = FullFeed(inp.pre, inp.photos, inp.views, device, inp.queries)
         bs = cfg.batch_size

@@ -167,7 +167,7 @@ def _train(cfg: TrainConfig, dist: Dist, resume: bool, progress: ProgressFn | No
     from dataclasses import replace
 
     from ftspl.train.continuation import run_info_extra
-    from ftspl.train.feeds import FullFeed
+    from ftspl.train.full_feed import FullFeed
     from ftspl.train.runio import resume_into, saved_config, write_start
 
     t_start = time.perf_counter()
