@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 #: modules scripts share; a helper may import another helper, never a script
-HELPERS = {"common", "studylib", "varietylib", "perflib", "peerlib", "querylib", "annlib", "protocollib", "regionlib"}
+HELPERS = {"common", "studylib", "varietylib", "perflib", "peerlib", "querylib", "annlib", "protocollib", "regionlib",
+           "budgetlib"}
 SCRIPTS = sorted(p for p in [*BENCH.glob("*.py"), *BENCH.glob("*/*.py")] if p.stem not in HELPERS)
 
 
