@@ -7,14 +7,14 @@ when that is a module, else to ``pkg``; a parent package that Python
 initialises on the way is no edge (see :func:`resolve`). The benchmark scripts import each
 other by bare name (``from common import ...``, their folder is on
 ``sys.path``), so a bare name that is a file in ``benchmarks/`` is that file.
+
+The same trees keep every module at most :data:`MAX_LINES` lines long.
 """
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,3 +136,17 @@ def test_no_import_circle_in_ftspl() -> None:
 def test_no_import_circle_in_benchmarks() -> None:
     bad = cycles(import_graph("benchmarks"))
     assert not bad, f"import circles: {bad}"
+
+
+MAX_LINES = 400
+
+
+def test_no_module_over_400_lines() -> None:
+    """Every module of ``ftspl/`` and ``benchmarks/`` has at most 400 lines: a longer one is split by concern."""
+    over = {}
+    for folder in ("ftspl", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            n = len(path.read_bytes().splitlines())
+            if n > MAX_LINES:
+                over[str(path.relative_to(ROOT))] = n
+    assert not over, f"modules over {MAX_LINES} lines (split each into modules by concern): {over}"
