@@ -34,7 +34,7 @@ DEFAULT_UP = "y"  #: what trimesh loads as +Y
 
 # --- Photo preprocessing -----------------------------------------------------
 #: Per-backbone values (mean, std, input size, crop fraction) live in the backbone's
-#: registry entry (``ftspl.train.backbones.BACKBONES``), which export copies into the
+#: registry entry (``ftspl.train.backbone_registry.BACKBONES``), which export copies into the
 #: manifest; the engine reads them only from there (:class:`Preprocess` has no defaults).
 
 # --- Bad-input caps (configurable per call; these are the defaults) ---------

@@ -55,7 +55,7 @@ TAIL_BNS = ("frozen", "train")  #: partial mode: BatchNorm of the trained blocks
 PL_SPACES = ("embedding", "unit")
 ALIGNS = ("none", "coral", "dann", "mmd", "jan")  #: domain-alignment losses (``ftspl.train.align``)
 ALIGN_PHASES = ("all", "warmup")
-DEFAULT_BACKBONE = "efficientnet_lite0"  #: a key of ``ftspl.train.backbones.BACKBONES``
+DEFAULT_BACKBONE = "efficientnet_lite0"  #: a key of ``ftspl.train.backbone_registry.BACKBONES``
 LEGACY_LOOK = "grey"  #: the look of runs saved before ``TrainConfig.look`` existed
 
 
