@@ -156,11 +156,14 @@ def test_planted_duplicates_end_to_end(model_home: Path, tmp_path: Path, gl_avai
     assert body["shapes"] == len(truth) and body["exact_groups"] == 1 and body["near_groups"] == 2
     exact = body["exact"][0]
     assert {m["path"] for m in exact["members"]} == {p for p, m in truth.items() if m == "ell" and "in-inches" not in p}
-    assert exact["representative"]["path"].endswith("models/ell.obj")  # indexed first: its folder sorts first
+    # indexed first: index add takes files in path order, and copies/ sorts before models/
+    assert exact["representative"]["path"].endswith("copies/ell-renamed.obj")
+    assert exact["representative"]["id"] == min(m["id"] for m in exact["members"])
     for group in body["near"]:
         model = {truth[m["path"]] for m in group["members"]}
         assert len(model) == 1, group  # never two different models
-        assert {m["path"] for m in group["members"]} == {p for p, m in truth.items() if m == model.pop()}
+        name = model.pop()
+        assert {m["path"] for m in group["members"]} == {p for p, m in truth.items() if m == name}
         assert group["members"][0] == group["representative"]
     assert sheet.stat().st_size > 2000
     # the API answers the same groups; the CLI's plain output names them
