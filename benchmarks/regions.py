@@ -4,9 +4,9 @@
                                  [--repeats 5] [--exporter torchscript] [--out FILE] [--json]
 
 Per tuning seed (:data:`ftspl.data.protocol`: val photos rank the val gallery),
-the FTSPL run with ``ftspl train``'s defaults (the study's finished run of that
-cell under ``<home>/cache/study``; the pretrained encoder when there is none)
-is exported with ``ftspl export RUN --precision fp32`` (its image graph carries
+the FTSPL run with ``ftspl train``'s defaults (the study's cell under
+``<home>/cache/study``, trained here when no earlier study left it; ``--model
+pretrained``: the ImageNet encoders instead) is exported with ``ftspl export RUN --precision fp32`` (its image graph carries
 the regional output) into a home that indexes the val gallery with
 ``ftspl index add``, and a second home with the same model indexes the seed's
 target gallery for the real photos.
@@ -55,7 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, ROOT, cli_run, logger, quiet_openmp, result_record, study_home, write_result
+from common import (RESULTS, ROOT, cli_run, load_torch_before_mesa, logger, quiet_openmp, result_record, study_home,
+                    write_result)
 from regionlib import FUSIONS, MODES, SCALE_SETS, decide, paired_vs_none, score_block, served_check, variants
 
 quiet_openmp()
@@ -64,15 +65,20 @@ REAL = ROOT.parent / "shared" / "data" / "real_photos"
 
 
 # -- models and indexes ---------------------------------------------------------------------------------
-def model_run(split) -> tuple[Path | None, str]:
-    """The study's finished FTSPL run with ``ftspl train``'s defaults for ``split`` (tune), or None."""
-    from studylib import cell_key, train_config
+def model_run(split, model: str = "FTSPL") -> tuple[Path | None, str]:
+    """The FTSPL run with ``ftspl train``'s defaults for ``split`` (tune): the study's cell, trained here
+    (``studylib.run_cell``, cached under ``<home>/cache/study``) when no earlier study left it; None for
+    ``model="pretrained"`` (the ImageNet encoders)."""
+    if model == "pretrained":
+        return None, "pretrained (--model pretrained)"
+    from studylib import run_cell, run_dir_of, train_config
 
-    key = cell_key("FTSPL", train_config("FTSPL", split), "tune")
-    run = study_home().cache / "study" / f"seed{split.seed}" / "tune" / f"run-FTSPL-{key}"
-    if (run / "best.pt").is_file():
-        return run, "the study's finished FTSPL run (ftspl train's defaults)"
-    return None, "pretrained (no finished FTSPL run cached)"
+    work = study_home().cache / "study"
+    run = run_dir_of("FTSPL", train_config("FTSPL", split), split, "tune", work)
+    if not (run / "best.pt").is_file():
+        log(f"seed {split.seed}: training the FTSPL cell with ftspl train's defaults")
+        run_cell("FTSPL", split, "tune", None, work)
+    return run, "the study's FTSPL run (ftspl train's defaults)"
 
 
 def active_manifest(home: Path):
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-size", type=int, default=100_000, help="shapes in the latency index (0: skip)")
     ap.add_argument("--cost-photos", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", choices=("FTSPL", "pretrained"), default="FTSPL",
+                    help="FTSPL: the run of ftspl train's defaults per seed (trained when no study left it)")
     ap.add_argument("--exporter", default="torchscript", help="ftspl export --exporter (torchscript: faster)")
     ap.add_argument("--data-root", type=Path, default=None, help="default: <cache>/quality-data")
     ap.add_argument("--scenes-root", type=Path, default=None,
@@ -254,12 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost_worker:
         cost_worker(args.cost_worker)
         return 0
-    from ftspl.data.protocol import TUNE_SEEDS
+    from protocollib import tuning_seeds
     from studylib import build_split
 
-    seeds = [int(s) for s in args.seeds.split(",")]
-    if any(s not in TUNE_SEEDS for s in seeds):
-        sys.exit(f"--seeds: regions are chosen on tuning seeds only ({TUNE_SEEDS})")
+    seeds = tuning_seeds(args.seeds)
+    if args.model != "pretrained":
+        load_torch_before_mesa()  # training may follow the builds' rendering in this process
     t0 = time.perf_counter()
     cache = study_home().cache
     work = cache / "regions"
@@ -267,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     per_seed, real_out, checks = [], [], {}
     for seed in seeds:
         split = build_split(seed, data_root)
-        run, origin = model_run(split)
+        run, origin = model_run(split, args.model)
         home = work / f"seed{seed}" / "home-val"
         model_id = export(run, home, args.exporter)
         index(home, split.val_gallery)
