@@ -48,6 +48,9 @@ MAX_IMAGE_PIXELS = 64_000_000  #: decompression-bomb guard for photos and views
 #: ``materials``: each shape's own colours and textures (OBJ+MTL ``Kd``/``map_Kd``, glTF
 #: base colour and texture, PLY vertex/face colours); shapes without any render grey.
 LOOKS = ("grey", "materials")
+#: the look of a spec that names none: models and indexes written before looks existed rendered grey.
+#: The product's default look (what training renders and ``export --pretrained`` serves) is
+#: ``ftspl.train.config.TrainConfig.look``.
 DEFAULT_LOOK = "grey"
 
 
