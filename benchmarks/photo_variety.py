@@ -101,13 +101,15 @@ def choose(val: dict, row: str, order: list[str]) -> str:
 
 
 def markdown(summary: dict, block: str) -> str:
+    from studylib import ci, pm
+
     lines = [f"| variety ({block}) | row | " + " | ".join(SHOWN) + " | FT vs base [95% interval] |",
              "|---|---|" + "---:|" * len(SHOWN) + "---|"]
     for v, rows in summary.items():
         for row, rec in rows.items():
-            cells = [f"{rec['mean'][m][0]:.3f} ± {rec['mean'][m][1]:.3f}" for m in SHOWN]
+            cells = [pm(rec["mean"][m]) for m in SHOWN]
             d = rec.get("vs_base", {}).get("FT")
-            diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else "-"
+            diff = ci(d) if d else "-"
             lines.append(f"| {v} | {row} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(lines) + "\n"
 

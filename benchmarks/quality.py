@@ -94,7 +94,7 @@ def served_check(row: str, split, work: Path, fields: dict | None) -> dict:
 
 
 def markdown(out: dict) -> str:
-    from studylib import METRICS, PAIRED
+    from studylib import METRICS, PAIRED, ci, pm
 
     n = len(out["config"]["seeds"])
     lines = [f"Report seeds {', '.join(map(str, out['config']['seeds']))}: mean ± sample std over {n} seeds; "
@@ -103,13 +103,13 @@ def markdown(out: dict) -> str:
              "|" + "|".join(["---"] + ["---:"] * len(METRICS) + ["---"]) + "|"]
     for row, ms in out["rows"].items():
         paper = PAPER_MI3DOR.get(row)
-        lines.append(f"| {row} | " + " | ".join(f"{ms[m][0]:.3f} ± {ms[m][1]:.3f}" for m in METRICS)
+        lines.append(f"| {row} | " + " | ".join(pm(ms[m]) for m in METRICS)
                      + f" | {' '.join(f'{v:.3f}' for v in paper) if paper else '-'} |")
     lines += ["", "FTSPL minus each row: mean of the per-seed differences [95% bootstrap interval over query models]; "
               "ANMRR as a gain; * = the interval holds 0 (within noise).", "",
               "| FTSPL minus | " + " | ".join(PAIRED) + " |", "|---|" + "---|" * len(PAIRED)]
     for row, d in out["paired"].get("FTSPL", {}).items():
-        cells = [f"{d[m]['mean']:+.3f} [{d[m]['ci95'][0]:+.3f}, {d[m]['ci95'][1]:+.3f}]{'*' if d[m]['within_noise'] else ''}"
+        cells = [f"{ci(d[m])}{'*' if d[m]['within_noise'] else ''}"
                  for m in PAIRED]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if out.get("real_photos"):
@@ -118,7 +118,7 @@ def markdown(out: dict) -> str:
         for kind, rows in out["real_photos"].items():
             for row, d in rows.items():
                 lines.append(f"| {kind} | {row} | {d['n']} | " + " | ".join(
-                    f"{d['mean'][m][0]:.3f} ± {d['mean'][m][1]:.3f}" for m in ("NN", "FT", "ST", "DCG", "ANMRR")) + " |")
+                    pm(d["mean"][m]) for m in ("NN", "FT", "ST", "DCG", "ANMRR")) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -131,6 +131,8 @@ def summarise(results: dict) -> dict:
 
 
 def markdown(summary: dict) -> str:
+    from studylib import ci, pm
+
     lines = ["| block | row | variant | " + " | ".join(SHOWN) + " | FT with - without [95% interval] |",
              "|---|---|---|" + "---:|" * len(SHOWN) + "---|"]
     for block, rows in summary.items():
@@ -138,9 +140,9 @@ def markdown(summary: dict) -> str:
             for v in ("-", *VARIANTS):
                 if v not in rec:
                     continue
-                cells = [f"{rec[v]['mean'][m][0]:.3f} ± {rec[v]['mean'][m][1]:.3f}" for m in SHOWN]
+                cells = [pm(rec[v]["mean"][m]) for m in SHOWN]
                 d = rec.get("with_minus_without", {}).get("FT") if v == "with" else None
-                diff = f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d else ""
+                diff = ci(d) if d else ""
                 lines.append(f"| {block} | {row} | {v} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(lines) + "\n"
 

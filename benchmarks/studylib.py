@@ -346,3 +346,13 @@ def paired(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> d
 
 __all__ = ["METRICS", "PAIRED", "PRETRAINED_ROWS", "RULE", "TIE", "Split", "all_rows", "build_split", "mean_std",
            "paired", "pick", "real_photo_cell", "real_photo_sets", "run_cell", "score", "train_config", "trained_rows"]
+
+
+def pm(pair) -> str:
+    """``[mean, std]`` as a table cell: ``0.607 ± 0.012``."""
+    return f"{pair[0]:.3f} ± {pair[1]:.3f}"
+
+
+def ci(d: dict) -> str:
+    """A paired difference (:func:`paired`'s per-metric record) as a table cell: ``+0.020 [-0.004, +0.048]``."""
+    return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"

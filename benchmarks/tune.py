@@ -158,6 +158,8 @@ def run_grid(name: str, splits: list, work: Path, winners: dict, shard: tuple[in
 
 def markdown(results: dict) -> str:
     """Every grid as a table (mean ± sample std over the tuning seeds), the winner in bold."""
+    from studylib import pm
+
     lines = [f"Tuning: val photos ranking the val gallery on tuning seeds; rule: {RULE}.", ""]
     for name, rec in results.items():
         lines += [f"### {name} ({rec['row']}; {rec['note'] or 'kept pretrained features'}; seeds "
@@ -165,7 +167,7 @@ def markdown(results: dict) -> str:
                   "| cell | val FT | NN | ST | DCG | ANMRR |", "|---|---|---|---|---|---|"]
         for c in rec["cells"]:
             win = c["label"] == rec["winner"]["label"]
-            vals = [f"{c['mean'][m][0]:.3f} ± {c['mean'][m][1]:.3f}" for m in ("FT", "NN", "ST", "DCG", "ANMRR")]
+            vals = [pm(c["mean"][m]) for m in ("FT", "NN", "ST", "DCG", "ANMRR")]
             lines.append(f"| {'**' + c['label'] + '**' if win else c['label']} | " + " | ".join(vals) + " |")
         lines.append("")
     return "\n".join(lines)
