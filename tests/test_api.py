@@ -160,14 +160,14 @@ def test_query_forms_box_fusion_and_bad_photos(indexed, tmp_path: Path) -> None:
 
     home, gallery, photo = indexed
     with ftspl.open(home) as lib:
-        by_path = lib.query(photo, top=4)
+        by_path = lib.query(photo, top=4, regions="none")  # the whole photo (tests/test_regions.py: its windows)
         assert [h.rank for h in by_path.hits] == [1, 2, 3, 4] and by_path.results[0].photo == str(photo)
         assert all(h.region is None and h.match for h in by_path.hits)
         pixels = np.asarray(Image.open(photo).convert("RGB"))
-        for same in (lib.query(pixels, top=4), lib.query(Image.open(photo), top=4)):
+        for same in (lib.query(pixels, top=4, regions="none"), lib.query(Image.open(photo), top=4, regions="none")):
             assert [h.path for h in same.hits] == [h.path for h in by_path.hits]
             assert [h.distance for h in same.hits] == pytest.approx([h.distance for h in by_path.hits], abs=1e-5)
-        boxed = lib.query(photo, top=4, box=(0.3, 0.2, 0.7, 0.8))
+        boxed = lib.query(photo, top=4, box=(0.3, 0.2, 0.7, 0.8), regions="none")
         assert boxed.hits[0].region.to_dict() == {"x0": 60, "y0": 32, "x1": 140, "y1": 128}
         assert [h.distance for h in boxed.hits] != pytest.approx([h.distance for h in by_path.hits])  # it cropped
         with pytest.raises(UsageError, match="for a 200x160 photo"):
@@ -287,7 +287,7 @@ def test_box_through_the_cli_and_the_http_api(indexed) -> None:
     from conftest import run_ftspl
 
     home, _, photo = indexed
-    good = run_ftspl(home, "query", str(photo), "--top", "2", "--box", "0.3,0.2,0.7,0.8", "--json")
+    good = run_ftspl(home, "query", str(photo), "--top", "2", "--box", "0.3,0.2,0.7,0.8", "--regions", "none", "--json")
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)["hits"][0]["region"] == {"x0": 60, "y0": 32, "x1": 140, "y1": 128}
     for box in ("40,10,20,50", "0,0,500,10", "1,2,3"):
@@ -306,7 +306,7 @@ def test_box_through_the_cli_and_the_http_api(indexed) -> None:
         with TestClient(create_app(ServeConfig(home=home, workers=1), live)) as client:
             def ask(box: object):
                 return client.post("/api/query", json={"image": base64.b64encode(photo.read_bytes()).decode(),
-                                                       "top": 2, "box": box})
+                                                       "top": 2, "box": box, "regions": "none"})
 
             assert ask([60, 32, 140, 128]).json()["hits"][0]["region"] == {"x0": 60, "y0": 32, "x1": 140, "y1": 128}
             assert ask("0.3,0.2,0.7,0.8").json()["results"][0]["hits"][0]["region"]["x1"] == 140

@@ -268,6 +268,26 @@ def test_quality_doc_and_readme_show_the_committed_study():
     assert all(f"### {name} " in tuned for name in tune.GRIDS)
 
 
+def test_the_rooms_table_in_the_doc_is_the_result_files():
+    """docs/QUALITY.md's "Photos of real rooms" table is what benchmarks/rooms_table.py assembles from the
+    committed looks, scenes and regions results, and the shipped defaults are the ones those files chose."""
+    import rooms_table
+
+    from ftspl.engine.scoring import regions as R
+    from ftspl.train.config import TrainConfig
+
+    doc = (ROOT / "docs" / "QUALITY.md").read_text()
+    table = rooms_table.markdown(rooms_table.merged(rooms_table.rows()))
+    assert table in doc
+    res = lambda name: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())  # noqa: E731
+    assert TrainConfig.look == res("looks")["decision"]["look"]
+    decision = res("regions")["decision"]
+    assert (R.DEFAULT_REGIONS, R.DEFAULT_REGION_FUSION, tuple(R.DEFAULT_SCALES)) == \
+        (decision["regions"], decision["region_fusion"], tuple(decision["scales"]))
+    assert all(protocol.seed_role(s) == "tune" for name in ("looks", "scenes", "regions")
+               for s in res(name)["config"]["seeds"])
+
+
 def test_a_flag_the_user_typed_wins_over_a_presets_tuned_value(tmp_path, monkeypatch):
     """A preset brings its tuned values (config.TUNED); what the user chose explicitly still wins."""
     from typer.testing import CliRunner

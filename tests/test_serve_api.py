@@ -137,7 +137,7 @@ def test_query_multipart_and_cacheable_previews(api):
 def test_several_photos_and_json_base64_agree(api):
     photo = jpeg()
     two = [("photo", ("a.jpg", photo, "image/jpeg")), ("photo", ("b.jpg", jpeg(120, 200), "image/jpeg"))]
-    multi = api.post("/api/query", files=two, data={"top": "4"})
+    multi = api.post("/api/query", files=two, data={"top": "4", "regions": "none"})  # whole photos, as fused
     assert multi.status_code == 200, multi.text
     res = multi.json()["results"]
     assert [r["photo"] for r in res] == ["a.jpg", "b.jpg"] and all(len(r["hits"]) == 4 for r in res)
@@ -148,11 +148,12 @@ def test_several_photos_and_json_base64_agree(api):
     for r in res:
         for h in r["hits"]:
             best[h["id"]] = min(best.get(h["id"], 9.0), h["distance"])
-    by_max = api.post("/api/query", files=two, data={"top": "4", "fusion": "max"}).json()
+    by_max = api.post("/api/query", files=two, data={"top": "4", "fusion": "max", "regions": "none"}).json()
     assert by_max["fusion"] == "max"  # "max": each shape at its best distance to either photo
     assert [h["distance"] for h in by_max["hits"]] == pytest.approx(sorted(best.values())[:4])
     b64 = base64.b64encode(photo).decode()
-    for payload in ({"image": b64, "top": 4}, {"images": ["data:image/jpeg;base64," + b64], "top": 4}):
+    for payload in ({"image": b64, "top": 4, "regions": "none"},
+                    {"images": ["data:image/jpeg;base64," + b64], "top": 4, "regions": "none"}):
         js = api.post("/api/query", json=payload)
         assert js.status_code == 200, js.text
         assert [(h["id"], h["distance"]) for h in js.json()["hits"]] == [(h["id"], h["distance"]) for h in res[0]["hits"]]

@@ -42,7 +42,7 @@ from ftspl.engine.model.manifest import (
     EncoderFile,
     ModelManifest,
 )
-from ftspl.engine.scoring.regions import DEFAULT_SCALES, grid_cells
+from ftspl.engine.scoring.regions import GRAPH_SCALES, grid_cells
 from ftspl.version import __version__ as FTSPL_VERSION
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class ExportConfig:
     #: the image graph also outputs embeddings of windows of its last feature map (``REGION_OUTPUT``,
     #: ``--regions rmac``), for backbones that expose one; ``region_scales``: the windows' scales
     region_embeddings: bool = True
-    region_scales: tuple[float, ...] = DEFAULT_SCALES
+    region_scales: tuple[float, ...] = GRAPH_SCALES
 
 
 VIEW_OUTPUT = "view_embeddings"

@@ -52,10 +52,13 @@ REGION_MODES: dict[str, str] = {
     "crops": "the whole photo and windows cut from it, one batched encoder call",
     "rmac": "the whole photo and windows pooled from the encoder's last feature map (one forward pass)",
 }
-DEFAULT_REGIONS = "none"
+#: chosen by benchmarks/regions.py on the tuning seeds 0-4 (val and scene val photos together; results/regions.json)
+DEFAULT_REGIONS = "crops"
 #: window scales (fractions of width and height); 0.6: 5 windows, 0.4: 9 windows
-DEFAULT_SCALES: tuple[float, ...] = (0.6, 0.4)
-DEFAULT_REGION_FUSION = "max"
+DEFAULT_SCALES: tuple[float, ...] = (0.6,)
+#: the window scales an exported photo graph pools (``rmac``): every scale a query may ask for
+GRAPH_SCALES: tuple[float, ...] = (0.6, 0.4)
+DEFAULT_REGION_FUSION = "top3"
 TOP_M = 3  #: regions averaged by the ``top3`` rule
 
 
