@@ -35,7 +35,12 @@ def test_manifest_carries_the_constants(model_home):
     model_dir = (model_home / "models" / (model_home / "models" / "ACTIVE").read_text().strip())
     man = ModelManifest.load(model_dir)
     assert man.views == C.VIEWS and man.image_size == C.IMAGE_SIZE
-    assert man.get_render_spec() == RenderSpec() and man.render_spec_hash == RenderSpec().digest()
+    from dataclasses import replace
+
+    from ftspl.train.config import TrainConfig
+
+    spec = replace(RenderSpec(), look=TrainConfig.look)  # export --pretrained serves the product's look
+    assert man.get_render_spec() == spec and man.render_spec_hash == spec.digest()
     assert man.get_preprocess() == get_spec(man.backbone).preprocess
     assert man.embed_dim == get_spec(man.backbone).feat_dim
     enc = Encoders(model_dir)

@@ -233,7 +233,7 @@ def test_query_json_reports_the_matched_view_and_it_is_the_closest(view_home: Pa
     from ftspl.engine.model.preprocess import to_tensor
 
     photo = _photo(tmp_path / "photo.png")
-    r = run_ftspl(view_home, "query", str(photo), "--top", "5", "--json")
+    r = run_ftspl(view_home, "query", str(photo), "--top", "5", "--regions", "none", "--json")  # the whole photo
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["rerank"] == "none" and out["views_note"] is None

@@ -148,7 +148,8 @@ def test_query_fuse_gives_one_list_for_several_photos(model_home, tmp_path) -> N
         img[20:76, 30 + 5 * i : 66] = colour
         photos.append(tmp_path / f"p{i}.png")
         Image.fromarray(img).save(photos[-1])
-    single = json.loads(run_ftspl(model_home, "query", *map(str, photos), "--top", "4", "--json").stdout)
+    single = json.loads(run_ftspl(model_home, "query", *map(str, photos), "--top", "4", "--regions", "none",
+                                  "--json").stdout)  # whole photos, as the fused list uses
     assert len(single["results"]) == 2
     for how in ("mean", "max", "rank"):
         r = run_ftspl(model_home, "query", *map(str, photos), "--top", "4", "--fuse", "--fusion", how, "--json")

@@ -279,8 +279,9 @@ def test_up_is_validated_and_reaches_the_render_spec():
     from ftspl.train.config import validate
     from ftspl.train.loop import render_spec_for
 
-    assert TrainConfig().up is None and render_spec_for(TrainConfig()) == RenderSpec()
-    assert render_spec_for(replace(TrainConfig(), up="z")) == RenderSpec().with_up("z")
+    spec = replace(RenderSpec(), look=TrainConfig.look)
+    assert TrainConfig().up is None and render_spec_for(TrainConfig()) == spec
+    assert render_spec_for(replace(TrainConfig(), up="z")) == spec.with_up("z")
     with pytest.raises(UnknownKeyError, match="valid: y, z"):
         validate(replace(TrainConfig(), up="x"))
 
