@@ -242,6 +242,39 @@ def cost(src_home: Path, work: Path, size: int, photos: list[Path], repeats: int
 
 
 # -- main ---------------------------------------------------------------------------------------------------
+def report_seeds(text: str) -> list[int]:
+    """``--report-seeds``: report seeds only (they choose nothing here); "none": no report block."""
+    from ftspl.data.protocol import REPORT_SEEDS, seed_role
+
+    if str(text).lower() == "none":
+        return []
+    seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    if any(seed_role(s) != "report" for s in seeds):
+        sys.exit(f"--report-seeds: report seeds only ({', '.join(map(str, REPORT_SEEDS))})")
+    return seeds
+
+
+def report_queries(seed: int, data_root: Path, work: Path, exporter: str) -> dict:
+    """The report seed's FTSPL run (quality.py's cell, trained when missing) queried with every variant:
+    its query photos rank its target gallery. Reported only."""
+    from studylib import build_split, run_cell, run_dir_of, train_config
+
+    split = build_split(seed, data_root)
+    cells = study_home().cache / "study"
+    run = run_dir_of("FTSPL", train_config("FTSPL", split), split, "report", cells)
+    if not (run / "best.pt").is_file():
+        run_cell("FTSPL", split, "report", None, cells)
+    home = work / f"report{seed}" / "home-target"
+    export(run, home, exporter)
+    index(home, split.target)
+    ids, gal, glab = gallery(home)
+    photos = labelled(split.scored("report")[0])
+    log(f"report seed {seed} queries: {len(photos)} photos vs {len(ids)} shapes")
+    sets = region_embeddings(home, photos, work / f"report{seed}" / "queries.npz")
+    return {"seed": seed, "gallery": len(ids),
+            "queries": score_block(sets, [c for _, c in photos], [str(p) for p, _ in photos], gal, glab)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1", help="tuning seeds (val vs val_gallery)")
@@ -249,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cost-size", type=int, default=100_000, help="shapes in the latency index (0: skip)")
     ap.add_argument("--cost-photos", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--report-seeds", default="none",
+                    help="also report the benchmark queries vs the target gallery on these report seeds (none: skip)")
     ap.add_argument("--model", choices=("FTSPL", "pretrained"), default="FTSPL",
                     help="FTSPL: the run of ftspl train's defaults per seed (trained when no study left it)")
     ap.add_argument("--exporter", default="torchscript", help="ftspl export --exporter (torchscript: faster)")
@@ -303,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 sets = region_embeddings(thome, photos, work / f"seed{seed}" / f"real-{kind}.npz")
                 entry[kind] = score_block(sets, [c for _, c in photos], [p.name for p, _ in photos], tgal, tlab)
             real_out.append(entry)
+    report_out = [report_queries(seed, data_root, work, args.exporter) for seed in report_seeds(args.report_seeds)]
     decision = decide(per_seed, *(("val", "val_scenes") if all("val_scenes" in s for s in per_seed) else ("val",)))
     summary = {"val": decide(per_seed, "val")["table"]}
     if all("val_scenes" in s for s in per_seed):
@@ -313,8 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"real_{kind}"] = {v["name"]: {k: round(float(np.mean([e[kind]["variants"][v["name"]]["metrics"][k]
                                                                           for e in real_out])), 4)
                                                    for k in ("NN", "FT", "ST")} for v in variants()}
+    if report_out:
+        summary["queries"] = {v["name"]: {k: round(float(np.mean([e["queries"]["variants"][v["name"]]["metrics"][k]
+                                                                  for e in report_out])), 4)
+                                          for k in ("NN", "FT", "ST")} for v in variants()}
     best = decision["best_regional"]
     gains = {"variant": best, "val": paired_vs_none(per_seed, best, "val")}
+    if report_out:
+        gains["queries"] = paired_vs_none(report_out, best, "queries")
     if "val_scenes" in summary:
         gains["val_scenes"] = paired_vs_none(per_seed, best, "val_scenes")
     for kind in ("interior", "object"):
@@ -329,9 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         cost_out = cost(src, work, args.cost_size, photos[: args.cost_photos], args.repeats, decision["region_fusion"])
     record = result_record("regions.py", argv, {"seeds": seeds, "exporter": args.exporter, "precision": "fp32",
                                                 "scale_sets": SCALE_SETS, "fusions": FUSIONS,
-                                                "real": str(args.real), "data_root": str(data_root)},
+                                                "real": str(args.real), "data_root": str(data_root),
+                                                "report_seeds": [e["seed"] for e in report_out]},
                            decision=decision, summary=summary, paired_best_regional_vs_none=gains,
-                           served_check=checks, cost=cost_out, per_seed=per_seed, real=real_out,
+                           served_check=checks, cost=cost_out, per_seed=per_seed, real=real_out, report=report_out,
                            seconds=round(time.perf_counter() - t0, 1))
     if str(args.out) != "none":
         write_result(args.out, record)
