@@ -215,12 +215,12 @@ def alive(pid: int) -> bool:
 
 
 class AddRun:
-    """One ``ftspl index add`` with its stderr lines collected by a thread."""
+    """One ``ftspl index add`` (``extra``: more flags, e.g. ``--prune``) with its stderr lines collected by a thread."""
 
-    def __init__(self, home: Path, gallery: Path, commit_every: int = 2) -> None:
+    def __init__(self, home: Path, gallery: Path, commit_every: int = 2, extra: tuple[str, ...] = ()) -> None:
         env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, "index", "add", str(gallery), "--commit-every", str(commit_every),
+            [sys.executable, "-c", WRAPPER, "index", "add", str(gallery), *extra, "--commit-every", str(commit_every),
              "--threads", "1", "--json"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )

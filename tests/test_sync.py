@@ -11,14 +11,9 @@ whole or not at all, and at the end that a sync resumes to exactly the folder.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import random
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -126,44 +121,9 @@ def test_sync_end_to_end_cli_and_api(model_home: Path, folder: Path, gl_availabl
 PHASES = ("prune", "pruned", "render", "commit", "committed", "time")
 
 
-class SyncRun:
-    """One ``ftspl index add ROOT --prune`` whose DEBUG phase lines are read by a thread (conftest.AddRun's way)."""
-
-    def __init__(self, home: Path, root: Path) -> None:
-        from conftest import WRAPPER
-
-        env = dict(os.environ, FTSPL_HOME=str(home), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", WRAPPER, "index", "add", str(root), "--prune", "--commit-every", "2",
-             "--threads", "1", "--json"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, phase: str, timeout: float = 180.0) -> bool:
-        """Block until a ``phase <phase> `` line; False when the run ended first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                return False
-            self.seen.append(line)
-            if f": phase {phase} " in line:
-                return True
-        raise AssertionError(f"no 'phase {phase}' line within {timeout} s; seen: {self.seen[-5:]}")
-
-
 @pytest.mark.slow
 def test_sigkill_during_sync_leaves_an_index_that_verifies_and_resumes(model_home: Path, tmp_path: Path) -> None:
-    from conftest import alive, children_of, run_ftspl
+    from conftest import AddRun, alive, children_of, run_ftspl
 
     from ftspl.engine.home import Home
     from ftspl.engine.index.verify import verify_index
@@ -189,8 +149,8 @@ def test_sigkill_during_sync_leaves_an_index_that_verifies_and_resumes(model_hom
             write(root / f"c{made % 3}" / f"s{made:03d}.ply", made)
             made += 1
         phase = PHASES[n % len(PHASES)]
-        run = SyncRun(model_home, root)
-        reached = run.wait_for(phase) if phase != "time" else (time.sleep(rng.uniform(0.5, 4.0)) or True)
+        run = AddRun(model_home, root, extra=("--prune",))
+        reached = run.wait_for(phase, 1, timeout=180.0) if phase != "time" else (time.sleep(rng.uniform(0.5, 4.0)) or True)
         if reached and run.proc.poll() is None:
             time.sleep(rng.uniform(0.0, 0.06))
             workers = children_of(run.proc.pid)
