@@ -1,6 +1,7 @@
 """Grey or coloured gallery views (``TrainConfig.look``): CNN, source_only and FTSPL with each look.
 
-    python benchmarks/looks.py [--seeds 0,1] [--rows CNN,source_only,FTSPL] [--real DIR] [--cost N] [--json]
+    python benchmarks/looks.py [--seeds 0,1] [--rows CNN,source_only,FTSPL] [--real DIR] [--cost N]
+                               [--report-seeds 5,6,7,8,9|none] [--json]
 
 Per tuning seed (:data:`ftspl.data.protocol.TUNE_SEEDS`; a report seed is refused)
 and per look (``grey``: one grey material; ``materials``: each shape's own MTL
@@ -14,7 +15,12 @@ own cells (their cache key leaves out ``look: grey``), so they cost nothing when
 
 The same networks then rank each seed's target gallery (152 meshes) with the
 real development photos (``--real``, ``labels.csv``; interior scenes and object
-photos apart): reported only, they choose nothing.
+photos apart): reported only, they choose nothing. ``--report-seeds`` adds the
+benchmark's query photos ranking the target gallery on report seeds
+(:data:`ftspl.data.protocol.REPORT_SEEDS`, purpose ``report``): every row
+trained again per look on those seeds, reported only. Its materials cells are
+``benchmarks/quality.py``'s own cells (the same cache key) while materials is
+the default look.
 
 The decision: :data:`studylib.RULE` on the FTSPL row (the product's default
 pipeline): the look with the best mean val FT over the seeds, ties (< TIE)
@@ -68,6 +74,24 @@ def cells(rows: list[str], seeds: list[int], data_root: Path, work: Path, real: 
                     m = res["metrics"]
                     log(f"seed {seed} {row} {look} real {kind} ({res['n_query']}): NN {m['NN']:.3f} FT {m['FT']:.3f}")
     return val, on_real
+
+
+def report(rows: list[str], seeds: list[int], data_root: Path, work: Path) -> dict:
+    """{row: summary} of the report seeds: each row and look trained on the seed's source photos, its query
+    photos ranking its target gallery (purpose ``report``). Reported only."""
+    from studylib import build_split, run_cell
+
+    by_row: dict = {r: {lk: [] for lk in LOOKS} for r in rows}
+    for seed in seeds:
+        split = build_split(seed, data_root)
+        split.scored("report")  # refuses a build whose manifest does not make queries a report split
+        for row in rows:
+            for look in LOOKS:
+                cell = run_cell(row, split, "report", {"look": look}, work)
+                by_row[row][look].append(cell)
+                m = cell["metrics"]
+                log(f"report seed {seed} {row} {look} queries ({cell['n_query']}): NN {m['NN']:.3f} FT {m['FT']:.3f}")
+    return {row: summary(by_look) for row, by_look in by_row.items()}
 
 
 def summary(by_look: dict) -> dict:
@@ -126,13 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"rows (comma list; {DECIDING_ROW} decides)")
     ap.add_argument("--real", type=Path, default=REAL, help="real photos (labels.csv: file,class); none: skip")
     ap.add_argument("--cost", type=int, default=30, help="meshes whose render time is measured per look (0: skip)")
+    ap.add_argument("--report-seeds", default="none",
+                    help="also report the benchmark queries vs the target gallery on these report seeds (none: skip)")
     ap.add_argument("--data-root", type=Path, default=None, help="benchmark builds (default: <home>/cache/quality-data)")
     ap.add_argument("--work", type=Path, default=None, help="per-cell results (default: <home>/cache/study)")
     ap.add_argument("--out", default=str(RESULTS / "looks.json"), help="result file; none: print only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from protocollib import tuning_seeds
+    from protocollib import report_seeds, tuning_seeds
     from studylib import all_rows
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -141,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"--rows: unknown {', '.join(bad)}; valid: {', '.join(all_rows())} ({DECIDING_ROW} must be among them)"
                  if bad else f"--rows must include {DECIDING_ROW}, the row that decides")
     args.seeds = tuning_seeds(args.seeds)
+    rseeds = report_seeds(args.report_seeds)
     real = None if str(args.real).lower() == "none" else args.real
     if real is not None and not (real / "labels.csv").exists():
         sys.exit(f"--real {real}: no labels.csv (pass --real none to skip the real photos)")
@@ -159,11 +186,14 @@ def main(argv: list[str] | None = None) -> int:
         from studylib import build_split
 
         res["render_cost"] = render_cost(build_split(args.seeds[0], data_root).val_gallery, args.cost)
+    if rseeds:
+        res["report"] = report(rows, rseeds, data_root, work)
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    config = {"seeds": args.seeds, "rows": rows, "real": str(real), "cost_meshes": args.cost,
+    config = {"seeds": args.seeds, "report_seeds": rseeds, "rows": rows, "real": str(real), "cost_meshes": args.cost,
               "data_root": str(data_root), "work": str(work), "nice": os.nice(0),
               "scoring": "val photos vs val_gallery (tune runs, head mode); real photos vs each seed's target "
-                         "gallery with the same networks; L2-normalised embeddings, Euclidean"}
+                         "gallery with the same networks; report: each report seed's query photos vs its target gallery, "
+                         "trained on that seed; L2-normalised embeddings, Euclidean"}
     record = result_record("looks.py", argv, config, **res)
     if args.out.lower() != "none":
         write_result(Path(args.out), record)

@@ -59,7 +59,7 @@ def check_gallery(paths: list[str], folder: Path) -> None:
                          f"{len(stray)} of {len(paths)} shapes are elsewhere, e.g. {stray[0] if stray else '-'}")
 
 
-__all__ = ["ROLES", "check_build", "check_gallery", "gallery_with_paths"]
+__all__ = ["ROLES", "check_build", "check_gallery", "gallery_with_paths", "report_seeds", "tuning_seeds"]
 
 
 def tuning_seeds(text: str | list[int] | None) -> list[int]:
@@ -75,4 +75,19 @@ def tuning_seeds(text: str | list[int] | None) -> list[int]:
         what = f"{', '.join(map(str, wrong))} are not tuning seeds" if wrong else "none given"
         sys.exit(f"--seeds: {what}; choices are made on tuning seeds only ({', '.join(map(str, TUNE_SEEDS))}), "
                  "report seeds are for the report")
+    return seeds
+
+
+def report_seeds(text: str) -> list[int]:
+    """``--report-seeds`` of a study's reported-only block: "5,6" of report seeds; "none": no report block.
+    A tuning seed exits with the rule."""
+    from ftspl.data.protocol import REPORT_SEEDS, seed_role
+
+    if str(text).strip().lower() in ("", "none"):
+        return []
+    seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    wrong = [s for s in seeds if seed_role(s) != "report"]
+    if wrong:
+        sys.exit(f"--report-seeds: {', '.join(map(str, wrong))} are not report seeds; report on "
+                 f"{', '.join(map(str, REPORT_SEEDS))} (tuning seeds choose, report seeds are reported)")
     return seeds

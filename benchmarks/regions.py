@@ -242,18 +242,6 @@ def cost(src_home: Path, work: Path, size: int, photos: list[Path], repeats: int
 
 
 # -- main ---------------------------------------------------------------------------------------------------
-def report_seeds(text: str) -> list[int]:
-    """``--report-seeds``: report seeds only (they choose nothing here); "none": no report block."""
-    from ftspl.data.protocol import REPORT_SEEDS, seed_role
-
-    if str(text).lower() == "none":
-        return []
-    seeds = [int(s) for s in str(text).split(",") if s.strip()]
-    if any(seed_role(s) != "report" for s in seeds):
-        sys.exit(f"--report-seeds: report seeds only ({', '.join(map(str, REPORT_SEEDS))})")
-    return seeds
-
-
 def report_queries(seed: int, data_root: Path, work: Path, exporter: str) -> dict:
     """The report seed's FTSPL run (quality.py's cell, trained when missing) queried with every variant:
     its query photos rank its target gallery. Reported only."""
@@ -297,10 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost_worker:
         cost_worker(args.cost_worker)
         return 0
-    from protocollib import tuning_seeds
+    from protocollib import report_seeds, tuning_seeds
     from studylib import build_split
 
     seeds = tuning_seeds(args.seeds)
+    rseeds = report_seeds(args.report_seeds)
     if args.model != "pretrained":
         load_torch_before_mesa()  # training may follow the builds' rendering in this process
     t0 = time.perf_counter()
@@ -338,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 sets = region_embeddings(thome, photos, work / f"seed{seed}" / f"real-{kind}.npz")
                 entry[kind] = score_block(sets, [c for _, c in photos], [p.name for p, _ in photos], tgal, tlab)
             real_out.append(entry)
-    report_out = [report_queries(seed, data_root, work, args.exporter) for seed in report_seeds(args.report_seeds)]
+    report_out = [report_queries(seed, data_root, work, args.exporter) for seed in rseeds]
     decision = decide(per_seed, *(("val", "val_scenes") if all("val_scenes" in s for s in per_seed) else ("val",)))
     summary = {"val": decide(per_seed, "val")["table"]}
     if all("val_scenes" in s for s in per_seed):

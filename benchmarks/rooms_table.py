@@ -13,7 +13,8 @@ the look that the config held at the commit its result file records.
 
 Columns: tuning seeds' val photos and scene val photos, both ranking the val
 gallery; the benchmark's query photos of the report seeds 5-9 ranking their
-target gallery (``regions.py --report-seeds``: reported only); and the real
+target gallery (each script's ``--report-seeds``: every network trained again
+on those seeds, reported only); and the real
 development photos (interior scenes and object photos apart) ranking each
 tuning seed's 152-mesh target gallery; NN and FT, mean over the seeds. ``-``:
 not measured by that script.
@@ -29,8 +30,10 @@ import subprocess
 from common import RESULTS, ROOT
 
 BLOCKS = ("val", "val_scenes", "queries", "real_interior", "real_object")
-COMMAND = {"looks": "python benchmarks/looks.py --seeds {seeds} --real ../shared/data/real_photos --cost 20",
-           "scenes": "python benchmarks/scenes.py --seeds {seeds} --real ../shared/data/real_photos",
+COMMAND = {"looks": "python benchmarks/looks.py --seeds {seeds} --real ../shared/data/real_photos --cost 20"
+                    " --report-seeds 5,6,7,8,9",
+           "scenes": "python benchmarks/scenes.py --seeds {seeds} --real ../shared/data/real_photos"
+                     " --report-seeds 5,6,7,8,9",
            "regions": "python benchmarks/regions.py --seeds {seeds} --real ../shared/data/real_photos --cost-size 100000"
                       " --report-seeds 5,6,7,8,9"}
 
@@ -68,6 +71,8 @@ def rows() -> list[dict]:
         for row, by_look in looks["val"].items():
             for look in ("grey", "materials"):
                 cells = {"val": _cell(by_look[look]["mean"])}
+                rep = looks.get("report", {}).get(row, {}).get(look)
+                cells["queries"] = _cell(rep["mean"]) if rep else None
                 for kind in ("interior", "object"):
                     rec = looks.get("real", {}).get(kind, {}).get(row, {}).get(look)
                     cells[f"real_{kind}"] = _cell(rec["mean"]) if rec else None

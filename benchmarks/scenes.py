@@ -1,6 +1,7 @@
 """Train for rooms: source_only and FTSPL trained with and without scene photos, scored on val, val_scenes and real photos.
 
     python benchmarks/scenes.py [--seeds 0,1] [--rows CNN,source_only,FTSPL] [--real DIR|none]
+                                [--report-seeds 5,6,7,8,9|none]
                                 [--data-root DIR] [--study-data DIR] [--work DIR] [--out FILE] [--json]
 
 Per tuning seed (:data:`ftspl.data.protocol.TUNE_SEEDS`; a report seed is refused):
@@ -22,6 +23,10 @@ val_scenes (the same val models in rooms), both ranking the val gallery (the
 source models' meshes), and on the real development photos of ``--real``
 (``labels.csv``; interior scenes and object photos apart) ranking the seed's
 target gallery (152 meshes): reported only, they choose nothing.
+``--report-seeds`` (:data:`ftspl.data.protocol.REPORT_SEEDS`) adds the
+``queries`` block: on each report seed, built with and without scene photos
+the same way, every row trained on that seed's source photos (purpose
+``report``) and its query photos ranking its target gallery; reported only.
 
 Writes ``--out`` (default ``benchmarks/results/scenes.json``): per block (val,
 val_scenes, real_interior, real_object), row and variant the mean and sample std
@@ -45,7 +50,7 @@ quiet_openmp()
 log = logger("scenes")
 REAL = ROOT.parent / "shared" / "data" / "real_photos"
 SHOWN = ("NN", "FT", "ST", "DCG", "ANMRR")
-BLOCKS = ("val", "val_scenes", "real_interior", "real_object")
+BLOCKS = ("val", "val_scenes", "real_interior", "real_object", "queries")
 VARIANTS = ("without", "with")
 UNTRAINED = ("CNN", "CNN_centred")
 
@@ -152,13 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1", help="tuning seeds (purpose tune)")
     ap.add_argument("--rows", default="CNN,source_only,FTSPL")
     ap.add_argument("--real", default=str(REAL), help="real photos (labels.csv: file,class); none: skip")
+    ap.add_argument("--report-seeds", default="none",
+                    help="also report the benchmark queries vs the target gallery on these report seeds (none: skip)")
     ap.add_argument("--data-root", type=Path, default=None, help="the with-scenes builds (default: <home>/cache/scenes-data)")
     ap.add_argument("--study-data", type=Path, default=None, help="the study's builds (default: <home>/cache/quality-data)")
-    ap.add_argument("--work", type=Path, default=None, help="per-cell results and runs (default: <home>/cache/scenes)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="per-cell results and runs (default: <home>/cache/study, shared with quality.py and looks.py)")
     ap.add_argument("--out", type=Path, default=RESULTS / "scenes.json")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     seeds = parse_seeds(args.seeds)
+    from protocollib import report_seeds
+
+    args.report_seeds = report_seeds(args.report_seeds)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     real = None if args.real.lower() == "none" else Path(args.real)
     if real is not None and not (real / "labels.csv").exists():
@@ -173,7 +184,7 @@ def run_study(args, argv, seeds: list[int], rows: list[str], real: Path | None) 
     cache = study_home().cache
     data_root = (args.data_root or cache / "scenes-data").resolve()
     study_data = (args.study_data or cache / "quality-data").resolve()
-    work = (args.work or cache / "scenes").resolve()
+    work = (args.work or cache / "study").resolve()
     results: dict = {b: {} for b in BLOCKS}
     builds: dict = {}
     t0 = time.perf_counter()
@@ -189,7 +200,10 @@ def run_study(args, argv, seeds: list[int], rows: list[str], real: Path | None) 
                          "with": "the same + the scenes variety (scene photos of source models among source models)"},
             "scoring": {"val": "val photos vs the val gallery (source models' meshes)",
                         "val_scenes": "the val models in rooms among source models vs the val gallery",
-                        "real_interior/real_object": f"{real} vs the seed's target gallery; reported only"},
+                        "real_interior/real_object": f"{real} vs the seed's target gallery; reported only",
+                        "queries": "report seeds: each seed's query photos vs its target gallery, trained on that "
+                                   "seed with and without its scene photos; reported only"},
+            "report_seeds": args.report_seeds,
             "uncertainty": "mean: [mean, sample std] over seeds; with_minus_without: studylib.paired",
             "minutes": round((time.perf_counter() - t0) / 60, 1)}, **summary, builds=builds)
         write_result(args.out, record)
@@ -209,6 +223,19 @@ def run_study(args, argv, seeds: list[int], rows: list[str], real: Path | None) 
                 for block, rec in score_cells(row, split, v, scenes_root, sets, work).items():
                     results[block].setdefault(row, {}).setdefault(v, []).append(rec)
             save()
+    for seed in args.report_seeds:
+        base = studylib.build_split(seed, study_data)
+        base.scored("report")
+        with_split, builds[f"scenes-s{seed}"] = build_with_scenes(seed, data_root, base)
+        with_split.scored("report")
+        for row in rows:
+            variants = {"-": base} if row in UNTRAINED else {"without": base, "with": with_split}
+            for v, split in variants.items():
+                rec = studylib.run_cell(row, split, "report", None, work)
+                results["queries"].setdefault(row, {}).setdefault(v, []).append(rec)
+                m = rec["metrics"]
+                log(f"report seed {seed} {row:>12} {v:>7} queries: NN {m['NN']:.3f} FT {m['FT']:.3f} ST {m['ST']:.3f}")
+        save()
     result = save()
     print(json.dumps(result) if args.json else markdown({b: result[b] for b in BLOCKS if b in result}))
     return 0

@@ -173,6 +173,18 @@ def test_continue_study_refuses_tuning_seeds(bench_path) -> None:
         continue_study.main(["--seeds", "0"])
 
 
+@pytest.mark.parametrize("script", ["looks", "scenes", "regions"])
+def test_report_blocks_take_report_seeds_only(script: str, bench_path) -> None:
+    """A study's reported-only block (``--report-seeds``) refuses a tuning seed before it builds or trains."""
+    import importlib
+
+    import protocollib
+
+    assert protocollib.report_seeds("none") == [] and protocollib.report_seeds("5,9") == [5, 9]
+    with pytest.raises(SystemExit, match="not report seeds"):
+        importlib.import_module(script).main(["--seeds", "0", "--report-seeds", "5,1"])
+
+
 @pytest.mark.slow
 def test_perf_helpers_index_build_the_big_index_and_time_queries(model_home: Path, tmp_path: Path, bench_path,
                                                                    gl_available) -> None:

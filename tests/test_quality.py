@@ -286,6 +286,9 @@ def test_the_rooms_table_in_the_doc_is_the_result_files():
         (decision["regions"], decision["region_fusion"], tuple(decision["scales"]))
     assert all(protocol.seed_role(s) == "tune" for name in ("looks", "scenes", "regions")
                for s in res(name)["config"]["seeds"])
+    reported = [s for name in ("looks", "scenes", "regions") for s in res(name)["config"]["report_seeds"]]
+    assert reported and all(protocol.seed_role(s) == "report" for s in reported)
+    assert all(r["cells"]["queries"] for r in rooms_table.merged(rooms_table.rows())), "a row without report queries"
 
 
 def test_a_flag_the_user_typed_wins_over_a_presets_tuned_value(tmp_path, monkeypatch):
