@@ -172,9 +172,7 @@ def test_fp16_keeps_fp32_inputs_and_outputs(tiny_onnx, tmp_path):
 
 
 def test_engine_refuses_fp16_without_cuda(tiny_onnx, tmp_path):
-    import onnxruntime as ort
-
-    from ftspl.engine.model.encoders import CUDA, Encoders, RuntimeConfig
+    from ftspl.engine.model.encoders import Encoders, RuntimeConfig
 
     folder = tmp_path / "model"
     folder.mkdir()
