@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from ftspl.engine.errors import FtsplError, UsageError
-from ftspl.scale.cluster import plan_actors
+from ftspl.scale.cluster import plan_actors, render_share
 
 GALLERY_MESHES = 7  #: meshes in the test gallery; it also holds one view folder and one broken file
 LEAKED: list[str] = []  #: why the module's Ray found another one already attached (see the last test)
@@ -30,8 +30,12 @@ LEAKED: list[str] = []  #: why the module's Ray found another one already attach
 
 
 def test_plan_splits_cpus_by_stage_cost_and_gives_each_gpu_an_encoder() -> None:
-    p = plan_actors(16, 0, "auto")
-    assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.encode_gpus, p.encode_device) == (5, 11, 1.0, 0.0, "cpu")
+    p = plan_actors(16, 0, "auto")  # a grey fp32 model: about a third of the CPU time renders
+    assert (p.render_actors, p.encode_actors, p.cpus_per_actor, p.encode_gpus, p.encode_device) == (6, 10, 1.0, 0.0, "cpu")
+    # material views with the int8 encoder (the defaults): rendering is about two thirds of the work
+    assert render_share("materials", "int8") > 0.6 > render_share("grey", "int8") > 0.5 > render_share("grey", "fp32")
+    p = plan_actors(16, 0, "auto", share=render_share("materials", "int8"))
+    assert (p.render_actors, p.encode_actors) == (11, 5)
     p = plan_actors(16, 2, "auto")  # each GPU actor preprocesses on 4 CPUs; the other 8 render
     assert (p.render_actors, p.encode_actors, p.encode_gpus, p.encode_device, p.encode_cpus) == (8, 2, 1.0, "auto", 4.0)
     p = plan_actors(4, 2, "cuda")  # too few CPUs for that: one each

@@ -15,10 +15,23 @@ from ftspl.engine.errors import FtsplError, UsageError
 
 log = logging.getLogger(__name__)
 
-#: share of a mesh's CPU time in the render actors (load + render + preview); the encode actors
-#: preprocess and encode. ``benchmarks/stages.py --json``: load 7.8 + render 45.2 of 170.4 CPU ms
-#: per SH3D mesh (preprocess 15.4, encode 102.0), one thread each: 31%, plus the preview PNG.
-RENDER_SHARE = 0.33
+#: CPU ms per SH3D mesh on one thread in the render actors (load, 12 views, strip and preview), per
+#: look: ``benchmarks/stages.py`` (``ray_index.json``, entry ``stages``: load 11.9 + grey render 48.0 +
+#: strip and preview 4.5); material views add the 41.8 ms by which loading and rendering them
+#: exceeds grey (``looks.json``, ``render_cost``: 94.7 against 52.9 ms a mesh).
+RENDER_MS = {"grey": 64.3, "materials": 106.1}
+#: CPU ms per mesh in the encode actors (preprocess + encode, one thread), per encoder precision
+#: (the same ``stages`` entry: int8 3.5 + 50.7, fp32 2.6 + 114.0; fp16 runs on GPUs only).
+ENCODE_MS = {"int8": 54.2, "fp32": 116.6, "fp16": 116.6}
+
+
+def render_share(look: str = "grey", precision: str = "fp32") -> float:
+    """Share of a mesh's CPU time in the render actors, from :data:`RENDER_MS` and :data:`ENCODE_MS`."""
+    r, e = RENDER_MS.get(look, RENDER_MS["materials"]), ENCODE_MS.get(precision, ENCODE_MS["fp32"])
+    return r / (r + e)
+
+
+RENDER_SHARE = render_share()  #: the split of a grey fp32 model, for callers that name neither
 GPU_ENCODE_CPUS = 4  #: CPUs a GPU encode actor preprocesses on (15 ms a mesh each: about 260 meshes/s)
 LOCAL_OBJECT_STORE_BYTES = 2 << 30  #: cap for ``--ray local`` (Ray's default is 30% of RAM)
 
@@ -120,15 +133,16 @@ class ActorPlan:
 
 
 def plan_actors(cpus: float, gpus: float, device: str, render_actors: int | None = None,
-                encode_actors: int | None = None) -> ActorPlan:
+                encode_actors: int | None = None, share: float = RENDER_SHARE) -> ActorPlan:
     """Split the cluster between the stages by their measured cost.
 
     With GPUs (and ``device`` not ``cpu``) each GPU gets one encode actor and the
     other CPUs render. Preprocessing stays on the CPU (views travel as uint8), at
     15 ms a mesh on one thread (``benchmarks/stages.py``), so a GPU encode actor
     takes up to :data:`GPU_ENCODE_CPUS` CPUs for it when the cluster has them.
-    On CPUs alone, :data:`RENDER_SHARE` of them render and the rest preprocess
-    and encode. Fewer CPUs than actors: each actor asks for a fraction of one.
+    On CPUs alone, ``share`` of them render (:func:`render_share` of the
+    model's look and precision) and the rest preprocess and encode. Fewer CPUs
+    than actors: each actor asks for a fraction of one.
     """
     if cpus < 1:
         raise FtsplError(f"the Ray cluster offers {cpus:g} CPUs; it needs at least 1")
@@ -141,7 +155,7 @@ def plan_actors(cpus: float, gpus: float, device: str, render_actors: int | None
         ren = render_actors or max(1, int(cpus - enc * enc_cpus))
         per = min(1.0, max(cpus - enc * enc_cpus, 1.0) / ren)
         return ActorPlan(ren, enc, per, 1.0, device, enc_cpus)
-    ren = render_actors or max(1, round(cpus * RENDER_SHARE))
+    ren = render_actors or max(1, round(cpus * share))
     enc = encode_actors or max(1, int(cpus) - ren)
     per = min(1.0, cpus / (ren + enc))
     return ActorPlan(ren, enc, per, 0.0, "cpu", per)

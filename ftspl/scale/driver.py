@@ -29,6 +29,7 @@ from ftspl.scale.cluster import (
     connect,
     import_ray,
     plan_actors,
+    render_share,
 )
 from ftspl.scale.stages import FAILED_FACES, EncodeStage, RenderStage, model_files
 
@@ -63,7 +64,10 @@ class RayProducer:
         t0 = time.perf_counter()
         self.started_ray = connect(self.target, num_cpus=self.local_cpus)
         cpus, gpus = cluster_resources()
-        self.plan = plan_actors(cpus, gpus, self.runtime.device, self.render_actors, self.encode_actors)
+        from ftspl.engine.model.manifest import ModelManifest
+
+        share = render_share(spec.look, ModelManifest.load(self.model_dir).precision)
+        self.plan = plan_actors(cpus, gpus, self.runtime.device, self.render_actors, self.encode_actors, share)
         self.timings["connect_s"] = time.perf_counter() - t0
         log.info("Ray: %g CPUs, %g GPUs; %s", cpus, gpus, self.plan)
 
