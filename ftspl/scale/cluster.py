@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 #: CPU ms per SH3D mesh on one thread in the render actors (load, 12 views, strip and preview), per
 #: look: ``benchmarks/stages.py`` (``ray_index.json``, entry ``stages``: load 11.9 + grey render 48.0 +
-#: strip and preview 4.5); material views add the 41.8 ms by which loading and rendering them
-#: exceeds grey (``looks.json``, ``render_cost``: 94.7 against 52.9 ms a mesh).
-RENDER_MS = {"grey": 64.3, "materials": 106.1}
+#: strip and preview 4.5); material views add the 45.7 ms by which loading and rendering them
+#: exceeds grey (``looks.json``, ``render_cost``: 102.1 against 56.4 ms a mesh).
+RENDER_MS = {"grey": 64.3, "materials": 110.0}
 #: CPU ms per mesh in the encode actors (preprocess + encode, one thread), per encoder precision
 #: (the same ``stages`` entry: int8 3.5 + 50.7, fp32 2.6 + 114.0; fp16 runs on GPUs only).
 ENCODE_MS = {"int8": 54.2, "fp32": 116.6, "fp16": 116.6}
