@@ -13,9 +13,9 @@ fused distance per shape, smaller is better:
 * ``rank``: reciprocal rank fusion, ``-sum 1 / (60 + rank)`` over the photos
   (Cormack et al. 2009): scale-free, robust to one odd photo.
 
-``mean`` is the default: the unweighted rule, which ``benchmarks/beyond.py``
-measures against the others (docs/QUALITY.md, "Studies not yet re-run under
-this protocol").
+``mean`` is the default: ``benchmarks/beyond.py`` measures every rule on a
+tuning build and keeps the best mean val FT, ties to ``mean`` (docs/QUALITY.md,
+"Query-time defaults under the protocol"; ``beyond_val.json``).
 """
 
 from __future__ import annotations
