@@ -40,6 +40,7 @@ quiet_openmp()
 log = logger("partial")
 PARTIAL = "_partial"
 SHOWN = ("NN", "FT", "ST", "DCG", "ANMRR")
+TAIL_GRID = ("0.1-frozen", "0.1-train", "1.0-frozen")  #: the tail stage's settings (LR_MULT-BN)
 
 
 def tail_fields(train_blocks: int, lr_mult: float, tail_bn: str) -> dict:
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("stage", choices=("tail", "report"))
     ap.add_argument("--seeds", default=None, help="default: tail 0,1 (tuning seeds); report 5,6,7 (report seeds)")
     ap.add_argument("--train-blocks", type=int, default=d.train_blocks, help="K: the backbone steps the tail trains")
-    ap.add_argument("--cells", default=f"{d.backbone_lr_mult}-{d.tail_bn},0.1-train,1.0-frozen",
-                    help="tail: LR_MULT-BN settings (the default first)")
+    grid = [f"{d.backbone_lr_mult}-{d.tail_bn}"] + [c for c in TAIL_GRID if c != f"{d.backbone_lr_mult}-{d.tail_bn}"]
+    ap.add_argument("--cells", default=",".join(grid), help="tail: LR_MULT-BN settings (the default first)")
     ap.add_argument("--tail-lr-mult", type=float, default=d.backbone_lr_mult, help="report: the partial rows' tail lr x")
     ap.add_argument("--tail-bn", default=d.tail_bn, choices=("frozen", "train"), help="report: the tail's BatchNorm")
     ap.add_argument("--rows", default="CNN,source_only,FTSPL,source_only_partial,FTSPL_partial", help="report rows")

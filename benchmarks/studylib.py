@@ -130,9 +130,16 @@ _KEY_NEUTRAL = {"look": "grey", "queries_shapes": None}
 _ABSENT = object()
 
 
+#: settings a head-mode run never reads (only partial and full modes train backbone blocks): a head cell's key
+#: holds them at these fixed values, so a change of their defaults does not retrain the head cells
+_HEAD_IGNORES = {"backbone_lr_mult": 0.1, "train_blocks": 1, "tail_bn": "frozen"}
+
+
 def cell_key(row: str, cfg, purpose: str) -> str:
     config = {k: v for k, v in asdict(cfg).items()
               if k not in ("out", "queries") and _KEY_NEUTRAL.get(k, _ABSENT) != v}
+    if cfg.mode == "head":
+        config.update(_HEAD_IGNORES)
     ident = {"row": row, "purpose": purpose, "config": config}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -239,3 +239,23 @@ def test_partial_study_rows_train_in_partial_mode_keyed_by_their_settings(tmp_pa
         partial_study.main(["report", "--seeds", "0"])
     with pytest.raises(SystemExit, match="not tune seeds"):
         partial_study.main(["tail", "--seeds", "5"])
+
+
+def test_a_head_cell_is_keyed_without_the_backbone_settings_it_never_reads(tmp_path):
+    """studylib.cell_key: head mode ignores the tail's lr, blocks and BatchNorm, so their defaults can move
+    (partial_study.py tail chose lr x1.0) without retraining head cells; partial cells stay keyed by them."""
+    import sys
+    from dataclasses import replace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import studylib
+
+    split = studylib.Split(0, tmp_path, tmp_path / "s", tmp_path / "v", tmp_path / "vg", tmp_path / "q", tmp_path / "t",
+                           ["a", "b"], {}, {})
+    head = studylib.train_config("FTSPL", split)
+    assert head.mode == "head"
+    for change in ({"backbone_lr_mult": 0.5}, {"train_blocks": 3}, {"tail_bn": "train"}):
+        assert studylib.cell_key("FTSPL", replace(head, **change), "tune") == studylib.cell_key("FTSPL", head, "tune")
+    part = replace(head, mode="partial")
+    assert studylib.cell_key("FTSPL", replace(part, backbone_lr_mult=0.5), "tune") != studylib.cell_key("FTSPL", part, "tune")
+    assert studylib.cell_key("FTSPL", replace(head, lr=0.5), "tune") != studylib.cell_key("FTSPL", head, "tune")

@@ -102,12 +102,16 @@ class TrainConfig:
     epochs: int = 8  #: epochs per round (tuned: benchmarks/results/tune_FTSPL_budget.json)
     warmup_epochs: int = 5  #: source-only epochs before round 1 (the classifier must see photos first)
     lr: float = 0.01
-    backbone_lr_mult: float = 0.1  #: full and partial modes: the pretrained backbone (its trained blocks) moves slower
+    #: full and partial modes: the trained backbone blocks' learning rate as a multiple of ``lr``. 1.0: the
+    #: partial tail's best val FT among 0.1/1.0 and frozen/trained BatchNorm (``benchmarks/partial_study.py tail``,
+    #: ``benchmarks/results/partial_tail_val.json``); full mode (GPUs) shares it, not measured here
+    backbone_lr_mult: float = 1.0
     #: partial mode: the last K steps of the backbone (``Backbone.steps``) train on cached activations.
     #: 1 (Lite0's 1x1 conv head): K=2 adds the last MBConv block, whose depthwise convolution makes a
     #: step ~3x slower on a CPU (``benchmarks/partial_study.py``)
     train_blocks: int = 1
-    tail_bn: str = "frozen"  #: partial mode: "frozen" (ImageNet statistics) or "train" BatchNorm in those blocks
+    #: partial mode: "frozen" (ImageNet statistics) or "train" BatchNorm in those blocks (partial_tail_val.json)
+    tail_bn: str = "frozen"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 32
