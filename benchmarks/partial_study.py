@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("stage", choices=("tail", "report"))
     ap.add_argument("--seeds", default=None, help="default: tail 0,1 (tuning seeds); report 5,6,7 (report seeds)")
     ap.add_argument("--train-blocks", type=int, default=d.train_blocks, help="K: the backbone steps the tail trains")
-    grid = [f"{d.backbone_lr_mult}-{d.tail_bn}"] + [c for c in TAIL_GRID if c != f"{d.backbone_lr_mult}-{d.tail_bn}"]
+    default_cell = f"{d.backbone_lr_mult}-{d.tail_bn}"
+    grid = [default_cell] + [c for c in TAIL_GRID if c != default_cell]
     ap.add_argument("--cells", default=",".join(grid), help="tail: LR_MULT-BN settings (the default first)")
     ap.add_argument("--tail-lr-mult", type=float, default=d.backbone_lr_mult, help="report: the partial rows' tail lr x")
     ap.add_argument("--tail-bn", default=d.tail_bn, choices=("frozen", "train"), help="report: the tail's BatchNorm")

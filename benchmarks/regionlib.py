@@ -103,6 +103,12 @@ def decide(per_seed: list[dict], *blocks: str) -> dict:
             "table": {c["name"]: c["mean"] for c in cells}}
 
 
+def mean_table(entries: list[dict], block: str) -> dict:
+    """{variant: {NN, FT, ST}}: each variant's metrics on ``block``, mean over ``entries`` (seeds)."""
+    return {v["name"]: {k: round(float(np.mean([e[block]["variants"][v["name"]]["metrics"][k] for e in entries])), 4)
+                        for k in ("NN", "FT", "ST")} for v in variants()}
+
+
 def paired_vs_none(per_seed: list[dict], name: str, block: str) -> dict:
     from studylib import paired
 

@@ -57,7 +57,8 @@ import numpy as np
 
 from common import (RESULTS, ROOT, cli_run, load_torch_before_mesa, logger, quiet_openmp, result_record, study_home,
                     write_result)
-from regionlib import FUSIONS, MODES, SCALE_SETS, decide, paired_vs_none, score_block, served_check, variants
+from regionlib import (FUSIONS, MODES, SCALE_SETS, decide, mean_table, paired_vs_none, score_block, served_check,
+                       variants)
 
 quiet_openmp()
 log = logger("regions")
@@ -335,13 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         decision["val_alone"] = {k: v for k, v in decide(per_seed, "val").items() if k != "table"}
     for kind in ("interior", "object"):
         if real_out:
-            summary[f"real_{kind}"] = {v["name"]: {k: round(float(np.mean([e[kind]["variants"][v["name"]]["metrics"][k]
-                                                                          for e in real_out])), 4)
-                                                   for k in ("NN", "FT", "ST")} for v in variants()}
+            summary[f"real_{kind}"] = mean_table(real_out, kind)
     if report_out:
-        summary["queries"] = {v["name"]: {k: round(float(np.mean([e["queries"]["variants"][v["name"]]["metrics"][k]
-                                                                  for e in report_out])), 4)
-                                          for k in ("NN", "FT", "ST")} for v in variants()}
+        summary["queries"] = mean_table(report_out, "queries")
     best = decision["best_regional"]
     gains = {"variant": best, "val": paired_vs_none(per_seed, best, "val")}
     if report_out:

@@ -98,6 +98,11 @@ def build_with_scenes(seed: int, data_root: Path, base) -> tuple[object, dict]:
     return varietylib.as_split(seed, s), record
 
 
+def row_variants(row: str, base, with_split) -> dict:
+    """{variant: split} a row is trained on: a pretrained row once (``-``), a trained row without and with scenes."""
+    return {"-": base} if row in UNTRAINED else {"without": base, "with": with_split}
+
+
 def score_cells(row: str, split, variant: str, scenes_root: Path, real: dict, work: Path) -> dict:
     """{block: record} of one row trained on ``split`` (val, val_scenes, and the real photos)."""
     import studylib
@@ -218,8 +223,7 @@ def run_study(args, argv, seeds: list[int], rows: list[str], real: Path | None) 
         scenes_root = with_split.root
         sets = studylib.real_photo_sets(real, base.classes, work / "real-photos" / f"seed{seed}") if real else {}
         for row in rows:
-            variants = {"-": base} if row in UNTRAINED else {"without": base, "with": with_split}
-            for v, split in variants.items():
+            for v, split in row_variants(row, base, with_split).items():
                 for block, rec in score_cells(row, split, v, scenes_root, sets, work).items():
                     results[block].setdefault(row, {}).setdefault(v, []).append(rec)
             save()
@@ -229,8 +233,7 @@ def run_study(args, argv, seeds: list[int], rows: list[str], real: Path | None) 
         with_split, builds[f"scenes-s{seed}"] = build_with_scenes(seed, data_root, base)
         with_split.scored("report")
         for row in rows:
-            variants = {"-": base} if row in UNTRAINED else {"without": base, "with": with_split}
-            for v, split in variants.items():
+            for v, split in row_variants(row, base, with_split).items():
                 rec = studylib.run_cell(row, split, "report", None, work)
                 results["queries"].setdefault(row, {}).setdefault(v, []).append(rec)
                 m = rec["metrics"]
