@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from common import RESULTS, cli_json, load_torch_before_mesa, logger, quiet_openmp, study_home
-from studylib import QUICK, real_photo_cell, real_photo_sets
+from studylib import QUICK, data_of, real_photo_cell, real_photo_sets
 
 quiet_openmp()
 log = logger("quality")
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "paired": pairs,
         "real_photos": real_out,
         "config": {
-            "seeds": seeds, "purpose": "report", "quick": args.quick,
+            "seeds": seeds, "purpose": "report", "quick": args.quick, "data": data_of(args.bench),
             "defaults": "TrainConfig and PRESETS as chosen by benchmarks/tune.py (benchmarks/results/tune_*.json) "
                         "on the tuning seeds; python benchmarks/tune.py --check verifies they agree",
             "scoring": "query photos vs the whole target gallery, L2-normalised embeddings, Euclidean; "

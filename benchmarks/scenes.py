@@ -215,7 +215,7 @@ def run_study(args, argv, seeds: list[int], rows: list[str], real: Path | None) 
         return record
 
     for seed in seeds:
-        base = studylib.build_split(seed, study_data)
+        base = studylib.build_split(seed, study_data, variety="base")
         base.scored("tune")  # refuses a build whose manifest does not make val a tuning split
         with_split, builds[f"scenes-s{seed}"] = build_with_scenes(seed, data_root, base)
         log(f"seed {seed}: {builds[f'scenes-s{seed}']['scene_photos']} scene photos, "
@@ -228,7 +228,7 @@ def run_study(args, argv, seeds: list[int], rows: list[str], real: Path | None) 
                     results[block].setdefault(row, {}).setdefault(v, []).append(rec)
             save()
     for seed in args.report_seeds:
-        base = studylib.build_split(seed, study_data)
+        base = studylib.build_split(seed, study_data, variety="base")
         base.scored("report")
         with_split, builds[f"scenes-s{seed}"] = build_with_scenes(seed, data_root, base)
         with_split.scored("report")

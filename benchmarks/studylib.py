@@ -94,19 +94,38 @@ def folder_split(root: Path, seed: int) -> Split:
                  manifest.get("classes", []), manifest.get("counts", {}), manifest.get("photos", {}))
 
 
-def build_split(seed: int, data_root: Path, bench: str = "full") -> Split:
+def build_split(seed: int, data_root: Path, bench: str = "full", variety: str | None = None) -> Split:
     """The SH3D benchmark of ``seed`` (built once under ``data_root``, reused when the config matches).
 
-    ``bench="folders"``: ``data_root/s<seed>`` is an existing build (tests, or data made elsewhere).
+    ``variety``: the source photos' :data:`ftspl.data.variety.PHOTO_VARIETY` preset (default: the bench
+    preset's :data:`~ftspl.data.variety.DEFAULT_VARIETY`). A ``base`` build lives in
+    ``data-<bench>-s<seed>``, any other in ``data-<bench>-<variety>-s<seed>``, which hard-links the
+    base build's identical files when that exists: a folder never changes config, so cached cells
+    (keyed by the source folder) stay valid. ``bench="folders"``: ``data_root/s<seed>`` is an
+    existing build (tests, or data made elsewhere).
     """
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.data.variety import DEFAULT_VARIETY, apply_variety
 
     if bench == "folders":
         return folder_split(data_root / f"s{seed}", seed)
-    cfg = replace(BENCH_PRESETS[bench], seed=seed)
+    variety = variety or DEFAULT_VARIETY[bench]
+    cfg = apply_variety(replace(BENCH_PRESETS[bench], seed=seed), variety)
+    base = data_root / f"data-{bench}-s{seed}"
+    out = base if variety == "base" else data_root / f"data-{bench}-{variety}-s{seed}"
+    link = base if out != base and (base / "manifest.json").exists() else None
     with _seed_lock(data_root, seed):
-        s = build_sh3d_benchmark(data_root / f"data-{bench}-s{seed}", study_home().debian_cache, cfg)
+        s = build_sh3d_benchmark(out, study_home().debian_cache, cfg, link_from=link)
     return Split(seed, s.root, s.source, s.val, s.val_gallery, s.queries, s.target, s.classes, s.counts, s.photos)
+
+
+def data_of(bench: str) -> str:
+    """The builds a result rests on, in words: the bench preset and the variety of its source photos."""
+    from ftspl.data.variety import DEFAULT_VARIETY
+
+    if bench == "folders":
+        return "existing builds (--data-root s<seed>/)"
+    return f"BENCH_PRESETS[{bench!r}] + source-photo variety {DEFAULT_VARIETY[bench]!r} (studylib.build_split)"
 
 
 def train_config(row: str, split: Split, fields: dict | None = None, out: Path | None = None):
@@ -351,7 +370,7 @@ def paired(a: list[dict], b: list[dict], n_boot: int = 2000, seed: int = 0) -> d
     return out
 
 
-__all__ = ["METRICS", "PAIRED", "PRETRAINED_ROWS", "RULE", "TIE", "Split", "all_rows", "build_split", "mean_std",
+__all__ = ["METRICS", "PAIRED", "PRETRAINED_ROWS", "RULE", "TIE", "Split", "all_rows", "build_split", "data_of", "mean_std",
            "paired", "pick", "real_photo_cell", "real_photo_sets", "run_cell", "score", "train_config", "trained_rows"]
 
 

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if bad else 0
 
     from protocollib import tuning_seeds
-    from studylib import build_split
+    from studylib import build_split, data_of
 
     seeds = tuning_seeds(args.seeds or None)
     home = study_home()
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if shard:  # this process's share, then (a stage needs the earlier stage's winner) everyone's
             run_grid(name, splits, work, winners, shard)
             _wait_for_grid(name, splits, work, winners, children)
-        winners[name] = run_grid(name, splits, work, winners, None)
+        winners[name] = {**run_grid(name, splits, work, winners, None), "data": data_of(args.bench)}
         if not args.shard:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"tune_{name}.json").write_text(json.dumps(winners[name], indent=1) + "\n")

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,6 +30,8 @@ from ftspl.data.variety import (
     white_balance,
 )
 from ftspl.engine.errors import UnknownKeyError, UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -239,8 +242,6 @@ def test_photo_variety_chooses_on_tuning_seeds_and_reports_on_report_seeds(tmp_p
     """Every val / val_hard cell is purpose tune on a tuning seed; only base and the chosen variety are
     reported, purpose report, on the report seeds; the result file says what ran."""
     import argparse
-    from types import SimpleNamespace
-
     photo_variety, studylib, varietylib = _study_module()
     ft = {"base": 0.5, "clutter": 0.55, "camera": 0.52}
 
@@ -280,3 +281,43 @@ def test_photo_variety_chooses_on_tuning_seeds_and_reports_on_report_seeds(tmp_p
     vs = res["val"]["clutter"]["FTSPL"]["vs_base"]["FT"]
     assert vs["mean"] == pytest.approx(0.05) and not vs["within_noise"]
     assert set(res["queries"]) == {"base", "clutter"} and res["queries"]["base"]["FTSPL"]["seeds"] == [5, 6]
+
+
+# ------------------------------------------------------- the default variety
+def test_every_bench_preset_has_a_default_variety_that_exists() -> None:
+    from ftspl.data.bench import BENCH_PRESETS
+    from ftspl.data.variety import DEFAULT_VARIETY
+
+    assert set(DEFAULT_VARIETY) == set(BENCH_PRESETS)
+    assert all(v in PHOTO_VARIETY for v in DEFAULT_VARIETY.values())
+
+
+def test_the_full_builds_default_variety_is_the_one_the_study_chose() -> None:
+    """The benchmark's source photos follow benchmarks/photo_variety.py's rule, not a hand pick."""
+    from ftspl.data.variety import DEFAULT_VARIETY
+
+    chosen = json.loads((ROOT / "benchmarks" / "results" / "photo_variety.json").read_text())["chosen_on_val"]
+    assert DEFAULT_VARIETY["full"] == (chosen if chosen != "none" else "base")
+
+
+@pytest.mark.parametrize("variety, folder, linked", [("base", "data-full-s3", False),
+                                                     ("more_renders", "data-full-more_renders-s3", True)])
+def test_build_split_keeps_each_variety_in_its_own_folder(tmp_path: Path, monkeypatch, variety, folder, linked) -> None:
+    """A folder never changes config (cached cells are keyed by the source folder); a variety links the base build."""
+    import ftspl.data.bench as bench
+
+    _, studylib, _ = _study_module()
+    (tmp_path / "data-full-s3").mkdir()
+    (tmp_path / "data-full-s3" / "manifest.json").write_text("{}")
+    seen = {}
+
+    def fake_build(out, cache, cfg, progress=None, link_from=None):
+        seen.update(out=Path(out), cfg=cfg, link=link_from)
+        return SimpleNamespace(root=Path(out), **{k: Path(out) / k for k in ("source", "val", "val_gallery", "queries", "target")},
+                               classes=[], counts={}, photos={})
+
+    monkeypatch.setattr(bench, "build_sh3d_benchmark", fake_build)
+    split = studylib.build_split(3, tmp_path, "full", variety)
+    assert seen["out"] == tmp_path / folder and split.source == tmp_path / folder / "source"
+    assert seen["cfg"] == apply_variety(replace(bench.BENCH_PRESETS["full"], seed=3), variety)
+    assert (seen["link"] == tmp_path / "data-full-s3") is linked

@@ -27,9 +27,10 @@ _SEED = typer.Option(0, "--seed", help="Split and render seed (same seed, same f
 _RENDERS = typer.Option(None, "--renders", min=0, help="Photo renders per photo model (default: the preset's).")
 _SMALL = typer.Option(False, "--small", help="The small preset: 8 models per class, 2 renders (about a minute).")
 _VARIETY = typer.Option(
-    "base", "--variety",
+    None, "--variety",
     help="Widen the source (training) photos with a ftspl.data.variety preset: base, clutter, materials, camera, "
-         "more_renders, all, scenes (the model in furnished rooms). val/ and queries/ keep the base photos.",
+         "more_renders, all, scenes (the model in furnished rooms). val/ and queries/ keep the base photos. "
+         "Default: the preset's (ftspl.data.variety.DEFAULT_VARIETY: more_renders for the full build, base for --small).",
 )
 _SCENES = typer.Option(
     False, "--scenes",
@@ -47,7 +48,7 @@ def sh3d(
     seed: int = _SEED,
     renders: int | None = _RENDERS,
     small: bool = _SMALL,
-    variety: str = _VARIETY,
+    variety: str | None = _VARIETY,
     scenes: bool = _SCENES,
     cache: Path | None = _CACHE,
     home: Path | None = _HOME,
@@ -57,10 +58,12 @@ def sh3d(
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
     from ftspl.data.protocol import SPLITS, seed_role
     from ftspl.data.scene_build import SCENE_FOLDER
-    from ftspl.data.variety import PHOTO_VARIETY, apply_variety
+    from ftspl.data.variety import DEFAULT_VARIETY, PHOTO_VARIETY, apply_variety
     from ftspl.engine.home import Home
 
-    cfg = BENCH_PRESETS["small" if small else "full"]
+    preset = "small" if small else "full"
+    cfg = BENCH_PRESETS[preset]
+    variety = variety or DEFAULT_VARIETY[preset]
     cfg = replace(cfg, seed=seed, **({"renders": renders} if renders is not None else {}))
     if scenes:
         cfg = replace(cfg, val_scenes=int(PHOTO_VARIETY["scenes"]["scenes"]))
@@ -74,7 +77,7 @@ def sh3d(
     summary = {
         "out": str(split.root),
         "seed": seed,
-        "preset": "small" if small else "full",
+        "preset": preset,
         "variety": variety,
         "scenes": scenes,
         "classes": split.classes,

@@ -123,6 +123,14 @@ PHOTO_VARIETY: dict[str, dict] = {
 }
 
 
+#: bench preset -> the variety its source photos get unless told otherwise (``ftspl data sh3d``,
+#: the benchmark scripts). ``full``: ``more_renders``, which benchmarks/photo_variety.py's rule
+#: (best mean val FT of FTSPL on the tuning seeds) chose over ``base`` (photo_variety.json:
+#: +0.024 FT [+0.001, +0.049] on seeds 0-1; photo_variety_renders.json: +0.009 on seeds 2-4).
+#: ``small`` stays ``base``: it is the minute-long demo build, and no study ran on it.
+DEFAULT_VARIETY: dict[str, str] = {"full": "more_renders", "small": "base"}
+
+
 def apply_variety(cfg: BenchConfig, name: str) -> BenchConfig:
     """``cfg`` with the source photos widened by preset ``name`` (``base``: ``cfg`` unchanged).
 
