@@ -151,13 +151,11 @@ def served(work: Path, half_run: Path, cont_run: Path, target: Path, queries: Pa
 
 def check_seeds(args) -> list[int]:
     """``--seeds`` as ints; without ``--data`` each must be a report seed (its build's queries are reported)."""
-    from ftspl.data.protocol import REPORT_SEEDS, seed_role
+    from protocollib import report_seeds
 
-    seeds = [int(x) for x in args.seeds.split(",")]
-    wrong = [s for s in seeds if seed_role(s) != "report"]
-    if args.data is None and wrong:
-        sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not report seeds (use {', '.join(map(str, REPORT_SEEDS))})")
-    return seeds
+    if args.data is None:
+        return report_seeds(args.seeds, "--seeds")
+    return [int(x) for x in args.seeds.split(",")]
 
 
 def splits_for(args) -> list:

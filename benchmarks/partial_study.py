@@ -115,8 +115,8 @@ def report_stage(args, splits: list, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ftspl.data.protocol import REPORT_SEEDS, TUNE_SEEDS, seed_role
     from ftspl.train.config import TrainConfig
+    from protocollib import report_seeds, tuning_seeds
 
     d = TrainConfig()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -138,12 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     purpose = "tune" if args.stage == "tail" else "report"
-    seeds = [int(s) for s in (args.seeds or ("0,1" if purpose == "tune" else "5,6,7")).split(",")]
-    wrong = [s for s in seeds if seed_role(s) != purpose]
-    if wrong:
-        allowed = TUNE_SEEDS if purpose == "tune" else REPORT_SEEDS
-        sys.exit(f"--seeds: {', '.join(map(str, wrong))} are not {purpose} seeds for the {args.stage} stage "
-                 f"(use {', '.join(map(str, allowed))})")
+    seeds = tuning_seeds(args.seeds or "0,1") if purpose == "tune" else report_seeds(args.seeds or "5,6,7", "--seeds")
     if args.stage == "tail":
         [parse_cell(c.strip()) for c in args.cells.split(",")]
     home = study_home()

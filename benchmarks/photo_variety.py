@@ -47,6 +47,7 @@ import sys
 import time
 from pathlib import Path
 
+import protocollib
 from common import RESULTS, load_torch_before_mesa, logger, quiet_openmp, result_record, study_home, write_result
 
 quiet_openmp()
@@ -55,21 +56,6 @@ SHOWN = ("NN", "FT", "ST", "DCG", "ANMRR")
 TIE = 0.001
 RULE = (f"the variety other than base with the best mean val FT of the chosen row over the tuning seeds; within "
         f"{TIE} FT a tie, broken by the higher mean val NN, then by PHOTO_VARIETY's order")
-
-
-def parse_seeds(text: str, role: str, flag: str) -> list[int]:
-    """Comma-separated seeds that all have ``role`` in :mod:`ftspl.data.protocol` (``none``: no seeds)."""
-    from ftspl.data.protocol import REPORT_SEEDS, TUNE_SEEDS, seed_role
-
-    if text.strip().lower() in ("", "none"):
-        return []
-    seeds = [int(s) for s in text.split(",") if s.strip()]
-    wrong = [s for s in seeds if seed_role(s) != role]
-    if wrong:
-        allowed = TUNE_SEEDS if role == "tune" else REPORT_SEEDS
-        sys.exit(f"{flag}: {', '.join(map(str, wrong))} are not {role} seeds (use {', '.join(map(str, allowed))}; "
-                 "tuning seeds choose, report seeds are reported)")
-    return seeds
 
 
 def summarise(results: dict, rows: list[str]) -> dict:
@@ -140,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         varieties.insert(0, "base")
     if args.queries not in ("auto", "none", *PHOTO_VARIETY):
         sys.exit(f"--queries: auto, none or one of {', '.join(PHOTO_VARIETY)}")
-    seeds = parse_seeds(args.seeds, "tune", "--seeds")
-    report_seeds = parse_seeds(args.report_seeds, "report", "--report-seeds")
-    if not seeds:
-        sys.exit("--seeds: at least one tuning seed")
+    seeds = protocollib.tuning_seeds(args.seeds)
+    report_seeds = protocollib.report_seeds(args.report_seeds)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     load_torch_before_mesa()
     return run_study(args, argv, varieties, seeds, report_seeds, rows)

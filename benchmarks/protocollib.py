@@ -78,9 +78,9 @@ def tuning_seeds(text: str | list[int] | None) -> list[int]:
     return seeds
 
 
-def report_seeds(text: str) -> list[int]:
-    """``--report-seeds`` of a study's reported-only block: "5,6" of report seeds; "none": no report block.
-    A tuning seed exits with the rule."""
+def report_seeds(text: str, flag: str = "--report-seeds") -> list[int]:
+    """``flag`` (a study's reported-only block, or a script that only reports): "5,6" of report seeds;
+    "none": no report block. A tuning seed exits with the rule."""
     from ftspl.data.protocol import REPORT_SEEDS, seed_role
 
     if str(text).strip().lower() in ("", "none"):
@@ -88,6 +88,6 @@ def report_seeds(text: str) -> list[int]:
     seeds = [int(s) for s in str(text).split(",") if s.strip()]
     wrong = [s for s in seeds if seed_role(s) != "report"]
     if wrong:
-        sys.exit(f"--report-seeds: {', '.join(map(str, wrong))} are not report seeds; report on "
+        sys.exit(f"{flag}: {', '.join(map(str, wrong))} are not report seeds; report on "
                  f"{', '.join(map(str, REPORT_SEEDS))} (tuning seeds choose, report seeds are reported)")
     return seeds

@@ -55,12 +55,6 @@ VARIANTS = ("without", "with")
 UNTRAINED = ("CNN", "CNN_centred")
 
 
-def parse_seeds(text: str) -> list[int]:
-    from protocollib import tuning_seeds
-
-    return tuning_seeds(text)
-
-
 def scene_config(seed: int):
     """The ``with`` build's config: the study's ``full`` build plus the scenes variety and ``--scenes``."""
     from ftspl.data.bench import BENCH_PRESETS
@@ -171,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "scenes.json")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    seeds = parse_seeds(args.seeds)
-    from protocollib import report_seeds
+    from protocollib import report_seeds, tuning_seeds
 
+    seeds = tuning_seeds(args.seeds)
     args.report_seeds = report_seeds(args.report_seeds)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     real = None if args.real.lower() == "none" else Path(args.real)

@@ -237,7 +237,7 @@ def test_partial_study_rows_train_in_partial_mode_keyed_by_their_settings(tmp_pa
     assert partial_study.seconds_per_round([res]) == {"0": {"per_round": [2.0, 3.0], "mean_1_to_L": 3.0}}
     with pytest.raises(SystemExit, match="not report seeds"):
         partial_study.main(["report", "--seeds", "0"])
-    with pytest.raises(SystemExit, match="not tune seeds"):
+    with pytest.raises(SystemExit, match="5 are not tuning seeds"):
         partial_study.main(["tail", "--seeds", "5"])
 
 

@@ -221,7 +221,7 @@ def _record(row: str, seed: int, purpose: str, ft: float) -> dict:
             "query_groups": ["m1", "m2"], "n_query": 2, "n_gallery": 3, "seconds": 1.0}
 
 
-@pytest.mark.parametrize("argv, message", [(["--seeds", "5"], "--seeds: 5 are not tune seeds"),
+@pytest.mark.parametrize("argv, message", [(["--seeds", "5"], "--seeds: 5 are not tuning seeds"),
                                            (["--report-seeds", "1"], "--report-seeds: 1 are not report seeds")])
 def test_photo_variety_refuses_a_seed_of_the_other_role(argv, message) -> None:
     photo_variety, _, _ = _study_module()
