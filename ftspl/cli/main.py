@@ -102,7 +102,7 @@ def train(
     pseudo: Optional[str] = typer.Option(None, "--pseudo", help="Pseudo-labels: classifier, centroid or spl."),
     selection: Optional[str] = typer.Option(None, "--selection", help="Shape selection: classwise, global or all."),
     target_ce: Optional[bool] = typer.Option(None, "--target-ce/--no-target-ce", help="Cross-entropy on selected shapes."),
-    align: Optional[str] = typer.Option(None, "--align", help="Domain-alignment loss: none, coral, dann, mmd or jan (default: the preset's; FTSPL: jan in the warm-up)."),
+    align: Optional[str] = typer.Option(None, "--align", help="Domain-alignment loss: none, coral, dann, mmd or jan (default: the preset's; FTSPL: none)."),
     align_phase: Optional[str] = typer.Option(None, "--align-phase", help="When --align trains: all epochs or only the warmup (default: the preset's)."),
     align_weight: Optional[float] = typer.Option(None, "--align-weight", help="Weight of the alignment loss beside the source cross-entropy (default: the preset's)."),
     keep_pretrained: float = typer.Option(_TRAIN["keep_pretrained"], "--keep-pretrained", help="Weight (0-1) of the pretrained features in the served embedding beside the adapted ones (0: adapted only)."),
