@@ -191,7 +191,7 @@ TUNED: dict[str, dict] = {
     "source_only": {"lam": 0.25, "align_weight": 0.3, "align_phase": "warmup", "epochs": 8, "warmup_epochs": 10,
                     "lr": 0.03, "keep_pretrained": 0.2},
     "CORAL": {"lam": 0.25, "align_weight": 0.1, "epochs": 4, "warmup_epochs": 5, "lr": 0.03, "keep_pretrained": 0.2},
-    "DANN": {"lam": 0.25, "align_weight": 0.1, "epochs": 4, "warmup_epochs": 5, "lr": 0.03, "keep_pretrained": 0.4},
+    "DANN": {"lam": 0.25, "align_weight": 0.1, "epochs": 4, "warmup_epochs": 5, "lr": 0.03, "keep_pretrained": 0.2},
     "MMD": {"lam": 0.25, "align_weight": 0.1, "epochs": 8, "warmup_epochs": 5, "lr": 0.03, "keep_pretrained": 0.2},
     "JAN": {"lam": 0.25, "align_weight": 0.3, "epochs": 8, "warmup_epochs": 5, "lr": 0.03, "keep_pretrained": 0.2},
 }
