@@ -156,7 +156,7 @@ def _trainer(dist: Dist, out: Path, bn: bool = True):
         net.bottleneck.bn = torch.nn.Identity()
     feed = HeadFeed.from_tensors(src, ys, tgt, torch.device("cpu"))
     cfg = replace(apply_preset(TrainConfig(), "FTSPL"), batch_size=8, rounds=2, epochs=1, warmup_epochs=1, lr=0.05,
-                  seed=3, lam_ramp=False, lam=0.5)
+                  seed=3, lam_ramp=False, lam=0.5, align="jan", align_weight=1.0, align_phase="warmup")
     return Trainer(cfg, net, feed, [str(k) for k in range(K)], tl, torch.device("cpu"), out, dist)
 
 
