@@ -194,6 +194,28 @@ def test_cli_rejects_an_unknown_variety(tmp_path: Path) -> None:
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("flags, preset", [([], "full"), (["--small"], "small"), (["--variety", "base"], None)])
+def test_cli_builds_the_presets_default_variety_unless_told(tmp_path: Path, monkeypatch, flags, preset) -> None:
+    """``ftspl data sh3d`` gives the source photos DEFAULT_VARIETY of its preset; ``--variety`` overrides it."""
+    from typer.testing import CliRunner
+
+    import ftspl.data.bench as bench
+    from ftspl.cli.data_cmd import data_app
+    from ftspl.data.variety import DEFAULT_VARIETY
+
+    seen = {}
+
+    def fake_build(out, cache, cfg, progress=None, link_from=None):
+        seen["cfg"] = cfg
+        raise UsageError("stopped by the test")
+
+    monkeypatch.setattr(bench, "build_sh3d_benchmark", fake_build)
+    res = CliRunner().invoke(data_app, ["sh3d", "--out", str(tmp_path / "b"), "--cache", str(tmp_path), *flags])
+    assert res.exit_code == 2 and "stopped by the test" in res.output
+    base = replace(bench.BENCH_PRESETS[preset or "full"], seed=0)
+    assert seen["cfg"] == apply_variety(base, DEFAULT_VARIETY[preset] if preset else "base")
+
+
 def test_jpeg_of_every_variety_decodes(box) -> None:
     cfg = replace(PhotoConfig(image_size=SIZE), **PHOTO_VARIETY["all"]["photo"])
     with PhotoRenderer(PhotoConfig(image_size=SIZE)) as r:

@@ -82,6 +82,7 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
     # segfaults (see ftspl.engine.rendering.renderer._load_torch_llvm_first).
     importlib.import_module("torch._dynamo")
     from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.data.variety import DEFAULT_VARIETY, apply_variety
     from ftspl.engine.home import Home
 
     out = Path(out).resolve()
@@ -97,7 +98,8 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
     t = time.perf_counter()
     with console.progress(show) as update:
         data = build_sh3d_benchmark(out / "data", home.debian_cache,
-                                    replace(BENCH_PRESETS[cfg.bench], seed=cfg.seed), progress=update)
+                                    apply_variety(replace(BENCH_PRESETS[cfg.bench], seed=cfg.seed),
+                                                  DEFAULT_VARIETY[cfg.bench]), progress=update)
     timings["data_s"] = time.perf_counter() - t
     console.warn(
         f"[1/6] data: {len(data.classes)} classes; models {data.counts}; photos {data.photos} "
