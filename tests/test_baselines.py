@@ -111,7 +111,8 @@ def test_select_max_outside_0_1_is_refused(share):
 def test_warmup_alignment_trains_only_before_round_1(tiny, tmp_path):  # noqa: F811
     from ftspl.train.loop import train
 
-    cfg = apply_preset(cfg_for(tiny, tmp_path / "w", rounds=2, epochs=1, warmup_epochs=1), "FTSPL")
+    cfg = replace(apply_preset(cfg_for(tiny, tmp_path / "w", rounds=2, epochs=1, warmup_epochs=1), "FTSPL"),
+                  align="jan", align_phase="warmup")
     rounds = train(cfg).rounds
     assert [r["round"] for r in rounds] == [0, 1, 2]
     assert math.isfinite(rounds[0]["loss_align"]) and rounds[0]["loss_align"] >= -1e-6
