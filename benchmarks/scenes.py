@@ -57,10 +57,10 @@ UNTRAINED = ("CNN", "CNN_centred")
 
 def scene_config(seed: int):
     """The ``with`` build's config: the study's ``full`` build plus the scenes variety and ``--scenes``."""
-    from ftspl.data.bench import BENCH_PRESETS
-    from ftspl.data.variety import PHOTO_VARIETY, apply_variety
+    from ftspl.data.bench import preset_config
+    from ftspl.data.variety import PHOTO_VARIETY
 
-    cfg = apply_variety(replace(BENCH_PRESETS["full"], seed=seed), "scenes")
+    cfg = preset_config("full", seed, "scenes")
     return replace(cfg, val_scenes=int(PHOTO_VARIETY["scenes"]["scenes"]))
 
 

@@ -104,13 +104,13 @@ def build_split(seed: int, data_root: Path, bench: str = "full", variety: str | 
     (keyed by the source folder) stay valid. ``bench="folders"``: ``data_root/s<seed>`` is an
     existing build (tests, or data made elsewhere).
     """
-    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
-    from ftspl.data.variety import DEFAULT_VARIETY, apply_variety
+    from ftspl.data.bench import build_sh3d_benchmark, preset_config
+    from ftspl.data.variety import DEFAULT_VARIETY
 
     if bench == "folders":
         return folder_split(data_root / f"s{seed}", seed)
     variety = variety or DEFAULT_VARIETY[bench]
-    cfg = apply_variety(replace(BENCH_PRESETS[bench], seed=seed), variety)
+    cfg = preset_config(bench, seed, variety)
     base = data_root / f"data-{bench}-s{seed}"
     out = base if variety == "base" else data_root / f"data-{bench}-{variety}-s{seed}"
     link = base if out != base and (base / "manifest.json").exists() else None

@@ -47,11 +47,10 @@ def build_variety(variety: str, seed: int, data_root: Path, link: Path | None):
     ``link``: an earlier build of the same seed whose identical files are hard-linked (the seed's
     base build for a variety; for ``base``, the study's own build of that seed when its config matches).
     """
-    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
-    from ftspl.data.variety import apply_variety
+    from ftspl.data.bench import build_sh3d_benchmark, preset_config
     from ftspl.engine.errors import UsageError
 
-    cfg = apply_variety(replace(BENCH_PRESETS["full"], seed=seed), variety)
+    cfg = preset_config("full", seed, variety)
     out = Path(data_root) / f"{variety}-s{seed}"
     try:
         return build_sh3d_benchmark(out, study_home().debian_cache, cfg, link_from=link)

@@ -55,20 +55,19 @@ def sh3d(
     as_json: bool = _JSON,
 ) -> None:
     """The SH3D benchmark: photo-domain renders + icons (source/val/queries) and a mesh gallery (target)."""
-    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
+    from ftspl.data.bench import build_sh3d_benchmark, preset_config
     from ftspl.data.protocol import SPLITS, seed_role
     from ftspl.data.scene_build import SCENE_FOLDER
-    from ftspl.data.variety import DEFAULT_VARIETY, PHOTO_VARIETY, apply_variety
+    from ftspl.data.variety import DEFAULT_VARIETY, PHOTO_VARIETY
     from ftspl.engine.home import Home
 
     preset = "small" if small else "full"
-    cfg = BENCH_PRESETS[preset]
     variety = variety or DEFAULT_VARIETY[preset]
-    cfg = replace(cfg, seed=seed, **({"renders": renders} if renders is not None else {}))
-    if scenes:
-        cfg = replace(cfg, val_scenes=int(PHOTO_VARIETY["scenes"]["scenes"]))
     try:
-        cfg = apply_variety(cfg, variety)
+        cfg = preset_config(preset, seed, variety)
+        cfg = replace(cfg, **({"renders": renders} if renders is not None else {}))
+        if scenes:
+            cfg = replace(cfg, val_scenes=int(PHOTO_VARIETY["scenes"]["scenes"]))
         with console.progress(not as_json) as update:
             split = build_sh3d_benchmark(out, cache or Home.resolve(home).debian_cache, cfg, progress=update)
     except FtsplError as exc:

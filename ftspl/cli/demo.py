@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ftspl.cli import console
@@ -81,8 +81,7 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
     # before Mesa's, i.e. before the photo renderer's EGL context; the other order
     # segfaults (see ftspl.engine.rendering.renderer._load_torch_llvm_first).
     importlib.import_module("torch._dynamo")
-    from ftspl.data.bench import BENCH_PRESETS, build_sh3d_benchmark
-    from ftspl.data.variety import DEFAULT_VARIETY, apply_variety
+    from ftspl.data.bench import build_sh3d_benchmark, preset_config
     from ftspl.engine.home import Home
 
     out = Path(out).resolve()
@@ -97,9 +96,8 @@ def demo_cmd(out: Path, as_json: bool, cfg: DemoConfig = DemoConfig()) -> None:
     # 1. data ------------------------------------------------------------------------------
     t = time.perf_counter()
     with console.progress(show) as update:
-        data = build_sh3d_benchmark(out / "data", home.debian_cache,
-                                    apply_variety(replace(BENCH_PRESETS[cfg.bench], seed=cfg.seed),
-                                                  DEFAULT_VARIETY[cfg.bench]), progress=update)
+        data = build_sh3d_benchmark(out / "data", home.debian_cache, preset_config(cfg.bench, cfg.seed),
+                                    progress=update)
     timings["data_s"] = time.perf_counter() - t
     console.warn(
         f"[1/6] data: {len(data.classes)} classes; models {data.counts}; photos {data.photos} "

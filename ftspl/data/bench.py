@@ -65,7 +65,8 @@ from ftspl.data.sh3d import (
     package_version,
 )
 from ftspl.data.textured import TextureLoadError, load_textured_mesh
-from ftspl.engine.errors import UsageError
+from ftspl.data.variety import DEFAULT_VARIETY, apply_variety
+from ftspl.engine.errors import UnknownKeyError, UsageError
 from ftspl.engine.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,15 @@ BENCH_PRESETS: dict[str, BenchConfig] = {
     "small": BenchConfig(renders=2, max_per_class=8),
     "full": BenchConfig(),
 }
+
+
+def preset_config(preset: str, seed: int = 0, variety: str | None = None) -> BenchConfig:
+    """``BENCH_PRESETS[preset]`` at ``seed``, its source photos widened by ``variety`` (default: the
+    preset's :data:`~ftspl.data.variety.DEFAULT_VARIETY`): what ``ftspl data sh3d``, the demo and the
+    benchmark scripts build."""
+    if preset not in BENCH_PRESETS:
+        raise UnknownKeyError("bench preset", preset, BENCH_PRESETS)
+    return apply_variety(replace(BENCH_PRESETS[preset], seed=seed), variety or DEFAULT_VARIETY[preset])
 
 
 @dataclass
@@ -356,5 +366,6 @@ __all__ = [
     "Split",
     "bench_notice",
     "build_sh3d_benchmark",
+    "preset_config",
     "split_models",
 ]
